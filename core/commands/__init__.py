@@ -1,0 +1,1 @@
+"""Sub-commands of the difframe command line (imported only when chosen)."""

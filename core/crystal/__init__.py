@@ -1,0 +1,1 @@
+"""Crystal maths shared by the TDS plugins: lattices, goniometer geometry, symmetry."""

@@ -1,0 +1,1 @@
+"""Ptychography: prepared data, the object/probe model, files and the run flow."""

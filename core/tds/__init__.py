@@ -1,0 +1,1 @@
+"""Elastic constants from thermal diffuse scattering: model, input files, harvest, fit."""
