@@ -1,0 +1,179 @@
+"""ptypy's typed HDF5 tree: nested Python/numpy values, one ``type`` attribute per node.
+
+``.ptyd`` and ``.ptyr`` files are written this way by ptypy, so reading and
+writing the same layout lets files move both ways.  Node types: ``dict``,
+``param`` and ``ordered_dict`` (groups), ``list``/``tuple`` (groups of
+``%05d`` children), ``arraylist``/``arraytuple`` (homogeneous sequences stored
+as one array), ``array``, ``scalar``, ``string``/``unicode``, ``None`` (stored
+as ``zeros(1)``).  ptypy may also have stored ``pickle`` or ``record_array``
+nodes: those are refused, never unpickled, because unpickling runs code the
+file chooses.  Keys containing ``/`` are escaped as ``_SLASH_`` with an
+``escaped`` attribute, as ptypy does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from difframe.errors import DataError
+
+SLASH_ESCAPE = "_SLASH_"
+REFUSED_TYPES = ("pickle", "record_array")
+
+
+def _attr_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return _attr_text(value.item()) if value.size == 1 else str(value)
+    return str(value)
+
+
+def node_type(node: Any) -> str | None:
+    """The ``type`` attribute of an HDF5 node as text (None when absent)."""
+    return _attr_text(node.attrs.get("type"))
+
+
+# ----------------------------------------------------------------- writing
+
+
+def write_node(group: Any, name: str, value: Any, *, compress: bool = True) -> Any:
+    """Store ``value`` as child ``name`` of h5py ``group`` in ptypy's typed layout."""
+    import h5py
+
+    if name in group:
+        del group[name]
+    escaped = "/" in name
+    key = name.replace("/", SLASH_ESCAPE)
+    if isinstance(value, Mapping):
+        node = group.create_group(key)
+        node.attrs["type"] = "dict"
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise DataError(f"cannot store key {k!r} of {group.name}/{key}: only string keys are supported")
+            write_node(node, k, v, compress=compress)
+    elif isinstance(value, (list, tuple)):
+        node = _write_sequence(group, key, value, compress)
+    elif isinstance(value, str):
+        node = group.create_dataset(key, data=value, dtype=h5py.string_dtype())
+        node.attrs["type"] = "string"
+    elif isinstance(value, bytes):
+        node = group.create_dataset(key, data=value.decode("utf-8"), dtype=h5py.string_dtype())
+        node.attrs["type"] = "string"
+    elif value is None:
+        node = group.create_dataset(key, data=np.zeros((1,)))
+        node.attrs["type"] = "None"
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "OV":
+            raise DataError(f"cannot store {group.name}/{key}: arrays of dtype {value.dtype} are not supported")
+        big = compress and value.size > 16
+        node = group.create_dataset(key, data=value, compression="gzip" if big else None)
+        node.attrs["type"] = "array"
+    elif np.isscalar(value):
+        node = group.create_dataset(key, data=np.asarray(value))
+        node.attrs["type"] = "scalar"
+    else:
+        raise DataError(f"cannot store {group.name}/{key}: unsupported type {type(value).__name__}")
+    if escaped:
+        node.attrs["escaped"] = "1"
+    return node
+
+
+def _write_sequence(group: Any, key: str, value: list | tuple, compress: bool) -> Any:
+    kind = "tuple" if isinstance(value, tuple) else "list"
+    homogeneous = len(value) > 0 and len({type(v) for v in value}) == 1
+    if homogeneous and not isinstance(value[0], (str, bytes, Mapping, list, tuple)) and value[0] is not None:
+        array = np.asarray(value)
+        if array.dtype.kind not in "OUSV":
+            node = group.create_dataset(key, data=array)
+            node.attrs["type"] = "array" + kind
+            return node
+    node = group.create_group(key)
+    node.attrs["type"] = kind
+    for i, item in enumerate(value):
+        write_node(node, f"{i:05d}", item, compress=compress)
+    return node
+
+
+def write(path: str | os.PathLike, content: Mapping[str, Any], *, mode: str = "w") -> None:
+    """Write the top-level ``content`` mapping to an HDF5 file (``mode`` as h5py's)."""
+    import h5py
+
+    with h5py.File(path, mode) as f:
+        f.attrs["h5rw_version"] = "0.1"
+        for key, value in content.items():
+            write_node(f, key, value)
+
+
+# ----------------------------------------------------------------- reading
+
+
+def read_node(node: Any, *, source: str = "") -> Any:
+    """Python value of one typed node; DataError naming the node for refused types."""
+    import h5py
+
+    where = f"{source}:{node.name}" if source else node.name
+    if node is None:
+        raise DataError(f"{where}: dangling link (the linked file is missing)")
+    kind = node_type(node)
+    if kind in REFUSED_TYPES:
+        raise DataError(f"{where}: node is stored as {kind!r} (a Python pickle); difframe never unpickles data")
+    if isinstance(node, h5py.Group):
+        if kind in (None, "dict", "param", "ordered_dict"):
+            out = {}
+            for key in node:
+                child = node.get(key)
+                if child is None:
+                    raise DataError(f"{where}/{key}: dangling link (the linked file is missing)")
+                name = key.replace(SLASH_ESCAPE, "/") if child.attrs.get("escaped") is not None else key
+                out[name] = read_node(child, source=source)
+            return out
+        if kind in ("list", "tuple"):
+            items = [read_node(node[k], source=source) for k in sorted(node)]
+            return tuple(items) if kind == "tuple" else items
+        raise DataError(f"{where}: unknown group type {kind!r}")
+    if kind in (None, "array"):
+        return node[()]
+    if kind == "arraylist":
+        return list(node[()])
+    if kind == "arraytuple":
+        return tuple(node[()].tolist())
+    if kind in ("string", "unicode"):
+        value = node[()]
+        if isinstance(value, np.ndarray):
+            value = value.item() if value.size == 1 else value
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    if kind == "scalar":
+        value = node[()]
+        return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.size == 1) else value
+    if kind == "None":
+        return None
+    raise DataError(f"{where}: unknown node type {kind!r}")
+
+
+def read(path: str | os.PathLike, *keys: str) -> dict[str, Any]:
+    """Read a typed HDF5 file (or only the top-level/slash-separated ``keys``) into a dict.
+
+    Missing or non-HDF5 files give a DataError naming the file.
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
+    with f:
+        out = {}
+        for key in keys or list(f):
+            if key not in f:
+                raise DataError(f"{path}: no node {key!r}")
+            node = f.get(key)
+            if node is None:
+                raise DataError(f"{path}:/{key}: dangling link (the linked file is missing)")
+            out[key.split("/")[-1]] = read_node(node, source=str(path))
+        return out
