@@ -426,10 +426,10 @@ NODES = {
         doc='The reference gives a limit (>0.0) here, which cannot apply to a Param node; it is not enforced.',
     ),
     'scan.illumination.model': P(
-        type=('str',),
+        type=('str', 'ndarray'),
         default=None,
         help='Type of illumination model',
-        doc='One of:\n`None` : model initialitziation defaults to flat array filled with the specified number of photons\n`recon` : load model from previous reconstruction, see `recon` Parameters\n`stxm` : Estimate model from autocorrelation of mean diffraction data\n`<resource>` : one of ptypys internal image resource strings\n`<template>` : one of the templates inillumination module\nIn script, you may pass a numpy.array here directly as the model',
+        doc='One of:\n`None` : model initialitziation defaults to flat array filled with the specified number of photons\n`recon` : load model from previous reconstruction, see `recon` Parameters\n`stxm` : Estimate model from autocorrelation of mean diffraction data\n`<resource>` : one of ptypys internal image resource strings\n`<template>` : one of the templates inillumination module\nIn script, you may pass a numpy.array here directly as the model\n\nndarray is accepted besides the reference\'s str, for arrays passed from Python.'
     ),
     'scan.illumination.photons': P(
         type=('int',),
@@ -576,10 +576,10 @@ NODES = {
         doc='The reference gives a limit (>0.0) here, which cannot apply to a Param node; it is not enforced.',
     ),
     'scan.sample.model': P(
-        type=('str',),
+        type=('str', 'ndarray'),
         default=None,
         help='Type of initial object model',
-        doc='One of:\n`None` : model initialitziation defaults to flat array filled `fill`\n`recon` : load model from STXM analysis of diffraction data\n`stxm` : Estimate model from autocorrelation of mean diffraction data\n`<resource>` : one of ptypys internal model resource strings\n`<template>` : one of the templates in sample module\nIn script, you may pass a numpy.array here directly as the model',
+        doc='One of:\n`None` : model initialitziation defaults to flat array filled `fill`\n`recon` : load model from STXM analysis of diffraction data\n`stxm` : Estimate model from autocorrelation of mean diffraction data\n`<resource>` : one of ptypys internal model resource strings\n`<template>` : one of the templates in sample module\nIn script, you may pass a numpy.array here directly as the model\n\nndarray is accepted besides the reference\'s str, for arrays passed from Python.'
     ),
     'scan.sample.fill': P(
         type=('float',),
@@ -736,7 +736,9 @@ NODES = {
     'scans.scan_%d': P(
         type=('scan',),
         default=None,
-        help='*default* = ``None``',
+        help='A scan: a labelled copy of the `scan` subtree',
+        doc='Any label is accepted (scans.moon, scans.scan_0, ...). Values not given for a scan are taken from '
+        '`scan`, then from the defaults. (The reference leaves help and doc of this node empty.)',
     ),
     'engine': P(
         type=('Param',),
@@ -782,6 +784,10 @@ NODES = {
     'engines.engine_%d': P(
         type=('engine',),
         default=None,
-        help='*default* = ``None``',
+        help='An engine run: engine.common plus the named engine\'s parameters',
+        doc='Any label is accepted (engines.e1, engines.engine_0, ...). `name` chooses the engine plugin; the other '
+        'values come from the label, then `engine.common` and `engine.<name>`, then the defaults. Engines run one '
+        'after the other in the order their labels appear, on the same object and probe. (The reference leaves '
+        'help and doc of this node empty.)',
     ),
 }

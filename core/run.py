@@ -1,0 +1,165 @@
+"""``difframe.Run``: one run of difframe, the object facility software embeds.
+
+    from difframe import Run
+    results = Run({"scans": {"moon": {...}}, "engines": {"e1": {"name": "DM"}}}).run()
+
+A run owns its plugin manager (made fresh unless one is passed), validates the
+parameters at construction (so a bad tree fails before any work), fires the
+lifecycle hooks and hands the work to the ptychography or TDS flow.  It prints
+nothing: progress goes through ``logging`` at the level ``verbose_level`` asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from difframe.errors import DataError, UsageError
+from difframe.manager import PluginManager
+from difframe.param import Param
+from difframe.params import ParamTree, merge_sources
+
+log = logging.getLogger("difframe.run")
+
+_LOG_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+@dataclass
+class ScanContext:
+    """What a recipe (and a model plugin) gets besides its scan's parameters."""
+
+    label: str
+    positions: np.ndarray | None  # (N, 2) metres (y, x) from the scan pattern, or None
+    plugins: PluginManager
+    params: Param  # the whole resolved tree
+    data_type: str  # 'single' | 'double'
+    dry_run: bool
+
+
+class Run:
+    """A validated parameter tree plus the plugins that will execute it.
+
+    ``params`` is a mapping, a parameter file path, or a list of them (later
+    ones win); ``overrides`` are more mappings applied last (what ``-p`` gives).
+    """
+
+    def __init__(
+        self,
+        params: Any = None,
+        *,
+        overrides: Iterable[Mapping] = (),
+        plugins: PluginManager | None = None,
+        strict_plugins: bool = False,
+    ) -> None:
+        sources = params if isinstance(params, (list, tuple)) else ([] if params is None else [params])
+        self._first_file = next((Path(s) for s in sources if isinstance(s, (str, os.PathLike))), None)
+        self.plugins = plugins if plugins is not None else PluginManager(strict=strict_plugins)
+        self.tree = ParamTree.build(self.plugins)
+        self.params: Param = self.tree.resolve(merge_sources([*sources, *overrides]))
+        logging.getLogger("difframe").setLevel(_LOG_LEVELS[self.params.verbose_level])
+        self.stop_requested = False
+        self._positions: dict[str, np.ndarray | None] = {}
+
+    # -- what hooks and flows use -------------------------------------------------
+
+    @property
+    def hook(self):
+        """pluggy's hook relay: ``run.hook.difframe_iteration_finished(...)``."""
+        return self.plugins.hook
+
+    @property
+    def run_name(self) -> str:
+        """``run`` if given, else the first parameter file's stem, else "difframe"."""
+        if self.params.run:
+            return str(self.params.run)
+        return self._first_file.stem if self._first_file is not None else "difframe"
+
+    @property
+    def home(self) -> Path:
+        """``io.paths.home``: relative output paths are taken from here."""
+        return Path(self.params.io.paths.home)
+
+    def request_stop(self) -> None:
+        """Ask the running engine to stop after its current block of iterations."""
+        log.info("stop requested")
+        self.stop_requested = True
+
+    def scan_positions(self, label: str) -> np.ndarray | None:
+        """(N, 2) positions in metres (y, x) from the scan's pattern, or None.
+
+        ``scan.xy.type = None`` means the positions come with the data.  A pattern
+        plugin receives its own subtree ``scan.xy.<name>``; a pattern that declares
+        no parameters (``custom``) receives the whole ``scan.xy`` subtree.
+        """
+        if label not in self._positions:
+            self._positions[label] = self._generate_positions(label)
+        return self._positions[label]
+
+    def _generate_positions(self, label: str) -> np.ndarray | None:
+        xy = self.params.scans[label].xy
+        if xy.type is None:
+            return None
+        name = self.plugins.resolve("scan_pattern", xy.type)
+        spec = self.plugins.get("scan_pattern", name)
+        where = f"scans.{label}.xy"
+        try:
+            positions = spec.generate(xy[name] if name in xy else xy)
+        except (UsageError, DataError):
+            raise
+        except Exception as exc:
+            raise DataError(f"{where}: scan pattern {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.ndim != 2 or positions.shape[1] != 2:
+            raise DataError(f"{where}: scan pattern {name!r} gave positions of shape {positions.shape}, expected (N, 2)")
+        if not np.all(np.isfinite(positions)):
+            raise DataError(f"{where}: scan pattern {name!r} gave non-finite positions")
+        if len(positions) == 0:
+            raise UsageError(f"{where}: scan pattern {name!r} gave no positions; check {where}.{name}.*")
+        log.info("scan %s: %d positions from pattern %s", label, len(positions), name)
+        return positions
+
+    def scan_context(self, label: str) -> ScanContext:
+        return ScanContext(
+            label=label,
+            positions=self.scan_positions(label),
+            plugins=self.plugins,
+            params=self.params,
+            data_type=self.params.data_type,
+            dry_run=bool(self.params.dry_run),
+        )
+
+    # -- running ----------------------------------------------------------------
+
+    def dry_run(self) -> dict:
+        """Everything a dry run reports: the resolved tree and each scan's positions."""
+        return {
+            "params": self.params,
+            "positions": {label: self.scan_positions(label) for label in self.params.scans},
+        }
+
+    def run(self) -> dict:
+        """Execute the run; returns output name -> path (or the dry-run report)."""
+        self.hook.difframe_run_started(run=self)
+        try:
+            if self.params.dry_run:
+                results = self.dry_run()
+            elif self.params.get("tds") is not None:
+                from difframe.tds.workflow import run_tds
+
+                results = run_tds(self)
+            elif self.params.scans:
+                from difframe.ptycho.workflow import run_ptycho
+
+                results = run_ptycho(self)
+            else:
+                raise UsageError("nothing to run: give at least one scans.<label> (ptychography) or a tds subtree")
+        except BaseException as exc:
+            self.hook.difframe_run_failed(run=self, error=exc)
+            raise
+        self.hook.difframe_run_finished(run=self, results=results)
+        return results
