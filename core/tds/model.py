@@ -1,0 +1,220 @@
+"""The long-wavelength TDS model T(Q; C) = Q^T Gamma(q)^-1 Q and its exact Jacobian.
+
+Near a Bragg peak G, with q = Q - G, the one-phonon intensity is proportional to
+``T = Q^T Gamma(q)^-1 Q`` where ``Gamma_ik = C_ijkl q_j q_l`` is the Christoffel
+matrix (see ``../shared/TDS.md`` section 1).  Everything here is vectorised over
+points: Gamma is one (N, 9) x (9, 9) product, the 3x3 solve is the closed-form
+adjugate, and the Jacobian with respect to the free constants p (``C = sum_a
+p_a basis[a]``) is ``dT/dp_a = -a^T basis[a] a`` with ``a`` the Voigt vector of
+the symmetrised ``u (x) q``, ``u = Gamma^-1 Q``: it costs one more matrix product.
+
+Units: C in GPa, Q and q in 1/Angstrom (with 2 pi), so T is in 1/GPa.  The
+absolute prefactor |F|^2 exp(-2M) k_B T / V_c is left out: the fit absorbs it in
+the per-spot scale.  The quantum option multiplies each branch by
+``x coth x`` with ``x = hbar omega / (2 k_B T)``, which tends to 1 in the
+classical limit, so classical and quantum T agree at high temperature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from difframe.errors import DataError, UsageError
+
+#: Voigt index of the symmetric pair (i, j)
+VOIGT = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
+#: Voigt names C11..C66, upper triangle, row by row
+VOIGT_NAMES = tuple(f"C{i + 1}{j + 1}" for i in range(6) for j in range(i, 6))
+_UPPER = np.triu_indices(6)
+
+HBAR = 1.054571817e-34  # J s
+K_B = 1.380649e-23  # J / K
+#: lambda [GPa / Angstrom^2] -> [Pa / m^2]
+_LAMBDA_SI = 1e9 * 1e20
+
+
+def voigt_to_tensor(C_voigt: np.ndarray) -> np.ndarray:
+    """The (3, 3, 3, 3) stiffness tensor of a (6, 6) Voigt matrix."""
+    C_voigt = np.asarray(C_voigt, dtype=float)
+    return C_voigt[VOIGT[:, :, None, None], VOIGT[None, None, :, :]]
+
+
+def christoffel_matrix(C_voigt: np.ndarray) -> np.ndarray:
+    """(9, 9) matrix M with Gamma(q).ravel() = M @ (q (x) q).ravel()."""
+    C = voigt_to_tensor(C_voigt)  # C[i, j, k, l]; Gamma_ik = C_ijkl q_j q_l
+    return C.transpose(0, 2, 1, 3).reshape(9, 9)
+
+
+def check_stability(C_voigt: np.ndarray, what: str = "elastic constants") -> None:
+    """Raise UsageError unless C is symmetric positive definite (Born criterion)."""
+    C_voigt = np.asarray(C_voigt, dtype=float)
+    if C_voigt.shape != (6, 6):
+        raise UsageError(f"{what}: expected a 6x6 Voigt matrix, got shape {C_voigt.shape}")
+    if not np.all(np.isfinite(C_voigt)):
+        raise UsageError(f"{what}: the Voigt matrix contains NaN or infinity")
+    eig = np.linalg.eigvalsh(0.5 * (C_voigt + C_voigt.T))
+    if eig[0] <= 1e-9 * max(abs(eig[-1]), 1e-300):
+        raise UsageError(
+            f"{what} are not mechanically stable (Born criterion): the 6x6 Voigt matrix is not positive "
+            f"definite (smallest eigenvalue {eig[0]:.4g} GPa); check the values and signs, e.g. C11 > |C12|, C44 > 0"
+        )
+
+
+def _solve_sym3(g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve Gamma u = b for stacks of symmetric 3x3 matrices given flat (N, 9); returns (u, det)."""
+    g00, g01, g02, g11, g12, g22 = g[:, 0], g[:, 1], g[:, 2], g[:, 4], g[:, 5], g[:, 8]
+    c00 = g11 * g22 - g12 * g12
+    c11 = g00 * g22 - g02 * g02
+    c22 = g00 * g11 - g01 * g01
+    c01 = g02 * g12 - g01 * g22
+    c02 = g01 * g12 - g02 * g11
+    c12 = g01 * g02 - g00 * g12
+    det = g00 * c00 + g01 * c01 + g02 * c02
+    b0, b1, b2 = b[:, 0], b[:, 1], b[:, 2]
+    u = np.stack([c00 * b0 + c01 * b1 + c02 * b2, c01 * b0 + c11 * b1 + c12 * b2, c02 * b0 + c12 * b1 + c22 * b2], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u /= det[:, None]
+    return u, det
+
+
+def voigt_pairs(u: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(N, 6) Voigt vector a of sym(u (x) q), so that u^T Gamma(q) u = a^T C_voigt a."""
+    return np.stack(
+        [
+            u[:, 0] * q[:, 0],
+            u[:, 1] * q[:, 1],
+            u[:, 2] * q[:, 2],
+            u[:, 1] * q[:, 2] + u[:, 2] * q[:, 1],
+            u[:, 0] * q[:, 2] + u[:, 2] * q[:, 0],
+            u[:, 0] * q[:, 1] + u[:, 1] * q[:, 0],
+        ],
+        axis=1,
+    )
+
+
+def quadratic_form_matrix(basis: np.ndarray) -> np.ndarray:
+    """(21, n) matrix B with a^T basis[k] a = (a_i a_j, i <= j) @ B[:, k] (off-diagonals doubled)."""
+    basis = np.asarray(basis, dtype=float)
+    sym = basis + basis.transpose(0, 2, 1)
+    sym[:, np.arange(6), np.arange(6)] *= 0.5
+    return sym[:, _UPPER[0], _UPPER[1]].T.copy()
+
+
+def _check_points(Q: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    Q = np.asarray(Q, dtype=float)
+    q = np.asarray(q, dtype=float)
+    if Q.ndim != 2 or Q.shape[1] != 3 or q.shape != Q.shape:
+        raise DataError(f"TDS model: Q and q must both have shape (N, 3); got {Q.shape} and {q.shape}")
+    return Q, q
+
+
+def classical(Q: np.ndarray, q: np.ndarray, C_voigt: np.ndarray, basis: np.ndarray | None = None):
+    """T = Q^T Gamma(q)^-1 Q per point, and (with ``basis``) dT/dp as (N, n_free).
+
+    Points with q = 0 (exactly on the Bragg peak) have no finite T: DataError.
+    """
+    Q, q = _check_points(Q, q)
+    qq = (q[:, :, None] * q[:, None, :]).reshape(-1, 9)
+    gamma = qq @ christoffel_matrix(C_voigt).T
+    u, det = _solve_sym3(gamma, Q)
+    if not np.all(det != 0):
+        bad = int(np.flatnonzero(det == 0)[0])
+        raise DataError(f"TDS model: point {bad} has a singular Christoffel matrix (q = {q[bad].tolist()}); "
+                        "points exactly on a Bragg peak must be excluded (DeltaQ_min > 0)")
+    T = np.einsum("ni,ni->n", Q, u)
+    if basis is None:
+        return T, None
+    a = voigt_pairs(u, q)
+    aa = a[:, _UPPER[0]] * a[:, _UPPER[1]]
+    return T, -(aa @ quadratic_form_matrix(basis))
+
+
+def bose_ratio(lam: np.ndarray, temperature: float, density: float) -> tuple[np.ndarray, np.ndarray]:
+    """x coth x and its derivative d/dlambda, x = hbar omega / 2 k_B T, omega = sqrt(lambda / rho).
+
+    ``lam`` in GPa/Angstrom^2 (an eigenvalue of Gamma), ``density`` in g/cm^3.
+    """
+    kappa = HBAR * np.sqrt(_LAMBDA_SI / (density * 1e3)) / (2 * K_B * temperature)
+    x = kappa * np.sqrt(lam)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        small = x < 1e-4
+        xs = np.where(small, 1.0, x)
+        f = np.where(small, 1 + x * x / 3, xs / np.tanh(xs))
+        df_dx = np.where(small, 2 * x / 3, 1 / np.tanh(xs) - xs / np.sinh(xs) ** 2)
+        df_dlam = df_dx * x / (2 * lam)
+    return f, df_dlam
+
+
+def quantum(Q, q, C_voigt, basis=None, *, temperature: float, density: float):
+    """T with the Bose factor of each acoustic branch, and (with ``basis``) dT/dp.
+
+    T = sum_j (Q.e_j)^2 h(lambda_j), h = x coth x / lambda.  The Jacobian is the
+    derivative of the matrix function h(Gamma) (Daleckii-Krein divided
+    differences), exact also for degenerate branches.
+    """
+    if not temperature > 0 or not (density and density > 0):
+        raise UsageError(f"quantum TDS model needs Temperature > 0 K and density > 0 g/cm^3 "
+                         f"(got Temperature={temperature}, density={density})")
+    Q, q = _check_points(Q, q)
+    qq = (q[:, :, None] * q[:, None, :]).reshape(-1, 9)
+    gamma = (qq @ christoffel_matrix(C_voigt).T).reshape(-1, 3, 3)
+    lam, e = np.linalg.eigh(gamma)  # e[n, :, j] is branch j
+    if not np.all(lam > 0):
+        bad = int(np.flatnonzero(~np.all(lam > 0, axis=1))[0])
+        raise DataError(f"TDS model: point {bad} has a non-positive phonon eigenvalue (q = {q[bad].tolist()}); "
+                        "the elastic constants are unstable or the point sits on a Bragg peak")
+    f, df = bose_ratio(lam, temperature, density)
+    h = f / lam
+    c = np.einsum("ni,nij->nj", Q, e)
+    T = np.einsum("nj,nj->n", c * c, h)
+    if basis is None:
+        return T, None
+    dh = df / lam - f / lam**2
+    dl = lam[:, :, None] - lam[:, None, :]
+    close = np.abs(dl) <= 1e-7 * lam[:, -1:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h1 = np.where(close, 0.5 * (dh[:, :, None] + dh[:, None, :]), (h[:, :, None] - h[:, None, :]) / dl)
+    weight = c[:, :, None] * c[:, None, :] * h1  # (N, 3, 3) over branch pairs
+    v = np.stack([voigt_pairs(e[:, :, j], q) for j in range(3)], axis=1)  # (N, 3 branches, 6)
+    basis = np.asarray(basis, dtype=float)
+    vb = np.einsum("nji,aik->najk", v, basis)
+    return T, np.einsum("najk,nlk,njl->na", vb, v, weight)
+
+
+def tds_intensity(Q, G, C_voigt, *, temperature: float = 300.0, density: float | None = None,
+                  quantum_bose: bool = False) -> np.ndarray:
+    """TDS intensity (up to the per-spot prefactor) at points Q near Bragg vectors G.
+
+    ``Q`` (N, 3) and ``G`` (N, 3) or (3,) in 1/Angstrom, ``C_voigt`` (6, 6) in
+    GPa.  This is what the simulator multiplies by its own scale.
+    """
+    check_stability(C_voigt)
+    Q = np.asarray(Q, dtype=float)
+    q = Q - np.broadcast_to(np.asarray(G, dtype=float), Q.shape)
+    if quantum_bose:
+        return quantum(Q, q, C_voigt, temperature=temperature, density=density)[0]
+    return classical(Q, q, C_voigt)[0]
+
+
+class NumpyModel:
+    """T and dT/dp for fixed points and a fixed elastic structure (the fit's inner loop)."""
+
+    backend = "numpy"
+
+    def __init__(self, Q, q, basis, *, quantum_bose=False, temperature=300.0, density=None):
+        self.Q, self.q = _check_points(Q, q)
+        self.basis = np.asarray(basis, dtype=float)
+        self.quantum = bool(quantum_bose)
+        self.temperature = temperature
+        self.density = density
+
+    def voigt(self, p: np.ndarray) -> np.ndarray:
+        return np.tensordot(np.asarray(p, dtype=float), self.basis, axes=1)
+
+    def evaluate(self, p: np.ndarray, jacobian: bool = True):
+        """(T (N,), J (N, n_free) or None) at free constants ``p``."""
+        C = self.voigt(p)
+        basis = self.basis if jacobian else None
+        if self.quantum:
+            return quantum(self.Q, self.q, C, basis, temperature=self.temperature, density=self.density)
+        return classical(self.Q, self.q, C, basis)
