@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("difframe.commands.run", "run a reconstruction or fit from parameter files"),
     "list-plugins": ("difframe.commands.list_plugins", "show installed plugins, their kinds and status"),
     "params": ("difframe.commands.params", "document the parameter tree (or one subtree)"),
+    "inspect": ("difframe.commands.inspect", "show a detector frame's shape, dtype and header metadata"),
 }
 
 EPILOG = """\
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("difframe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
     except Exception as exc:  # an unexpected failure is still one message, not a traceback
         _report(exc, args, unexpected=True)
         return 1
