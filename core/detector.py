@@ -1,0 +1,271 @@
+"""Detector frames: one in-memory record for every reader, and the choice of reader.
+
+A reader plugin (``difframe.plugins.detectors.cbf``, ``.edf`` or a third party's)
+turns a file into a :class:`Frame`.  :func:`open_frame` picks the reader from the
+file's first (decompressed) bytes, then from its extension, so a mis-named file
+is still read by the right reader.
+
+Metadata are typed and in SI units whatever the file wrote: the keys are always
+those of :data:`METADATA_FIELDS`, with ``None`` for what the file does not say.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from difframe.errors import DataError
+
+log = logging.getLogger("difframe.detector")
+
+#: typed metadata keys, in the order ``difframe inspect`` prints them
+METADATA_FIELDS = (
+    "wavelength_m",
+    "distance_m",
+    "beam_center_px",  # [x, y]: x along the fast (column) axis, y along the slow (row) axis
+    "pixel_size_m",  # [x, y]
+    "start_angle_deg",
+    "angle_increment_deg",
+    "exposure_s",
+    "detector",
+)
+
+#: compression suffixes fabio reads transparently
+COMPRESSION_SUFFIXES = (".gz", ".bz2")
+
+HEAD_BYTES = 4096
+
+
+@dataclass
+class Frame:
+    """One detector frame: ``data`` (rows, cols) and typed ``metadata``.
+
+    ``header`` keeps the file's own header entries (strings) for what the typed
+    metadata do not cover.
+    """
+
+    data: np.ndarray
+    metadata: dict = field(default_factory=lambda: empty_metadata())
+    header: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def quiet_fabio():
+    """Silence fabio's own log lines while a reader turns its failures into one DataError."""
+    logger = logging.getLogger("fabio")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def read_fabio_image(image_class, path: Path, label: str, sniff):
+    """``image_class().read(path)`` with fabio's many failure modes turned into one DataError.
+
+    ``label`` names the format in messages; ``sniff`` tells a file of another
+    format (wrong content) from a truncated or corrupt one of this format.
+    """
+    try:
+        with quiet_fabio():
+            image = image_class().read(str(path))
+            data = image.data
+    except FileNotFoundError:
+        raise DataError(f"{label} frame {path} does not exist") from None
+    except Exception as exc:  # fabio raises AssertionError, EOFError, AttributeError... on broken files
+        if not sniff(read_head(path)):
+            raise DataError(f"{path} is not a {label} file (its first bytes are not a {label} header)") from None
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise DataError(f"{label} frame {path} is truncated or corrupt ({detail})") from None
+    if data is None or data.ndim != 2:
+        raise DataError(f"{label} frame {path} holds no 2-D image")
+    return image
+
+
+def empty_metadata() -> dict:
+    return {key: None for key in METADATA_FIELDS}
+
+
+def read_head(path: str | Path, size: int = HEAD_BYTES) -> bytes:
+    """The first ``size`` bytes of ``path`` after gzip/bzip2 decompression."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            magic = stream.read(3)
+    except OSError as exc:
+        raise DataError(f"cannot open detector frame {path}: {exc.strerror or exc}") from None
+    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else open
+    try:
+        with opener(path, "rb") as stream:
+            return stream.read(size)
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError(f"detector frame {path} is truncated or corrupt: {exc}") from None
+
+
+def format_suffix(path: str | Path) -> str:
+    """The format extension of ``path`` without a compression suffix (``a.cbf.gz`` -> ``.cbf``)."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    while suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def choose_reader(path: str | Path, plugins) -> Any:
+    """The reader spec for ``path``: first whose ``sniff`` accepts the head, else by extension."""
+    readers = plugins.specs("detector_reader")
+    if not readers:
+        raise DataError("no detector reader plugin is registered (see `difframe list-plugins --kind detector_reader`)")
+    head = read_head(path)
+    for spec in readers.values():
+        if spec.sniff(head):
+            return spec
+    suffix = format_suffix(path)
+    for spec in readers.values():
+        if suffix in spec.extensions:
+            return spec
+    known = ", ".join(f"{name} ({' '.join(spec.extensions)})" for name, spec in readers.items())
+    raise DataError(f"{path} is not a detector frame any reader recognises (readers: {known})")
+
+
+def open_frame(path: str | Path, plugins=None) -> Frame:
+    """Read one frame with the reader its content (or name) calls for.
+
+    ``plugins`` is a :class:`difframe.manager.PluginManager`; a fresh one is made
+    when omitted.
+    """
+    if plugins is None:
+        from difframe.manager import PluginManager
+
+        plugins = PluginManager()
+    spec = choose_reader(path, plugins)
+    log.debug("reading %s with reader %s", path, spec.name)
+    return spec.read(path)
+
+
+# -- header parsing ------------------------------------------------------------
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_LENGTH_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "a": 1e-10, "angstrom": 1e-10}
+
+
+def _line_value(text: str, key: str) -> str | None:
+    match = re.search(rf"^#\s*{re.escape(key)}\b[:=]?\s*(.*?)\s*$", text, flags=re.MULTILINE | re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _numbers(text: str | None) -> list[float]:
+    return [float(x) for x in re.findall(_NUMBER, text)] if text else []
+
+
+def _length(text: str | None, default_unit: str = "m") -> float | None:
+    """``'0.351 m'`` -> 0.351; ``'0.96859 A'`` -> 9.6859e-11."""
+    numbers = _numbers(text)
+    if not numbers:
+        return None
+    unit = re.search(rf"{_NUMBER}\s*([A-Za-z]+)", text)
+    scale = _LENGTH_UNITS.get(unit.group(1).lower(), None) if unit else None
+    value = numbers[0] * (scale if scale is not None else _LENGTH_UNITS[default_unit])
+    return float(f"{value:.12g}")  # 0.96859 A -> 9.6859e-11, not 9.685899999999999e-11
+
+
+def parse_pilatus_header(text: str) -> dict:
+    """Typed metadata from a Pilatus/Dectris mini-CBF header (``# Key value unit`` lines)."""
+    meta = empty_metadata()
+    detector = _line_value(text, "Detector")
+    if detector:
+        meta["detector"] = re.split(r",|\s+S/N", detector)[0].strip()
+    meta["wavelength_m"] = _length(_line_value(text, "Wavelength"), "a")
+    meta["distance_m"] = _length(_line_value(text, "Detector_distance"), "m")
+    beam = _numbers(_line_value(text, "Beam_xy"))
+    if len(beam) >= 2:
+        meta["beam_center_px"] = beam[:2]
+    pixel = _line_value(text, "Pixel_size")
+    if pixel:
+        parts = [_length(part, "m") for part in re.split(r"\s+x\s+", pixel)]
+        if len(parts) == 2 and None not in parts:
+            meta["pixel_size_m"] = parts
+    for key, name in (("start_angle_deg", "Start_angle"), ("angle_increment_deg", "Angle_increment"),
+                      ("exposure_s", "Exposure_time")):
+        values = _numbers(_line_value(text, name))
+        if values:
+            meta[key] = values[0]
+    return meta
+
+
+def _loop_rows(header: Mapping[str, Any], category: str) -> list[dict[str, str]]:
+    """Rows of the CIF loop of ``category`` in fabio's parsed full-CBF header."""
+    rows = []
+    for names, values in header.get("loop_", []) or []:
+        decoded = [n.decode() if isinstance(n, bytes) else n for n in names]
+        if decoded and decoded[0].startswith(category + "."):
+            for row in values:
+                rows.append({(k.decode() if isinstance(k, bytes) else k).split(".", 1)[1]:
+                             (v.decode() if isinstance(v, bytes) else v) for k, v in row.items()})
+    return rows
+
+
+def _cif_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_full_cbf_header(header: Mapping[str, Any]) -> dict:
+    """Typed metadata from the imgCIF categories of a full CBF (fabio's ``header``)."""
+    meta = empty_metadata()
+    for row in _loop_rows(header, "_diffrn_radiation_wavelength")[:1]:
+        value = _cif_float(row.get("wavelength"))
+        meta["wavelength_m"] = None if value is None else value * 1e-10
+    for row in _loop_rows(header, "_diffrn_measurement")[:1]:
+        value = _cif_float(row.get("sample_detector_distance"))
+        meta["distance_m"] = None if value is None else value * 1e-3
+    sizes = {row.get("index"): _cif_float(row.get("size")) for row in _loop_rows(header, "_array_element_size")}
+    if sizes.get("1") is not None and sizes.get("2") is not None:
+        meta["pixel_size_m"] = [sizes["1"], sizes["2"]]
+    scan_axes = [row for row in _loop_rows(header, "_diffrn_scan_axis") if _cif_float(row.get("angle_range"))]
+    if scan_axes:  # the rotating axis is the one with a non-zero range
+        meta["start_angle_deg"] = _cif_float(scan_axes[0].get("angle_start"))
+        meta["angle_increment_deg"] = _cif_float(scan_axes[0].get("angle_increment"))
+    for row in _loop_rows(header, "_diffrn_scan_frame")[:1]:
+        meta["exposure_s"] = _cif_float(row.get("integration_time"))
+    for row in _loop_rows(header, "_diffrn_detector")[:1]:
+        meta["detector"] = row.get("type")
+    return meta
+
+
+def merge_metadata(primary: dict, fallback: dict) -> dict:
+    """``primary`` with its ``None`` fields filled from ``fallback``."""
+    return {key: primary.get(key) if primary.get(key) is not None else fallback.get(key) for key in METADATA_FIELDS}
+
+
+# -- modular detectors -----------------------------------------------------------
+
+
+def tiled_shape(modules: tuple[int, int], module_shape: tuple[int, int], gap: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of a detector of ``modules`` (rows, cols) modules separated by ``gap`` dead pixels."""
+    return tuple(n * size + (n - 1) * g for n, size, g in zip(modules, module_shape, gap))
+
+
+def sensitive_mask(template) -> np.ndarray:
+    """Boolean (rows, cols) map of a detector template: False on the dead bands between modules."""
+    mask = np.ones(template.shape, dtype=bool)
+    if template.module_shape is None:
+        return mask
+    for axis in (0, 1):
+        pitch = template.module_shape[axis] + template.gap[axis]
+        dead = (np.arange(template.shape[axis]) % pitch) >= template.module_shape[axis]
+        if axis == 0:
+            mask[dead, :] = False
+        else:
+            mask[:, dead] = False
+    return mask
