@@ -200,7 +200,7 @@ NODES = {
         type=('file', 'str'),
         default=None,
         help='Origin of data',
-        doc='Describes where to get the data from.\n\nAccepted values are:\n - `file`: data will be read from a .ptyd file.\n - any valid recipe name: data will be prepared using the recipe.\n - `sim` : data will be simulated according to parameters in simulation',
+        doc='Describes where to get the data from.\n\nAccepted values are:\n - `file`: data will be read from a .ptyd file.\n - any valid recipe name: data will be prepared using the recipe.\n - `sim` : data will be simulated according to parameters in simulation\n\nTyped file in the reference, but its values are names (file, sim, a recipe), so str is accepted too.',
     ),
     'scan.data.dfile': P(
         type=('file',),
@@ -335,7 +335,7 @@ NODES = {
         type=('str', 'int'),
         default=None,
         help='Label or index of scan to share object with.',
-        doc='Possible values:\n\nNone: Do not share\n(string): label of the scan to share with\n(int):index of scan to share with',
+        doc='Possible values:\n\nNone: Do not share\n(string): label of the scan to share with\n(int):index of scan to share with\n\nThe doc allows a scan index, so int is accepted besides the reference\'s str.',
     ),
     'scan.sharing.object_share_power': P(
         type=('float',),
@@ -347,7 +347,7 @@ NODES = {
         type=('str', 'int'),
         default=None,
         help='Label or index of scan to share probe with.',
-        doc='Possible values:\n\nNone: Do not share\n(string): label of the scan to share with\n(int):index of scan to share with',
+        doc='Possible values:\n\nNone: Do not share\n(string): label of the scan to share with\n(int):index of scan to share with\n\nThe doc allows a scan index, so int is accepted besides the reference\'s str.',
     ),
     'scan.sharing.probe_share_power': P(
         type=('float',),
@@ -457,7 +457,7 @@ NODES = {
         type=('int', 'float'),
         default=None,
         help='Layer (mode) of storage data to load',
-        doc='`None` is all layers, choose `0` for main mode\n\nLayers are counted, so an int is accepted too.',
+        doc='`None` is all layers, choose `0` for main mode\n\nLayers are counted, so an int is accepted besides the reference\'s float.',
     ),
     'scan.illumination.stxm': P(
         type=('Param',),
@@ -493,7 +493,7 @@ NODES = {
         default=None,
         lowlim=0.0,
         help='Aperture width or diameter',
-        doc='May also be a tuple (vertical,horizontal) for size in case of an asymmetric aperture',
+        doc='May also be a tuple (vertical,horizontal) for size in case of an asymmetric aperture\n\nThe doc allows a (vertical, horizontal) tuple, so tuple is accepted besides the reference\'s float.',
     ),
     'scan.illumination.aperture.edge': P(
         type=('int',),
@@ -606,7 +606,7 @@ NODES = {
         type=('int', 'float'),
         default=None,
         help='Layer (mode) of storage data to load',
-        doc='`None` is all layers, choose `0` for main mode\n\nLayers are counted, so an int is accepted too.',
+        doc='`None` is all layers, choose `0` for main mode\n\nLayers are counted, so an int is accepted besides the reference\'s float.',
     ),
     'scan.sample.stxm': P(
         type=('Param',),

@@ -1,0 +1,1 @@
+"""Example difframe plugin package (see line.py)."""
