@@ -1,0 +1,269 @@
+"""Data preparation shared by every ptychography recipe.
+
+A recipe only loads what it has (a :class:`RawScan`: frames, mask, positions
+and whatever geometry its source knows); :func:`prepare` then applies the
+``scan.data`` parameters the same way for all of them, in ptypy's order:
+frame selection (``num_frames``, ``positions_theory``, ``min_frames``),
+``orientation``, centre (``center`` / ``auto_center``), crop to
+``shape * rebin`` around the centre, ``rebin``; geometry conflicts between the
+source and the parameters are settled by ``if_conflict_use_meta``; the result
+is saved to ``dfile`` when ``save`` is set.  Every step works on the whole
+stack of frames at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from difframe.errors import DataError, ParameterError
+from difframe.optics import wavelength_to_energy
+from difframe.param import Param
+from difframe.ptycho.data import PreparedData
+
+log = logging.getLogger("difframe.ptycho.prepare")
+
+
+@dataclass
+class RawScan:
+    """What a recipe read from its source; ``None`` means "the source does not say".
+
+    ``frames`` (N, H, W) counts; ``mask`` (H, W) or (N, H, W), True = valid;
+    ``positions`` (N, 2) metres (y, x); ``psize_m`` (y, x) metres; ``center``
+    (row, col) of the beam in ``frames``.
+    """
+
+    frames: np.ndarray
+    mask: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    energy_kev: float | None = None
+    distance_m: float | None = None
+    psize_m: tuple[float, float] | None = None
+    center: tuple[float, float] | None = None
+    propagation: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def orientation_flags(orientation: Any) -> tuple[bool, bool, bool]:
+    """(transpose, flip rows, flip columns) for ptypy's orientation code or 3-tuple.
+
+    The integer code's binary digits are the three flags: 1 flips columns
+    (fliplr), 2 flips rows (flipud), 4 transposes, sums combine them.
+    """
+    if orientation is None:
+        return (False, False, False)
+    if isinstance(orientation, (bool, np.bool_)) or not isinstance(orientation, (int, np.integer, tuple, list)):
+        raise ParameterError(f"scan.data.orientation: expected an int 0..7 or a 3-tuple of booleans, got {orientation!r}")
+    if isinstance(orientation, (tuple, list)):
+        if len(orientation) != 3:
+            raise ParameterError(f"scan.data.orientation: a tuple must have 3 booleans "
+                                 f"(transpose, flipud, fliplr), got {orientation!r}")
+        return tuple(bool(v) for v in orientation)
+    if not 0 <= int(orientation) <= 7:
+        raise ParameterError(f"scan.data.orientation: code must be 0..7, got {orientation!r}")
+    code = int(orientation)
+    return (bool(code & 4), bool(code & 2), bool(code & 1))
+
+
+def orient(stack: np.ndarray, center: tuple[float, float] | None, orientation: Any):
+    """Apply an orientation to the last two axes of ``stack`` and to ``center``."""
+    transpose, flipud, fliplr = orientation_flags(orientation)
+    if transpose:
+        stack = np.swapaxes(stack, -1, -2)
+        center = None if center is None else (center[1], center[0])
+    rows, cols = stack.shape[-2:]
+    if flipud:
+        stack = stack[..., ::-1, :]
+        center = None if center is None else (rows - 1 - center[0], center[1])
+    if fliplr:
+        stack = stack[..., :, ::-1]
+        center = None if center is None else (center[0], cols - 1 - center[1])
+    return stack, center
+
+
+def mass_center(frames: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Centre of mass (row, col) of the valid intensity summed over all frames."""
+    total = (frames * mask).sum(axis=0) if mask.ndim == 3 else frames.sum(axis=0) * mask
+    weight = float(total.sum())
+    if not weight > 0:
+        raise DataError("auto_center: the frames hold no counts, there is no centre of mass")
+    rows, cols = np.indices(total.shape)
+    return (float((rows * total).sum() / weight), float((cols * total).sum() / weight))
+
+
+def crop_pad(stack: np.ndarray, shape: tuple[int, int], center: tuple[float, float], fill=0):
+    """Window of ``shape`` on the last two axes with ``center`` moved to ``shape // 2``.
+
+    Parts of the window outside the frame are padded with ``fill``.  Returns the
+    window and the centre's new (row, col).
+    """
+    out_shape = stack.shape[:-2] + tuple(shape)
+    out = np.full(out_shape, fill, dtype=stack.dtype)
+    starts = [int(np.round(c)) - s // 2 for c, s in zip(center, shape)]
+    src, dst = [], []
+    for start, size, full in zip(starts, shape, stack.shape[-2:]):
+        lo, hi = max(start, 0), min(start + size, full)
+        if hi <= lo:
+            raise DataError(f"crop: a {tuple(shape)} window around centre {center} misses the "
+                            f"{stack.shape[-2:]} frame entirely")
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[(..., *dst)] = stack[(..., *src)]
+    new_center = tuple(c - s for c, s in zip(center, starts))
+    return out, new_center
+
+
+def rebin(stack: np.ndarray, factor: int) -> np.ndarray:
+    """Sum ``factor`` x ``factor`` pixel blocks of the last two axes (shape must divide)."""
+    if factor == 1:
+        return stack
+    rows, cols = stack.shape[-2:]
+    if rows % factor or cols % factor:
+        raise ParameterError(f"scan.data.rebin: {factor} does not divide the frame shape {(rows, cols)}")
+    return stack.reshape(*stack.shape[:-2], rows // factor, factor, cols // factor, factor).sum(axis=(-3, -1))
+
+
+def _pair(value: Any, name: str) -> tuple[Any, Any] | None:
+    if value is None:
+        return None
+    arr = np.ravel(np.asarray(value))
+    if arr.size == 1:
+        return (arr[0].item(), arr[0].item())
+    if arr.size != 2:
+        raise ParameterError(f"{name}: expected one number or two (rows, cols), got {value!r}")
+    return (arr[0].item(), arr[1].item())
+
+
+def _settle(name: str, from_source: Any, from_params: Any, use_meta: bool, label: str) -> Any:
+    """Pick the source's or the parameters' value of one geometry quantity."""
+    if from_source is None:
+        return from_params
+    if from_params is None:
+        return from_source
+    if not np.allclose(np.asarray(from_source, float), np.asarray(from_params, float), rtol=1e-9, atol=0):
+        winner = "data source" if use_meta else "parameters"
+        log.warning("scan %s: %s differs between data source (%s) and parameters (%s); using the %s "
+                    "(scan.if_conflict_use_meta=%s)", label, name, from_source, from_params, winner, use_meta)
+    return from_source if use_meta else from_params
+
+
+def _geometry_params(p: Param) -> dict[str, Any]:
+    """Geometry given by the user: scan.data.* first, else scan.geometry.*."""
+    data, geo = p.get("data") or {}, p.get("geometry") or {}
+    energy = data.get("energy")
+    if energy is None:
+        energy = geo.get("energy")
+        if energy is None and geo.get("lam") is not None:
+            energy = wavelength_to_energy(geo.get("lam"))
+    psize = data.get("psize")
+    psize = geo.get("psize") if psize is None else psize
+    distance = data.get("distance")
+    distance = geo.get("distance") if distance is None else distance
+    return {"energy": energy, "distance": distance, "psize": _pair(psize, "scan.data.psize"),
+            "propagation": geo.get("prop_type")}
+
+
+def select_frames(raw: RawScan, data_p: Param, context_positions: np.ndarray | None, label: str):
+    """Frames, mask and positions after ``num_frames``, ``positions_theory`` and ``min_frames``."""
+    frames, mask, positions = raw.frames, raw.mask, raw.positions
+    theory = data_p.get("positions_theory")
+    num = data_p.get("num_frames")
+    if theory is not None:
+        theory = np.asarray(theory, dtype=float)
+        if theory.ndim != 2 or theory.shape[1] != 2:
+            raise ParameterError(f"scans.{label}.data.positions_theory: expected (N, 2) positions, got shape {theory.shape}")
+        positions, num = theory, len(theory)
+    elif positions is None:
+        positions = context_positions
+    if num is not None:
+        if num > len(frames):
+            if theory is not None:
+                raise DataError(f"scan {label}: positions_theory has {num} positions but the data only "
+                                f"{len(frames)} frames")
+            log.info("scan %s: num_frames=%d but only %d frames available", label, num, len(frames))
+        num = min(num, len(frames))
+        frames = frames[:num]
+        mask = mask[:num] if mask is not None and mask.ndim == 3 else mask
+    if positions is None:
+        raise DataError(f"scan {label}: the data carry no positions and the scan has no pattern (scan.xy)")
+    positions = np.asarray(positions, dtype=float)
+    if len(positions) < len(frames):
+        raise DataError(f"scan {label}: {len(frames)} frames but only {len(positions)} positions")
+    positions = positions[: len(frames)]
+    min_frames = data_p.get("min_frames") or 1
+    if len(frames) < min_frames:
+        raise DataError(f"scan {label}: {len(frames)} frames, fewer than scan.data.min_frames={min_frames}")
+    return frames, mask, positions
+
+
+def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) -> PreparedData:
+    """Apply the ``scan.data`` preparation to ``raw`` and return the scan's PreparedData.
+
+    ``save=False`` skips writing ``dfile`` (the ``file`` recipe reads it instead).
+    """
+    p = Param(scan_params)
+    data_p = p.get("data") or Param()
+    label = context.label
+    frames = np.asarray(raw.frames)
+    if frames.ndim != 3:
+        raise DataError(f"scan {label}: frames must be an (N, H, W) stack, got shape {frames.shape}")
+    mask = np.ones(frames.shape[1:], bool) if raw.mask is None else np.asarray(raw.mask, bool)
+    raw = RawScan(**{**raw.__dict__, "frames": frames, "mask": mask})
+    frames, mask, positions = select_frames(raw, data_p, getattr(context, "positions", None), label)
+
+    center = _pair(raw.center, "data source center")
+    frames, center = orient(frames, center, data_p.get("orientation"))
+    mask, _ = orient(mask, None, data_p.get("orientation"))
+    psize = raw.psize_m
+    if psize is not None and orientation_flags(data_p.get("orientation"))[0]:
+        psize = (psize[1], psize[0])
+
+    user_center = _pair(data_p.get("center"), "scan.data.center")
+    if user_center is not None and isinstance(user_center[0], str):
+        raise ParameterError(f"scan.data.center: expected (row, col) pixels, got {data_p.get('center')!r}")
+    use_meta = bool(p.get("if_conflict_use_meta", True))
+    center = _settle("center", center, user_center, use_meta, label)
+    auto = data_p.get("auto_center")
+    if auto or (auto is None and center is None):
+        center = mass_center(frames, mask)
+        log.info("scan %s: auto centre at (%.2f, %.2f)", label, *center)
+    if center is None:
+        center = ((frames.shape[1] - 1) / 2, (frames.shape[2] - 1) / 2)
+
+    factor = int(data_p.get("rebin") or 1)
+    shape = _pair(data_p.get("shape"), "scan.data.shape")
+    if shape is not None:
+        window = (int(shape[0]) * factor, int(shape[1]) * factor)
+        frames, new_center = crop_pad(frames, window, center)
+        mask, _ = crop_pad(mask, window, center, fill=False)
+        center = new_center
+    frames = rebin(frames, factor)
+    mask = rebin(mask.astype(np.int32), factor) == factor * factor
+    center = ((center[0] - (factor - 1) / 2) / factor, (center[1] - (factor - 1) / 2) / factor)
+
+    given = _geometry_params(p)
+    energy = _settle("energy", raw.energy_kev, given["energy"], use_meta, label)
+    distance = _settle("distance", raw.distance_m, given["distance"], use_meta, label)
+    psize = _settle("psize", psize, given["psize"], use_meta, label)
+    for name, value in (("energy", energy), ("distance", distance), ("psize", psize)):
+        if value is None:
+            raise ParameterError(f"scans.{label}.data.{name}: the data source does not give it; set it")
+    psize = (psize[0] * factor, psize[1] * factor)
+    propagation = raw.propagation or given["propagation"] or "farfield"
+
+    meta = dict(raw.meta)
+    meta["preparation"] = {k: data_p.get(k) for k in
+                           ("shape", "center", "auto_center", "rebin", "orientation", "num_frames", "min_frames")}
+    prepared = PreparedData(label=label, data=frames, mask=mask, positions=positions, energy_kev=energy,
+                            distance_m=distance, psize_m=psize, center=center, propagation=propagation, meta=meta)
+    dfile, mode = data_p.get("dfile"), data_p.get("save")
+    if save and dfile and mode and not getattr(context, "dry_run", False):
+        from difframe.ptycho.ptyd import write_ptyd
+
+        write_ptyd(Path(dfile), prepared, save=mode, chunk_format=data_p.get("chunk_format") or ".chunk%02d",
+                   info=Param(data_p).to_dict())
+    return prepared
