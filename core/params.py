@@ -182,7 +182,8 @@ class ParamTree:
     def subtree(self, path: str) -> dict[str, Node]:
         """``path`` and everything below it (all nodes for "")."""
         if path and path not in self.nodes:
-            raise UsageError(f"no parameter {path!r}{_did_you_mean(path, self.nodes)}")
+            close = difflib.get_close_matches(path, list(self.nodes), n=1)
+            raise UsageError(f"no parameter {path!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
         return {p: n for p, n in self.nodes.items() if not path or p == path or p.startswith(path + ".")}
 
     def to_json(self, path: str = "") -> dict:

@@ -131,3 +131,61 @@ def test_managers_are_independent():
     one = PluginManager(disabled={"patterns.round"})
     two = PluginManager()
     assert "round" not in one.specs("scan_pattern") and "round" in two.specs("scan_pattern")
+
+
+class EveryKind:
+    """One plugin object registering one record of every kind, with a parameter each."""
+
+    from difframe import hookimpl
+    from difframe import types as t
+
+    P = {"gain": (float, 1.0, "a parameter")}
+
+    @hookimpl
+    def difframe_engines(self):
+        return self.t.EngineSpec(name="toy_engine", summary="s", factory=dict, parameters=self.P)
+
+    @hookimpl
+    def difframe_recipes(self):
+        yield self.t.RecipeSpec(name="toy_recipe", summary="s", prepare=dict, parameters=self.P)
+
+    @hookimpl
+    def difframe_detector_readers(self):
+        yield self.t.DetectorReaderSpec(name="toy_reader", summary="s", extensions=(".toy",),
+                                        sniff=lambda head: head.startswith(b"TOY"), read=open)
+
+    @hookimpl
+    def difframe_detector_templates(self):
+        yield self.t.DetectorTemplateSpec(name="toy_detector", summary="s", shape=(10, 20), pixel_size=(1e-4, 1e-4))
+
+    @hookimpl
+    def difframe_illumination_models(self):
+        yield self.t.IlluminationModelSpec(name="toy_probe", summary="s", build=dict, parameters=self.P)
+
+    @hookimpl
+    def difframe_sample_models(self):
+        yield self.t.SampleModelSpec(name="toy_object", summary="s", build=dict, parameters=self.P)
+
+    @hookimpl
+    def difframe_scan_patterns(self):
+        yield self.t.ScanPatternSpec(name="toy_pattern", summary="s", generate=dict, parameters=self.P)
+
+    @hookimpl
+    def difframe_minimisers(self):
+        yield self.t.MinimiserSpec(name="toy_minimiser", summary="s", minimise=dict, parameters=self.P)
+
+
+def test_every_registration_hook_registers_and_mounts_parameters():
+    from difframe.params import ParamTree
+    from difframe.types import MOUNT_POINTS
+
+    manager = PluginManager(load=False, plugins=[EveryKind()])
+    tree = ParamTree.build(manager)
+    for kind, mount in MOUNT_POINTS.items():
+        (name,) = [n for n in manager.specs(kind) if n.startswith("toy_")]
+        assert manager.provider(kind, name).plugin == "EveryKind"
+        if kind != "detector_template" and kind != "detector_reader":
+            node = tree.nodes[mount.format(name=name) + ".gain"]
+            assert node.default == 1.0 and node.types == ("float",) and node.owner == "EveryKind"
+    assert "toy_pattern" in tree.nodes["scan.xy.type"].choices
+    assert "toy_recipe" in tree.nodes["scan.data.source"].choices
