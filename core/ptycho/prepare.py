@@ -4,8 +4,9 @@ A recipe only loads what it has (a :class:`RawScan`: frames, mask, positions
 and whatever geometry its source knows); :func:`prepare` then applies the
 ``scan.data`` parameters the same way for all of them, in ptypy's order:
 frame selection (``num_frames``, ``positions_theory``, ``min_frames``),
-``orientation``, centre (``center`` / ``auto_center``), crop to
-``shape * rebin`` around the centre, ``rebin``; geometry conflicts between the
+``orientation``, centre (``center`` / ``auto_center``; near-field frames
+default to their middle), crop to ``shape * rebin`` around the centre,
+``rebin``; geometry conflicts between the
 source and the parameters are settled by ``if_conflict_use_meta``; the result
 is saved to ``dfile`` when ``save`` is set.  Every step works on the whole
 stack of frames at once.
@@ -227,12 +228,14 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
         raise ParameterError(f"scan.data.center: expected (row, col) pixels, got {data_p.get('center')!r}")
     use_meta = bool(p.get("if_conflict_use_meta", True))
     center = _settle("center", center, user_center, use_meta, label)
+    given = _geometry_params(p)
+    propagation = raw.propagation or given["propagation"] or "farfield"
     auto = data_p.get("auto_center")
-    if auto or (auto is None and center is None):
+    if auto or (auto is None and center is None and propagation == "farfield"):
         center = mass_center(frames, mask)
         log.info("scan %s: auto centre at (%.2f, %.2f)", label, *center)
-    if center is None:
-        center = ((frames.shape[1] - 1) / 2, (frames.shape[2] - 1) / 2)
+    if center is None:  # near field: the frame's middle
+        center = (frames.shape[1] // 2, frames.shape[2] // 2)
 
     factor = int(data_p.get("rebin") or 1)
     shape = _pair(data_p.get("shape"), "scan.data.shape")
@@ -245,7 +248,6 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     mask = rebin(mask.astype(np.int32), factor) == factor * factor
     center = ((center[0] - (factor - 1) / 2) / factor, (center[1] - (factor - 1) / 2) / factor)
 
-    given = _geometry_params(p)
     energy = _settle("energy", raw.energy_kev, given["energy"], use_meta, label)
     distance = _settle("distance", raw.distance_m, given["distance"], use_meta, label)
     psize = _settle("psize", psize, given["psize"], use_meta, label)
@@ -253,7 +255,6 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
         if value is None:
             raise ParameterError(f"scans.{label}.data.{name}: the data source does not give it; set it")
     psize = (psize[0] * factor, psize[1] * factor)
-    propagation = raw.propagation or given["propagation"] or "farfield"
 
     meta = dict(raw.meta)
     meta["preparation"] = {k: data_p.get(k) for k in

@@ -1,0 +1,108 @@
+"""CXI (Coherent X-ray Imaging, HDF5) ptychography scans read as raw scan data.
+
+Read: ``<entry>/instrument_1/detector_1/{data, mask, distance, x_pixel_size,
+y_pixel_size, basis_vectors}``, ``<entry>/instrument_1/source_1/{energy [J],
+wavelength [m]}`` and ``<entry>/sample_1/geometry_1/translation`` (N, 3) [m].
+
+Conventions: a mask pixel is valid where the CXI mask is 0 (any set bit flags
+it).  Positions are where the beam sits on the sample, so they are minus the
+sample translation, projected on the frame's row and column directions given
+by ``basis_vectors`` (3, 2); without them the detector is taken as rows along
+-y and columns along -x, which is what the P25 file states.
+
+Cone-beam (Fresnel scaling) near-field data: with the focus-to-sample distance
+z1 and the file's sample-to-detector distance z2, the equivalent parallel-beam
+geometry has pixel ``psize / M`` and distance ``z2 / M`` with magnification
+``M = (z1 + z2) / z1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from difframe.errors import DataError, ParameterError
+from difframe.ptycho.prepare import RawScan
+
+log = logging.getLogger("difframe.ptycho.cxi")
+
+JOULE_PER_KEV = 1.602176634e-16
+DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
+
+
+def _scalar(f: Any, path: str, where: str) -> float | None:
+    if path not in f:
+        return None
+    value = np.asarray(f[path][()], dtype=float).ravel()
+    if value.size != 1 or not np.isfinite(value[0]) or value[0] <= 0:
+        raise DataError(f"{where}:/{path}: expected one positive number, got {value.tolist()}")
+    return float(value[0])
+
+
+def positions_from_translation(translation: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(N, 2) beam positions (row, col directions) from (N, 3) sample translations."""
+    units = basis / np.linalg.norm(basis, axis=0, keepdims=True)
+    return -(translation @ units)
+
+
+def read_cxi(path: str | os.PathLike, *, entry: str = "entry_1", focus_distance: float | None = None) -> RawScan:
+    """Read one CXI entry into a RawScan; DataError naming the file and node on any defect."""
+    import h5py
+
+    where = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{where}: no such CXI file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{where}: not an HDF5 file, so not CXI ({err})") from None
+    with f:
+        det = f"{entry}/instrument_1/detector_1"
+        if f"{det}/data" not in f:
+            raise DataError(f"{where}: no {det}/data, not a CXI ptychography entry")
+        frames = np.asarray(f[f"{det}/data"][()])
+        if frames.ndim != 3:
+            raise DataError(f"{where}:/{det}/data has shape {frames.shape}, expected (N, H, W)")
+        bad = ~np.isfinite(frames.reshape(len(frames), -1)).all(axis=1) if frames.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            raise DataError(f"{where}:/{det}/data: frames {np.flatnonzero(bad)[:10].tolist()} contain NaN or infinity")
+        mask = None
+        if f"{det}/mask" in f:
+            mask = np.asarray(f[f"{det}/mask"][()]) == 0
+            if mask.shape not in (frames.shape, frames.shape[1:]):
+                raise DataError(f"{where}:/{det}/mask has shape {mask.shape}, frames are {frames.shape}")
+        distance = _scalar(f, f"{det}/distance", where)
+        px = _scalar(f, f"{det}/x_pixel_size", where)
+        py = _scalar(f, f"{det}/y_pixel_size", where)
+        basis = np.asarray(f[f"{det}/basis_vectors"][()], float) if f"{det}/basis_vectors" in f else DEFAULT_BASIS
+        if basis.shape != (3, 2) or not np.all(np.linalg.norm(basis, axis=0) > 0):
+            raise DataError(f"{where}:/{det}/basis_vectors has shape {basis.shape} or a zero vector, expected (3, 2)")
+        source = f"{entry}/instrument_1/source_1"
+        energy_j = _scalar(f, f"{source}/energy", where)
+        wavelength = _scalar(f, f"{source}/wavelength", where)
+        trans_path = f"{entry}/sample_1/geometry_1/translation"
+        positions = None
+        if trans_path in f:
+            translation = np.asarray(f[trans_path][()], dtype=float)
+            if translation.shape != (len(frames), 3) or not np.isfinite(translation).all():
+                raise DataError(f"{where}:/{trans_path} has shape {translation.shape} (or non-finite values), "
+                                f"expected ({len(frames)}, 3) finite metres")
+            positions = positions_from_translation(translation, basis)
+    energy_kev = energy_j / JOULE_PER_KEV if energy_j else (1.2398419843320026e-9 / wavelength if wavelength else None)
+    psize = None if px is None or py is None else (py, px)
+    meta: dict[str, Any] = {"source": where, "cxi_entry": entry}
+    if focus_distance is not None:
+        if distance is None or psize is None:
+            raise DataError(f"{where}: focus_distance needs the file's distance and pixel size")
+        if not focus_distance > 0:
+            raise ParameterError(f"scan.data.recipe.cxi.focus_distance must be positive, got {focus_distance}")
+        magnification = (focus_distance + distance) / focus_distance
+        meta.update(magnification=magnification, detector_distance_m=distance, detector_psize_m=psize)
+        distance, psize = distance / magnification, (psize[0] / magnification, psize[1] / magnification)
+        log.info("%s: cone beam, magnification %.2f, effective distance %.4g m, pixel %.4g m",
+                 where, magnification, distance, psize[0])
+    return RawScan(frames=frames, mask=mask, positions=positions, energy_kev=energy_kev, distance_m=distance,
+                   psize_m=psize, center=None, meta=meta)
