@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from difframe.errors import DataError, ParameterError
+from difframe.ptycho.h5typed import open_file
 from difframe.ptycho.prepare import RawScan
 
 log = logging.getLogger("difframe.ptycho.cxi")
@@ -50,16 +51,8 @@ def positions_from_translation(translation: np.ndarray, basis: np.ndarray) -> np
 
 def read_cxi(path: str | os.PathLike, *, entry: str = "entry_1", focus_distance: float | None = None) -> RawScan:
     """Read one CXI entry into a RawScan; DataError naming the file and node on any defect."""
-    import h5py
-
     where = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{where}: no such CXI file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{where}: not an HDF5 file, so not CXI ({err})") from None
-    with f:
+    with open_file(path, "CXI") as f:
         det = f"{entry}/instrument_1/detector_1"
         if f"{det}/data" not in f:
             raise DataError(f"{where}: no {det}/data, not a CXI ptychography entry")

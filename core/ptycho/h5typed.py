@@ -156,18 +156,21 @@ def read_node(node: Any, *, source: str = "") -> Any:
     raise DataError(f"{where}: unknown node type {kind!r}")
 
 
-def read(path: str | os.PathLike, *keys: str) -> dict[str, Any]:
-    """Read a typed HDF5 file (or only the top-level/slash-separated ``keys``) into a dict.
-
-    Missing or non-HDF5 files give a DataError naming the file.
-    """
+def open_file(path: str | os.PathLike, what: str = "HDF5") -> Any:
+    """Open an HDF5 file for reading; a DataError naming the file if it is missing or not HDF5."""
     import h5py
 
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such {what} file")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
-    with f:
+        raise DataError(f"{path}: not an HDF5 file, so not {what} ({err})") from None
+
+
+def read(path: str | os.PathLike, *keys: str) -> dict[str, Any]:
+    """Read a typed HDF5 file (or only the top-level/slash-separated ``keys``) into a dict."""
+    with open_file(path) as f:
         out = {}
         for key in keys or list(f):
             if key not in f:

@@ -112,16 +112,8 @@ def read_ptyd(path: str | os.PathLike) -> RawScan:
     Defects named: not HDF5, not a ptyd (no ``chunks``/``meta``), a missing or
     dangling chunk, arrays whose lengths or frame shapes disagree, NaN frames.
     """
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such .ptyd file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{path}: not an HDF5 file, so not a .ptyd ({err})") from None
-    with f:
+    with h5typed.open_file(path, ".ptyd") as f:
         if "chunks" not in f or "meta" not in f:
             missing = [g for g in ("chunks", "meta") if g not in f]
             raise DataError(f"{path}: not a .ptyd (no {' or '.join(missing)} group)")

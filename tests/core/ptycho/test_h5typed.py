@@ -73,7 +73,7 @@ def test_pickled_nodes_are_refused_by_name(tmp_path, kind):
 def test_unsupported_values_and_missing_files(tmp_path):
     with pytest.raises(DataError, match="unsupported type object"):
         h5typed.write(tmp_path / "x.h5", {"o": object()})
-    with pytest.raises(DataError, match="not a readable HDF5 file"):
+    with pytest.raises(DataError, match="no such HDF5 file"):
         h5typed.read(tmp_path / "missing.h5")
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(DataError, match="text.h5"):
