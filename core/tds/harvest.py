@@ -1,0 +1,450 @@
+"""Harvest: rotation frames -> scattered points near selected Bragg spots (tds2el's harvesting).
+
+Why it is fast: everything that depends only on geometry is done once.  Q_lab of
+every pixel is computed once; since a rotation keeps |Q|, only pixels whose |Q_lab|
+lies within DeltaQ_max of some |G| can ever be harvested, and a k-d tree over them
+answers "which pixels lie within DeltaQ_max of spot s in frame n" by rotating the
+spot into the lab (one 3-vector per frame and spot) instead of rotating the pixels.
+Per frame what remains is reading it, gathering the chosen pixels and rotating
+only those (vectorised over all points of a chunk of frames).
+
+Selection (TDS.md section 5): a point of frame n at pixel p belongs to spot s when
+DeltaQ_min |b|max < |Q_c - G_s| < DeltaQ_max |b|max, the pixel is unmasked and not
+negative.  Its intensity is divided by the frame's normalisation.  A frame in which
+any pixel within DeltaQ_max of a spot exceeds ``threshold`` gives no points; its
+pixels above the threshold feed the intensity-weighted centroid of that spot.  With
+re-centring (``centering_file``) a spot's centre is the centroid measured by an
+earlier harvest and the stored Q is shifted by (G - centroid).
+
+MPI: frames are split in contiguous blocks across ranks, results are gathered on
+rank 0 and put in canonical order (frame, spot, pixel), so the file is identical to
+a serial harvest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from difframe.errors import DataError, UsageError
+
+log = logging.getLogger("difframe.tds.harvest")
+
+FRAME_CONVENTION = (
+    "crystal Cartesian frame of difframe.crystal.lattice (a* along x, c along z); "
+    "Q_c = (R_gonio(phi_n) U)^T Q_lab, phi_n = phi + n * angular_step (centre of frame n); "
+    "Q = B h with 2 pi"
+)
+Q_UNIT = "1/Angstrom"
+CHUNK_FRAMES = 8
+
+
+@dataclass
+class Harvest:
+    """Harvested points (one row per point) and the spots they belong to."""
+
+    Q: np.ndarray  # (N, 3) crystal frame [1/Angstrom]
+    intensity: np.ndarray  # (N,) counts / normalisation
+    spot: np.ndarray  # (N,) index into hkl
+    frame: np.ndarray  # (N,) 0-based frame index (files in name order)
+    pixel: np.ndarray  # (N, 2) (row, col)
+    hkl: np.ndarray  # (S, 3)
+    G: np.ndarray  # (S, 3) crystal frame [1/Angstrom]
+    centroid: np.ndarray  # (S, 3) weighted centre of the above-threshold pixels, NaN if none
+    excluded_frames: np.ndarray  # (K,) frames dropped for exceeding the threshold
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Points per spot (S,)."""
+        return np.bincount(self.spot, minlength=len(self.hkl))
+
+
+@dataclass(frozen=True, kw_only=True)
+class HarvestOptions:
+    """What to harvest (tds2el names in the comments)."""
+
+    delta_q_min: float = 0.0  # DeltaQ_min, in units of |b|max
+    delta_q_max: float = 0.15  # DeltaQ_max, in units of |b|max
+    threshold: float | None = None  # threshold [counts]; None: no exclusion
+    spots: np.ndarray | None = None  # collectSpots (S, 3)
+    generators: str | None = None  # ascii_generators, for replicas
+    replicas: bool = False  # REPLICA_COLLECTION
+    mask_file: str | None = None  # filter_file (EDF, 1 good, 0 bad)
+    normalisation_file: str | None = None  # normalisation_file (file name, denominator)
+    centering_file: str | None = None  # an earlier harvest whose centroids re-centre the spots
+
+
+# -- inputs ------------------------------------------------------------------------
+
+
+def read_normalisation(path: str | Path, files: Sequence[str | Path]) -> np.ndarray:
+    """Denominators (F,) for ``files`` from tds2el's two-column file (name, denominator).
+
+    Names match by full path as written, else by file name; every frame must be listed.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"normalisation_file {path}: {exc.strerror or exc}") from None
+    by_name: dict[str, float] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.rsplit(None, 1)
+        try:
+            value = float(parts[1]) if len(parts) == 2 else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value) or value <= 0:
+            raise DataError(f"{path} line {number}: expected 'filename denominator' with a positive "
+                            f"denominator, got {line.strip()!r}")
+        by_name[parts[0]] = value
+        by_name.setdefault(Path(parts[0]).name, value)
+    out = np.empty(len(files))
+    for i, f in enumerate(files):
+        value = by_name.get(str(f), by_name.get(Path(f).name))
+        if value is None:
+            raise DataError(f"normalisation_file {path} has no line for frame {f}")
+        out[i] = value
+    return out
+
+
+def read_mask(path: str | Path, shape: tuple[int, int], plugins) -> np.ndarray:
+    """tds2el's filter_file as a boolean map (True = good pixel) of the frames' shape."""
+    from difframe.detector import open_frame
+
+    data = open_frame(path, plugins).data
+    if data.shape != tuple(shape):
+        raise DataError(f"filter_file {path} is {data.shape[0]} x {data.shape[1]} but the frames are "
+                        f"{shape[0]} x {shape[1]}")
+    return data != 0
+
+
+def read_spot_list(path: str | Path) -> np.ndarray:
+    """Spots (S, 3) from a maxima file: JSON ``[[h, k, l], ...]`` or text lines ``h k l``.
+
+    tds2el's pickled maxima files are refused: difframe never unpickles.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".p", ".pkl", ".pickle"):
+        raise UsageError(f"file_maxima {path} is a Python pickle, which difframe never loads; "
+                         f"write the accepted hkl as text lines 'h k l' or as JSON [[h, k, l], ...]")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DataError(f"file_maxima {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return _as_hkl(json.loads(text), f"file_maxima {path}")
+        except json.JSONDecodeError as exc:
+            raise DataError(f"file_maxima {path}: not JSON ({exc})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = re.split(r"[\s,]+", line.split("#", 1)[0].strip())
+        if fields == [""]:
+            continue
+        try:
+            rows.append([int(x) for x in fields[:3]])
+        except ValueError:
+            raise DataError(f"{path} line {number}: expected three integers h k l, got {line.strip()!r}") from None
+        if len(fields) < 3:
+            raise DataError(f"{path} line {number}: expected three integers h k l, got {line.strip()!r}")
+    return _as_hkl(rows, f"file_maxima {path}")
+
+
+def _as_hkl(value: Any, source: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim != 2 or array.shape[1] != 3 or len(array) == 0 or not np.all(np.equal(np.mod(array, 1), 0)):
+        raise UsageError(f"{source}: expected a non-empty list of [h, k, l] integer triples, got {value!r}")
+    return array.astype(np.int64)
+
+
+def replicate_spots(hkl: np.ndarray, generators: str, lattice) -> np.ndarray:
+    """``hkl`` and all their images under the point group (REPLICA_COLLECTION), in first-seen order."""
+    from difframe.crystal.symmetry import close_group, parse_generators
+
+    group = close_group(parse_generators(generators, lattice.direct))
+    g = lattice.q(hkl)  # (S, 3)
+    images = np.einsum("rij,sj->sri", group, g).reshape(-1, 3)
+    h = lattice.hkl(images)
+    rounded = np.rint(h)
+    if np.abs(h - rounded).max() > 1e-4:
+        raise UsageError(f"ascii_generators {generators!r} do not map the lattice onto itself "
+                         "(check the cell and the generator axes)")
+    _, first = np.unique(rounded.astype(np.int64), axis=0, return_index=True)
+    return rounded.astype(np.int64)[np.sort(first)]
+
+
+def read_centroids(path: str | Path, hkl: np.ndarray) -> np.ndarray:
+    """Centres (S, 3) of ``hkl`` from an earlier harvest's centroids (NaN where it has none)."""
+    earlier = load_harvest(path, points=False)
+    centres = np.full((len(hkl), 3), np.nan)
+    lookup = {tuple(h): c for h, c in zip(earlier.hkl.tolist(), earlier.centroid)}
+    for i, h in enumerate(hkl.tolist()):
+        if tuple(h) in lookup:
+            centres[i] = lookup[tuple(h)]
+    return centres
+
+
+# -- the harvest ---------------------------------------------------------------------
+
+
+def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plugins=None, comm=None) -> Harvest | None:
+    """Harvest the points around ``options.spots`` from rotation ``files`` (name order = frame order).
+
+    ``comm`` is an mpi4py communicator (None: serial).  Rank 0 returns the
+    :class:`Harvest`; other ranks return None.
+    """
+    from scipy.spatial import cKDTree
+
+    from difframe.detector import choose_reader
+
+    if plugins is None:
+        from difframe.manager import PluginManager
+
+        plugins = PluginManager()
+    files = [Path(f) for f in files]
+    if not files:
+        raise UsageError("no frame files to harvest (check images_prefix and images_postfix)")
+    if options.spots is None or len(options.spots) == 0:
+        raise UsageError("no spots to harvest: give collectSpots or file_maxima")
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    reader = choose_reader(files[0], plugins)
+    first = reader.read(files[0])
+    shape = first.data.shape
+    mask = read_mask(options.mask_file, shape, plugins) if options.mask_file else np.ones(shape, bool)
+    norm = read_normalisation(options.normalisation_file, files) if options.normalisation_file else np.ones(len(files))
+
+    lattice = geometry.lattice
+    hkl = _as_hkl(options.spots, "collectSpots")
+    requested = len(hkl)
+    if options.replicas:
+        if not options.generators:
+            raise UsageError("REPLICA_COLLECTION needs ascii_generators")
+        hkl = replicate_spots(hkl, options.generators, lattice)
+    G = lattice.q(hkl)
+    centres = G.copy()
+    if options.centering_file:
+        measured = read_centroids(options.centering_file, hkl)
+        found = np.isfinite(measured).all(axis=1)
+        centres[found] = measured[found]
+        log.info("re-centred %d of %d spots from %s", found.sum(), len(hkl), options.centering_file)
+    unit = lattice.max_reciprocal
+    r_min, r_max = options.delta_q_min * unit, options.delta_q_max * unit
+    if not 0 <= r_min < r_max:
+        raise UsageError(f"need 0 <= DeltaQ_min < DeltaQ_max, got {options.delta_q_min}, {options.delta_q_max}")
+
+    # geometry only, once: pixels that can ever be near a spot, and a tree over their Q_lab
+    q_all = geometry.q_lab_image(shape).reshape(-1, 3)
+    q_norm = np.linalg.norm(q_all, axis=1)
+    shells = np.sort(np.linalg.norm(centres, axis=1))
+    above = np.searchsorted(shells, q_norm).clip(0, len(shells) - 1)
+    below = (above - 1).clip(0)
+    gap = np.minimum(np.abs(q_norm - shells[above]), np.abs(q_norm - shells[below]))  # to the nearest |G|
+    candidates = np.flatnonzero((gap < r_max) & mask.ravel())
+    q_cand = q_all[candidates]
+    tree = cKDTree(q_cand)
+    rotations = geometry.lab_to_crystal(np.arange(len(files)))  # (F, 3, 3): Q_c = M Q_lab
+    spot_lab = np.einsum("fji,sj->fsi", rotations, centres)  # M^T centre: (F, S, 3)
+    reach, _ = tree.query(spot_lab.reshape(-1, 3), distance_upper_bound=r_max)
+    active = np.isfinite(reach).reshape(len(files), len(hkl))
+    _check_spots_fall_on_detector(active, hkl, requested, options)
+    log.info("harvest: %d frames of %d x %d, %d spots, %d candidate pixels, r = %.4g..%.4g 1/A",
+             len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
+
+    block = np.array_split(np.arange(len(files)), size)[rank]
+    parts, centroid_sums, over = _harvest_frames(
+        block, files, reader, first if rank == 0 else None, shape, active, spot_lab, tree, candidates, q_cand,
+        rotations, centres, G, r_min, r_max, norm, options.threshold,
+    )
+    points = {k: np.concatenate([p[k] for p in parts]) if parts else None for k in ("Q", "I", "s", "f", "p")}
+    if points["Q"] is None:
+        points = {"Q": np.empty((0, 3)), "I": np.empty(0), "s": np.empty(0, np.int64), "f": np.empty(0, np.int64),
+                  "p": np.empty(0, np.int64)}
+    if comm is not None and size > 1:
+        points = {k: _gather(comm, v) for k, v in points.items()}
+        centroid_sums = _reduce(comm, centroid_sums)
+        over = _reduce(comm, over.astype(np.int64))
+        if rank != 0:
+            return None
+    excluded = np.flatnonzero(over)
+    keep = ~np.isin(points["f"], excluded)
+    order = np.lexsort((points["p"][keep], points["s"][keep], points["f"][keep]))
+    totals = centroid_sums.sum(axis=0)  # (S, 4), summed in frame order: deterministic
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroid = np.where(totals[:, :1] > 0, totals[:, 1:] / totals[:, :1], np.nan)
+    flat = points["p"][keep][order]
+    result = Harvest(
+        Q=points["Q"][keep][order], intensity=points["I"][keep][order], spot=points["s"][keep][order],
+        frame=points["f"][keep][order], pixel=np.stack([flat // shape[1], flat % shape[1]], axis=1),
+        hkl=hkl, G=G, centroid=centroid, excluded_frames=excluded,
+        attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT, "shape": list(shape),
+               "input_files": [str(f) for f in files], "delta_q": [options.delta_q_min, options.delta_q_max],
+               "mask_file": options.mask_file or "", "normalisation_file": options.normalisation_file or "",
+               "centering_file": options.centering_file or ""},
+    )
+    log.info("harvest: %d points around %d spots; %d frames excluded by the threshold",
+             len(result.Q), len(hkl), len(excluded))
+    return result
+
+
+def _check_spots_fall_on_detector(active, hkl, requested, options) -> None:
+    """A requested spot that is never within DeltaQ_max of a pixel is a mistake; a replica may be."""
+    seen = active.any(axis=0)
+    for i in range(min(requested, len(hkl)) if not options.replicas else 0):
+        if not seen[i]:
+            raise UsageError(f"collectSpots entry {hkl[i].tolist()} never falls on the detector (within "
+                             f"DeltaQ_max) in any of the {active.shape[0]} frames")
+    if options.replicas and not seen.any():
+        raise UsageError(f"no spot of collectSpots {np.asarray(options.spots).tolist()} or its replicas "
+                         "ever falls on the detector")
+    if not seen.all():
+        log.info("%d of %d spots never reach the detector and give no points", (~seen).sum(), len(seen))
+
+
+def _harvest_frames(block, files, reader, first, shape, active, spot_lab, tree, candidates, q_cand, rotations,
+                    centres, G, r_min, r_max, norm, threshold):
+    """Points of the frames in ``block`` (this rank's share), chunk by chunk."""
+    n_spots = len(G)
+    centroid_sums = np.zeros((len(files), n_spots, 4))  # per frame and spot: sum I, sum I*Q
+    over = np.zeros(len(files), bool)
+    parts = []
+    start, report_every = time.perf_counter(), max(1, len(block) // 10)
+    done = 0
+    for chunk in np.array_split(block, max(1, int(np.ceil(len(block) / CHUNK_FRAMES)))):
+        if len(chunk) == 0:
+            continue
+        pair_frame, pair_spot = np.nonzero(active[chunk])
+        pair_frame = chunk[pair_frame]
+        balls = tree.query_ball_point(spot_lab[pair_frame, pair_spot], r_max) if len(pair_frame) else []
+        sizes = np.fromiter((len(b) for b in balls), dtype=np.int64, count=len(balls))
+        idx = np.concatenate([np.asarray(b, dtype=np.int64) for b in balls]) if sizes.sum() else np.empty(0, np.int64)
+        frame = np.repeat(pair_frame, sizes)
+        spot = np.repeat(pair_spot, sizes)
+        values = np.empty(len(idx))
+        for n in chunk:
+            data = first.data if (first is not None and n == 0) else reader.read(files[n]).data
+            if data.shape != shape:
+                raise DataError(f"frame {files[n]} is {data.shape[0]} x {data.shape[1]}, the first frame "
+                                f"{files[0]} is {shape[0]} x {shape[1]}")
+            sel = frame == n
+            values[sel] = data.ravel()[candidates[idx[sel]]]
+        q = q_cand[idx]
+        m = rotations[frame]
+        q_c = m[:, :, 0] * q[:, 0:1] + m[:, :, 1] * q[:, 1:2] + m[:, :, 2] * q[:, 2:3]
+        offset = q_c - centres[spot]
+        dist2 = np.einsum("ij,ij->i", offset, offset)
+        inside = dist2 < r_max * r_max
+        if threshold is not None:
+            hot = inside & (values > threshold)
+            if hot.any():
+                over[frame[hot]] = True
+                np.add.at(centroid_sums, (frame[hot], spot[hot]),
+                          np.concatenate([values[hot, None], values[hot, None] * q_c[hot]], axis=1))
+        keep = inside & (dist2 > r_min * r_min) & (values >= 0)
+        parts.append({"Q": G[spot[keep]] + offset[keep], "I": values[keep] / norm[frame[keep]], "s": spot[keep],
+                      "f": frame[keep], "p": candidates[idx[keep]]})
+        done += len(chunk)
+        if done % report_every < len(chunk) or done == len(block):
+            log.info("harvest: %d/%d frames, %d points, %.1f frames/s", done, len(block),
+                     sum(len(p["I"]) for p in parts), done / max(time.perf_counter() - start, 1e-9))
+    return parts, centroid_sums, over
+
+
+def _gather(comm, array: np.ndarray) -> np.ndarray | None:
+    """Concatenate ``array`` from every rank on rank 0 (rank order), without pickling."""
+    from mpi4py import MPI
+
+    array = np.ascontiguousarray(array)
+    row = int(np.prod(array.shape[1:]))
+    counts = np.array(comm.allgather(int(array.size)), dtype=np.int64)
+    out = np.empty((counts.sum() // max(row, 1), *array.shape[1:]), array.dtype) if comm.Get_rank() == 0 else None
+    mpi_type = MPI._typedict[array.dtype.char]
+    comm.Gatherv(array, [out, counts, None, mpi_type] if out is not None else None, root=0)
+    return out
+
+
+def _reduce(comm, array: np.ndarray) -> np.ndarray:
+    """Element-wise sum over ranks on rank 0 (each element is non-zero on one rank only: exact)."""
+    from mpi4py import MPI
+
+    out = np.zeros_like(array) if comm.Get_rank() == 0 else None
+    comm.Reduce(np.ascontiguousarray(array), out, op=MPI.SUM, root=0)
+    return out
+
+
+# -- the file ----------------------------------------------------------------------------
+
+
+def write_harvest(result: Harvest, path: str | Path) -> Path:
+    """Write the harvest HDF5 file atomically (the layout in docs/tds-usage.md)."""
+    import h5py
+
+    from difframe.fileio import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in result.attrs.items():
+            f.attrs[key] = value
+        f.attrs["creator"] = "difframe tds_harvest"
+        points = f.create_group("points")
+        points.create_dataset("Q", data=result.Q)
+        points.create_dataset("intensity", data=result.intensity)
+        points.create_dataset("spot", data=result.spot.astype(np.int32))
+        points.create_dataset("frame", data=result.frame.astype(np.int32))
+        points.create_dataset("pixel", data=result.pixel.astype(np.int32))
+        spots = f.create_group("spots")
+        spots.create_dataset("hkl", data=result.hkl.astype(np.int32))
+        spots.create_dataset("G", data=result.G)
+        spots.create_dataset("centroid", data=result.centroid)
+        spots.create_dataset("count", data=result.counts.astype(np.int64))
+        f.create_dataset("excluded_frames", data=result.excluded_frames.astype(np.int32))
+    return path
+
+
+def load_harvest(path: str | Path, points: bool = True) -> Harvest:
+    """Read a harvest file (``points=False``: spots and centroids only)."""
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as exc:
+        raise DataError(f"harvest file {path} cannot be opened: {exc}") from None
+    with f:
+        try:
+            spots = f["spots"]
+            empty = np.empty((0, 3))
+            return Harvest(
+                Q=f["points/Q"][()] if points else empty,
+                intensity=f["points/intensity"][()] if points else np.empty(0),
+                spot=f["points/spot"][()].astype(np.int64) if points else np.empty(0, np.int64),
+                frame=f["points/frame"][()].astype(np.int64) if points else np.empty(0, np.int64),
+                pixel=f["points/pixel"][()].astype(np.int64) if points else np.empty((0, 2), np.int64),
+                hkl=spots["hkl"][()].astype(np.int64),
+                G=spots["G"][()],
+                centroid=spots["centroid"][()] if "centroid" in spots else np.full((len(spots["hkl"]), 3), np.nan),
+                excluded_frames=f["excluded_frames"][()] if "excluded_frames" in f else np.empty(0, np.int64),
+                attrs={k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in f.attrs.items()},
+            )
+        except KeyError as exc:
+            raise DataError(f"{path} is not a difframe harvest file (missing {exc})") from None
+
+
+def hkl_summary(result: Harvest) -> str:
+    """The ``show_hkls`` table: each spot's hkl and its number of points."""
+    lines = ["   h    k    l   points"]
+    for (h, k, l), n in zip(result.hkl.tolist(), result.counts.tolist()):
+        lines.append(f"{h:4d} {k:4d} {l:4d} {n:8d}")
+    lines.append(f"{len(result.hkl)} spots, {int(result.counts.sum())} points")
+    return "\n".join(lines)
