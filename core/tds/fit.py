@@ -1,0 +1,406 @@
+"""Fit of the elastic constants to harvested TDS points, by variable projection.
+
+The model of point k of spot s is ``y_k = A_s T(Q_k; C) + B_s``.  For given
+constants the per-spot scale A_s and baseline B_s are a closed-form weighted
+linear least squares (five sums per spot), so the minimiser only sees the
+elastic constants; its Jacobian is the model Jacobian with the per-spot linear
+part projected out (Kaufman), which at the optimum also gives the parameter
+covariance with A_s and B_s marginalised.
+
+Scale (TDS.md section 2): with a free A_s per spot, C -> alpha C is compensated
+exactly by A_s -> alpha A_s, so only ratios are measured.  A constant whose
+CGUESS interval is closed (min == max) is fixed; otherwise ``fix`` decides:
+"auto" fixes the first free constant at its CGUESS value, a name fixes that
+one, "bulk" fits with the first fixed and rescales so the Voigt bulk modulus
+equals ``bulk_modulus``, and "none" leaves everything free, which is refused
+with an explanation when the Jacobian is singular (it is, in the classical
+model).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from difframe.errors import DataError, UsageError
+from difframe.tds.model import VOIGT_NAMES, NumpyModel, check_stability
+from difframe.tds.model_cl import make_model
+
+log = logging.getLogger("difframe.tds.fit")
+
+WEIGHTINGS = ("poisson", "uniform")
+#: a relative singular value below this means the fit cannot determine the constants
+SINGULAR = 1e-7
+MIN_POINTS_PER_SPOT = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitSettings:
+    """How to fit; the defaults are tds2el's (ftol 1e-5, nred 1, 300 K)."""
+
+    fix: str = "auto"
+    bulk_modulus: float | None = None
+    ftol: float = 1e-5
+    max_iterations: int = 200
+    nred: int = 1
+    weighting: str = "poisson"
+    backend: str = "auto"
+    quantum_bose: bool = False
+    temperature: float = 300.0
+    density: float | None = None
+
+
+def constant_name(key: str) -> str:
+    """'A11', 'a11' or 'C11' -> 'C11' (tds2el writes the free constants as A11, A12, ...)."""
+    m = re.fullmatch(r"\s*[AaCc]([1-6])([1-6])\s*", str(key))
+    if not m:
+        raise UsageError(f"CGUESS key {key!r} is not an elastic constant name like 'A11' or 'C12'")
+    i, j = sorted((m.group(1), m.group(2)))
+    return f"C{i}{j}"
+
+
+@dataclass
+class Constants:
+    """The free constants of the structure with their CGUESS start values and bounds."""
+
+    names: list[str]
+    values: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    fitted: np.ndarray  # bool mask
+
+    @classmethod
+    def from_cguess(cls, cguess, free_names) -> "Constants":
+        names = [constant_name(n) for n in free_names]
+        given: dict[str, tuple[float, float, float]] = {}
+        for key, entry in dict(cguess or {}).items():
+            name = constant_name(key)
+            if name not in names:
+                raise UsageError(f"CGUESS names {key!r}, which the crystal symmetry does not leave free "
+                                 f"(free constants: {', '.join(names)})")
+            try:
+                value, low, high = (float(v) for v in entry)
+            except (TypeError, ValueError):
+                raise UsageError(f"CGUESS[{key!r}] must be [value, min, max] in GPa, got {entry!r}") from None
+            if not (np.isfinite([value, low, high]).all() and low <= value <= high):
+                raise UsageError(f"CGUESS[{key!r}] = {entry!r}: need finite min <= value <= max")
+            given[name] = (value, low, high)
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise UsageError(f"CGUESS gives no [value, min, max] for {', '.join(missing)} "
+                             f"(the symmetry leaves free: {', '.join(names)})")
+        table = np.array([given[n] for n in names])
+        return cls(names, table[:, 0], table[:, 1], table[:, 2], table[:, 1] < table[:, 2])
+
+
+def choose_fixed(constants: Constants, fix: str) -> None:
+    """Apply the scale convention to ``constants.fitted`` (see the module docstring)."""
+    if not constants.fitted.all() or fix == "none":
+        return
+    if fix in ("auto", "bulk"):
+        k = 0
+    else:
+        name = constant_name(fix)
+        if name not in constants.names:
+            raise UsageError(f"fix = {fix!r}: not a free constant of this symmetry ({', '.join(constants.names)})")
+        k = constants.names.index(name)
+    constants.fitted[k] = False
+    log.info("scale: %s fixed at its CGUESS value %.6g GPa (TDS determines only ratios)",
+             constants.names[k], constants.values[k])
+
+
+@dataclass
+class Points:
+    """Harvested points sorted by spot, reduced by ``nred``, with their weights."""
+
+    Q: np.ndarray
+    q: np.ndarray
+    y: np.ndarray
+    sqrt_w: np.ndarray
+    spot: np.ndarray  # compact index 0..S-1 into ``spots``
+    spots: np.ndarray  # original spot index of each compact spot
+    starts: np.ndarray  # first point of each compact spot
+
+    @classmethod
+    def from_harvest(cls, Q, intensity, spot, G, *, nred: int = 1, weighting: str = "poisson") -> "Points":
+        Q = np.asarray(Q, dtype=float)
+        y = np.asarray(intensity, dtype=float)
+        spot = np.asarray(spot)
+        G = np.asarray(G, dtype=float)
+        n = len(Q)
+        if Q.ndim != 2 or Q.shape[1] != 3:
+            raise DataError(f"harvest points/Q must have shape (N, 3), got {Q.shape}")
+        if y.shape != (n,) or spot.shape != (n,):
+            raise DataError(f"harvest points/intensity {y.shape} and points/spot {spot.shape} must both be ({n},) "
+                            "like points/Q")
+        if G.ndim != 2 or G.shape[1] != 3:
+            raise DataError(f"harvest spots/G must have shape (S, 3), got {G.shape}")
+        if not np.issubdtype(spot.dtype, np.integer) or (n and (spot.min() < 0 or spot.max() >= len(G))):
+            raise DataError(f"harvest points/spot must be integers in 0..{len(G) - 1} (indices into spots/G)")
+        for label, arr in (("points/Q", Q), ("points/intensity", y), ("spots/G", G)):
+            if not np.all(np.isfinite(arr)):
+                raise DataError(f"harvest {label} contains NaN or infinity")
+        if weighting not in WEIGHTINGS:
+            raise UsageError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+        if int(nred) < 1:
+            raise UsageError(f"nred must be an integer >= 1, got {nred!r}")
+        keep = np.arange(0, n, int(nred))
+        order = keep[np.argsort(spot[keep], kind="stable")]
+        Q, y, spot = Q[order], y[order], spot[order]
+        counts = np.bincount(spot, minlength=len(G))
+        thin = (counts > 0) & (counts < MIN_POINTS_PER_SPOT)
+        if thin.any():
+            log.warning("%d spot(s) with fewer than %d points are left out of the fit: %s", thin.sum(),
+                        MIN_POINTS_PER_SPOT, np.flatnonzero(thin).tolist())
+            ok = ~thin[spot]
+            Q, y, spot = Q[ok], y[ok], spot[ok]
+            counts[thin] = 0
+        if len(y) == 0:
+            raise DataError("the harvest has no points to fit (after nred and dropping spots with too few points)")
+        spots = np.flatnonzero(counts)
+        compact = np.searchsorted(spots, spot)
+        starts = np.concatenate([[0], np.cumsum(counts[spots])[:-1]])
+        q = Q - G[spot]
+        if weighting == "poisson":
+            floor = max(1e-2 * float(np.median(np.abs(y))), np.finfo(float).tiny)
+            sqrt_w = 1.0 / np.sqrt(np.maximum(y, floor))
+        else:
+            sqrt_w = np.ones_like(y)
+        return cls(Q, q, y, sqrt_w, compact, spots, starts)
+
+    def spot_sums(self, x: np.ndarray) -> np.ndarray:
+        """Sum of ``x`` (N,) or (N, k) over the points of each spot."""
+        return np.add.reduceat(x, self.starts, axis=0)
+
+
+class ProjectedProblem:
+    """Weighted residuals against A_s T + B_s, with (A_s, B_s) solved in closed form, as a function of x.
+
+    ``x`` holds the fitted constants; the fixed ones keep their values.  Offers
+    what a minimiser needs: ``x0``, ``bounds``, ``residuals(x)``, ``jacobian(x)``.
+    """
+
+    def __init__(self, points: Points, constants: Constants, model):
+        self.points = points
+        self.constants = constants
+        self.model = model
+        self.x0 = constants.values[constants.fitted].copy()
+        self.bounds = (constants.lower[constants.fitted].copy(), constants.upper[constants.fitted].copy())
+        self.history: list[float] = []
+        self._cache_x: np.ndarray | None = None
+        self._cache: tuple | None = None
+
+    def full(self, x: np.ndarray) -> np.ndarray:
+        p = self.constants.values.copy()
+        p[self.constants.fitted] = x
+        return p
+
+    def _evaluate(self, x: np.ndarray):
+        x = np.asarray(x, dtype=float)
+        if self._cache_x is not None and np.array_equal(x, self._cache_x):
+            return self._cache
+        T, J = self.model.evaluate(self.full(x), jacobian=True)
+        pts = self.points
+        wT = pts.sqrt_w * T
+        sums = pts.spot_sums(np.stack([pts.sqrt_w**2, pts.sqrt_w * wT, wT * wT, pts.sqrt_w**2 * pts.y,
+                                       pts.sqrt_w * wT * pts.y], axis=1))
+        Sw, SwT, SwTT, Swy, SwTy = sums.T
+        det = Sw * SwTT - SwT**2
+        det = np.where(np.abs(det) > 1e-300, det, 1e-300)
+        A = (Sw * SwTy - SwT * Swy) / det
+        B = (SwTT * Swy - SwT * SwTy) / det
+        r = pts.sqrt_w * (A[pts.spot] * T + B[pts.spot] - pts.y)
+        self._cache_x = x.copy()
+        self._cache = (r, T, J[:, self.constants.fitted], A, B, (Sw, SwT, SwTT, det))
+        return self._cache
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        return self._evaluate(x)[0]
+
+    def linear(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-spot scale A_s and baseline B_s (compact spot order) at ``x``."""
+        return self._evaluate(x)[3:5]
+
+    def jacobian(self, x: np.ndarray) -> np.ndarray:
+        """d residuals / dx with the per-spot span of (T, 1) projected out (Kaufman's variable projection)."""
+        r, T, J, A, _, (Sw, SwT, SwTT, det) = self._evaluate(x)
+        self.history.append(float(0.5 * r @ r))
+        pts = self.points
+        V = (pts.sqrt_w * A[pts.spot])[:, None] * J  # sqrt(w) A_s dT/dx
+        sTV = pts.spot_sums((pts.sqrt_w * T)[:, None] * V)
+        sV = pts.spot_sums(pts.sqrt_w[:, None] * V)
+        c1 = (Sw[:, None] * sTV - SwT[:, None] * sV) / det[:, None]
+        c2 = (SwTT[:, None] * sV - SwT[:, None] * sTV) / det[:, None]
+        return V - pts.sqrt_w[:, None] * (c1[pts.spot] * T[:, None] + c2[pts.spot])
+
+
+def check_scale_determined(problem: ProjectedProblem) -> None:
+    """Refuse a fit whose Jacobian is singular at the start, explaining the scale degeneracy."""
+    J = problem.jacobian(problem.x0)
+    problem.history.clear()
+    norms = np.linalg.norm(J, axis=0)
+    names = [n for n, f in zip(problem.constants.names, problem.constants.fitted) if f]
+    if np.any(norms == 0):
+        raise UsageError(f"the data do not depend on {names[int(np.argmin(norms))]}: its column of the "
+                         "fit Jacobian is zero; fix it in CGUESS (min == max) or collect other spots")
+    s = np.linalg.svd(J / norms, compute_uv=False)
+    if s[-1] < SINGULAR * s[0]:
+        all_free = problem.constants.fitted.all()
+        why = ("every elastic constant is free, and TDS with a free scale per spot determines only their "
+               "ratios: multiplying all constants by a common factor is compensated exactly by the spot scales. "
+               "Fix one constant (fix = 'C11', or a CGUESS entry with min == max) or the bulk modulus "
+               "(fix = 'bulk' with bulk_modulus)") if all_free else (
+               "the harvested points do not separate the fitted constants; collect more or other spots, "
+               "or fix some constants")
+        raise UsageError(f"the fit Jacobian is singular (condition number {s[0] / max(s[-1], 1e-300):.3g}): {why}")
+
+
+def voigt_bulk_gradient() -> np.ndarray:
+    """(6, 6) weights k with K_Voigt = sum k * C: (C11 + C22 + C33 + 2 (C12 + C13 + C23)) / 9."""
+    k = np.zeros((6, 6))
+    k[:3, :3] = 1.0 / 9.0
+    return k
+
+
+@dataclass
+class FitResult:
+    """The fitted constants with uncertainties and everything the reports need."""
+
+    names: list[str]
+    values: np.ndarray
+    sigma: np.ndarray
+    fitted: np.ndarray
+    voigt: np.ndarray
+    voigt_sigma: np.ndarray
+    scale: np.ndarray  # per harvest spot (NaN for spots left out)
+    baseline: np.ndarray
+    cost: float
+    converged: bool
+    message: str
+    n_points: int
+    n_spots: int
+    reduced_chi2: float
+    reference: str
+    backend: str
+    history: list[float] = field(default_factory=list)
+    hkl: np.ndarray | None = None
+
+    @property
+    def fixed(self) -> list[str]:
+        return [n for n, f in zip(self.names, self.fitted) if not f]
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        ref = self.values[self.names.index(self.reference)]
+        return {f"{n}/{self.reference}": float(v / ref) for n, v in zip(self.names, self.values) if n != self.reference}
+
+    def constants_table(self) -> dict[str, dict]:
+        """All 21 Voigt components C11..C66 with symmetry relations applied."""
+        out = {}
+        for name in VOIGT_NAMES:
+            i, j = int(name[1]) - 1, int(name[2]) - 1
+            out[name] = {"value": float(self.voigt[i, j]), "sigma": float(self.voigt_sigma[i, j]),
+                         "free": name in self.names and bool(self.fitted[self.names.index(name)])}
+        return out
+
+
+def covariance(problem: ProjectedProblem, x: np.ndarray, n_linear: int) -> tuple[np.ndarray, float]:
+    """Covariance of the fitted constants (Gauss-Newton, scaled by the reduced chi^2) and that chi^2."""
+    r = problem.residuals(x)
+    J = problem.jacobian(x)
+    problem.history.pop()
+    dof = max(len(r) - J.shape[1] - n_linear, 1)
+    chi2 = float(r @ r / dof)
+    try:
+        cov = np.linalg.inv(J.T @ J) * chi2
+    except np.linalg.LinAlgError:
+        log.warning("the fit Jacobian is singular at the solution: uncertainties are undefined")
+        cov = np.full((J.shape[1],) * 2, np.nan)
+    return cov, chi2
+
+
+def fit(harvest, structure, cguess, settings: FitSettings, minimise, minimiser_params=None) -> FitResult:
+    """Fit the free constants of ``structure`` to ``harvest`` with ``minimise(problem, params)``.
+
+    ``harvest`` maps "Q", "intensity", "spot", "G" (and optionally "hkl") to
+    arrays as in the harvest file; ``structure`` has ``.free`` and ``.basis``.
+    """
+    problem, points = build_problem(harvest, structure, cguess, settings)
+    params = {"ftol": settings.ftol, "max_iterations": settings.max_iterations, **dict(minimiser_params or {})}
+    outcome = minimise(problem, params)
+    return finish(problem, outcome.x, settings, cost=outcome.cost, converged=outcome.converged,
+                  message=outcome.message, hkl=harvest.get("hkl"), n_harvest_spots=len(harvest["G"]))
+
+
+def build_problem(harvest, structure, cguess, settings: FitSettings) -> tuple[ProjectedProblem, Points]:
+    """Points, constants and model assembled into the projected least-squares problem (start checked)."""
+    check = getattr(structure, "check_constants", None)  # names the symmetry relation of a constant not free
+    if check is not None:
+        check(list(dict(cguess or {})), "CGUESS")
+    constants = Constants.from_cguess(cguess, structure.free)
+    basis = np.asarray(structure.basis, dtype=float)
+    check_stability(np.tensordot(constants.values, basis, axes=1), "the CGUESS start values")
+    if settings.fix == "bulk" and settings.quantum_bose:
+        raise UsageError("fix = 'bulk' rescales a classical fit; with the quantum Bose model fix one constant")
+    choose_fixed(constants, settings.fix)
+    if not constants.fitted.any():
+        raise UsageError("every CGUESS interval is closed (min == max): nothing to fit")
+    points = Points.from_harvest(harvest["Q"], harvest["intensity"], harvest["spot"], harvest["G"],
+                                 nred=settings.nred, weighting=settings.weighting)
+    model = make_model(points.Q, points.q, basis, backend=settings.backend, quantum_bose=settings.quantum_bose,
+                       temperature=settings.temperature, density=settings.density)
+    problem = ProjectedProblem(points, constants, model)
+    # float32 (OpenCL) blurs a null space to ~1e-6; the check runs once in float64
+    check_scale_determined(problem if model.backend == "numpy" else
+                           ProjectedProblem(points, constants, NumpyModel(points.Q, points.q, basis)))
+    log.info("fitting %d constants (%s) to %d points in %d spots (%s model)", len(problem.x0),
+             ", ".join(n for n, f in zip(constants.names, constants.fitted) if f), len(points.y),
+             len(points.spots), model.backend)
+    return problem, points
+
+
+def finish(problem: ProjectedProblem, x, settings: FitSettings, *, cost, converged, message, hkl=None,
+           n_harvest_spots=None) -> FitResult:
+    """Uncertainties, the bulk-modulus rescaling, the Voigt table and the stability check of the result."""
+    constants, points = problem.constants, problem.points
+    basis = problem.model.basis
+    x = np.asarray(x, dtype=float)
+    p = problem.full(x)
+    A, B = problem.linear(x)
+    cov_x, chi2 = covariance(problem, x, 2 * len(points.spots))
+    D = np.zeros((len(p), len(x)))  # d p / d x
+    D[constants.fitted, np.arange(len(x))] = 1.0
+    reference = constants.names[int(np.flatnonzero(~constants.fitted)[0])] if (~constants.fitted).any() \
+        else constants.names[0]
+    if settings.fix == "bulk":
+        k = np.tensordot(basis, voigt_bulk_gradient(), axes=([1, 2], [0, 1]))  # dK/dp
+        K = float(k @ p)
+        target = settings.bulk_modulus if settings.bulk_modulus else float(k @ constants.values)
+        factor = target / K
+        D = factor * (np.eye(len(p)) - np.outer(p, k) / K) @ D
+        p, A = p * factor, A / factor
+        log.info("scale: constants rescaled by %.6g so the Voigt bulk modulus is %.6g GPa", factor, target)
+    cov_p = D @ cov_x @ D.T
+    sigma = np.sqrt(np.clip(np.diag(cov_p), 0, None))
+    voigt = np.tensordot(p, basis, axes=1)
+    flat = basis.reshape(len(p), 36)
+    voigt_sigma = np.sqrt(np.clip(np.einsum("ai,ab,bi->i", flat, cov_p, flat), 0, None)).reshape(6, 6)
+    try:
+        check_stability(voigt, "the fitted elastic constants")
+    except UsageError as exc:
+        converged, message = False, f"{message}; {exc}"
+        log.warning("%s", exc)
+    n_spots_total = n_harvest_spots if n_harvest_spots is not None else int(points.spots.max()) + 1
+    scale = np.full(n_spots_total, np.nan)
+    baseline = np.full(n_spots_total, np.nan)
+    scale[points.spots], baseline[points.spots] = A, B
+    return FitResult(
+        names=list(constants.names), values=p, sigma=sigma, fitted=constants.fitted.copy(), voigt=voigt,
+        voigt_sigma=voigt_sigma, scale=scale, baseline=baseline, cost=float(cost), converged=bool(converged),
+        message=str(message), n_points=len(points.y), n_spots=len(points.spots), reduced_chi2=chi2,
+        reference=reference, backend=problem.model.backend, history=list(problem.history),
+        hkl=None if hkl is None else np.asarray(hkl),
+    )

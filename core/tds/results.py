@@ -1,0 +1,98 @@
+"""Fit results for people and programs: screen text, parametri.txt, fit_results.json, fit_results.h5.
+
+``parametri.txt`` keeps tds2el's file name; ``fit_results.json`` is the stable,
+machine-readable product (all 21 Voigt components with the symmetry relations
+applied, which constants were fixed, the ratios, the fit quality).  Every file
+is written atomically, so a failed write leaves an earlier result intact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from difframe.fileio import atomic_path
+from difframe.tds.fit import FitResult
+
+FILES = {"parametri": "parametri.txt", "json": "fit_results.json", "hdf5": "fit_results.h5"}
+
+
+def to_json(result: FitResult) -> dict:
+    """The ``fit_results.json`` document."""
+    return {
+        "constants": result.constants_table(),
+        "fixed": result.fixed,
+        "ratios": result.ratios,
+        "points": int(result.n_points),
+        "spots": int(result.n_spots),
+        "cost": float(result.cost),
+        "reduced_chi2": float(result.reduced_chi2),
+        "converged": bool(result.converged),
+        "message": result.message,
+        "backend": result.backend,
+        "units": "GPa",
+    }
+
+
+def report(result: FitResult) -> str:
+    """The text shown on screen and written to parametri.txt."""
+    lines = ["Elastic constants [GPa] (TDS fit)", f"{'':6s}{'value':>12s}{'sigma':>11s}"]
+    for name, value, sigma, fitted in zip(result.names, result.values, result.sigma, result.fitted):
+        lines.append(f"{name:6s}{value:12.4f}{sigma:11.4f}" + ("" if fitted else "   fixed (sets the scale)"))
+    lines.append(f"ratios (TDS determines only these): " + ", ".join(f"{k} = {v:.5f}" for k, v in result.ratios.items()))
+    lines.append("Voigt matrix [GPa]:")
+    lines.extend("  " + " ".join(f"{c:10.3f}" for c in row) for row in result.voigt)
+    lines.append(f"points {result.n_points}, spots {result.n_spots}, cost {result.cost:.6g}, "
+                 f"reduced chi^2 {result.reduced_chi2:.4g}, model {result.backend}")
+    lines.append(f"converged: {'yes' if result.converged else 'NO'} ({result.message})")
+    return "\n".join(lines)
+
+
+def write_parametri(result: FitResult, path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(report(result) + "\n")
+    return Path(path)
+
+
+def write_json(result: FitResult, path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_json(result), indent=2) + "\n")
+    return Path(path)
+
+
+def write_hdf5(result: FitResult, path) -> Path:
+    """Constants, Voigt matrix with sigma, per-spot scale and baseline, cost history."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["units"] = "GPa"
+        f.attrs["converged"] = bool(result.converged)
+        f.attrs["message"] = result.message
+        f.attrs["cost"] = float(result.cost)
+        f.attrs["reduced_chi2"] = float(result.reduced_chi2)
+        g = f.create_group("constants")
+        g["names"] = np.array(result.names, dtype="S")
+        g["values"] = result.values
+        g["sigma"] = result.sigma
+        g["fitted"] = result.fitted
+        f["voigt"] = result.voigt
+        f["voigt_sigma"] = result.voigt_sigma
+        s = f.create_group("spots")
+        s["scale"] = result.scale
+        s["baseline"] = result.baseline
+        if result.hkl is not None:
+            s["hkl"] = result.hkl
+        f["cost_history"] = np.asarray(result.history, dtype=float)
+    return Path(path)
+
+
+def write_all(result: FitResult, directory) -> dict[str, Path]:
+    """parametri.txt, fit_results.json and fit_results.h5 in ``directory``; returns their paths."""
+    directory = Path(directory)
+    return {
+        "parametri": write_parametri(result, directory / FILES["parametri"]),
+        "json": write_json(result, directory / FILES["json"]),
+        "hdf5": write_hdf5(result, directory / FILES["hdf5"]),
+    }
