@@ -1,0 +1,302 @@
+"""The ptychographic model: object and probe storages, views as index arrays.
+
+Every scan owns its frames (intensities and weights in FFT order, so engines
+never shift), the integer corner of each frame's window in its object storage
+and the ids of the object and probe storages it uses.  Scans that share an
+object or a probe (``scan.sharing``) point at the same storage id and weigh
+their update contributions by their share power.
+
+Storages are plain arrays: objects ``(object_modes, Ho, Wo)``, probes
+``(probe_modes, H, W)``, in the complex dtype ``data_type`` asks for.  Engines
+work on chunks of frames at a time: stacks ``(frames, probe_modes,
+object_modes, H, W)``, one gather of all windows per chunk, batched FFTs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft
+
+from difframe import optics
+from difframe.errors import DataError
+
+log = logging.getLogger("difframe.ptycho")
+
+#: frames handled together by engines; chunk buffers stay a few tens of MB
+CHUNK_BYTES = 32 * 2**20
+
+
+@dataclass
+class Storage:
+    """One object or probe array with the geometry that places it in metres.
+
+    ``origin`` is the (y, x) position [m] of pixel [0, 0]; ``psize`` the pixel
+    (y, x) [m]; ``energy_kev`` the photon energy it was reconstructed at.
+    """
+
+    data: np.ndarray
+    psize: np.ndarray
+    origin: np.ndarray
+    energy_kev: float
+
+    @property
+    def center(self) -> np.ndarray:
+        """Pixel index (y, x) of the physical origin 0, as ptypy's ``_center``."""
+        return -self.origin / self.psize
+
+
+@dataclass
+class ScanViews:
+    """The frames of one scan and where they look into the storages."""
+
+    label: str
+    intensity: np.ndarray  # (N, H, W) real, FFT order
+    weights: np.ndarray  # (H, W) or (N, H, W) real, FFT order, 0 where invalid
+    corners: np.ndarray  # (N, 2) int, top-left pixel of each window in the object
+    positions: np.ndarray  # (N, 2) metres (y, x)
+    object_id: str
+    probe_id: str
+    object_power: float = 1.0
+    probe_power: float = 1.0
+    propagator: object = None  # FarField(centred=False) or NearField
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.intensity.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.intensity.shape[1]), int(self.intensity.shape[2])
+
+    def weights_of(self, sl: slice) -> np.ndarray:
+        """Weights of frames ``sl``, broadcastable to (n, H, W)."""
+        return self.weights if self.weights.ndim == 2 else self.weights[sl]
+
+
+class PtychoModel:
+    """Object and probe storages plus the scans' views, in one precision."""
+
+    def __init__(self, objects: dict, probes: dict, scans: list, data_type: str = "single"):
+        self.cdtype, self.rdtype = optics.dtypes_for(data_type)
+        self.data_type = data_type
+        self.objects: dict[str, Storage] = objects
+        self.probes: dict[str, Storage] = probes
+        self.scans: list[ScanViews] = scans
+        for st in (*objects.values(), *probes.values()):
+            st.data = np.ascontiguousarray(st.data, dtype=self.cdtype)
+        for scan in scans:
+            h, w = scan.shape
+            obj = objects[scan.object_id].data
+            hi = scan.corners + (h, w)
+            if scan.corners.min() < 0 or hi[:, 0].max() > obj.shape[-2] or hi[:, 1].max() > obj.shape[-1]:
+                raise DataError(f"scan {scan.label!r}: positions fall outside object {scan.object_id!r} "
+                                f"of shape {obj.shape[-2:]} (windows of {h}x{w} at corners "
+                                f"{scan.corners.min(axis=0).tolist()}..{hi.max(axis=0).tolist()})")
+            if probes[scan.probe_id].data.shape[-2:] != (h, w):
+                raise DataError(f"scan {scan.label!r}: probe {scan.probe_id!r} has shape "
+                                f"{probes[scan.probe_id].data.shape[-2:]}, frames are {h}x{w}")
+
+    def chunks(self, scan: ScanViews, pods: int):
+        """Slices of frames whose (frames, pods, H, W) stack fits in CHUNK_BYTES."""
+        h, w = scan.shape
+        step = max(1, CHUNK_BYTES // (pods * h * w * self.cdtype.itemsize))
+        for start in range(0, scan.num_frames, step):
+            yield slice(start, min(start + step, scan.num_frames))
+
+    def total_measured(self) -> tuple[float, int]:
+        """(sum of measured intensity, number of valid pixels) over all scans."""
+        power, points = 0.0, 0
+        for scan in self.scans:
+            valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape)
+            power += float(scan.intensity[valid].sum(dtype=np.float64))
+            points += int(valid.sum())
+        return power, points
+
+
+# -- building a model from prepared data --------------------------------------------------
+
+
+def object_psize(prepared) -> np.ndarray:
+    """Object pixel (y, x) [m]: lambda z / (N psize) in far field, the detector pixel in near field."""
+    if prepared.propagation == "nearfield":
+        return np.asarray(prepared.psize_m, dtype=float)
+    return optics.farfield_object_psize(prepared.wavelength_m, prepared.distance_m, prepared.shape, prepared.psize_m)
+
+
+def make_propagator(prepared, cdtype):
+    """Engines' propagator for a scan: uncentred far field, or near field at the detector pixel."""
+    if prepared.propagation == "nearfield":
+        return optics.NearField(prepared.shape, prepared.psize_m, prepared.wavelength_m, prepared.distance_m,
+                                dtype=cdtype)
+    return optics.FarField(prepared.shape, centred=False)
+
+
+def object_frame(positions_list, psize, shape, pad: int = 2):
+    """(object shape, origin [m]) of a storage covering all the windows of several scans."""
+    allpos = np.concatenate(positions_list)
+    lo, hi = allpos.min(axis=0), allpos.max(axis=0)
+    span = np.ceil((hi - lo) / psize).astype(int)
+    obj_shape = tuple(int(s) for s in span + np.asarray(shape) + 2 * pad + 1)
+    origin = lo - (pad + np.asarray(shape) // 2) * psize
+    return obj_shape, origin
+
+
+def corners_of(positions, storage: Storage, shape) -> np.ndarray:
+    """Integer top-left pixel of each window centred at ``positions`` in ``storage``."""
+    centre_pix = (positions - storage.origin) / storage.psize
+    return np.rint(centre_pix - np.asarray(shape) // 2).astype(np.int64)
+
+
+def to_fft_order(frames: np.ndarray, propagation: str) -> np.ndarray:
+    """Detector frames as engines use them: far-field frames are stored with the axis at pixel 0."""
+    if propagation == "nearfield":
+        return np.ascontiguousarray(frames)
+    return np.ascontiguousarray(scipy.fft.ifftshift(frames, axes=(-2, -1)))
+
+
+def build_model(prepared: dict, sharing: dict, init_probe, init_object, data_type: str = "single") -> PtychoModel:
+    """Model from each scan's PreparedData.
+
+    ``sharing[label]`` = (object_share_with, object_share_power, probe_share_with,
+    probe_share_power) with labels already resolved (None: own storage).
+    ``init_probe(label, shape, psize)`` and ``init_object(label, shape, psize)``
+    return the initial complex arrays (modes, ...) for storages a scan owns.
+    """
+    cdtype, rdtype = optics.dtypes_for(data_type)
+    labels = list(prepared)
+    obj_owner = {lab: _root(lab, sharing, 0) for lab in labels}
+    probe_owner = {lab: _root(lab, sharing, 2) for lab in labels}
+    objects, probes, scans = {}, {}, []
+    for owner in dict.fromkeys(obj_owner.values()):
+        members = [lab for lab in labels if obj_owner[lab] == owner]
+        psizes = {lab: object_psize(prepared[lab]) for lab in members}
+        shapes = {prepared[lab].shape for lab in members}
+        ref = psizes[owner]
+        for lab in members:
+            if not np.allclose(psizes[lab], ref, rtol=1e-6) or len(shapes) > 1:
+                raise DataError(f"scans {owner!r} and {lab!r} share an object but their geometry differs "
+                                f"(object pixel {ref.tolist()} vs {psizes[lab].tolist()}, frame shapes {shapes})")
+        shape = prepared[owner].shape
+        obj_shape, origin = object_frame([prepared[lab].positions for lab in members], ref, shape)
+        data = np.asarray(init_object(owner, obj_shape, ref))
+        if data.ndim == 2:
+            data = data[None]
+        if data.shape[-2:] != obj_shape:
+            raise DataError(f"scan {owner!r}: the initial object has shape {data.shape[-2:]} but the scan "
+                            f"positions need {obj_shape}: positions outside the object")
+        objects[owner] = Storage(data, ref, origin, prepared[owner].energy_kev)
+    for owner in dict.fromkeys(probe_owner.values()):
+        p = prepared[owner]
+        data = np.asarray(init_probe(owner, p.shape, object_psize(p)))
+        if data.ndim == 2:
+            data = data[None]
+        probes[owner] = Storage(data, object_psize(p), -(np.asarray(p.shape) // 2) * object_psize(p), p.energy_kev)
+    for lab in labels:
+        p = prepared[lab]
+        if probes[probe_owner[lab]].data.shape[-2:] != p.shape:
+            raise DataError(f"scans {probe_owner[lab]!r} and {lab!r} share a probe but their frames differ "
+                            f"in shape")
+        weights = np.broadcast_to(p.mask, p.data.shape) if p.mask.ndim == 3 else p.mask
+        scans.append(ScanViews(
+            label=lab,
+            intensity=to_fft_order(p.data.astype(rdtype), p.propagation),
+            weights=to_fft_order(weights.astype(rdtype), p.propagation),
+            corners=corners_of(p.positions, objects[obj_owner[lab]], p.shape),
+            positions=p.positions,
+            object_id=obj_owner[lab],
+            probe_id=probe_owner[lab],
+            object_power=float(sharing[lab][1]),
+            probe_power=float(sharing[lab][3]),
+            propagator=make_propagator(p, cdtype),
+            meta={"energy_kev": p.energy_kev, "distance_m": p.distance_m, "psize_m": p.psize_m,
+                  "propagation": p.propagation},
+        ))
+    return PtychoModel(objects, probes, scans, data_type)
+
+
+def _root(label: str, sharing: dict, slot: int) -> str:
+    """The label whose storage ``label`` ends up using, following share_with links."""
+    seen = [label]
+    while sharing[label][slot] is not None:
+        label = sharing[label][slot]
+        if label in seen:
+            raise DataError(f"scan sharing forms a cycle: {' -> '.join(seen + [label])}")
+        seen.append(label)
+    return label
+
+
+# -- maths engines share ----------------------------------------------------------------------
+
+
+def gather(obj: np.ndarray, corners: np.ndarray, shape) -> np.ndarray:
+    """Windows of ``obj`` (modes, Ho, Wo) at ``corners``: (frames, modes, H, W), one fancy-index gather."""
+    windows = np.lib.stride_tricks.sliding_window_view(obj, tuple(shape), axis=(-2, -1))
+    return np.moveaxis(windows[:, corners[:, 0], corners[:, 1]], 0, 1)
+
+
+def scatter_add(target: np.ndarray, stack: np.ndarray, corners: np.ndarray) -> None:
+    """target[:, window_n] += stack[n] for every frame n (overlapping windows add up).
+
+    A loop over frames of in-place slice additions: the benchmark
+    ``benchmarks/ptycho_engines.py`` measures it against ``np.add.at`` and
+    ``np.bincount`` scatters, which it beats several times over.
+    """
+    h, w = stack.shape[-2:]
+    for n, (y, x) in enumerate(corners):
+        target[..., y:y + h, x:x + w] += stack[n]
+
+
+def exit_waves(probe: np.ndarray, obj_views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Pods (frames, probe_modes, object_modes, H, W) = probe mode x object-mode window."""
+    return np.multiply(probe[None, :, None], obj_views[:, None], out=out)
+
+
+def intensity(fields: np.ndarray) -> np.ndarray:
+    """Model intensity (frames, H, W): incoherent sum over all pods."""
+    f = fields.reshape(fields.shape[0], -1, *fields.shape[-2:])
+    out = f.real ** 2
+    out += f.imag ** 2
+    return out.sum(axis=1)
+
+
+def probe_support(shape, fraction: float | None, dtype) -> np.ndarray | None:
+    """Circular support of radius ``fraction`` x half the frame (``probe_support``), or None."""
+    if fraction is None:
+        return None
+    y, x = np.indices(shape)
+    r = np.hypot((y - shape[0] // 2) / (shape[0] / 2), (x - shape[1] // 2) / (shape[1] / 2))
+    return (r < fraction).astype(dtype)
+
+
+def clip_amplitude(obj: np.ndarray, limits) -> None:
+    """Clip |obj| into ``limits`` (min, max), keeping the phase (``clip_object``)."""
+    if limits is None:
+        return
+    lo, hi = float(limits[0]), float(limits[1])
+    amp = np.abs(obj)
+    scale = np.clip(amp, lo, hi) / np.maximum(amp, np.finfo(amp.dtype).tiny)
+    obj *= scale
+
+
+def masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-frame mean of ``values`` (n, H, W) over the valid (weight > 0) pixels."""
+    valid = np.broadcast_to(weights > 0, values.shape)
+    return np.where(valid, values, 0).sum(axis=(-2, -1)) / np.maximum(valid.sum(axis=(-2, -1)), 1)
+
+
+def gaussian_smooth(obj: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of ``sigma`` pixels over the last two axes, through one FFT pair.
+
+    Periodic, which the padded object frame tolerates; an FFT costs a fraction
+    of a direct filter for the 20-pixel default of ``obj_smooth_std``.
+    """
+    fy = scipy.fft.fftfreq(obj.shape[-2])[:, None]
+    fx = scipy.fft.fftfreq(obj.shape[-1])[None, :]
+    transfer = np.exp(-2 * np.pi**2 * sigma**2 * (fy**2 + fx**2)).astype(obj.real.dtype)
+    spec = scipy.fft.fft2(obj, workers=optics.fft_workers())
+    spec *= transfer
+    return scipy.fft.ifft2(spec, workers=optics.fft_workers(), overwrite_x=True)

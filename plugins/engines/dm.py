@@ -1,0 +1,208 @@
+"""Difference map engine (``DM``): projections between data and overlap constraints.
+
+Each iteration makes one Fourier pass over all frames (batched FFT of the
+relaxed exit waves, partial projection onto the measured amplitudes, inverse
+FFT) and then an overlap loop that refines object and probe from the exit
+waves until the probe stops changing.  Exit waves are held as one array per
+scan, (frames, probe_modes, object_modes, H, W).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+import difframe
+from difframe.ptycho import model as pm
+from difframe.types import EngineSpec, Parameter
+
+log = logging.getLogger("difframe.engines.dm")
+
+_GARBLED = "\n\nThe reference gives this {kind} node a limit (>0.0), which cannot apply; it is not enforced."
+
+PARAMETERS = {
+    "alpha": Parameter(type="int", default=1, lowlim=0, help="Difference map parameter",
+                       doc="Relaxation of the data projection: the exit wave is projected from "
+                           "(1 + alpha) P O - alpha psi. 1 is the classic difference map."),
+    "probe_update_start": Parameter(type="int", default=2, lowlim=0,
+                                    help="Number of iterations before probe update starts",
+                                    doc="Counted from the first iteration of this engine."),
+    "update_object_first": Parameter(
+        type="bool", default=True, help="If False update object before probe",
+        doc="The reference's one-line help inverts the name; difframe follows the name (and ptypy's code): "
+            "True updates the object first in each overlap loop, False the probe first."
+            + _GARBLED.format(kind="bool")),
+    "overlap_converge_factor": Parameter(
+        type="float", default=0.05, lowlim=0.0, help="Threshold for interruption of the inner overlap loop",
+        doc="The inner overlap loop refines the probe and the object simultaneously. This loop is escaped as "
+            "soon as the overall change in probe, relative to the first iteration, is less than this value."),
+    "overlap_max_iterations": Parameter(type="int", default=10, lowlim=0,
+                                        help="Maximum of iterations for the overlap constraint inner loop"),
+    "probe_inertia": Parameter(type="float", default=0.001, lowlim=0.0,
+                               help="Weight of the current probe estimate in the update"),
+    "object_inertia": Parameter(type="float", default=0.1, lowlim=0.0,
+                                help="Weight of the current object in the update"),
+    "fourier_relax_factor": Parameter(
+        type="float", default=0.01, lowlim=0.0,
+        help="If rms error of model vs diffraction data is smaller than this fraction, Fourier constraint is met",
+        doc="Set this value higher for noisy data\n\ndifframe: a frame whose mean squared amplitude error is "
+            "below fourier_relax_factor^2 x its mean intensity is left alone; otherwise its amplitudes are "
+            "moved toward the data just far enough to reach that bound."),
+    "obj_smooth_std": Parameter(
+        type="int", default=20, lowlim=0, help="Gaussian smoothing (pixel) of the current object prior to update",
+        doc="If None, smoothing is deactivated. This smoothing can be used to reduce the amplitude of spurious "
+            "pixels in the outer, least constrained areas of the object."),
+}
+
+
+class DifferenceMap:
+    """The DM engine on a :class:`difframe.ptycho.model.PtychoModel`."""
+
+    def __init__(self, params, model: pm.PtychoModel):
+        self.p = params
+        self.model = model
+        self.iteration = 0
+        self.exits: dict[str, np.ndarray] = {}
+
+    def initialize(self) -> None:
+        """Exit waves start as probe x object; inertia weights from the measured power."""
+        m = self.model
+        for scan in m.scans:
+            probe = m.probes[scan.probe_id].data
+            obj = m.objects[scan.object_id].data
+            ex = np.empty((scan.num_frames, probe.shape[0], obj.shape[0], *scan.shape), m.cdtype)
+            for sl in m.chunks(scan, probe.shape[0] * obj.shape[0]):
+                pm.exit_waves(probe, pm.gather(obj, scan.corners[sl], scan.shape), out=ex[sl])
+            self.exits[scan.label] = ex
+        power, points = m.total_measured()
+        self.mean_power = power / max(points, 1)
+        self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
+                         for pid, st in m.probes.items()}
+        self.sqrt_intensity = {scan.label: np.sqrt(scan.intensity) for scan in m.scans}
+
+    def iterate(self, n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            metrics = self._fourier_update()
+            metrics["overlap_loops"] = self._overlap_update()
+            self.iteration += 1
+            out.append(metrics)
+        return out
+
+    def finalize(self) -> dict:
+        self.exits.clear()
+        self.sqrt_intensity.clear()
+        return {"engine": "DM", "iterations": self.iteration}
+
+    # -- Fourier constraint -----------------------------------------------------------------
+
+    def _fourier_update(self) -> dict:
+        m, alpha = self.model, float(self.p.alpha)
+        relax2 = float(self.p.fourier_relax_factor) ** 2
+        err_sum = ll_sum = change = 0.0
+        frames = 0
+        for scan in m.scans:
+            probe = m.probes[scan.probe_id].data
+            obj = m.objects[scan.object_id].data
+            ex_all = self.exits[scan.label]
+            for sl in m.chunks(scan, probe.shape[0] * obj.shape[0]):
+                ex = ex_all[sl]
+                pods = pm.exit_waves(probe, pm.gather(obj, scan.corners[sl], scan.shape))
+                f = (1 + alpha) * pods
+                f -= alpha * ex
+                fields = scan.propagator.forward(f, overwrite=True)
+                imodel = pm.intensity(fields)
+                meas, amp, w = scan.intensity[sl], self.sqrt_intensity[scan.label][sl], scan.weights_of(sl)
+                fmag = np.sqrt(imodel)
+                err = pm.masked_mean((fmag - amp) ** 2, w)
+                bound = relax2 * pm.masked_mean(meas, w)
+                ll_sum += float(pm.masked_mean((imodel - meas) ** 2 / (meas + 1), w).sum())
+                err_sum += float(err.sum())
+                frames += len(err)
+                renorm = np.sqrt(np.divide(bound, err, out=np.ones_like(err), where=err > bound))[:, None, None]
+                factor = (amp + (fmag - amp) * renorm) / (fmag + 1e-10)
+                factor = np.where(np.broadcast_to(w > 0, factor.shape), factor, 1).astype(m.rdtype)
+                fields *= factor[:, None, None]
+                f = scan.propagator.backward(fields, overwrite=True)
+                f -= pods
+                ex += f
+                change += float(np.vdot(f, f).real)
+        return {"fourier_error": err_sum / frames, "likelihood": ll_sum / frames, "exit_change": change / frames}
+
+    # -- overlap constraint ------------------------------------------------------------------
+
+    def _overlap_update(self) -> int:
+        update_probe = self.iteration >= self.p.probe_update_start
+        loops = 0
+        for inner in range(max(1, int(self.p.overlap_max_iterations))):
+            loops += 1
+            if self.p.update_object_first or inner > 0 or not update_probe:
+                self._object_update()
+            if not update_probe:
+                break
+            if self._probe_update() < self.p.overlap_converge_factor:
+                break
+        return loops
+
+    def _object_update(self) -> None:
+        m = self.model
+        inertia = float(self.p.object_inertia) * self.mean_power
+        sums = {}
+        for oid, st in m.objects.items():
+            base = pm.gaussian_smooth(st.data, self.p.obj_smooth_std) if self.p.obj_smooth_std else st.data
+            sums[oid] = (inertia * base, np.full(st.data.shape[-2:], inertia, m.rdtype))
+        for scan in m.scans:
+            probe = m.probes[scan.probe_id].data
+            num, den = sums[scan.object_id]
+            ex_all = self.exits[scan.label]
+            pconj = np.conj(probe)[None, :, None] * scan.object_power
+            pden = (np.abs(probe) ** 2).sum(axis=0) * scan.object_power
+            for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
+                contrib = (pconj * ex_all[sl]).sum(axis=1)
+                pm.scatter_add(num, contrib, scan.corners[sl])
+                pm.scatter_add(den, np.broadcast_to(pden, (len(contrib), *pden.shape)), scan.corners[sl])
+        for oid, (num, den) in sums.items():
+            num /= den
+            pm.clip_amplitude(num, self.p.clip_object)
+            m.objects[oid].data[...] = num
+
+    def _probe_update(self) -> float:
+        m = self.model
+        frames = {pid: 0 for pid in m.probes}
+        for scan in m.scans:
+            frames[scan.probe_id] += scan.num_frames
+        sums = {}
+        for pid, st in m.probes.items():
+            obj_power = np.mean([np.mean(np.abs(m.objects[s.object_id].data) ** 2) for s in m.scans
+                                 if s.probe_id == pid])
+            inertia = float(self.p.probe_inertia) * frames[pid] * obj_power
+            sums[pid] = (inertia * st.data, np.full(st.data.shape[-2:], inertia, m.rdtype))
+        for scan in m.scans:
+            obj = m.objects[scan.object_id].data
+            num, den = sums[scan.probe_id]
+            ex_all = self.exits[scan.label]
+            for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
+                views = pm.gather(obj, scan.corners[sl], scan.shape)
+                num += scan.probe_power * (np.conj(views)[:, None] * ex_all[sl]).sum(axis=(0, 2))
+                den += scan.probe_power * (np.abs(views) ** 2).sum(axis=(0, 1))
+        change = 0.0
+        for pid, (num, den) in sums.items():
+            num /= den
+            if self.supports[pid] is not None:
+                num *= self.supports[pid]
+            old = m.probes[pid].data
+            change = max(change, float(np.linalg.norm(num - old) / max(np.linalg.norm(num), 1e-30)))
+            old[...] = num
+        return change
+
+
+def factory(params, context):
+    """Engine for ``engines.<label>`` with ``name = "DM"``; ``context`` is the PtychoModel."""
+    return DifferenceMap(params, context)
+
+
+@difframe.hookimpl
+def difframe_engines():
+    yield EngineSpec(name="DM", summary="difference map (Thibault et al. 2009), vectorised over frames",
+                     factory=factory, parameters=PARAMETERS)

@@ -1,0 +1,295 @@
+"""Maximum-likelihood engine (``ML``): conjugate gradients on object and probe.
+
+Each iteration makes a gradient pass (batched FFT of all pods, likelihood
+derivative per pixel, inverse FFT, gather of object/probe gradients) and a
+line-search pass (FFT of the search direction's first- and second-order pod
+changes) that gives the step from a second-order expansion of the likelihood.
+The three likelihoods share this machinery through their first and second
+derivatives with respect to the model intensity.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.fft
+
+import difframe
+from difframe import optics
+from difframe.ptycho import model as pm
+from difframe.types import EngineSpec, Parameter
+
+log = logging.getLogger("difframe.engines.ml")
+
+_GARBLED = "\n\nThe reference gives this {kind} node a limit (>0.0), which cannot apply; it is not enforced."
+
+PARAMETERS = {
+    "type": Parameter(
+        type="str", default="gaussian", choices=("gaussian", "poisson", "euclid"),
+        help="Likelihood model. One of 'gaussian', 'poisson' or 'euclid'",
+        doc="[only 'gaussian' is implemented for now]\n\ndifframe implements all three: 'gaussian' (weighted "
+            "least squares on intensities, weights 1/(I + 1/intensity_renormalization)), 'poisson' (negative "
+            "Poisson log-likelihood of the counts) and 'euclid' (least squares on amplitudes)."
+            + _GARBLED.format(kind="str")),
+    "floating_intensities": Parameter(
+        type="bool", default=False,
+        help="If True, allow for adaptative rescaling of the diffraction pattern intensities (to correct for "
+             "incident beam intensity fluctuations)."),
+    "intensity_renormalization": Parameter(
+        type="float", default=1.0, lowlim=0.0,
+        help="A rescaling of the intensity so they can be interpreted as Poisson counts."),
+    "reg_del2": Parameter(type="bool", default=True,
+                          help="Whether to use a Gaussian prior (smoothing) regularizer.",
+                          doc=_GARBLED.format(kind="bool").strip()),
+    "reg_del2_amplitude": Parameter(type="float", default=0.01, lowlim=0.0,
+                                    help="Amplitude of the Gaussian prior if used."),
+    "smooth_gradient": Parameter(
+        type="float", default=0.0,
+        help="Smoothing preconditioner. If 0, not used, if > 0 gaussian filter if < 0 Hann window.",
+        doc="The value is the Gaussian sigma, or the Hann window's full width, in object pixels.\n\nThe "
+            "reference gives a limit (>0.0), which would forbid the Hann window its own help describes; "
+            "it is not enforced."),
+    "scale_precond": Parameter(
+        type="bool", default=False, help="Whether to use the object/probe scaling preconditioner.",
+        doc="This parameter can give faster convergence for weakly scattering samples." + _GARBLED.format(kind="bool")),
+    "scale_probe_object": Parameter(type="float", default=1.0, lowlim=0.0,
+                                    help="Relative scale of probe to object.",
+                                    doc="Multiplies the probe's share of the search direction."),
+    "probe_update_start": Parameter(type="int", default=0,
+                                    help="Number of iterations before probe update starts"),
+}
+
+
+def _likelihood_terms(kind: str, imodel, meas, w, renorm: float):
+    """(L, dL/dI, d2L/dI2) per pixel for the model intensity ``imodel``."""
+    tiny = np.finfo(imodel.dtype).tiny * 1e6
+    if kind == "gaussian":
+        weight = w / (meas + 1.0 / renorm)
+        diff = imodel - meas
+        return weight * diff**2, 2 * weight * diff, 2 * weight
+    if kind == "poisson":
+        im = np.maximum(imodel, tiny)
+        return (w * renorm * (im - meas * np.log(im)), w * renorm * (1 - meas / im),
+                w * renorm * meas / im**2)
+    im = np.maximum(imodel, tiny)
+    root = np.sqrt(im)
+    amp = np.sqrt(meas)
+    return w * renorm * (root - amp) ** 2, w * renorm * (1 - amp / root), w * renorm * amp / (2 * im * root)
+
+
+def _hann_transfer(shape, width: float, dtype):
+    """FFT of a normalised separable Hann window of full width ``width`` pixels, centred on pixel 0."""
+    half = int(np.ceil(width / 2))
+    idx = np.arange(-half, half + 1)
+    window = np.cos(np.pi * idx / (width + 1)) ** 2
+    lines = []
+    for n in shape:
+        line = np.zeros(n)
+        np.add.at(line, idx % n, window)
+        lines.append(line / line.sum())
+    return scipy.fft.fft2(lines[0][:, None] * lines[1][None, :]).astype(dtype)
+
+
+class MaximumLikelihood:
+    """The ML engine on a :class:`difframe.ptycho.model.PtychoModel`."""
+
+    def __init__(self, params, model: pm.PtychoModel):
+        self.p = params
+        self.model = model
+        self.iteration = 0
+
+    def initialize(self) -> None:
+        m = self.model
+        self.fields = {}
+        self.scale = {}
+        for scan in m.scans:
+            pods = m.probes[scan.probe_id].data.shape[0] * m.objects[scan.object_id].data.shape[0]
+            self.fields[scan.label] = np.empty((scan.num_frames, pods, *scan.shape), m.cdtype)
+            self.scale[scan.label] = np.ones(scan.num_frames, m.rdtype)
+        power, points = m.total_measured()
+        self.total_points = max(points, 1)
+        npix = sum(st.data.size for st in m.objects.values())
+        # expected object variance npix / power, spread over 8 neighbour differences per pixel
+        self.reg_amplitude = (float(self.p.reg_del2_amplitude) * points * power / (8.0 * npix**2)
+                              if self.p.reg_del2 else 0.0)
+        self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
+                         for pid, st in m.probes.items()}
+        self.prev = None  # (object gradients, probe gradients, preconditioned probe gradients, dot)
+        self.directions = None
+        self.scale_p_o = float(self.p.scale_probe_object)
+
+    def iterate(self, n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            out.append(self._one_iteration())
+            self.iteration += 1
+        return out
+
+    def finalize(self) -> dict:
+        self.fields.clear()
+        return {"engine": "ML", "iterations": self.iteration}
+
+    # -- one conjugate-gradient step ----------------------------------------------------------
+
+    def _one_iteration(self) -> dict:
+        m = self.model
+        ll, err_sum, frames, ob_grad, pr_grad = self._gradients()
+        ll_reg = self._regulariser_gradient(ob_grad)
+        self._smooth(ob_grad)
+        if self.iteration < self.p.probe_update_start:
+            for g in pr_grad.values():
+                g[...] = 0
+        else:
+            for pid, g in pr_grad.items():
+                if self.supports[pid] is not None:
+                    g *= self.supports[pid]
+        if self.p.scale_precond:
+            ob2 = sum(float(np.vdot(g, g).real) for g in ob_grad.values())
+            pr2 = sum(float(np.vdot(g, g).real) for g in pr_grad.values())
+            if pr2 > 0:
+                new = float(self.p.scale_probe_object) * ob2 / pr2
+                self.scale_p_o = new if self.prev is None else 0.9 * self.scale_p_o + 0.1 * new
+        pre_pr = {pid: self.scale_p_o * g for pid, g in pr_grad.items()}
+        dot = _dot(ob_grad, ob_grad) + _dot(pr_grad, pre_pr)
+        if self.prev is None or self.prev[3] == 0:
+            beta = 0.0
+        else:
+            old_ob, old_pr, old_pre, old_dot = self.prev
+            beta = max(0.0, (dot - _dot(ob_grad, old_ob) - _dot(pr_grad, old_pre)) / old_dot)
+        if self.directions is None or beta == 0.0:
+            h_ob = {k: -g for k, g in ob_grad.items()}
+            h_pr = {k: -g for k, g in pre_pr.items()}
+        else:
+            h_ob, h_pr = self.directions
+            for k in h_ob:
+                h_ob[k] *= beta
+                h_ob[k] -= ob_grad[k]
+            for k in h_pr:
+                h_pr[k] *= beta
+                h_pr[k] -= pre_pr[k]
+        self.prev = (ob_grad, pr_grad, pre_pr, dot)
+        self.directions = (h_ob, h_pr)
+        step, change = self._line_search(h_ob, h_pr)
+        for oid, h in h_ob.items():
+            m.objects[oid].data += m.cdtype.type(step) * h
+            pm.clip_amplitude(m.objects[oid].data, self.p.clip_object)
+        for pid, h in h_pr.items():
+            m.probes[pid].data += m.cdtype.type(step) * h
+        return {"fourier_error": err_sum / frames, "likelihood": (ll + ll_reg) / self.total_points,
+                "exit_change": change * step**2 / frames, "step": step}
+
+    def _gradients(self):
+        m, kind, renorm = self.model, self.p.type, float(self.p.intensity_renormalization)
+        ob_grad = {oid: np.zeros_like(st.data) for oid, st in m.objects.items()}
+        pr_grad = {pid: np.zeros_like(st.data) for pid, st in m.probes.items()}
+        ll = err_sum = 0.0
+        frames = 0
+        for scan in m.scans:
+            probe = m.probes[scan.probe_id].data
+            obj = m.objects[scan.object_id].data
+            mp, mo = probe.shape[0], obj.shape[0]
+            for sl in m.chunks(scan, mp * mo):
+                views = pm.gather(obj, scan.corners[sl], scan.shape)
+                pods = pm.exit_waves(probe, views).reshape(len(views), mp * mo, *scan.shape)
+                fields = self.fields[scan.label][sl]
+                fields[...] = scan.propagator.forward(pods, overwrite=True)
+                imodel = pm.intensity(fields)
+                meas, w = scan.intensity[sl], scan.weights_of(sl)
+                err_sum += float(pm.masked_mean((np.sqrt(imodel) - np.sqrt(meas)) ** 2, w).sum())
+                frames += len(views)
+                if self.p.floating_intensities:
+                    wb = np.broadcast_to(w, meas.shape)
+                    self.scale[scan.label][sl] = ((wb * meas * imodel).sum(axis=(-2, -1))
+                                                  / np.maximum((wb * imodel**2).sum(axis=(-2, -1)), 1e-30))
+                c = self.scale[scan.label][sl][:, None, None]
+                lvals, d1, _ = _likelihood_terms(kind, c * imodel, meas, w, renorm)
+                ll += float(lvals.sum())
+                chi = scan.propagator.backward((d1 * c).astype(m.rdtype)[:, None] * fields)
+                chi = chi.reshape(len(views), mp, mo, *scan.shape)
+                contrib = (np.conj(probe)[None, :, None] * chi).sum(axis=1)
+                contrib *= scan.object_power
+                pm.scatter_add(ob_grad[scan.object_id], contrib, scan.corners[sl])
+                pr_grad[scan.probe_id] += scan.probe_power * (np.conj(views)[:, None] * chi).sum(axis=(0, 2))
+        return ll, err_sum, frames, ob_grad, pr_grad
+
+    def _regulariser_gradient(self, ob_grad) -> float:
+        """Add the del2 prior's gradient; return its value."""
+        if not self.reg_amplitude:
+            return 0.0
+        total = 0.0
+        for oid, st in self.model.objects.items():
+            for axis in (-2, -1):
+                d = np.diff(st.data, axis=axis)
+                total += float(np.vdot(d, d).real)
+                g = ob_grad[oid]
+                lo = [slice(None)] * g.ndim
+                hi = [slice(None)] * g.ndim
+                lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+                g[tuple(lo)] -= self.reg_amplitude * d
+                g[tuple(hi)] += self.reg_amplitude * d
+        return self.reg_amplitude * total
+
+    def _smooth(self, ob_grad) -> None:
+        s = float(self.p.smooth_gradient)
+        if s == 0:
+            return
+        for oid, g in ob_grad.items():
+            if s > 0:
+                g[...] = pm.gaussian_smooth(g, s)
+            else:
+                spec = scipy.fft.fft2(g, workers=optics.fft_workers())
+                spec *= _hann_transfer(g.shape[-2:], -s, g.dtype)
+                g[...] = scipy.fft.ifft2(spec, workers=optics.fft_workers())
+
+    def _line_search(self, h_ob, h_pr) -> tuple[float, float]:
+        """Step minimising the second-order expansion of the likelihood along (h_ob, h_pr)."""
+        m, kind, renorm = self.model, self.p.type, float(self.p.intensity_renormalization)
+        b1 = b2 = change = 0.0
+        for scan in m.scans:
+            probe, dprobe = m.probes[scan.probe_id].data, h_pr[scan.probe_id]
+            obj, dobj = m.objects[scan.object_id].data, h_ob[scan.object_id]
+            mp, mo = probe.shape[0], obj.shape[0]
+            for sl in m.chunks(scan, 2 * mp * mo):
+                views = pm.gather(obj, scan.corners[sl], scan.shape)
+                dviews = pm.gather(dobj, scan.corners[sl], scan.shape)
+                first = pm.exit_waves(dprobe, views)
+                first += pm.exit_waves(probe, dviews)
+                first = scan.propagator.forward(first.reshape(len(views), mp * mo, *scan.shape), overwrite=True)
+                second = scan.propagator.forward(
+                    pm.exit_waves(dprobe, dviews).reshape(len(views), mp * mo, *scan.shape), overwrite=True)
+                fields = self.fields[scan.label][sl]
+                a1 = 2 * (fields.conj() * first).real.sum(axis=1)
+                a2 = pm.intensity(first)
+                change += float(a2.sum())
+                a2 += 2 * (fields.conj() * second).real.sum(axis=1)
+                c = self.scale[scan.label][sl][:, None, None]
+                _, d1, d2 = _likelihood_terms(kind, c * pm.intensity(fields), scan.intensity[sl],
+                                              scan.weights_of(sl), renorm)
+                b1 += float((d1 * c * a1).sum())
+                b2 += float((d1 * c * a2 + 0.5 * d2 * (c * a1) ** 2).sum())
+        if self.reg_amplitude:
+            for oid, st in m.objects.items():
+                for axis in (-2, -1):
+                    d, dh = np.diff(st.data, axis=axis), np.diff(h_ob[oid], axis=axis)
+                    b1 += 2 * self.reg_amplitude * float(np.vdot(d, dh).real)
+                    b2 += self.reg_amplitude * float(np.vdot(dh, dh).real)
+        if b2 <= 0 or not np.isfinite(b2):
+            log.warning("ML line search: non-positive curvature %g, taking no step", b2)
+            return 0.0, change
+        return -b1 / (2 * b2), change
+
+
+def _dot(a: dict, b: dict) -> float:
+    return sum(float(np.vdot(a[k], b[k]).real) for k in a)
+
+
+def factory(params, context):
+    """Engine for ``engines.<label>`` with ``name = "ML"``; ``context`` is the PtychoModel."""
+    return MaximumLikelihood(params, context)
+
+
+@difframe.hookimpl
+def difframe_engines():
+    yield EngineSpec(name="ML", summary="maximum likelihood, conjugate gradients (Thibault & Guizar-Sicairos 2012)",
+                     factory=factory, parameters=PARAMETERS)

@@ -1,0 +1,114 @@
+"""DM and ML on a simulated scan with known object and probe."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from difframe.plugins.engines import dm, ml
+
+from conftest import SHAPE, engine_params, object_error, simulate, start_model, true_probe
+
+
+def amplitude_guess(prep, psize):
+    """The true probe's modulus, scaled to the measured power: a realistic, phase-less start."""
+    guess = np.abs(true_probe(psize))
+    return guess * np.sqrt(prep.data.sum(axis=(1, 2)).mean() / (guess**2).sum())
+
+
+@pytest.fixture(scope="module")
+def after_dm(simulated):
+    prep, probe, truth = simulated
+    model = start_model(prep, amplitude_guess(prep, truth.psize))
+    engine = dm.factory(engine_params(dm.PARAMETERS), model)
+    engine.initialize()
+    metrics = engine.iterate(40)
+    engine.finalize()
+    return model, metrics
+
+
+def test_dm_reconstructs_noise_free_object_to_fraction_of_percent():
+    prep, probe, truth = simulate(photons=1e9)
+    model = start_model(prep, amplitude_guess(prep, truth.psize), data_type="double")
+    engine = dm.factory(engine_params(dm.PARAMETERS, obj_smooth_std=None, fourier_relax_factor=0.0), model)
+    engine.initialize()
+    engine.iterate(60)
+    assert model.objects["sim"].data.dtype == np.complex128
+    assert object_error(model, truth, probe) < 0.01
+
+
+def test_ml_after_dm_beats_dm_alone_and_reaches_noise_level(simulated, after_dm):
+    prep, probe, truth = simulated
+    dm_alone = start_model(prep, amplitude_guess(prep, truth.psize))
+    engine = dm.factory(engine_params(dm.PARAMETERS), dm_alone)
+    engine.initialize()
+    engine.iterate(100)
+    model = copy.deepcopy(after_dm[0])  # DM 40 iterations
+    engine = ml.factory(engine_params(ml.PARAMETERS), model)
+    engine.initialize()
+    metrics = engine.iterate(60)
+    assert model.objects["sim"].data.dtype == np.complex64
+    err_dm, err_ml = object_error(dm_alone, truth, probe), object_error(model, truth, probe)
+    assert err_ml < 0.5 * err_dm
+    # Gaussian likelihood per point of Poisson data near the truth is ~1 (chi-square per degree of freedom)
+    assert 0.8 < metrics[-1]["likelihood"] < 1.3
+    assert metrics[-1]["likelihood"] < metrics[0]["likelihood"]
+
+
+def test_poisson_likelihood_decreases(simulated, after_dm):
+    model = copy.deepcopy(after_dm[0])
+    engine = ml.factory(engine_params(ml.PARAMETERS, type="poisson"), model)
+    engine.initialize()
+    values = [m["likelihood"] for m in engine.iterate(10)]
+    assert np.all(np.diff(values) < 0)
+
+
+@pytest.mark.parametrize("options", [dict(type="euclid"), dict(scale_precond=True),
+                                     dict(smooth_gradient=1.0), dict(smooth_gradient=-3.0),
+                                     dict(reg_del2=False)])
+def test_ml_variants_improve_on_dm_start(simulated, after_dm, options):
+    prep, probe, truth = simulated
+    model = copy.deepcopy(after_dm[0])
+    start = object_error(model, truth, probe)
+    engine = ml.factory(engine_params(ml.PARAMETERS, **options), model)
+    engine.initialize()
+    metrics = engine.iterate(15)
+    assert metrics[-1]["likelihood"] < metrics[0]["likelihood"]
+    assert object_error(model, truth, probe) < start
+
+
+def test_floating_intensities_recover_frame_scales():
+    prep, probe, truth = simulate(photons=1e8)
+    scales = np.random.default_rng(5).uniform(0.7, 1.3, prep.num_frames)
+    prep.data *= scales[:, None, None].astype(np.float32)
+    model = start_model(prep, probe)
+    model.objects["sim"].data[...] = truth.data
+    engine = ml.factory(engine_params(ml.PARAMETERS, floating_intensities=True, reg_del2=False), model)
+    engine.initialize()
+    engine.iterate(3)
+    np.testing.assert_allclose(engine.scale["sim"], scales, rtol=0.02)
+
+
+def test_probe_update_start_and_support_are_honoured(simulated):
+    prep, probe, truth = simulated
+    guess = amplitude_guess(prep, truth.psize)
+    model = start_model(prep, guess)
+    engine = dm.factory(engine_params(dm.PARAMETERS, probe_update_start=3, probe_support=0.5), model)
+    engine.initialize()
+    engine.iterate(3)
+    np.testing.assert_allclose(model.probes["sim"].data, guess.astype(np.complex64))
+    engine.iterate(1)
+    p = model.probes["sim"].data[0]
+    yy, xx = np.indices(SHAPE)
+    outside = np.hypot(yy - 16, xx - 16) >= 8
+    assert not np.allclose(p, guess[0]) and np.all(p[outside] == 0)
+
+
+def test_clip_object_bounds_amplitude(simulated):
+    prep, probe, truth = simulated
+    model = start_model(prep, amplitude_guess(prep, truth.psize))
+    engine = dm.factory(engine_params(dm.PARAMETERS, clip_object=(0.8, 0.9)), model)
+    engine.initialize()
+    engine.iterate(3)
+    amp = np.abs(model.objects["sim"].data)
+    assert amp.min() >= 0.8 - 1e-5 and amp.max() <= 0.9 + 1e-5
