@@ -1,0 +1,222 @@
+"""The whitelisting interpreter on every example of the tds2el guide, typos included, and on attacks."""
+
+import textwrap
+
+import pytest
+
+from difframe.errors import DataError, UsageError
+from difframe.tds.parfile import Variable, parse_parfile, read_parfile
+
+
+def parse(text):
+    return parse_parfile(textwrap.dedent(text), "conf.par")
+
+
+def test_guide_input_par(caplog):
+    values = parse('''\
+        conf_file             =  "tds2el.par"
+        filter_file           = "filter.edf"
+        images_prefix         =  "G19K45/set1_0001p_0"
+        images_prefix         =  ".cbf"
+        ascii_generators      =  "1~,2(z),2(y)"
+        normalisation_file    = "normalisation.dat"
+        ''')
+    assert values == {"conf_file": "tds2el.par", "filter_file": "filter.edf", "images_prefix": ".cbf",
+                      "ascii_generators": "1~,2(z),2(y)", "normalisation_file": "normalisation.dat"}
+    # the guide's own typo (prefix twice, postfix meant) is reported with both lines
+    assert "line 4: images_prefix assigned again (first at line 3)" in caplog.text
+
+
+def test_guide_harvest_options_and_if_false_block():
+    values = parse('''\
+        DeltaQ_max = 0.15
+        DeltaQ_min = 0.04
+        load_from_file= None
+        save_to_file  =  "harvest_spots.h5"
+        threshold = 500000.0
+        if False:
+            collectSpots = [[0,0,-12],[0,1,-8],[2,0,-8],[-4 , 4, 8 ],[-1,0,4],[-1,1,8],[-2,-1,-2],[2,0,-2]  ]
+            file_maxima = "tagged_selectedpeaks.p"
+        REPLICA_COLLECTION = 0  # default to 0
+        ''')
+    assert values == {"DeltaQ_max": 0.15, "DeltaQ_min": 0.04, "load_from_file": None,
+                      "save_to_file": "harvest_spots.h5", "threshold": 500000.0, "REPLICA_COLLECTION": 0}
+
+
+def test_guide_small_snippets():
+    assert parse('load_from_file  =  "harvest_spots.h5"\nshow_hkls = True\n') == {
+        "load_from_file": "harvest_spots.h5", "show_hkls": True}
+    assert parse('centering_file ="harvest_spots.h5"\n') == {"centering_file": "harvest_spots.h5"}
+    assert parse('load_from_file= "harvest_spots.h5"\nsave_to_file  =  None\nfitSpots = True\n') == {
+        "load_from_file": "harvest_spots.h5", "save_to_file": None, "fitSpots": True}
+
+
+SIMULATION = '''\
+#  Temperature and density
+#  just in case
+Temperature = 300.0  # Kelvin  330 is the default value
+density = 2.71     # g/cc    2.71 is the default value
+load_from_file= "harvest_spots.h5"
+save_to_file  =  None
+fitSpots = True
+CGUESS={"A11":  [  254.307231832 , -1000  , 10000]  ,
+   "A22":  [  254.307231832 , -1000  , 10000]  ,
+   "A33":  [ 144.467519525  , -1000  , 10000]         ,
+   "A44":  [ 120.580683913  , -1000  , 10000]         ,
+   "A55":  [ 169.691768154  , -1000  , 10000]         ,
+   "A66":  [ 169.691768154  , -1000  , 10000]         ,
+   "A12":  [ -7.53771283211 , -1000  , 10000]         ,
+   "A13":  [ 46.561752961   , -1000  , 10000],
+   "A23":  [ 46.561752961   , -1000  , 10000]
+testSpot_beta = 0.03
+testSpot_Niter = 100
+testSpot_N = 128
+if True:   # to fit just one spot
+    collectSpots = [[-2,-2,1]  ]
+    file_maxima = "tagged_newpeaks.p" # or all the spots,
+    # The visualisation is not so optimised as the fit of elastic constants
+    # and runs on CPUs
+'''
+
+
+def test_guide_simulation_example_missing_brace_then_fixed():
+    with pytest.raises(UsageError, match=r"conf.par, line 8: syntax error: '\{' was never closed"):
+        parse(SIMULATION)
+    fixed = parse(SIMULATION.replace('-1000  , 10000]\ntestSpot', '-1000  , 10000]}\ntestSpot'))
+    assert fixed["CGUESS"]["A12"] == [-7.53771283211, -1000, 10000]
+    assert len(fixed["CGUESS"]) == 9
+    assert fixed["collectSpots"] == [[-2, -2, 1]] and fixed["file_maxima"] == "tagged_newpeaks.p"
+    assert fixed["Temperature"] == 300.0 and fixed["density"] == 2.71 and fixed["testSpot_N"] == 128
+
+
+def test_guide_fit_example():
+    text = '''\
+        load_from_file= "harvest_spots.h5"
+        save_to_file  =  None
+        collectSpots = [[-2,-1,-2],[-1,0,4],[0,1,-8] ,[2,0,-2], [-2,-1,-2],  ]
+        CGUESS={"A11":  [  254.307231832 , -1000  , 10000]  ,
+                "A33":  [ 144.467519525  , -1000  , 10000]         ,
+                "A15":  [ 46.561752961   , -1000  , 10000]
+        '''
+    with pytest.raises(UsageError, match="line 4: syntax error"):
+        parse(text)
+    values = parse(text + "}\n")
+    assert values["collectSpots"][4] == [-2, -1, -2] and set(values["CGUESS"]) == {"A11", "A33", "A15"}
+
+
+def test_guide_a_variables_default_and_open_intervals():
+    values = parse("A_variables = [ minimiser.Variable(0.0,0.0,0.0) for i in range(6+4+2+2) ]  # r1..\n")
+    assert values["A_variables"] == [Variable(0.0, 0.0, 0.0)] * 14
+    missing_plus = '''\
+        A_variables = (
+                  [ minimiser.Variable(0.0,-1.0e-1,1.0e-1) for i in range(3) ]
+                  [ minimiser.Variable(0.0,-3.0e-2,3.0e-2) for i in range(3) ]
+                  + [      minimiser.Variable(0.0,0.0,0.0) for i in range(8)                                              ]
+        '''
+    with pytest.raises(UsageError, match=r"line 1: syntax error: '\(' was never closed"):
+        parse(missing_plus)  # verbatim from the guide: the parenthesis is never closed
+    with pytest.raises(UsageError, match=r"line 2: syntax error: invalid syntax. Perhaps you forgot a comma"):
+        parse(missing_plus + ")\n")  # the missing '+': two comprehensions side by side
+    with pytest.raises(UsageError, match=r"line 1: a list cannot be indexed by a tuple \(is a '\+' missing"):
+        parse("x = [1, 2] [0, 1]\n")
+    good = parse(missing_plus.replace("range(3) ]\n                  [ minimiser.Variable(0.0,-3",
+                                      "range(3) ] +\n                  [ minimiser.Variable(0.0,-3") + ")\n")
+    assert len(good["A_variables"]) == 14 and good["A_variables"][0] == Variable(0.0, -0.1, 0.1)
+    assert good["A_variables"][4] == Variable(0.0, -0.03, 0.03)
+
+
+ACTIV = '''\
+activ =1*0
+A_variables = (
+            [ minimiser.Variable(0.0,-1.5*activ1  ,1.5*activ1 ) for i in range(1) ]+  # r1,
+            [ minimiser.Variable(0.0,-1.5*activ1 ,1.5*activ1 ) for i in range(1) ]+  # r2
+            [ minimiser.Variable(0.0,-1.5*activ1 ,1.5*activ1 ) for i in range(1) ]+  # r3,
+            [ minimiser.Variable(0.0,-0.1*activ2 ,0.1*activ2 ) ,-1,   minimiser.Variable(0.0,-0.1*activ2 ,0.1*activ2 )    ]+  #  AA, BB, CC
+            [ minimiser.Variable(0.0,-2.0*activ3 ,2.0*activ ) ,
+              minimiser.Variable(0.0,-2.0*activ3,2.0*activ3) ,
+              minimiser.Variable(0.0,-2.0*activ3,2.0*activ3) ,
+              minimiser.Variable(0.0,-2.0*activ3,2.0*activ3) ,
+              ]+        # omega, alpha, beta, kappa
+                  [         minimiser.Variable(0.0,-0.2*activ,+0.2*activ) for i in range(2)  ] +   #                      d1,d2,
+                  [         minimiser.Variable(0.0,-5*activ,+5*activ) for i in range(2)  ]       #       det_origin_X, det_origin_Y'''
+
+
+def test_guide_activ_example_undefined_name():
+    with pytest.raises(UsageError, match=r"line 2: syntax error: '\(' was never closed"):
+        parse_parfile(ACTIV, "conf.par")
+    with pytest.raises(UsageError, match=r"conf.par, line 3: name 'activ1' is not defined"):
+        parse_parfile(ACTIV + "\n)\n", "conf.par")
+    values = parse_parfile("activ1 = activ2 = activ3 = 1\n" + ACTIV + "\n)\n", "conf.par")
+    a = values["A_variables"]
+    assert len(a) == 14 and a[0] == Variable(0.0, -1.5, 1.5) and a[4] == -1  # the guide's stray -1 survives
+    assert a[6] == Variable(0.0, -2.0, 0.0) and a[12] == Variable(0.0, 0.0, 0.0)
+
+
+def test_expressions_and_blocks():
+    values = parse('''\
+        n = 3
+        spots = [[h, 0, 2 * h] for h in range(-n, n + 1) if h != 0]
+        big = {"A%d" % 1 if False else "A11": [1.0, 0, 2]} if n > 2 and not False else None
+        x = 2 ** 3 - 7 // 2 + abs(-1.5) + float("2") + int(2.9) + min(4, 5) + len(spots)
+        x += 1
+        if n == 4:
+            y = 1
+        elif n == 3:
+            y = 2
+        else:
+            y = 3
+        pair = (1, 2)[1]
+        sq = {k: k * k for k in range(3)}
+        last = spots[-1][::2]
+        """a docstring"""
+        pass
+        ''')
+    assert values["spots"][0] == [-3, 0, -6] and len(values["spots"]) == 6
+    assert values["big"] == {"A11": [1.0, 0, 2]}
+    assert values["x"] == 8 - 3 + 1.5 + 2.0 + 2 + 4 + 6 + 1
+    assert values["y"] == 2 and values["pair"] == 2 and values["sq"] == {0: 0, 1: 1, 2: 4}
+    assert values["last"] == [3, 6]
+    assert "h" not in values and "k" not in values
+
+
+@pytest.mark.parametrize("line, culprit", [
+    ("import os", "import is not allowed"),
+    ("from os import path", "import is not allowed"),
+    ("x = __import__('os')", "'__import__' is not allowed"),
+    ("x = open('/etc/passwd')", "calling 'open' is not allowed"),
+    ("x = exec('1')", "calling 'exec' is not allowed"),
+    ("x = eval('1')", "calling 'eval' is not allowed"),
+    ("x = ().__class__", "attribute access '\\(\\).__class__'|attribute access"),
+    ("x = 'a'.join(['b'])", "calling \"'a'.join\" is not allowed"),
+    ("x = minimiser.os", "attribute access 'minimiser.os'"),
+    ("x = lambda: 1", "a lambda is not allowed"),
+    ("def f(): pass", "a function definition is not allowed"),
+    ("while True: pass", "a while loop is not allowed"),
+    ("for i in range(3): pass", "a for loop is not allowed"),
+    ("x = f'{1}'", "an f-string is not allowed"),
+    ("print(1)", "an expression statement is not allowed"),
+    ("x = [0] * 10**9", "at most"),
+    ("x = 10 ** 100000", "too large"),
+    ("x = range(10**9)", "at most"),
+    ("x = '%*d' % (10**9, 1)", "formatting"),
+    ("a.b = 1", "only plain names"),
+    ("__x = 1", "dunder"),
+    ("x = y", "name 'y' is not defined"),
+    ("x = range", "can only be called"),
+    ("x = minimiser.Variable(5.0, 0.0, 1.0)", "min <= value <= max"),
+    ("x = minimiser.Variable('a', 0.0, 1.0)", "must be a number"),
+    ("x = [i for i in 5]", "only run over a list"),
+    ("x = 1 / 0", "division by zero"),
+    ("x = (y := 1)", "assignment expression"),
+])
+def test_refusals_name_file_and_line(line, culprit):
+    with pytest.raises(UsageError, match=r"conf.par, line 2: .*(" + culprit + ")"):
+        parse_parfile("ok = 1\n" + line + "\n", "conf.par")
+
+
+def test_read_parfile_missing(tmp_path):
+    with pytest.raises(DataError, match="nothere.par"):
+        read_parfile(tmp_path / "nothere.par")
+    (tmp_path / "bin.par").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="bin.par"):
+        read_parfile(tmp_path / "bin.par")
