@@ -19,4 +19,5 @@ def generate(p):
 
 @hookimpl
 def difframe_scan_patterns():
-    yield ScanPatternSpec(name="raster", summary="Raster pattern parameters", generate=generate, parameters=PARAMETERS)
+    yield ScanPatternSpec(name="raster", summary="rectangular grid, row by row",
+                          generate=generate, parameters=PARAMETERS)

@@ -20,4 +20,5 @@ def generate(p):
 
 @hookimpl
 def difframe_scan_patterns():
-    yield ScanPatternSpec(name="round", summary="Round pattern parameters", generate=generate, parameters=PARAMETERS)
+    yield ScanPatternSpec(name="round", summary="concentric circles around the centre",
+                          generate=generate, parameters=PARAMETERS)

@@ -19,5 +19,5 @@ def generate(p):
 
 @hookimpl
 def difframe_scan_patterns():
-    yield ScanPatternSpec(name="round_roi", summary="Round - ROI pattern parameters", generate=generate,
+    yield ScanPatternSpec(name="round_roi", summary="concentric circles cropped to a rectangle", generate=generate,
                           parameters=PARAMETERS)

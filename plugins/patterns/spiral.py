@@ -18,4 +18,5 @@ def generate(p):
 
 @hookimpl
 def difframe_scan_patterns():
-    yield ScanPatternSpec(name="spiral", summary="Spiral scan parameters", generate=generate, parameters=PARAMETERS)
+    yield ScanPatternSpec(name="spiral", summary="Archimedean spiral, evenly spaced points",
+                          generate=generate, parameters=PARAMETERS)

@@ -20,5 +20,5 @@ def generate(p):
 
 @hookimpl
 def difframe_scan_patterns():
-    yield ScanPatternSpec(name="spiral_roi", summary="Spiral - ROI pattern parameters", generate=generate,
+    yield ScanPatternSpec(name="spiral_roi", summary="spiral cropped to a rectangle", generate=generate,
                           parameters=PARAMETERS)
