@@ -109,3 +109,16 @@ def test_verbosity_flags_map_onto_verbose_level(capsys):
     assert code == 0 and "verbose_level = 3" in out
     code, out, _ = run_cli(capsys, "run", str(EXAMPLES / "patterns.toml"), "--dry-run", "-q")
     assert "verbose_level = 0" in out
+
+
+def test_engine_option_replaces_the_files_engines_in_order(capsys, tmp_path):
+    params = tmp_path / "two.toml"
+    params.write_text('[engine.common]\nnumiter = 12\n[engines.first]\nname = "ML"\nnumiter = 3\n'
+                      '[scans.s.xy]\ntype = "raster"\n')
+    code, out, err = run_cli(capsys, "run", str(params), "--dry-run", "--json", "--engine", "DM", "--engine", "ML")
+    assert code == 0, err
+    engines = json.loads(out)["params"]["engines"]
+    assert [e["name"] for e in engines.values()] == ["DM", "ML"]
+    assert all(e["numiter"] == 12 for e in engines.values())  # engine.common still applies
+    code, _, err = run_cli(capsys, "run", str(params), "--dry-run", "--engine", "XX")
+    assert code == 2 and "engines.engine_00.name = 'XX'" in err
