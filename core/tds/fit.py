@@ -176,6 +176,13 @@ class Points:
         return np.add.reduceat(x, self.starts, axis=0)
 
 
+def scale_and_baseline(Sw, SwT, SwTT, Swy, SwTy):
+    """Per-spot A, B minimising sum w (A T + B - y)^2, from the spot sums of w, wT, wT^2, wy, wTy; and det."""
+    det = Sw * SwTT - SwT**2
+    det = np.where(np.abs(det) > 1e-300, det, 1e-300)
+    return (Sw * SwTy - SwT * Swy) / det, (SwTT * Swy - SwT * SwTy) / det, det
+
+
 class ProjectedProblem:
     """Weighted residuals against A_s T + B_s, with (A_s, B_s) solved in closed form, as a function of x.
 
@@ -207,11 +214,8 @@ class ProjectedProblem:
         wT = pts.sqrt_w * T
         sums = pts.spot_sums(np.stack([pts.sqrt_w**2, pts.sqrt_w * wT, wT * wT, pts.sqrt_w**2 * pts.y,
                                        pts.sqrt_w * wT * pts.y], axis=1))
-        Sw, SwT, SwTT, Swy, SwTy = sums.T
-        det = Sw * SwTT - SwT**2
-        det = np.where(np.abs(det) > 1e-300, det, 1e-300)
-        A = (Sw * SwTy - SwT * Swy) / det
-        B = (SwTT * Swy - SwT * SwTy) / det
+        A, B, det = scale_and_baseline(*sums.T)
+        Sw, SwT, SwTT = sums.T[:3]
         r = pts.sqrt_w * (A[pts.spot] * T + B[pts.spot] - pts.y)
         self._cache_x = x.copy()
         self._cache = (r, T, J[:, self.constants.fitted], A, B, (Sw, SwT, SwTT, det))

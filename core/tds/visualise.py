@@ -1,0 +1,192 @@
+"""visSim: the harvested points and the fitted model of each spot, interpolated onto N^3 grids.
+
+The points of a spot are scattered; to look at them as a volume, each grid x
+minimises ``1/2 |Interp x - y|^2 + beta |grad x|^2`` (tds2el's formula, good for
+over- and under-sampled spots alike) with ``n_iter`` FISTA iterations of step
+1/L, L the largest eigenvalue of ``Interp^T Interp + 2 beta grad^T grad`` from a
+power iteration.  ``Interp`` is trilinear interpolation, a sparse matrix with 8
+entries per point.  Data and model volumes go to HDF5 as NeXus NXdata with
+their q axes (silx view / PyMca open them), and a PNG shows central slices.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from difframe.errors import UsageError
+from difframe.fileio import atomic_path
+from difframe.tds.fit import scale_and_baseline
+from difframe.tds.model import tds_intensity
+
+log = logging.getLogger("difframe.tds.visualise")
+
+
+def grid_axes(q: np.ndarray, n: int) -> list[np.ndarray]:
+    """Three axes of n nodes each, symmetric about the Bragg peak, covering every q (1/Angstrom)."""
+    half = np.abs(q).max(axis=0)
+    half = np.where(half > 0, half, 1e-3)
+    return [np.linspace(-h, h, n) for h in half]
+
+
+def interpolation_matrix(q: np.ndarray, axes: list[np.ndarray]):
+    """Sparse (points, n^3) trilinear interpolation from grid values (C order) to the points."""
+    from scipy.sparse import csr_matrix
+
+    shape = tuple(len(a) for a in axes)
+    cell, frac = [], []
+    for d, ax in enumerate(axes):
+        step = ax[1] - ax[0]
+        t = np.clip((q[:, d] - ax[0]) / step, 0, len(ax) - 1 - 1e-9)
+        i = np.floor(t).astype(int)
+        cell.append(i)
+        frac.append(t - i)
+    rows, cols, vals = [], [], []
+    for corner in np.ndindex(2, 2, 2):
+        index = [c + o for c, o in zip(cell, corner)]
+        weight = np.prod([f if o else 1 - f for f, o in zip(frac, corner)], axis=0)
+        rows.append(np.arange(len(q)))
+        cols.append(np.ravel_multi_index(index, shape))
+        vals.append(weight)
+    return csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(len(q), int(np.prod(shape))))
+
+
+def _grad(x: np.ndarray) -> np.ndarray:
+    """Forward differences along each axis (zero across the far edge), stacked."""
+    return np.stack([np.diff(x, axis=d, append=np.take(x, [-1], axis=d)) for d in range(3)])
+
+
+def _grad_adjoint(g: np.ndarray) -> np.ndarray:
+    out = np.zeros(g.shape[1:])
+    for d in range(3):
+        gd = np.moveaxis(g[d], d, 0).copy()
+        gd[-1] = 0.0
+        shifted = np.zeros_like(gd)
+        shifted[1:] = gd[:-1]
+        out += np.moveaxis(shifted - gd, 0, d)
+    return out
+
+
+def lipschitz(A, shape, beta: float, n_iter: int = 30, seed: int = 0) -> float:
+    """Largest eigenvalue of A^T A + 2 beta grad^T grad by power iteration (5 % margin)."""
+    x = np.random.default_rng(seed).normal(size=shape)
+    value = 0.0
+    for _ in range(n_iter):
+        x /= np.linalg.norm(x)
+        y = (A.T @ (A @ x.ravel())).reshape(shape) + 2 * beta * _grad_adjoint(_grad(x))
+        value = float(np.vdot(x, y))
+        x = y
+    return 1.05 * value
+
+
+def fista_interpolate(q: np.ndarray, y: np.ndarray, axes: list[np.ndarray], beta: float, n_iter: int) -> np.ndarray:
+    """The regularised interpolation of values ``y`` at offsets ``q`` onto the grid ``axes`` (FISTA)."""
+    if beta < 0 or n_iter < 1:
+        raise UsageError(f"visualisation needs testSpot_beta >= 0 and testSpot_Niter >= 1 (got {beta}, {n_iter})")
+    shape = tuple(len(a) for a in axes)
+    A = interpolation_matrix(q, axes)
+    step = 1.0 / lipschitz(A, shape, beta)
+    x = np.zeros(shape)
+    z, t = x.copy(), 1.0
+    for _ in range(n_iter):
+        gradient = (A.T @ (A @ z.ravel() - y)).reshape(shape) + 2 * beta * _grad_adjoint(_grad(z))
+        x_new = z - step * gradient
+        t_new = 0.5 * (1 + np.sqrt(1 + 4 * t * t))
+        z = x_new + ((t - 1) / t_new) * (x_new - x)
+        x, t = x_new, t_new
+    return x
+
+
+def model_intensity(harvest, voigt: np.ndarray, scale=None, baseline=None) -> np.ndarray:
+    """A_s T + B_s at every point; without fitted A_s, B_s they are solved per spot (unweighted)."""
+    spot = np.asarray(harvest["spot"])
+    G = np.asarray(harvest["G"], dtype=float)
+    T = tds_intensity(harvest["Q"], G[spot], voigt)
+    if scale is None or baseline is None:
+        y = np.asarray(harvest["intensity"], dtype=float)
+        sums = [np.bincount(spot, weights=w, minlength=len(G)) for w in (np.ones_like(T), T, T * T, y, T * y)]
+        scale, baseline, _ = scale_and_baseline(*sums)
+    return np.asarray(scale)[spot] * T + np.asarray(baseline)[spot]
+
+
+def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, beta: float = 0.03,
+              n_iter: int = 100, spots=None, filename: str = "simtests.h5") -> dict[str, Path]:
+    """Write data and model volumes of each spot to ``output_dir/filename`` and a PNG per spot."""
+    import h5py
+
+    Q = np.asarray(harvest["Q"], dtype=float)
+    y = np.asarray(harvest["intensity"], dtype=float)
+    spot = np.asarray(harvest["spot"])
+    G = np.asarray(harvest["G"], dtype=float)
+    hkl = harvest.get("hkl")
+    if n < 2:
+        raise UsageError(f"testSpot_N must be at least 2, got {n}")
+    chosen = np.unique(spot) if spots is None else np.asarray(spots)
+    output_dir = Path(output_dir)
+    files: dict[str, Path] = {}
+    volumes = {}
+    for s in chosen:
+        sel = spot == s
+        if sel.sum() < 4 or not np.all(np.isfinite(model_values[sel])):
+            log.warning("spot %d: too few points or no model values; not visualised", s)
+            continue
+        q = Q[sel] - G[s]
+        axes = grid_axes(q, n)
+        volumes[int(s)] = (axes, fista_interpolate(q, y[sel], axes, beta, n_iter),
+                           fista_interpolate(q, model_values[sel], axes, beta, n_iter))
+        log.info("spot %d: %d points interpolated onto %d^3", s, sel.sum(), n)
+    path = output_dir / filename
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["NX_class"] = "NXroot"
+        for s, (axes, data, model) in volumes.items():
+            entry = f.create_group(f"spot_{s:04d}")
+            entry.attrs["NX_class"] = "NXentry"
+            entry.attrs["default"] = "data"
+            if hkl is not None:
+                entry.attrs["hkl"] = np.asarray(hkl)[s]
+            entry["G"] = G[s]
+            for label, volume in (("data", data), ("model", model)):
+                group = entry.create_group(label)
+                group.attrs.update({"NX_class": "NXdata", "signal": "intensity", "axes": ["qx", "qy", "qz"]})
+                group["intensity"] = volume
+                for name, ax in zip(("qx", "qy", "qz"), axes):
+                    group[name] = ax
+                    group[name].attrs["units"] = "1/Angstrom (q = Q - G, crystal frame)"
+        if volumes:
+            f.attrs["default"] = f"spot_{min(volumes):04d}"
+    files["volumes"] = path
+    for s, (axes, data, model) in volumes.items():
+        files[f"png_{s}"] = _slices_png(output_dir / f"spot_{s:04d}.png", axes, data, model,
+                                        None if hkl is None else np.asarray(hkl)[s])
+    return files
+
+
+def _slices_png(path: Path, axes, data, model, hkl) -> Path:
+    """Central qx-qy, qx-qz and qy-qz slices of data (top) and model (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6.5))
+    mid = [len(a) // 2 for a in axes]
+    cuts = [((0, 1), (slice(None), slice(None), mid[2])), ((0, 2), (slice(None), mid[1], slice(None))),
+            ((1, 2), (mid[0], slice(None), slice(None)))]
+    names = ("qx", "qy", "qz")
+    low, high = np.percentile(np.concatenate([data.ravel(), model.ravel()]), [1, 99.5])
+    for row, (label, volume) in enumerate((("data", data), ("model", model))):
+        for col, ((a, b), index) in enumerate(cuts):
+            ax = fig.add_subplot(2, 3, 3 * row + col + 1)
+            extent = [axes[b][0], axes[b][-1], axes[a][0], axes[a][-1]]
+            image = ax.imshow(volume[index], origin="lower", extent=extent, vmin=low, vmax=high, aspect="auto")
+            ax.set_xlabel(f"{names[b]} [1/A]")
+            ax.set_ylabel(f"{names[a]} [1/A]")
+            ax.set_title(f"{label}, {names[3 - a - b]} = 0")
+    fig.colorbar(image, ax=fig.axes)
+    fig.suptitle("spot" + ("" if hkl is None else f" hkl = {tuple(int(v) for v in hkl)}"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    return path
