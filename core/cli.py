@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list-plugins": ("difframe.commands.list_plugins", "show installed plugins, their kinds and status"),
     "params": ("difframe.commands.params", "document the parameter tree (or one subtree)"),
     "inspect": ("difframe.commands.inspect", "show a detector frame's shape, dtype and header metadata"),
+    "tds": ("difframe.commands.tds", "TDS elastic constants as tds2el ran them: harvest, fit, structure, simulate"),
 }
 
 EPILOG = """\

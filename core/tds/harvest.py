@@ -23,6 +23,7 @@ a serial harvest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -80,6 +81,8 @@ class HarvestOptions:
     mask_file: str | None = None  # filter_file (EDF, 1 good, 0 bad)
     normalisation_file: str | None = None  # normalisation_file (file name, denominator)
     centering_file: str | None = None  # an earlier harvest whose centroids re-centre the spots
+    rough: bool = False  # DO_ELASTIC = 0: bin the whole volume instead
+    rough_grid: int = 64  # voxels per axis of the rough volume
 
 
 # -- inputs ------------------------------------------------------------------------
@@ -383,20 +386,103 @@ def _reduce(comm, array: np.ndarray) -> np.ndarray:
     return out
 
 
+# -- the rough whole-volume mode (DO_ELASTIC = 0) -------------------------------------
+
+
+@dataclass
+class Volume:
+    """Mean normalised intensity on a cubic grid of the crystal frame (NaN where no pixel fell)."""
+
+    data: np.ndarray  # (N, N, N), index order (x, y, z)
+    counts: np.ndarray  # (N, N, N) pixels per voxel
+    axis: np.ndarray  # (N,) voxel centres [1/Angstrom], the same on x, y and z
+    attrs: dict = field(default_factory=dict)
+
+
+def harvest_volume(geometry, files: Sequence[str | Path], options: HarvestOptions, plugins=None,
+                   comm=None) -> Volume | None:
+    """Bin every valid pixel of every frame into an N^3 grid spanning the largest |Q| (for a first look)."""
+    from difframe.detector import choose_reader
+
+    if plugins is None:
+        from difframe.manager import PluginManager
+
+        plugins = PluginManager()
+    files = [Path(f) for f in files]
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    reader = choose_reader(files[0], plugins)
+    shape = reader.read(files[0]).data.shape
+    mask = read_mask(options.mask_file, shape, plugins) if options.mask_file else np.ones(shape, bool)
+    norm = read_normalisation(options.normalisation_file, files) if options.normalisation_file else np.ones(len(files))
+    good = np.flatnonzero(mask.ravel())
+    q_lab = geometry.q_lab_image(shape).reshape(-1, 3)[good]
+    n = int(options.rough_grid)
+    q_max = float(np.linalg.norm(q_lab, axis=1).max()) * (1 + 1e-9)
+    step = 2 * q_max / n
+    sums, counts = np.zeros(n**3), np.zeros(n**3)
+    rotations = geometry.lab_to_crystal(np.arange(len(files)))
+    block = np.array_split(np.arange(len(files)), size)[rank]
+    for i, frame in enumerate(block):
+        data = reader.read(files[frame]).data
+        if data.shape != shape:
+            raise DataError(f"frame {files[frame]} is {data.shape[0]} x {data.shape[1]}, the first frame "
+                            f"{files[0]} is {shape[0]} x {shape[1]}")
+        values = data.ravel()[good].astype(float)
+        valid = values >= 0
+        cell = np.floor((q_lab[valid] @ rotations[frame].T + q_max) / step).astype(np.int64).clip(0, n - 1)
+        flat = (cell[:, 0] * n + cell[:, 1]) * n + cell[:, 2]
+        sums += np.bincount(flat, weights=values[valid] / norm[frame], minlength=n**3)
+        counts += np.bincount(flat, minlength=n**3)
+        if (i + 1) % max(1, len(block) // 10) == 0:
+            log.info("rough harvest: %d/%d frames", i + 1, len(block))
+    if comm is not None and size > 1:
+        sums, counts = _reduce(comm, sums), _reduce(comm, counts)
+        if rank != 0:
+            return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        data = np.where(counts > 0, sums / counts, np.nan).reshape(n, n, n)
+    axis = -q_max + step * (np.arange(n) + 0.5)
+    return Volume(data=data, counts=counts.reshape(n, n, n).astype(np.int64), axis=axis,
+                  attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT,
+                         "input_files": [str(f) for f in files]})
+
+
+@contextlib.contextmanager
+def _new_h5(path: Path, attrs: dict, creator: str):
+    """An HDF5 file written atomically, its root attributes set."""
+    import h5py
+
+    from difframe.fileio import atomic_path
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["creator"] = creator
+        yield f
+
+
+def write_volume(volume: Volume, path: str | Path) -> Path:
+    """The rough volume as HDF5 (``volume/data`` with ``volume/{x,y,z}`` axes, as silx/PyMca show)."""
+    path = Path(path)
+    with _new_h5(path, volume.attrs, "difframe tds_harvest (DO_ELASTIC=0)") as f:
+        group = f.create_group("volume")
+        group.attrs["NX_class"] = "NXdata"
+        group.attrs["signal"] = "data"
+        group.attrs["axes"] = ["x", "y", "z"]
+        group.create_dataset("data", data=volume.data)
+        group.create_dataset("counts", data=volume.counts)
+        for name in ("x", "y", "z"):
+            group.create_dataset(name, data=volume.axis)
+    return path
+
+
 # -- the file ----------------------------------------------------------------------------
 
 
 def write_harvest(result: Harvest, path: str | Path) -> Path:
     """Write the harvest HDF5 file atomically (the layout in docs/tds-usage.md)."""
-    import h5py
-
-    from difframe.fileio import atomic_path
-
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for key, value in result.attrs.items():
-            f.attrs[key] = value
-        f.attrs["creator"] = "difframe tds_harvest"
+    with _new_h5(path, result.attrs, "difframe tds_harvest") as f:
         points = f.create_group("points")
         points.create_dataset("Q", data=result.Q)
         points.create_dataset("intensity", data=result.intensity)

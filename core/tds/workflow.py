@@ -1,0 +1,224 @@
+"""The TDS flow of a run, as ``tds2el input.par`` ran it: harvest -> (dry run) -> fit -> visSim.
+
+``run_tds(run)`` reads ``run.params.tds``: tds2el's names (the merged input.par and
+conf_file: ``images_prefix``, ``DeltaQ_max``, ``collectSpots``, ``CGUESS``, ...) and
+the geometry names of :class:`difframe.crystal.geometry.Geometry`.  Relative file
+names are taken from ``base_dir`` (the folder of input.par) when it is given.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from difframe.errors import UsageError
+
+log = logging.getLogger("difframe.tds.workflow")
+
+ENGINE = "tds_fit"
+RECIPE = "tds_harvest"
+#: tds2el name -> tds_fit engine parameter
+ENGINE_PARAMETERS = {"CGUESS": "cguess", "ftol": "ftol", "nred": "nred", "Temperature": "temperature",
+                     "density": "density"}
+
+
+def _get(tds, name: str, default: Any = None) -> Any:
+    value = tds.get(name) if hasattr(tds, "get") else getattr(tds, name, None)
+    return default if value is None else value
+
+
+def _path(tds, name: str) -> str | None:
+    """A file parameter, relative to ``base_dir`` when it is not absolute."""
+    value = _get(tds, name)
+    if value in (None, "", "None"):
+        return None
+    return str(Path(_get(tds, "base_dir", ".")) / os.path.expanduser(str(value)))
+
+
+def frame_files(tds) -> list[Path]:
+    """tds2el's frame list: ``glob(images_prefix + "*" + images_postfix)`` in name order."""
+    prefix = _path(tds, "images_prefix")
+    if prefix is None:
+        raise UsageError("images_prefix is missing: the frames to harvest are glob(images_prefix*images_postfix)")
+    postfix = str(_get(tds, "images_postfix", ""))
+    pattern = glob.escape(prefix) + "*" + glob.escape(postfix)
+    files = sorted(Path(f) for f in glob.glob(pattern))
+    if not files:
+        raise UsageError(f"no frame matches images_prefix*images_postfix = {pattern!r}")
+    return files
+
+
+def geometry_of(tds):
+    from difframe.crystal.geometry import Geometry
+
+    source = _get(tds, "geometry", tds)
+    return Geometry.from_mapping(dict(source), source="conf_file")
+
+
+def spot_list(tds) -> np.ndarray | None:
+    """collectSpots, else the hkl of file_maxima, else None."""
+    from difframe.tds.harvest import _as_hkl, read_spot_list
+
+    spots = _get(tds, "collectSpots")
+    if spots is not None:
+        return _as_hkl(spots, "collectSpots")
+    maxima = _path(tds, "file_maxima")
+    return read_spot_list(maxima) if maxima else None
+
+
+def harvest_options(tds, spots=None):
+    from difframe.tds.harvest import HarvestOptions
+
+    threshold = _get(tds, "threshold")
+    return HarvestOptions(
+        delta_q_min=float(_get(tds, "DeltaQ_min", 0.0)),
+        delta_q_max=float(_get(tds, "DeltaQ_max", 0.15)),
+        threshold=None if threshold is None else float(threshold),
+        spots=spot_list(tds) if spots is None else spots,
+        generators=_get(tds, "ascii_generators"),
+        replicas=bool(_get(tds, "REPLICA_COLLECTION", False)),
+        mask_file=_path(tds, "filter_file"),
+        normalisation_file=_path(tds, "normalisation_file"),
+        centering_file=_path(tds, "centering_file"),
+        rough=not bool(_get(tds, "DO_ELASTIC", True)),
+        rough_grid=int(_get(tds, "rough_grid", 64)),
+    )
+
+
+def mpi_comm():
+    """COMM_WORLD when started by mpiexec with more than one rank, else None (mpi4py not imported)."""
+    if not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")):
+        return None
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def harvest_step(tds, plugins, comm=None):
+    """Harvest the frames and write ``save_to_file`` (rank 0); returns the Harvest (None off rank 0)."""
+    from difframe.tds.harvest import harvest, harvest_volume, write_harvest, write_volume
+
+    options = harvest_options(tds)
+    geometry, files = geometry_of(tds), frame_files(tds)
+    target = _path(tds, "save_to_file")
+    if options.rough:
+        volume = harvest_volume(geometry, files, options, plugins, comm)
+        if volume is not None and target:
+            write_volume(volume, target)
+        return volume
+    result = harvest(geometry, files, options, plugins, comm)
+    if result is not None and target:
+        write_harvest(result, target)
+        log.info("harvest written to %s", target)
+    return result
+
+
+def select_spots(result, spots: np.ndarray | None, generators: str | None, replicas: bool, lattice):
+    """The points of the harvested spots named by the fit's collectSpots (all when None)."""
+    from difframe.tds.harvest import Harvest, replicate_spots
+
+    if spots is None:
+        return result
+    if replicas:
+        spots = replicate_spots(spots, generators, lattice)
+    wanted = {tuple(h) for h in np.asarray(spots).tolist()}
+    chosen = np.array([tuple(h) in wanted for h in result.hkl.tolist()])
+    if not chosen.any():
+        raise UsageError(f"none of collectSpots {np.asarray(spots).tolist()} is in the harvest "
+                         f"(it holds {result.hkl.tolist()})")
+    renumber = np.cumsum(chosen) - 1
+    keep = chosen[result.spot]
+    return Harvest(Q=result.Q[keep], intensity=result.intensity[keep], spot=renumber[result.spot[keep]],
+                   frame=result.frame[keep], pixel=result.pixel[keep], hkl=result.hkl[chosen], G=result.G[chosen],
+                   centroid=result.centroid[chosen], excluded_frames=result.excluded_frames, attrs=result.attrs)
+
+
+def run_tds(run) -> dict:
+    """Harvest (unless load_from_file), stop with the tensor structure when CGUESS is missing, fit, visSim."""
+    from difframe.crystal.symmetry import elastic_structure
+    from difframe.tds.harvest import hkl_summary, load_harvest
+
+    tds = run.params.tds
+    results: dict[str, Any] = {}
+    load_from = _path(tds, "load_from_file")
+    if load_from is None:
+        comm = mpi_comm()
+        recipe = run.plugins.get("recipe", RECIPE)
+        result = recipe.prepare(tds, {"plugins": run.plugins, "comm": comm})
+        if comm is not None and comm.Get_rank() != 0:
+            return {}
+        target = _path(tds, "save_to_file")
+        if target:
+            results["harvest"] = target
+        if not bool(_get(tds, "DO_ELASTIC", True)):
+            return results
+    else:
+        result = load_harvest(load_from)
+    if _get(tds, "show_hkls", False):
+        results["hkls"] = hkl_summary(result)
+    if not _get(tds, "fitSpots", False) and _get(tds, "CGUESS") is None:
+        return results
+
+    generators = _get(tds, "ascii_generators")
+    if not generators:
+        raise UsageError("ascii_generators is missing: it fixes the structure of the elastic tensor")
+    geometry = geometry_of(tds)
+    structure = elastic_structure(generators, geometry.lattice.direct)
+    results["structure"] = structure.table()
+    cguess = _get(tds, "CGUESS")
+    if cguess is None:
+        raise UsageError(
+            f"CGUESS is missing. The elastic tensor allowed by {generators!r} is\n{structure.table()}\n"
+            f"give CGUESS = {{name: [value, min, max]}} for {', '.join('A' + n[1:] for n in structure.free)}"
+        )
+    structure.check_constants(cguess)
+    if load_from is not None:
+        spots = spot_list(tds)
+        result = select_spots(result, spots, generators, bool(_get(tds, "REPLICA", False)), geometry.lattice)
+    output_dir = Path(_get(tds, "output_dir", "."))
+    if _get(tds, "doMinimisation", True):
+        results.update(_fit(run, tds, result, structure, output_dir))
+    if _get(tds, "visSim", False):
+        results.update(_visualise(tds, result, structure, cguess, output_dir))
+    return results
+
+
+def _fit(run, tds, result, structure, output_dir: Path) -> dict:
+    """Run engine ``tds_fit`` with the run's lifecycle hooks; returns the files it wrote."""
+    spec = run.plugins.get("engine", ENGINE)
+    params = {key: _get(tds, name) for name, key in ENGINE_PARAMETERS.items() if _get(tds, name) is not None}
+    params.update(dict(_get(tds, "fit", {})))
+    context = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
+               "structure": structure, "manager": run.plugins, "output_dir": str(output_dir)}
+    engine = spec.factory(params, context)
+    engine.initialize()
+    run.hook.difframe_engine_started(run=run, engine=ENGINE)
+    iteration, block, limit = 0, 20, int(_get(tds, "max_evaluations", 2000))
+    while iteration < limit and not run.stop_requested:
+        metrics = engine.iterate(block)
+        for m in metrics:
+            iteration += 1
+            run.hook.difframe_iteration_finished(run=run, engine=ENGINE, iteration=iteration, metrics=m)
+        if not metrics:
+            break
+    summary = engine.finalize()
+    run.hook.difframe_engine_finished(run=run, engine=ENGINE, summary=summary)
+    files = summary.get("files", {}) if isinstance(summary, dict) else {}
+    return {**{name: str(path) for name, path in files.items()}, "report": summary.get("text", "")}
+
+
+def _visualise(tds, result, structure, cguess, output_dir: Path) -> dict:
+    """visSim: FISTA interpolation of data and model around each spot (difframe.tds.visualise)."""
+    from difframe.tds import visualise
+
+    path = output_dir / "simtests.h5"
+    written = visualise.vis_sim(result, structure, cguess, path, N=int(_get(tds, "testSpot_N", 32)),
+                                beta=float(_get(tds, "testSpot_beta", 0.03)),
+                                n_iter=int(_get(tds, "testSpot_Niter", 100)))
+    return {"visualisation": str(written)}

@@ -1,0 +1,176 @@
+"""The tds2el flow end to end on a small synthetic scan: input files -> harvest file -> dry run / fit."""
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import harvest_support as hs
+from difframe.commands.tds import load_input
+from difframe.errors import UsageError
+from difframe.manager import PluginManager
+from difframe.param import Param
+from difframe.tds.workflow import run_tds
+
+ROOT = Path(__file__).resolve().parents[3]
+VENV_BIN = ROOT / ".venv" / "bin"
+
+CONF = """\
+lmbda = 0.7
+dist = 60.0
+pixel_size = 1.2
+det_origin_X = 20.0
+det_origin_Y = 30.0
+AA = BB = CC = 4.212
+angular_step = 1.0
+phi = -10.0
+r1 = 12.0
+r2 = -7.0
+r3 = 31.0
+DeltaQ_max = 0.3
+DeltaQ_min = 0.05
+load_from_file = None
+save_to_file = "harvest_spots.h5"
+threshold = 500000.0
+if False:
+    collectSpots = [[9, 9, 9]]
+    file_maxima = "tagged_selectedpeaks.p"
+if True:
+    collectSpots = [[-1, -1, 1], [-2, -2, -1], [0, 0, -1], [1, 1, 1]]
+REPLICA_COLLECTION = 0
+"""
+
+INPUT = """\
+conf_file = "tds2el.par"
+filter_file = "filter.edf"
+images_prefix = "scan_"
+images_postfix = ".cbf"
+ascii_generators = "1~,4(z),3(111)"
+normalisation_file = "normalisation.dat"
+"""
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tds2el")
+    files = hs.write_scan(folder)
+    hs.write_mask(folder)
+    hs.write_normalisation(folder, [f.name for f in files])
+    (folder / "tds2el.par").write_text(CONF)
+    (folder / "input.par").write_text(INPUT)
+    return folder
+
+
+def make_run(tds):
+    plugins = PluginManager()
+    return types.SimpleNamespace(params=Param({"tds": tds}), plugins=plugins, hook=plugins.hook, stop_requested=False)
+
+
+def test_input_files_give_the_harvest_of_the_library(experiment):
+    from difframe.crystal.geometry import Geometry
+    from difframe.tds.harvest import HarvestOptions, harvest, load_harvest
+
+    tds = load_input(experiment / "input.par")
+    assert tds["base_dir"] == str(experiment) and tds["collectSpots"][0] == [-1, -1, 1]
+    results = run_tds(make_run(tds))
+    path = experiment / "harvest_spots.h5"
+    assert results == {"harvest": str(path)}
+    written = load_harvest(path)
+    geometry = Geometry.from_mapping(tds)
+    direct = harvest(geometry, sorted(experiment.glob("scan_*.cbf")),
+                     HarvestOptions(delta_q_min=0.05, delta_q_max=0.3, threshold=5e5, spots=np.array(hs.SPOTS),
+                                    mask_file=str(experiment / "filter.edf"),
+                                    normalisation_file=str(experiment / "normalisation.dat")))
+    np.testing.assert_array_equal(written.Q, direct.Q)
+    np.testing.assert_array_equal(written.intensity, direct.intensity)
+    assert written.attrs["input_files"][0].endswith("scan_0000.cbf") and len(written.attrs["input_files"]) == 40
+
+
+def test_dry_run_stops_with_the_structure_then_fit_writes_results(experiment, tmp_path):
+    tds = load_input(experiment / "input.par")
+    if not (experiment / "harvest_spots.h5").exists():
+        run_tds(make_run(tds))
+    tds.update(load_from_file="harvest_spots.h5", save_to_file=None, fitSpots=True, show_hkls=True)
+    with pytest.raises(UsageError, match=r"CGUESS is missing(.|\n)*1.000000 A44(.|\n)*A11, A12, A44"):
+        run_tds(make_run(tds))
+    tds.update(CGUESS={"C11": [297.0, 297.0, 297.0], "A12": [95.0, 0.0, 300.0], "A44": [150.0, 1.0, 400.0]},
+               collectSpots=[[0, 0, -1], [1, 1, 1]], output_dir=str(tmp_path))
+    events = []
+
+    class Watcher:
+        from difframe import hookimpl
+
+        @hookimpl
+        def difframe_iteration_finished(self, run, engine, iteration, metrics):
+            events.append((engine, iteration, metrics["cost"]))
+
+    run = make_run(tds)
+    run.plugins.add_plugin(Watcher(), name="watcher")
+    results = run_tds(run)
+    assert "   0    0   -1" in results["hkls"] and "4 spots" in results["hkls"]
+    assert Path(results["json"]).parent == tmp_path and (tmp_path / "parametri.txt").exists()
+    import json
+
+    fitted = json.loads(Path(results["json"]).read_text())
+    assert fitted["spots"] == 2 and fitted["fixed"] == ["C11"]
+    assert events and events[0][0] == "tds_fit" and events[-1][1] == len(events)
+
+
+def test_cguess_naming_a_constant_the_symmetry_forbids(experiment):
+    tds = load_input(experiment / "input.par")
+    if not (experiment / "harvest_spots.h5").exists():
+        run_tds(make_run(tds))
+    tds.update(load_from_file="harvest_spots.h5", save_to_file=None, fitSpots=True,
+               CGUESS={"A11": [297, 1, 500], "A13": [90, 0, 300], "A44": [150, 1, 400]})
+    with pytest.raises(UsageError, match="A13"):
+        run_tds(make_run(tds))
+
+
+def test_rough_volume_mode(experiment, tmp_path):
+    tds = load_input(experiment / "input.par")
+    tds.update(DO_ELASTIC=0, save_to_file=str(tmp_path / "volume.h5"), rough_grid=16)
+    assert run_tds(make_run(tds)) == {"harvest": str(tmp_path / "volume.h5")}
+    with h5py.File(tmp_path / "volume.h5") as f:
+        data, counts, axis = f["volume/data"][()], f["volume/counts"][()], f["volume/x"][()]
+    import fabio
+
+    mask = fabio.open(str(experiment / "filter.edf")).data != 0
+    frames = [fabio.open(str(p)).data for p in sorted(experiment.glob("scan_*.cbf"))]
+    valid = sum(int(((d >= 0) & mask).sum()) for d in frames)
+    assert counts.sum() == valid  # every unmasked, non-negative pixel of every frame is binned once
+    assert data.shape == (16, 16, 16) and np.isfinite(data[counts > 0]).all() and np.isnan(data[counts == 0]).all()
+    assert np.allclose(np.diff(axis), axis[1] - axis[0]) and abs(axis[0] + axis[-1]) < 1e-12
+
+
+@pytest.mark.skipif(not (VENV_BIN / "mpiexec").exists(), reason="mpiexec not installed")
+def test_mpi_harvest_is_identical_to_serial(experiment, tmp_path):
+    tds_serial = load_input(experiment / "input.par")
+    tds_serial["save_to_file"] = str(tmp_path / "serial.h5")
+    run_tds(make_run(tds_serial))
+    script = tmp_path / "harvest_mpi.py"
+    script.write_text(
+        "import sys\n"
+        "from difframe.commands.tds import load_input\n"
+        "from difframe.manager import PluginManager\n"
+        "from difframe.tds.workflow import harvest_step, mpi_comm\n"
+        "tds = load_input(sys.argv[1])\n"
+        "tds['save_to_file'] = sys.argv[2]\n"
+        "comm = mpi_comm()\n"
+        "assert comm is not None and comm.Get_size() == 2\n"
+        "harvest_step(tds, PluginManager(), comm)\n"
+    )
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    done = subprocess.run([str(VENV_BIN / "mpiexec"), "-n", "2", sys.executable, str(script),
+                           str(experiment / "input.par"), str(tmp_path / "mpi.h5")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "serial.h5") as a, h5py.File(tmp_path / "mpi.h5") as b:
+        for name in ("points/Q", "points/intensity", "points/spot", "points/frame", "points/pixel", "spots/hkl",
+                     "spots/G", "spots/centroid", "excluded_frames"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+        assert len(a["points/Q"]) > 1000
