@@ -190,3 +190,25 @@ def _slices_png(path: Path, axes, data, model, hkl) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     return path
+
+
+def vis_sim(harvest, structure, cguess, path, *, N: int = 32, beta: float = 0.03, n_iter: int = 100,
+            constants=None) -> Path:
+    """tds2el's visSim step: volumes of data and of the model at CGUESS (or fitted ``constants``) to ``path``.
+
+    ``harvest`` is a mapping or an object with Q, intensity, spot, G, hkl;
+    ``constants`` maps free-constant names to values (e.g. the fit's), else the
+    CGUESS start values are used, as tds2el does for a simulation.
+    """
+    from difframe.tds.fit import Constants, constant_name
+
+    fields = ("Q", "intensity", "spot", "G", "hkl")
+    data = {k: harvest[k] if isinstance(harvest, dict) else getattr(harvest, k, None) for k in fields}
+    start = Constants.from_cguess(cguess, structure.free)
+    given = {} if constants is None else {constant_name(k): float(v) for k, v in constants.items()}
+    values = [given.get(name, value) for name, value in zip(start.names, start.values)]
+    voigt = np.tensordot(np.asarray(values), np.asarray(structure.basis, dtype=float), axes=1)
+    path = Path(path)
+    files = visualise(data, model_intensity(data, voigt), path.parent, n=N, beta=beta, n_iter=n_iter,
+                      filename=path.name)
+    return files["volumes"]

@@ -77,3 +77,16 @@ def test_volumes_and_pngs_are_written(tmp_path):
         assert np.corrcoef(d.ravel(), m.ravel())[0, 1] > 0.9
     with Image.open(files["png_1"]) as image:
         assert image.format == "PNG" and image.size[0] > 400
+
+
+def test_vis_sim_from_cguess_or_fitted_constants(tmp_path):
+    data, structure, values = synthetic_harvest(MGO, 1500, np.random.default_rng(35), hkls=[[2, 0, 0]])
+    cguess = {"A11": [297.0, 1, 900], "A12": [95.2, 1, 900], "A44": [155.7, 1, 900]}
+    path = vis.vis_sim(data, structure, cguess, tmp_path / "simtests.h5", N=8, beta=0.03, n_iter=20)
+    far = vis.vis_sim(data, structure, cguess, tmp_path / "far.h5", N=8, beta=0.03, n_iter=20,
+                      constants={"C44": 30.0})
+    with h5py.File(path) as good, h5py.File(far) as bad:
+        d = good["spot_0000/data/intensity"][()]
+        err_good = np.abs(good["spot_0000/model/intensity"][()] - d).sum()
+        err_bad = np.abs(bad["spot_0000/model/intensity"][()] - d).sum()
+    assert err_good < 0.5 * err_bad  # the true constants describe the data, a wrong C44 does not
