@@ -152,7 +152,7 @@ def _settle(name: str, from_source: Any, from_params: Any, use_meta: bool, label
     return from_source if use_meta else from_params
 
 
-def _geometry_params(p: Param) -> dict[str, Any]:
+def geometry_from_params(p: Param) -> dict[str, Any]:
     """Geometry given by the user: scan.data.* first, else scan.geometry.*."""
     data, geo = p.get("data") or {}, p.get("geometry") or {}
     energy = data.get("energy")
@@ -228,7 +228,7 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
         raise ParameterError(f"scan.data.center: expected (row, col) pixels, got {data_p.get('center')!r}")
     use_meta = bool(p.get("if_conflict_use_meta", True))
     center = _settle("center", center, user_center, use_meta, label)
-    given = _geometry_params(p)
+    given = geometry_from_params(p)
     propagation = raw.propagation or given["propagation"] or "farfield"
     auto = data_p.get("auto_center")
     if auto or (auto is None and center is None and propagation == "farfield"):
