@@ -1,0 +1,300 @@
+"""Synthetic rotation stacks with known elastic constants (``difframe tds simulate``).
+
+The simulator writes what a tds2el user has after an experiment and an alignment:
+CBF frames (int32, byte-offset, Pilatus-like mini header), a mask EDF, a
+normalisation file, a conf_file and an input.par, plus ``truth.json`` with the
+constants and the spots, so that ``difframe tds DIR/input.par`` has a known answer.
+
+Intensity of pixel (row, col) of frame n, in the geometry of
+:mod:`difframe.crystal.geometry` evaluated at the exposure centre phi_n, with
+Q_c its crystal-frame vector, G the nearest reciprocal-lattice vector and q = Q_c - G:
+
+    I = norm_n * (background + A(G) * (tds_scale * T(Q_c; C) / s(q) + bragg * exp(-|q|^2 / 2 sigma^2)))
+
+* T is TB's model :func:`difframe.tds.model.tds_intensity` (the one the fit uses),
+  with |q| floored at sigma inside the Bragg peak where T diverges;
+* A(G) = exp(-B_dw |G|^2 / (16 pi^2)) for reflections the lattice centering allows, 0 otherwise;
+* s(q) = (sin x / x)^2 with x = pi |q| / |b*|min when ``dispersion`` is on (acoustic
+  branches softening towards the zone boundary like a chain), else 1;
+* sigma = DeltaQ_min |b*|max / 6, so the Bragg peak is negligible where the harvest looks;
+* counts are Poisson; the dead columns of a module gap read -1, as Pilatus frames do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from difframe.crystal.geometry import Geometry
+from difframe.crystal.symmetry import canonical_name, elastic_structure
+from difframe.errors import UsageError
+from difframe.fileio import atomic_path
+
+__all__ = ["simulate", "SimulationSpec", "allowed_reflections"]
+
+log = logging.getLogger("difframe.tds.simulate")
+
+CENTERINGS = ("P", "I", "F", "C", "R")
+FRAME_CHUNK = 8  # frames evaluated together: bounds the (chunk, rows, cols, 3) temporaries
+
+
+def allowed_reflections(hkl: np.ndarray, centering: str) -> np.ndarray:
+    """Boolean mask of the reflections a lattice centering does not extinguish (hexagonal axes for R)."""
+    h, k, l = np.moveaxis(np.asarray(hkl), -1, 0)
+    rules = {
+        "P": np.ones(h.shape, dtype=bool),
+        "I": (h + k + l) % 2 == 0,
+        "F": ((h + k) % 2 == 0) & ((k + l) % 2 == 0),
+        "C": (h + k) % 2 == 0,
+        "R": (-h + k + l) % 3 == 0,
+    }
+    return rules[centering]
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    """A validated simulation description (see ``examples/tds/mgo.toml``)."""
+
+    name: str
+    generators: str
+    constants: dict[str, float]
+    centering: str
+    density: float
+    temperature: float
+    quantum_bose: bool
+    geometry: Geometry
+    frames: int
+    shape: tuple[int, int]
+    prefix: str
+    gap_columns: tuple[int, ...]
+    beamstop_radius: float
+    tds_scale: float
+    bragg: float
+    background: float
+    debye_waller: float
+    dispersion: bool
+    normalisation_spread: float
+    seed: int
+    max_hkl: int
+    max_spots: int
+    options: dict[str, Any]
+
+    @classmethod
+    def from_mapping(cls, spec: Mapping[str, Any], source: str = "simulation") -> "SimulationSpec":
+        def table(name):
+            value = spec.get(name, {})
+            if not isinstance(value, Mapping):
+                raise UsageError(f"{source}: [{name}] must be a table")
+            return value
+
+        unknown = set(spec) - {"crystal", "geometry", "detector", "scan", "intensity", "options"}
+        if unknown:
+            raise UsageError(f"{source}: unknown section(s) {', '.join(sorted(unknown))} (expected crystal, "
+                             "geometry, detector, scan, intensity, options)")
+        crystal, geo, det, scan, inten = (table(n) for n in ("crystal", "geometry", "detector", "scan", "intensity"))
+        cell = crystal.get("cell")
+        if not isinstance(cell, (list, tuple)) or len(cell) != 6:
+            raise UsageError(f"{source}: crystal.cell must be [a, b, c, alpha, beta, gamma], got {cell!r}")
+        geometry = Geometry.from_mapping({**geo, **dict(zip(("AA", "BB", "CC", "aAA", "aBB", "aCC"), cell))},
+                                         source=f"{source} [geometry]")
+        shape = det.get("shape", [192, 192])
+        if not isinstance(shape, (list, tuple)) or len(shape) != 2 or not all(isinstance(s, int) and s > 0
+                                                                             for s in shape):
+            raise UsageError(f"{source}: detector.shape must be [rows, cols], got {shape!r}")
+        centering = str(crystal.get("centering", "P")).upper()
+        if centering not in CENTERINGS:
+            raise UsageError(f"{source}: crystal.centering = {centering!r}, expected one of {', '.join(CENTERINGS)}")
+        constants = crystal.get("constants")
+        if not isinstance(constants, Mapping) or not constants:
+            raise UsageError(f"{source}: crystal.constants must be a table such as {{C11 = 297.0, ...}}")
+        frames = scan.get("frames", 90)
+        if not isinstance(frames, int) or frames < 1:
+            raise UsageError(f"{source}: scan.frames = {frames!r} must be a positive integer")
+        try:
+            return cls(
+                name=str(crystal.get("name", "crystal")),
+                generators=str(crystal.get("generators", "1~")),
+                constants={canonical_name(k): float(v) for k, v in constants.items()},
+                centering=centering,
+                density=float(crystal.get("density", 2.71)),
+                temperature=float(crystal.get("temperature", 300.0)),
+                quantum_bose=bool(crystal.get("quantum_bose", False)),
+                geometry=geometry,
+                frames=frames,
+                shape=(int(shape[0]), int(shape[1])),
+                prefix=str(scan.get("prefix", "frame_")),
+                gap_columns=tuple(int(c) for c in det.get("gap_columns", [])),
+                beamstop_radius=float(det.get("beamstop_radius", 4.0)),
+                tds_scale=float(inten.get("tds_scale", 200.0)),
+                bragg=float(inten.get("bragg", 2e8)),
+                background=float(inten.get("background", 2.0)),
+                debye_waller=float(inten.get("debye_waller", 0.5)),
+                dispersion=bool(inten.get("dispersion", False)),
+                normalisation_spread=float(inten.get("normalisation_spread", 0.05)),
+                seed=int(inten.get("seed", 0)),
+                max_hkl=int(scan.get("max_hkl", 6)),
+                max_spots=int(scan.get("max_spots", 12)),
+                options=dict(table("options")),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{source}: {exc}") from None
+
+
+def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulation") -> dict[str, Any]:
+    """Write a synthetic rotation stack and its tds2el input files into ``outdir``.
+
+    Returns ``truth``: the constants, the collected spots with their predicted
+    (frame, row, col), and the paths written.  Refuses to write into a folder
+    that already holds an input.par, so an earlier simulation is never overwritten.
+    """
+    import fabio  # heavy: only when simulating
+
+    sim = SimulationSpec.from_mapping(spec, source)
+    outdir = Path(outdir)
+    if (outdir / "input.par").exists():
+        raise UsageError(f"{outdir} already holds a simulation (input.par); choose another output folder")
+    structure = elastic_structure(sim.generators, sim.geometry.lattice.direct)
+    c_voigt = structure.full_voigt(sim.constants)  # names every constant that is missing or not free
+    rng = np.random.default_rng(sim.seed)
+    geo = sim.geometry
+    options = {"DeltaQ_max": 0.15, "DeltaQ_min": 0.04, "threshold": 500000.0, **sim.options}
+    spots = _predict_spots(sim, options)
+    norm = 1.0 + sim.normalisation_spread * rng.uniform(-1, 1, sim.frames)
+    dead = np.zeros(sim.shape, dtype=bool)
+    dead[:, list(sim.gap_columns)] = True
+
+    files = []
+    q_lab = geo.q_lab_image(sim.shape)
+    for start in range(0, sim.frames, FRAME_CHUNK):
+        frames = np.arange(start, min(start + FRAME_CHUNK, sim.frames))
+        expected = _expected_counts(sim, options, c_voigt, q_lab, frames) * norm[frames, None, None]
+        counts = rng.poisson(expected).astype(np.int32)
+        counts[:, dead] = -1
+        for n, image in zip(frames, counts):
+            path = outdir / f"{sim.prefix}{n + 1:04d}.cbf"
+            header = {"_array_data.header_convention": "PILATUS_1.2",
+                      "_array_data.header_contents": _pilatus_header(sim, n)}
+            with atomic_path(path) as tmp:
+                fabio.cbfimage.CbfImage(data=image, header=header).write(str(tmp))
+            files.append(path)
+        log.info("simulated frames %d-%d of %d", frames[0] + 1, frames[-1] + 1, sim.frames)
+
+    mask = (~dead).astype(np.uint8)
+    rows, cols = np.ogrid[: sim.shape[0], : sim.shape[1]]
+    mask[(rows - geo.det_origin_Y) ** 2 + (cols - geo.det_origin_X) ** 2 <= sim.beamstop_radius**2] = 0
+    with atomic_path(outdir / "filter.edf") as tmp:
+        fabio.edfimage.EdfImage(data=mask).write(str(tmp))
+    _write_text(outdir / "normalisation.dat", "".join(f"{f.name} {d:.6f}\n" for f, d in zip(files, norm)))
+
+    free = structure.free
+    fixed = free[0]
+    cguess = {f"A{n[1:]}": _guess(sim.constants[n], n == fixed) for n in free}
+    conf = {**geo.to_mapping(), "dim1": sim.shape[0], "dim2": sim.shape[1], "DO_ELASTIC": 1,
+            "load_from_file": None, "save_to_file": "harvest_spots.h5", "REPLICA_COLLECTION": 0,
+            "collectSpots": [list(map(int, h)) for h in spots["hkl"]], "fitSpots": True, "CGUESS": cguess,
+            "Temperature": sim.temperature, "density": sim.density, "doMinimisation": 1, "visSim": 0,
+            **options}
+    _write_text(outdir / "tds2el.par", _parfile_text(conf, f"conf_file of the simulated {sim.name} scan"))
+    main = {"conf_file": "tds2el.par", "filter_file": "filter.edf", "images_prefix": sim.prefix,
+            "images_postfix": ".cbf", "ascii_generators": sim.generators, "normalisation_file": "normalisation.dat"}
+    _write_text(outdir / "input.par", _parfile_text(main, f"input.par of the simulated {sim.name} scan"))
+    truth = {
+        "name": sim.name, "generators": sim.generators, "free": free, "fixed": fixed,
+        "constants": {n: sim.constants[n] for n in free},
+        "voigt": c_voigt.tolist(), "dispersion": sim.dispersion,
+        "spots": {k: np.asarray(v).tolist() for k, v in spots.items()},
+        "frames": [f.name for f in files], "normalisation": norm.tolist(),
+    }
+    _write_text(outdir / "truth.json", json.dumps(truth, indent=1) + "\n")
+    return truth
+
+
+def _guess(value: float, fixed: bool) -> list[float]:
+    """CGUESS entry: the fixed constant sets the scale (exact), the others start 10% off."""
+    start = value if fixed else 1.1 * value
+    bound = 10.0 * max(abs(value), 1.0)
+    return [start, -bound, bound]
+
+
+def _predict_spots(sim: SimulationSpec, options: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Allowed reflections whose whole harvest shell crosses the detector during the scan."""
+    r = np.arange(-sim.max_hkl, sim.max_hkl + 1)
+    hkl = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    hkl = hkl[np.any(hkl != 0, axis=1) & allowed_reflections(hkl, sim.centering)]
+    geo = sim.geometry
+    pred = geo.predict_bragg(hkl, sim.frames, sim.shape)
+    shell = float(options["DeltaQ_max"]) * geo.lattice.max_reciprocal  # harvest radius [1/Angstrom]
+    px = shell / (geo.k * geo.pixel_size / geo.dist) + 2.0  # ... in pixels
+    frames = np.degrees(shell / np.linalg.norm(geo.lattice.q(pred["hkl"]), axis=1)) / abs(geo.angular_step) + 1.0
+    inside = ((pred["row"] > px) & (pred["row"] < sim.shape[0] - 1 - px) & (pred["col"] > px)
+              & (pred["col"] < sim.shape[1] - 1 - px) & (pred["frame"] > frames)
+              & (pred["frame"] < sim.frames - 1 - frames))
+    _, first = np.unique(pred["hkl"][inside], axis=0, return_index=True)
+    keep = np.sort(first)[: sim.max_spots]
+    if keep.size == 0:
+        raise UsageError("no Bragg reflection crosses the middle of the detector during the simulated scan: "
+                         "enlarge the detector, the scan or max_hkl, or move the detector closer")
+    return {k: v[inside][keep] for k, v in pred.items()}
+
+
+def _expected_counts(sim, options, c_voigt, q_lab, frames) -> np.ndarray:
+    """Mean counts (before normalisation) of ``frames``: (len(frames), rows, cols)."""
+    from difframe.tds.model import tds_intensity
+
+    geo = sim.geometry
+    lattice = geo.lattice
+    b = lattice.B
+    q_c = np.einsum("nij,hwj->nhwi", geo.lab_to_crystal(frames), q_lab)
+    hkl = np.rint(lattice.hkl(q_c)).astype(int)
+    g = hkl @ b.T
+    q = q_c - g
+    qn = np.linalg.norm(q, axis=-1)
+    amp = np.exp(-sim.debye_waller * (g**2).sum(-1) / (16 * np.pi**2))
+    amp *= allowed_reflections(hkl, sim.centering) & np.any(hkl != 0, axis=-1)
+    sigma = float(options["DeltaQ_min"]) * lattice.max_reciprocal / 6.0
+    counts = np.full(qn.shape, sim.background)
+    lit = amp > 0
+    q_safe = q[lit] * np.maximum(1.0, sigma / np.maximum(qn[lit], 1e-12))[:, None]
+    tds = tds_intensity(q_c[lit], q_c[lit] - q_safe, c_voigt, temperature=sim.temperature, density=sim.density,
+                        quantum_bose=sim.quantum_bose)
+    if sim.dispersion:
+        x = np.pi * np.linalg.norm(q_safe, axis=-1) / np.linalg.norm(b, axis=0).min()
+        tds = tds / np.sinc(x / np.pi) ** 2
+    bragg = sim.bragg * np.exp(-0.5 * (qn[lit] / sigma) ** 2)
+    counts[lit] += amp[lit] * (sim.tds_scale * tds + bragg)
+    return counts
+
+
+def _pilatus_header(sim: SimulationSpec, n: int) -> str:
+    geo = sim.geometry
+    lines = [
+        "# Detector: PILATUS-like simulated by difframe, S/N 0-0000",
+        f"# Pixel_size {geo.pixel_size * 1e-3:.6g} m x {geo.pixel_size * 1e-3:.6g} m",
+        "# Exposure_time 1.000000 s",
+        f"# Wavelength {geo.lmbda:.6f} A",
+        f"# Detector_distance {geo.dist * 1e-3:.6f} m",
+        f"# Beam_xy ({geo.det_origin_X:.2f}, {geo.det_origin_Y:.2f}) pixels",
+        f"# Start_angle {float(geo.phi_of_frame(n)) - 0.5 * geo.angular_step:.4f} deg.",
+        f"# Angle_increment {geo.angular_step:.4f} deg.",
+        f"# Omega {geo.omega:.4f} deg.",
+        f"# Kappa {geo.kappa:.4f} deg.",
+        f"# Alpha {geo.alpha:.4f} deg.",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _parfile_text(values: Mapping[str, Any], title: str) -> str:
+    """Python-literal assignments that :mod:`difframe.tds.parfile` (and tds2el) read back exactly."""
+    lines = [f"# {title}, written by difframe tds simulate"]
+    lines += [f"{key} = {value!r}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

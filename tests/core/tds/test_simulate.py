@@ -1,0 +1,141 @@
+"""The simulator: Bragg peaks where the geometry predicts them, TDS as the physics says, files tds2el reads."""
+
+import copy
+import json
+
+import fabio
+import numpy as np
+import pytest
+
+from difframe.crystal.geometry import Geometry
+from difframe.errors import UsageError
+from difframe.params import ParamTree
+from difframe.tds.config import geometry_of, read_tds_config
+from difframe.tds.simulate import SimulationSpec, _expected_counts, allowed_reflections, simulate
+
+SPEC = {
+    "crystal": {"name": "MgO", "cell": [4.212, 4.212, 4.212, 90, 90, 90], "centering": "F",
+                "generators": "1~,4(z),3(111)", "constants": {"C11": 297.0, "C12": 95.2, "C44": 155.7},
+                "density": 3.585, "temperature": 300.0},
+    "geometry": {"lmbda": 0.4, "dist": 30.0, "pixel_size": 0.172, "det_origin_X": 60.0, "det_origin_Y": 56.0,
+                 "angular_step": 0.5, "kappa": 10.0, "r1": 12.0, "r2": -7.0, "r3": 25.0, "d1": 0.3, "d2": -0.2},
+    "detector": {"shape": [112, 120], "gap_columns": [90, 91], "beamstop_radius": 3.0},
+    "scan": {"frames": 40, "prefix": "mgo_", "max_hkl": 4, "max_spots": 6},
+    "intensity": {"seed": 3},
+    "options": {"DeltaQ_max": 0.15, "DeltaQ_min": 0.04, "threshold": 500000.0},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "mgo-run"
+    truth = simulate(SPEC, out)
+    stack = np.array([fabio.open(str(out / name)).data for name in truth["frames"]])
+    return out, truth, stack
+
+
+def test_bragg_peaks_land_where_predicted(run):
+    out, truth, stack = run
+    spots = truth["spots"]
+    assert len(spots["hkl"]) >= 2
+    assert all(allowed_reflections(np.array(spots["hkl"]), "F"))
+    for f, r, c in zip(spots["frame"], spots["row"], spots["col"]):
+        fi, ri, ci = (int(round(x)) for x in (f, r, c))
+        box = stack[fi - 2:fi + 3, ri - 2:ri + 3, ci - 2:ci + 3]
+        offset = np.array(np.unravel_index(box.argmax(), box.shape)) - 2
+        assert np.all(np.abs(offset) <= 1), offset
+        assert box.max() > 500000.0  # strong enough to exercise `threshold`
+
+
+def test_frames_mask_and_normalisation_files(run):
+    out, truth, stack = run
+    assert stack.dtype == np.int32 and stack.shape == (40, 112, 120)
+    assert np.all(stack[:, :, [90, 91]] == -1) and stack[:, :, :90].min() >= 0
+    image = fabio.open(str(out / "mgo_0004.cbf"))
+    assert "x-CBF_BYTE_OFFSET" in image.header.get("conversions", "")
+    header = image.header["_array_data.header_contents"]
+    assert "# Start_angle 1.2500 deg." in header and "# Wavelength 0.400000 A" in header
+    mask = fabio.open(str(out / "filter.edf")).data
+    assert mask.shape == (112, 120) and mask[:, 90].sum() == 0 and mask[56, 60] == 0 and mask[0, 0] == 1
+    lines = (out / "normalisation.dat").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == truth["frames"]
+    assert np.allclose([float(line.split()[1]) for line in lines], truth["normalisation"], atol=1e-6)
+
+
+def test_input_files_read_back_into_the_tree(run):
+    out, truth, _ = run
+    tds = read_tds_config(out / "input.par")
+    resolved = ParamTree.build().resolve({"tds": tds}).tds
+    assert resolved.ascii_generators == "1~,4(z),3(111)"
+    assert resolved.images_prefix == str(out / "mgo_") and resolved.filter_file == str(out / "filter.edf")
+    assert resolved.collectSpots == truth["spots"]["hkl"]
+    assert resolved.CGUESS["A11"][0] == 297.0 and resolved.CGUESS["A12"][0] == pytest.approx(1.1 * 95.2)
+    geometry = geometry_of(resolved)
+    expected = Geometry.from_mapping({**SPEC["geometry"], "AA": 4.212, "BB": 4.212, "CC": 4.212,
+                                      "dim1": 112, "dim2": 120})
+    assert geometry == expected
+    assert json.loads((out / "truth.json").read_text())["constants"] == {"C11": 297.0, "C12": 95.2, "C44": 155.7}
+
+
+def _independent_t(q_c, g, c):
+    """T = Q^T Gamma(q)^-1 Q by an explicit loop over points (no shared code with the model)."""
+    from difframe.crystal.symmetry import voigt_to_tensor
+
+    t4 = voigt_to_tensor(c)
+    out = []
+    for qq, gg in zip(q_c, g):
+        small = qq - gg
+        gamma = np.einsum("ijkl,j,l->ik", t4, small, small)
+        out.append(qq @ np.linalg.solve(gamma, qq))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("dispersion", [False, True])
+def test_expected_counts_follow_the_tds_formula(dispersion):
+    spec = copy.deepcopy(SPEC)
+    spec["intensity"] = {"dispersion": dispersion, "background": 2.0, "tds_scale": 300.0, "debye_waller": 0.3}
+    sim = SimulationSpec.from_mapping(spec)
+    geo = sim.geometry
+    q_lab = geo.q_lab_image(sim.shape)
+    counts = _expected_counts(sim, {"DeltaQ_min": 0.04}, np.array(_mgo_voigt()), q_lab, np.array([7]))[0]
+    rows, cols = np.array([10, 30, 80, 100]), np.array([15, 70, 20, 110])
+    q_c = q_lab[rows, cols] @ geo.lab_to_crystal(7).T
+    hkl = np.rint(geo.lattice.hkl(q_c))
+    g = geo.lattice.q(hkl)
+    small = np.linalg.norm(q_c - g, axis=1)
+    sigma = 0.04 * geo.lattice.max_reciprocal / 6
+    assert np.all(small > 8 * sigma)  # away from the Bragg peaks: pure TDS plus background
+    allowed = allowed_reflections(hkl.astype(int), "F")
+    amp = np.exp(-0.3 * (g**2).sum(1) / (16 * np.pi**2)) * allowed
+    soft = np.sinc(small / np.linalg.norm(geo.lattice.B, axis=0).min()) ** 2 if dispersion else 1.0
+    expected = 2.0 + amp * 300.0 * _independent_t(q_c, g, np.array(_mgo_voigt())) / soft
+    assert np.allclose(counts[rows, cols], expected, rtol=1e-9)
+
+
+def _mgo_voigt():
+    c = np.zeros((6, 6))
+    c[:3, :3] = 95.2
+    np.fill_diagonal(c, [297.0] * 3 + [155.7] * 3)
+    return c
+
+
+def test_never_overwrites_and_names_bad_constants(run, tmp_path):
+    out, _, _ = run
+    with pytest.raises(UsageError, match="already holds a simulation"):
+        simulate(SPEC, out)
+    bad = copy.deepcopy(SPEC)
+    del bad["crystal"]["constants"]["C44"]
+    with pytest.raises(UsageError, match="C44"):
+        simulate(bad, tmp_path / "a")
+    bad["crystal"]["constants"].update(C44=155.7, C14=3.0)
+    with pytest.raises(UsageError, match="C14"):
+        simulate(bad, tmp_path / "b")
+    bad = copy.deepcopy(SPEC)
+    bad["crystal"]["constants"]["C12"] = 400.0
+    with pytest.raises(UsageError, match="not mechanically stable"):
+        simulate(bad, tmp_path / "c")
+    with pytest.raises(UsageError, match="cell"):
+        simulate({**SPEC, "crystal": {**SPEC["crystal"], "cell": [4.2, 4.2]}}, tmp_path / "d")
+    with pytest.raises(UsageError, match="lmbda"):
+        simulate({**SPEC, "geometry": {k: v for k, v in SPEC["geometry"].items() if k != "lmbda"}}, tmp_path / "e")
+    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in "abcde")
