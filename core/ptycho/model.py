@@ -163,8 +163,9 @@ def build_model(prepared: dict, sharing: dict, init_probe, init_object, data_typ
 
     ``sharing[label]`` = (object_share_with, object_share_power, probe_share_with,
     probe_share_power) with labels already resolved (None: own storage).
-    ``init_probe(label, shape, psize)`` and ``init_object(label, shape, psize)``
-    return the initial complex arrays (modes, ...) for storages a scan owns.
+    ``init_probe(label, shape, psize)`` and ``init_object(label, shape, psize,
+    origin)`` return the initial complex arrays (modes, ...) for storages a
+    scan owns (``origin`` [m] places the object's pixel [0, 0]).
     """
     cdtype, rdtype = optics.dtypes_for(data_type)
     labels = list(prepared)
@@ -182,7 +183,7 @@ def build_model(prepared: dict, sharing: dict, init_probe, init_object, data_typ
                                 f"(object pixel {ref.tolist()} vs {psizes[lab].tolist()}, frame shapes {shapes})")
         shape = prepared[owner].shape
         obj_shape, origin = object_frame([prepared[lab].positions for lab in members], ref, shape)
-        data = np.asarray(init_object(owner, obj_shape, ref))
+        data = np.asarray(init_object(owner, obj_shape, ref, origin))
         if data.ndim == 2:
             data = data[None]
         if data.shape[-2:] != obj_shape:

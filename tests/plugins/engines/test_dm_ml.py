@@ -7,7 +7,7 @@ import pytest
 
 from difframe.plugins.engines import dm, ml
 
-from conftest import SHAPE, engine_params, object_error, simulate, start_model, true_probe
+from ptycho_truth import SHAPE, engine_params, object_error, simulate, start_model, true_probe
 
 
 def amplitude_guess(prep, psize):

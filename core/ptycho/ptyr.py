@@ -1,0 +1,103 @@
+"""``.ptyr`` reconstruction files in ptypy's layout, written atomically and read back.
+
+Layout (typed HDF5, see :mod:`difframe.ptycho.h5typed`)::
+
+    header/{kind, description}
+    content/obj/<ID>/{data (layers,H,W), _psize, _origin, _center, shape, layermap, nlayers, fill_value, _energy}
+    content/probe/<ID>/{...same...}
+    content/positions/<scan label>   (N, 2) metres (y, x)
+    content/pars/                    the full resolved parameter tree
+    content/runtime/{run, start, iter_info/<NNNNN>/{iteration, engine, duration, error[3], metrics}}
+
+Storage IDs are the labels of the scans that own them.  ``error`` keeps
+ptypy's triple (Fourier error, likelihood, exit-wave change).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from difframe.errors import DataError
+from difframe.fileio import atomic_path
+from difframe.ptycho import h5typed
+
+KIND = "minimal"
+ERROR_KEYS = ("fourier_error", "likelihood", "exit_change")
+
+
+def _storage_dict(storage) -> dict:
+    data = np.asarray(storage.data)
+    return {
+        "data": data,
+        "_psize": np.asarray(storage.psize, dtype=float),
+        "_origin": np.asarray(storage.origin, dtype=float),
+        "_center": np.asarray(storage.center, dtype=float),
+        "_energy": float(storage.energy_kev),
+        "shape": tuple(int(s) for s in data.shape),
+        "layermap": list(range(data.shape[0])),
+        "nlayers": int(data.shape[0]),
+        "fill_value": 0.0,
+    }
+
+
+def iter_info_entry(iteration: int, engine: str, duration: float, metrics: dict) -> dict:
+    """One ``runtime/iter_info`` record from an engine's per-iteration metrics."""
+    return {
+        "iteration": int(iteration),
+        "engine": str(engine),
+        "duration": float(duration),
+        "error": np.array([float(metrics.get(k, np.nan)) for k in ERROR_KEYS]),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+
+
+def write_ptyr(path, model, params, runtime: dict, description: str = "difframe reconstruction") -> None:
+    """Write ``model`` (objects, probes, positions), ``params`` and ``runtime`` to ``path`` atomically."""
+    content = {
+        "obj": {oid: _storage_dict(st) for oid, st in model.objects.items()},
+        "probe": {pid: _storage_dict(st) for pid, st in model.probes.items()},
+        "positions": {scan.label: np.asarray(scan.positions) for scan in model.scans},
+        "pars": params.to_dict() if hasattr(params, "to_dict") else dict(params),
+        "runtime": runtime,
+    }
+    with atomic_path(path) as tmp:
+        h5typed.write(tmp, {"header": {"kind": KIND, "description": description}, "content": content})
+
+
+@dataclass
+class Reconstruction:
+    """What a ``.ptyr`` holds, as arrays and plain values."""
+
+    objects: dict  # ID -> storage dict (data, _psize, _origin, ...)
+    probes: dict
+    positions: dict  # scan label -> (N, 2)
+    params: dict
+    runtime: dict
+
+    @property
+    def iter_info(self) -> list:
+        return list(self.runtime.get("iter_info") or [])
+
+
+def read_ptyr(path) -> Reconstruction:
+    """Read a ``.ptyr``; DataError naming the file when it is not one."""
+    import h5py
+
+    with h5typed.open_file(path, ".ptyr") as f:
+        if "content" not in f or "header" not in f:
+            raise DataError(f"{path}: not a .ptyr reconstruction (no header/content groups; "
+                            f"top-level nodes: {sorted(f)})")
+        content = f["content"]
+        for group in ("obj", "probe"):
+            if group not in content or not isinstance(content[group], h5py.Group):
+                raise DataError(f"{path}: not a .ptyr reconstruction (content/{group} is missing)")
+        tree = h5typed.read_node(content, source=os.fspath(path))
+    for kind in ("obj", "probe"):
+        for sid, st in tree[kind].items():
+            if not isinstance(st, dict) or "data" not in st or np.ndim(st["data"]) != 3:
+                raise DataError(f"{path}: content/{kind}/{sid} has no (layers, H, W) data array")
+    return Reconstruction(objects=tree["obj"], probes=tree["probe"], positions=tree.get("positions") or {},
+                          params=tree.get("pars") or {}, runtime=tree.get("runtime") or {})

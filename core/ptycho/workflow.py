@@ -1,0 +1,194 @@
+"""The ptychography flow of a run: data -> model -> engines in order -> files and pictures.
+
+``run_ptycho(run)`` is called by :meth:`difframe.Run.run`.  Every scan's data
+comes from its recipe; the model holds one object and probe per scan unless
+``scan.sharing`` says otherwise; the engines of ``engines.<label>`` run in the
+order the user gave them, each continuing on the same object and probe.
+Engines return control every ``numiter_contiguous`` iterations: that is when
+hooks fire, stop requests are honoured, autosaves and plots are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from difframe.errors import DataError, ParameterError, UsageError
+from difframe.ptycho import model as pm
+from difframe.ptycho import plotting
+from difframe.ptycho.ptyr import iter_info_entry, write_ptyr
+
+log = logging.getLogger("difframe.ptycho")
+
+
+def output_path(run, which: str, engine: str, iterations: int) -> Path:
+    """``io.paths.<which>`` formatted with run, engine and iterations, under ``io.paths.home``."""
+    template = run.params.io.paths[which]
+    try:
+        name = template % {"run": run.run_name, "engine": engine, "iterations": iterations}
+    except (KeyError, ValueError, TypeError) as err:
+        raise ParameterError(f"io.paths.{which}: cannot format {template!r} with run, engine and iterations "
+                             f"({type(err).__name__}: {err})") from None
+    path = Path(name)
+    return path if path.is_absolute() else run.home / path
+
+
+def prepare_scans(run) -> dict:
+    """PreparedData of every scan, from the recipe its ``data.source`` names ("file" when None)."""
+    prepared = {}
+    for label, scan in run.params.scans.items():
+        source = scan.data.source or "file"
+        name = run.plugins.resolve("recipe", source)
+        spec = run.plugins.get("recipe", name)
+        log.info("scan %s: preparing data with recipe %s", label, name)
+        prepared[label] = spec.prepare(scan, run.scan_context(label))
+    return prepared
+
+
+def sharing_table(scans) -> dict:
+    """label -> (object_share_with, object_share_power, probe_share_with, probe_share_power), labels resolved."""
+    labels = list(scans)
+
+    def resolve(label, value, what):
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < len(labels):
+                raise ParameterError(f"scans.{label}.sharing.{what}: index {value} is not one of 0..{len(labels) - 1}")
+            value = labels[value]
+        if value not in scans:
+            raise ParameterError(f"scans.{label}.sharing.{what}: no scan labelled {value!r} (scans: {labels})")
+        return None if value == label else value
+
+    table = {}
+    for label, scan in scans.items():
+        s = scan.sharing
+        table[label] = (resolve(label, s.object_share_with, "object_share_with"), float(s.object_share_power),
+                        resolve(label, s.probe_share_with, "probe_share_with"), float(s.probe_share_power))
+    return table
+
+
+def build_run_model(run, prepared: dict) -> pm.PtychoModel:
+    """The model with starting probe and object from each scan's illumination and sample models."""
+    from difframe.ptycho.models import ModelContext, build_illumination, build_sample
+
+    params = run.params
+    cdtype = np.complex64 if params.data_type == "single" else np.complex128
+
+    def context(label, shape, psize, modes, positions_px=None):
+        data = prepared[label]
+        return ModelContext(shape=tuple(shape), psize=tuple(float(v) for v in psize), energy_kev=data.energy_kev,
+                            distance_m=data.distance_m, label=label, data=data, scans=prepared,
+                            positions_px=positions_px, num_modes=modes, dtype=cdtype)
+
+    def init_probe(label, shape, psize):
+        scan = params.scans[label]
+        return build_illumination(scan.illumination, context(label, shape, psize, scan.coherence.num_probe_modes),
+                                  run.plugins)
+
+    def init_object(label, shape, psize, origin):
+        scan = params.scans[label]
+        pos_px = (prepared[label].positions - origin) / psize
+        return build_sample(scan.sample, context(label, shape, psize, scan.coherence.num_object_modes, pos_px),
+                            run.plugins)
+
+    return pm.build_model(prepared, sharing_table(params.scans), init_probe, init_object, params.data_type)
+
+
+class _Outputs:
+    """Autosaves, plot dumps and the runtime record of one run."""
+
+    def __init__(self, run, model):
+        self.run, self.model = run, model
+        self.runtime = {"run": run.run_name, "start": time.strftime("%Y-%m-%dT%H:%M:%S"), "iter_info": []}
+        self.frames: list[Path] = []
+        self.autosave: Path | None = None
+
+    def record(self, label, name, iteration, duration, metrics):
+        self.runtime["iter_info"].append(iter_info_entry(iteration, name, duration, metrics))
+        bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+        if bad:
+            raise DataError(f"engine {label!r} ({name}) diverged at iteration {iteration}: {', '.join(bad)} "
+                            f"is not finite; nothing of this run was saved after the last autosave")
+
+    def block_done(self, name, before, after):
+        """Autosave and dump plots when a multiple of their interval was crossed in (before, after]."""
+        p = self.run.params
+        if p.io.autosave.active and after // p.io.autosave.interval > before // p.io.autosave.interval:
+            self.autosave = output_path(self.run, "autosave", name, after)
+            write_ptyr(self.autosave, self.model, p, self.runtime, "difframe autosave")
+            log.info("autosaved %s", self.autosave)
+        interval = p.plotclient.dump_interval
+        if p.plotclient.dump and interval and after // interval > before // interval:
+            self.plot(name, after)
+
+    def plot(self, name, iterations) -> Path:
+        path = output_path(self.run, "plots", name, iterations)
+        scanned: dict = {}
+        for scan in self.model.scans:
+            scanned.setdefault(scan.object_id, []).append(scan.corners + np.asarray(scan.shape) // 2)
+        scanned = {oid: np.concatenate(c) for oid, c in scanned.items()}
+        plotting.save_png(path, {k: s.data for k, s in self.model.objects.items()},
+                          {k: s.data for k, s in self.model.probes.items()}, self.runtime["iter_info"],
+                          f"{self.run.run_name}: {name}, iteration {iterations}", scanned)
+        self.frames.append(path)
+        return path
+
+
+def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int]:
+    """Run ``engines.<label>`` in order on ``model``; returns (last engine name, total iterations)."""
+    total, name = 0, "none"
+    for label, ep in run.params.engines.items():
+        name = ep.name
+        spec = run.plugins.get("engine", name)
+        if getattr(spec, "family", "ptycho") != "ptycho":
+            raise UsageError(f"engines.{label}.name: engine {name!r} is a {spec.family} engine, not a ptychography one")
+        engine = spec.factory(ep, model)
+        engine.initialize()
+        run.hook.difframe_engine_started(run=run, engine=label)
+        done = 0
+        while done < ep.numiter and not run.stop_requested:
+            n = min(max(1, ep.numiter_contiguous), ep.numiter - done)
+            start = time.perf_counter()
+            metrics = engine.iterate(n)
+            duration = (time.perf_counter() - start) / max(len(metrics), 1)
+            before = total
+            for m in metrics:
+                total += 1
+                outputs.record(label, name, total, duration, m)
+                run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
+            done += len(metrics)
+            log.info("%s %s: iteration %d, %s", label, name, total,
+                     ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))
+            outputs.block_done(name, before, total)
+        summary = engine.finalize()
+        run.hook.difframe_engine_finished(run=run, engine=label, summary=summary)
+    return name, total
+
+
+def run_ptycho(run) -> dict:
+    """Prepare, reconstruct and save one ptychography run; returns output name -> path."""
+    if not run.params.engines:
+        raise UsageError("no engines given: add engines.<label> with name = \"DM\" or \"ML\"")
+    prepared = prepare_scans(run)
+    model = build_run_model(run, prepared)
+    outputs = _Outputs(run, model)
+    name, total = run_engines(run, model, outputs)
+    results: dict = {}
+    recons = output_path(run, "recons", name, total)
+    write_ptyr(recons, model, run.params, outputs.runtime)
+    results["reconstruction"] = recons
+    log.info("saved %s", recons)
+    if outputs.autosave is not None:
+        results["autosave"] = outputs.autosave
+    pc = run.params.plotclient
+    if pc.dump and pc.dump_interval is not None:
+        if not outputs.frames or outputs.frames[-1] != output_path(run, "plots", name, total):
+            outputs.plot(name, total)
+        results["plot"] = outputs.frames[-1]
+        if pc.make_movie and len(outputs.frames) > 1:
+            results["movie"] = plotting.make_movie(outputs.frames, output_path(run, "movie", name, total))
+    return results

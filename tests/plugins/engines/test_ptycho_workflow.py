@@ -1,0 +1,128 @@
+"""The ptychography flow end to end: recipe -> model -> DM then ML -> .ptyr, autosaves, PNGs, movie, hooks."""
+
+import numpy as np
+import pytest
+
+import difframe
+from difframe import Run
+from difframe.errors import DataError, ParameterError
+from difframe.manager import PluginManager
+from difframe.ptycho.ptyr import read_ptyr
+from difframe.types import RecipeSpec
+
+from ptycho_truth import SHAPE, simulate, true_probe
+
+
+class Recorder:
+    """A recipe serving the simulated scan, and lifecycle hooks that record what they see."""
+
+    def __init__(self, prep, stop_at=None):
+        self.prep, self.stop_at, self.events = prep, stop_at, []
+
+    @difframe.hookimpl
+    def difframe_recipes(self):
+        yield RecipeSpec(name="truth", summary="simulated scan of the tests", prepare=lambda p, ctx: self.prep)
+
+    @difframe.hookimpl
+    def difframe_engine_started(self, run, engine):
+        self.events.append(("started", engine))
+
+    @difframe.hookimpl
+    def difframe_iteration_finished(self, run, engine, iteration, metrics):
+        self.events.append(("iteration", engine, iteration, metrics["fourier_error"]))
+        if iteration == self.stop_at:
+            run.request_stop()
+
+    @difframe.hookimpl
+    def difframe_engine_finished(self, run, engine, summary):
+        self.events.append(("finished", engine, summary["iterations"]))
+
+
+def make_run(tmp_path, recorder, guess, **extra):
+    params = {
+        "run": "t",
+        "io": {"paths": {"home": str(tmp_path)}, "autosave": {"interval": 4}},
+        "plotclient": {"dump_interval": 4},
+        "scans": {"a": {"data": {"source": "truth"}, "illumination": {"model": guess}}},
+        "engines": {"e1": {"name": "DM", "numiter": 6, "numiter_contiguous": 2},
+                    "e2": {"name": "ML", "numiter": 6, "numiter_contiguous": 3}},
+    }
+    params.update(extra)
+    return Run(params, plugins=PluginManager(plugins=[recorder]))
+
+
+@pytest.fixture(scope="module")
+def scan():
+    prep, probe, truth = simulate(photons=1e5)
+    guess = np.abs(true_probe(truth.psize))
+    guess *= np.sqrt(prep.data.sum(axis=(1, 2)).mean() / (guess**2).sum())
+    return prep, probe, truth, guess
+
+
+def test_dm_then_ml_writes_ptyr_autosaves_plots_movie_and_fires_hooks(tmp_path, scan):
+    prep, probe, truth, guess = scan
+    rec = Recorder(prep)
+    results = make_run(tmp_path, rec, guess).run()
+    assert results["reconstruction"] == tmp_path / "recons/t/t_ML_0012.ptyr"
+    r = read_ptyr(results["reconstruction"])
+    assert [i["engine"] for i in r.iter_info] == ["DM"] * 6 + ["ML"] * 6
+    assert [i["iteration"] for i in r.iter_info] == list(range(1, 13))
+    assert r.objects["a"]["data"].dtype == np.complex64 and r.probes["a"]["data"].shape == (1, *SHAPE)
+    np.testing.assert_array_equal(r.positions["a"], prep.positions)
+    assert r.params["engines"]["e2"]["name"] == "ML" and r.params["run"] == "t"
+    # hooks: started/finished per engine in order, every iteration once, numbered across engines
+    assert [e for e in rec.events if e[0] != "iteration"] == [("started", "e1"), ("finished", "e1", 6),
+                                                               ("started", "e2"), ("finished", "e2", 6)]
+    assert [e[2] for e in rec.events if e[0] == "iteration"] == list(range(1, 13))
+    # autosave when a block crosses a multiple of 4: blocks end at 2, 4, 6 (DM) and 9, 12 (ML), plots likewise, a GIF movie
+    assert sorted(p.name for p in (tmp_path / "dumps/t").iterdir()) == ["t_DM_0004.ptyr", "t_ML_0009.ptyr",
+                                                                         "t_ML_0012.ptyr"]
+    pngs = sorted(p.name for p in (tmp_path / "plots/t").glob("*.png"))
+    assert pngs == ["t_DM_0004.png", "t_ML_0009.png", "t_ML_0012.png"]
+    from PIL import Image
+
+    movie = Image.open(results["movie"])
+    assert movie.format == "GIF" and movie.n_frames == 3
+
+
+def test_stop_request_ends_after_the_current_block(tmp_path, scan):
+    prep, probe, truth, guess = scan
+    rec = Recorder(prep, stop_at=3)
+    results = make_run(tmp_path, rec, guess, plotclient={"dump_interval": None}).run()
+    assert [e[2] for e in rec.events if e[0] == "iteration"] == [1, 2, 3, 4]  # block of 2 finishes
+    assert "plot" not in results
+    assert len(read_ptyr(results["reconstruction"]).iter_info) == 4
+
+
+def test_resume_from_ptyr_continues_where_it_stopped(tmp_path, scan):
+    prep, probe, truth, guess = scan
+    quiet = {"dump_interval": None}
+    first = make_run(tmp_path / "one", Recorder(prep), guess, plotclient=quiet).run()["reconstruction"]
+    rec = Recorder(prep)
+    recon = {"model": "recon", "recon": {"rfile": str(first)}}
+    make_run(tmp_path / "two", rec, guess, scans={"a": {"data": {"source": "truth"}, "illumination": recon,
+                                                         "sample": recon}}, plotclient=quiet).run()
+    fresh = Recorder(prep)
+    make_run(tmp_path / "three", fresh, guess, plotclient=quiet).run()
+    resumed_first = [e[3] for e in rec.events if e[0] == "iteration"][0]
+    fresh_first = [e[3] for e in fresh.events if e[0] == "iteration"][0]
+    assert resumed_first < 0.5 * fresh_first
+
+
+def test_not_a_ptyr_and_bad_sharing_are_named(tmp_path, scan):
+    import h5py
+
+    bad = tmp_path / "x.ptyr"
+    with h5py.File(bad, "w") as f:
+        f["data"] = np.zeros(3)
+    with pytest.raises(DataError, match="not a .ptyr"):
+        read_ptyr(bad)
+    (tmp_path / "y.ptyr").write_bytes(b"not hdf5 at all")
+    with pytest.raises(DataError, match="y.ptyr"):
+        read_ptyr(tmp_path / "y.ptyr")
+    prep, probe, truth, guess = scan
+    run = make_run(tmp_path, Recorder(prep), guess,
+                   scans={"a": {"data": {"source": "truth"}, "sharing": {"object_share_with": "nope"}}})
+    with pytest.raises(ParameterError, match="scans.a.sharing.object_share_with"):
+        run.run()
+    assert not (tmp_path / "recons").exists()
