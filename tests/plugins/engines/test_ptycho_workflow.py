@@ -126,3 +126,26 @@ def test_not_a_ptyr_and_bad_sharing_are_named(tmp_path, scan):
     with pytest.raises(ParameterError, match="scans.a.sharing.object_share_with"):
         run.run()
     assert not (tmp_path / "recons").exists()
+
+
+def test_plot_command_draws_a_ptyr_and_names_a_bad_one(tmp_path, scan, capsys):
+    from PIL import Image
+
+    from difframe.cli import main
+    from difframe.param import Param
+    from difframe.ptycho.ptyr import iter_info_entry, write_ptyr
+
+    from ptycho_truth import start_model
+
+    prep, probe, truth, guess = scan
+    model = start_model(prep, np.concatenate([guess, 0.3 * guess]))
+    info = [iter_info_entry(i, "DM", 0.1, {"fourier_error": 1.0 / i, "likelihood": 2.0 / i, "exit_change": 0.5})
+            for i in range(1, 6)]
+    write_ptyr(tmp_path / "r.ptyr", model, Param(run="r"), {"run": "r", "iter_info": info})
+    assert main(["plot", str(tmp_path / "r.ptyr"), "-o", str(tmp_path / "r.png")]) == 0
+    image = Image.open(tmp_path / "r.png")
+    assert image.format == "PNG" and image.size[0] > image.size[1] > 100
+    (tmp_path / "bad.ptyr").write_text("nope")
+    assert main(["plot", str(tmp_path / "bad.ptyr")]) == 1
+    assert "bad.ptyr" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
