@@ -147,7 +147,7 @@ def _settle(name: str, from_source: Any, from_params: Any, use_meta: bool, label
         return from_source
     if not np.allclose(np.asarray(from_source, float), np.asarray(from_params, float), rtol=1e-9, atol=0):
         winner = "data source" if use_meta else "parameters"
-        log.warning("scan %s: %s differs between data source (%s) and parameters (%s); using the %s "
+        log.info("scan %s: %s differs between data source (%s) and parameters (%s); using the %s "
                     "(scan.if_conflict_use_meta=%s)", label, name, from_source, from_params, winner, use_meta)
     return from_source if use_meta else from_params
 
