@@ -59,7 +59,7 @@ def draw(objects: dict, probes: dict, iter_info: list, title: str = "", scanned:
         im = axes[row, 0].imshow(np.abs(mode0), cmap="gray")
         axes[row, 0].set_title(f"object {oid}: amplitude")
         fig.colorbar(im, ax=axes[row, 0], shrink=0.8)
-        im = axes[row, 1].imshow(np.angle(mode0), cmap="twilight", vmin=-np.pi, vmax=np.pi)
+        im = axes[row, 1].imshow(np.angle(mode0), cmap="twilight")
         axes[row, 1].set_title("phase [rad]")
         fig.colorbar(im, ax=axes[row, 1], shrink=0.8)
     for row, (pid, probe) in enumerate(probes.items()):
