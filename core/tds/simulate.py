@@ -35,7 +35,7 @@ from difframe.crystal.symmetry import canonical_name, elastic_structure
 from difframe.errors import UsageError
 from difframe.fileio import atomic_path
 
-__all__ = ["simulate", "SimulationSpec", "allowed_reflections"]
+__all__ = ["simulate", "simulate_from_file", "SimulationSpec", "allowed_reflections"]
 
 log = logging.getLogger("difframe.tds.simulate")
 
@@ -212,6 +212,14 @@ def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulat
     }
     _write_text(outdir / "truth.json", json.dumps(truth, indent=1) + "\n")
     return truth
+
+
+def simulate_from_file(spec_path: str | Path, outdir: str | Path) -> Path:
+    """:func:`simulate` from a TOML/JSON/YAML spec file (``difframe tds simulate SPEC -o DIR``); returns DIR."""
+    from difframe.params import load_source
+
+    simulate(load_source(spec_path), outdir, source=str(spec_path))
+    return Path(outdir)
 
 
 def _guess(value: float, fixed: bool) -> list[float]:

@@ -11,7 +11,7 @@ from difframe.crystal.geometry import Geometry
 from difframe.errors import UsageError
 from difframe.params import ParamTree
 from difframe.tds.config import geometry_of, read_tds_config
-from difframe.tds.simulate import SimulationSpec, _expected_counts, allowed_reflections, simulate
+from difframe.tds.simulate import SimulationSpec, _expected_counts, allowed_reflections, simulate, simulate_from_file
 
 SPEC = {
     "crystal": {"name": "MgO", "cell": [4.212, 4.212, 4.212, 90, 90, 90], "centering": "F",
@@ -139,3 +139,18 @@ def test_never_overwrites_and_names_bad_constants(run, tmp_path):
     with pytest.raises(UsageError, match="lmbda"):
         simulate({**SPEC, "geometry": {k: v for k, v in SPEC["geometry"].items() if k != "lmbda"}}, tmp_path / "e")
     assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in "abcde")
+
+
+def test_example_specs_are_valid_and_spec_file_errors_name_the_file(tmp_path):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[3] / "examples" / "tds"
+    for name in ("mgo.toml", "mg_hexagonal.toml", "aragonite.toml"):
+        from difframe.params import load_source
+
+        sim = SimulationSpec.from_mapping(load_source(examples / name), name)
+        assert sim.frames == 90 and sim.bragg > 500000.0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[crystal]\ncell = [1.0]\n")
+    with pytest.raises(UsageError, match="bad.toml: crystal.cell"):
+        simulate_from_file(bad, tmp_path / "out")
