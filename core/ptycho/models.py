@@ -10,9 +10,10 @@ illumination  aperture (circ/rect, soft edge, central stop, offset, diffuser,
               antialiasing) and propagation (focussed through a lens, with the
               aperture from ``spot_size``; then parallel), photon count,
               mode diversity;
-sample        zoom, offset, crop/pad to the storage, projection through a
-              refractive index (``formula`` + ``density`` via xraydb, or
-              ``ref_index``) over ``thickness`` with ``smoothing``, diversity.
+sample        zoom, offset, crop/pad to the storage, projection of a real
+              thickness map through a refractive index (``formula`` +
+              ``density`` via xraydb, or ``ref_index``) over ``thickness``
+              with ``smoothing`` (see :func:`project`), diversity.
 
 Fields from ``recon`` and ``stxm`` are estimates of the real field, so they
 skip the aperture/propagation and sample-projection steps.
@@ -228,17 +229,22 @@ def project(field: np.ndarray, p: Mapping, ctx: ModelContext) -> np.ndarray:
     ``formula`` (+ ``density``): refractive index n = 1 - delta + i beta from
     xraydb at the scan's energy, T = exp(i k (n - 1) thickness A); otherwise
     ``ref_index`` is the complex phase (radians) reached where A = 1:
-    T = exp(i ref_index A).  ``thickness`` None: the image is used as it is.
+    T = exp(i ref_index A).  Without ``formula``, a field that already has a
+    phase is a transmission and is kept, as is any field when ``thickness`` is
+    None; a uniform field carries no thickness map and is kept too.
     """
     from scipy.ndimage import gaussian_filter
 
-    if p.get("thickness") is None and p.get("formula") is None:
+    has_phase = bool(np.any(np.imag(field) != 0))
+    if p.get("formula") is None and (p.get("thickness") is None or has_phase):
         return field
     amp = np.abs(field)
     if p.get("smoothing"):
         amp = gaussian_filter(amp, (0, p["smoothing"], p["smoothing"]))
     span = amp.max() - amp.min()
-    a = (amp - amp.min()) / span if span > 0 else np.zeros_like(amp)
+    if not span > 1e-12 * max(amp.max(), 1e-300):
+        return field
+    a = (amp - amp.min()) / span
     if p.get("formula"):
         import xraydb
 
@@ -291,11 +297,13 @@ def build_illumination(params: Mapping | None, ctx: ModelContext, plugins: Any) 
     rng = np.random.default_rng(ctx.seed)
     field = as_modes(spec.build(p, ctx), f"illumination model {spec.name!r}")
     field = fit_shape(field, ctx.shape)
+    photons = p.get("photons")
     if spec.name not in MEASURED_MODELS:
         field = shape_beam(field, p, ctx, rng)
-    field = add_diversity(set_photons(field, p.get("photons")), p.get("diversity"), ctx.num_modes, rng,
-                          "illumination")
-    return set_photons(field, p.get("photons")).astype(ctx.dtype)
+        if photons is None and ctx.data is not None:  # from the data: the brightest frame's counts
+            photons = float(np.where(ctx.data.frame_mask(), ctx.data.data, 0).sum(axis=(1, 2)).max())
+    field = add_diversity(set_photons(field, photons), p.get("diversity"), ctx.num_modes, rng, "illumination")
+    return set_photons(field, photons).astype(ctx.dtype)
 
 
 def build_sample(params: Mapping | None, ctx: ModelContext, plugins: Any) -> np.ndarray:

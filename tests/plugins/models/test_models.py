@@ -163,3 +163,24 @@ def test_sample_projection_through_xraydb_and_ref_index(plugins):
     assert abs(zoomed).sum() == pytest.approx(8 * 8 + (32 * 32 - 16 * 16), rel=0.02)  # zoomed square + fill
     with pytest.raises(ParameterError, match="formula"):
         build_sample({"model": base, "process": {"formula": "Qq9"}}, c, plugins)
+
+
+def test_default_processing_keeps_flat_fill_and_complex_fields(plugins):
+    """A resolved tree always carries sample.process defaults: they must not spoil these models."""
+    defaults = {"offset": (0, 0), "zoom": None, "formula": None, "density": 1.0, "thickness": 1e-06,
+                "ref_index": 0.5 + 0j, "smoothing": 2}
+    flat = build_sample({"model": None, "fill": 0.8, "process": defaults}, ctx(), plugins)
+    np.testing.assert_allclose(flat, 0.8)
+    plain = build_sample({"model": "flower"}, ctx(), plugins)
+    np.testing.assert_allclose(build_sample({"model": "flower", "process": defaults}, ctx(), plugins), plain)
+    real = build_sample({"model": np.abs(plain[0]), "process": {**defaults, "smoothing": 0}}, ctx(), plugins)[0]
+    np.testing.assert_allclose(np.abs(real), 1.0, rtol=1e-6)  # a real map becomes a phase object
+    assert np.ptp(np.angle(real)) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_probe_photons_default_to_the_brightest_frame(plugins):
+    frames = np.ones((3, 8, 8)) * np.array([1.0, 5.0, 2.0])[:, None, None]
+    data = PreparedData(label="a", data=frames, mask=np.ones((8, 8)), positions=np.zeros((3, 2)),
+                        energy_kev=8, distance_m=1, psize_m=(1e-4, 1e-4), center=(4, 4))
+    probe = build_illumination({"model": "moon"}, ctx(shape=(8, 8), data=data), plugins)
+    assert (np.abs(probe) ** 2).sum() == pytest.approx(5.0 * 64, rel=1e-5)
