@@ -59,9 +59,16 @@ class Frame:
 
 @contextlib.contextmanager
 def quiet_fabio():
-    """Silence fabio's own log lines while a reader turns its failures into one DataError."""
+    """Silence fabio's own log lines while a reader turns its failures into one DataError.
+
+    Cheap when already quiet (a harvest wraps its whole loop), since every level
+    change clears the logging caches.
+    """
     logger = logging.getLogger("fabio")
     level = logger.level
+    if level >= logging.CRITICAL:
+        yield
+        return
     logger.setLevel(logging.CRITICAL)
     try:
         yield

@@ -44,7 +44,6 @@ FRAME_CONVENTION = (
     "Q = B h with 2 pi"
 )
 Q_UNIT = "1/Angstrom"
-CHUNK_FRAMES = 8
 
 
 @dataclass
@@ -210,7 +209,7 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     """
     from scipy.spatial import cKDTree
 
-    from difframe.detector import choose_reader
+    from difframe.detector import choose_reader, quiet_fabio
 
     if plugins is None:
         from difframe.manager import PluginManager
@@ -256,7 +255,7 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     gap = np.minimum(np.abs(q_norm - shells[above]), np.abs(q_norm - shells[below]))  # to the nearest |G|
     candidates = np.flatnonzero((gap < r_max) & mask.ravel())
     q_cand = q_all[candidates]
-    tree = cKDTree(q_cand)
+    tree = cKDTree(q_cand, balanced_tree=False)  # builds faster; queries as fast here
     rotations = geometry.lab_to_crystal(np.arange(len(files)))  # (F, 3, 3): Q_c = M Q_lab
     spot_lab = np.einsum("fji,sj->fsi", rotations, centres)  # M^T centre: (F, S, 3)
     reach, _ = tree.query(spot_lab.reshape(-1, 3), distance_upper_bound=r_max)
@@ -266,30 +265,27 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
              len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
 
     block = np.array_split(np.arange(len(files)), size)[rank]
-    parts, centroid_sums, over = _harvest_frames(
-        block, files, reader, first if rank == 0 else None, shape, active, spot_lab, tree, candidates, q_cand,
-        rotations, centres, G, r_min, r_max, norm, options.threshold,
-    )
-    points = {k: np.concatenate([p[k] for p in parts]) if parts else None for k in ("Q", "I", "s", "f", "p")}
-    if points["Q"] is None:
-        points = {"Q": np.empty((0, 3)), "I": np.empty(0), "s": np.empty(0, np.int64), "f": np.empty(0, np.int64),
-                  "p": np.empty(0, np.int64)}
-    if comm is not None and size > 1:
+    with quiet_fabio():
+        parts, centroid_sums, over = _harvest_frames(
+            block, files, reader, first if rank == 0 else None, shape, active, spot_lab, tree, candidates, q_cand,
+            rotations, centres, G, r_min, r_max, norm, options.threshold,
+        )
+    empty = {"Q": np.empty((0, 3)), "I": np.empty(0), "s": np.empty(0, np.int64), "p": np.empty(0, np.int64),
+             "f": np.empty(0, np.int64)}
+    points = {k: np.concatenate([empty[k]] + [p[k] for p in parts]) for k in empty}
+    if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
         points = {k: _gather(comm, v) for k, v in points.items()}
         centroid_sums = _reduce(comm, centroid_sums)
         over = _reduce(comm, over.astype(np.int64))
         if rank != 0:
             return None
     excluded = np.flatnonzero(over)
-    keep = ~np.isin(points["f"], excluded)
-    order = np.lexsort((points["p"][keep], points["s"][keep], points["f"][keep]))
     totals = centroid_sums.sum(axis=0)  # (S, 4), summed in frame order: deterministic
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(totals[:, :1] > 0, totals[:, 1:] / totals[:, :1], np.nan)
-    flat = points["p"][keep][order]
     result = Harvest(
-        Q=points["Q"][keep][order], intensity=points["I"][keep][order], spot=points["s"][keep][order],
-        frame=points["f"][keep][order], pixel=np.stack([flat // shape[1], flat % shape[1]], axis=1),
+        Q=points["Q"], intensity=points["I"], spot=points["s"], frame=points["f"],
+        pixel=np.stack([points["p"] // shape[1], points["p"] % shape[1]], axis=1),
         hkl=hkl, G=G, centroid=centroid, excluded_frames=excluded,
         attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT, "shape": list(shape),
                "input_files": [str(f) for f in files], "delta_q": [options.delta_q_min, options.delta_q_max],
@@ -317,51 +313,72 @@ def _check_spots_fall_on_detector(active, hkl, requested, options) -> None:
 
 def _harvest_frames(block, files, reader, first, shape, active, spot_lab, tree, candidates, q_cand, rotations,
                     centres, G, r_min, r_max, norm, threshold):
-    """Points of the frames in ``block`` (this rank's share), chunk by chunk."""
-    n_spots = len(G)
-    centroid_sums = np.zeros((len(files), n_spots, 4))  # per frame and spot: sum I, sum I*Q
+    """Points of the frames in ``block`` (this rank's share), in (frame, spot, pixel) order.
+
+    One pass per frame, vectorised over its points: the tree gives, for every
+    spot near the detector, the pixels within r_max (sorted), and one rotation
+    takes them into the crystal frame.
+    """
+    centroid_sums = np.zeros((len(files), len(G), 4))  # per frame and spot: sum I, sum I*Q
     over = np.zeros(len(files), bool)
     parts = []
-    start, report_every = time.perf_counter(), max(1, len(block) // 10)
-    done = 0
-    for chunk in np.array_split(block, max(1, int(np.ceil(len(block) / CHUNK_FRAMES)))):
-        if len(chunk) == 0:
+    start, report_every, n_points = time.perf_counter(), max(1, len(block) // 10), 0
+    for done, (n, data) in enumerate(_read_ahead(block, files, reader, first), 1):
+        if data.shape != shape:
+            raise DataError(f"frame {files[n]} is {data.shape[0]} x {data.shape[1]}, the first frame "
+                            f"{files[0]} is {shape[0]} x {shape[1]}")
+        spots = np.flatnonzero(active[n])
+        balls = tree.query_ball_point(spot_lab[n, spots], r_max) if len(spots) else []
+        sizes = np.fromiter((len(ball) for ball in balls), dtype=np.int64, count=len(balls))
+        if sizes.sum() == 0:
             continue
-        pair_frame, pair_spot = np.nonzero(active[chunk])
-        pair_frame = chunk[pair_frame]
-        balls = tree.query_ball_point(spot_lab[pair_frame, pair_spot], r_max) if len(pair_frame) else []
-        sizes = np.fromiter((len(b) for b in balls), dtype=np.int64, count=len(balls))
-        idx = np.concatenate([np.asarray(b, dtype=np.int64) for b in balls]) if sizes.sum() else np.empty(0, np.int64)
-        frame = np.repeat(pair_frame, sizes)
-        spot = np.repeat(pair_spot, sizes)
-        values = np.empty(len(idx))
-        for n in chunk:
-            data = first.data if (first is not None and n == 0) else reader.read(files[n]).data
-            if data.shape != shape:
-                raise DataError(f"frame {files[n]} is {data.shape[0]} x {data.shape[1]}, the first frame "
-                                f"{files[0]} is {shape[0]} x {shape[1]}")
-            sel = frame == n
-            values[sel] = data.ravel()[candidates[idx[sel]]]
-        q = q_cand[idx]
-        m = rotations[frame]
-        q_c = m[:, :, 0] * q[:, 0:1] + m[:, :, 1] * q[:, 1:2] + m[:, :, 2] * q[:, 2:3]
+        idx = np.concatenate([np.asarray(ball, dtype=np.int64) for ball in balls])
+        spot = np.repeat(spots, sizes)
+        pixel = candidates[idx]
+        values = data.ravel()[pixel]
+        q_c = q_cand[idx] @ rotations[n].T
         offset = q_c - centres[spot]
         dist2 = np.einsum("ij,ij->i", offset, offset)
         inside = dist2 < r_max * r_max
         if threshold is not None:
             hot = inside & (values > threshold)
-            if hot.any():
-                over[frame[hot]] = True
-                np.add.at(centroid_sums, (frame[hot], spot[hot]),
-                          np.concatenate([values[hot, None], values[hot, None] * q_c[hot]], axis=1))
+            if hot.any():  # the frame gives no points; its hot pixels locate the peaks
+                over[n] = True
+                weights = values[hot].astype(float)
+                np.add.at(centroid_sums[n], spot[hot], np.concatenate([weights[:, None],
+                                                                         weights[:, None] * q_c[hot]], axis=1))
+                continue
         keep = inside & (dist2 > r_min * r_min) & (values >= 0)
-        parts.append({"Q": G[spot[keep]] + offset[keep], "I": values[keep] / norm[frame[keep]], "s": spot[keep],
-                      "f": frame[keep], "p": candidates[idx[keep]]})
-        done += len(chunk)
-        if done % report_every < len(chunk) or done == len(block):
-            log.info("harvest: %d/%d frames, %d points, %.1f frames/s", done, len(block),
-                     sum(len(p["I"]) for p in parts), done / max(time.perf_counter() - start, 1e-9))
+        parts.append({"Q": G[spot[keep]] + offset[keep], "I": values[keep] / norm[n], "s": spot[keep],
+                      "f": np.full(int(keep.sum()), n, np.int64), "p": pixel[keep]})
+        n_points += len(parts[-1]["I"])
+        if done % report_every == 0 or done == len(block):
+            log.info("harvest: %d/%d frames, %d points, %.1f frames/s", done, len(block), n_points,
+                     done / max(time.perf_counter() - start, 1e-9))
     return parts, centroid_sums, over
+
+
+def _read_ahead(block, files, reader, first, depth: int = 2):
+    """(n, data) for the frames of ``block``, read by one helper thread ``depth`` frames ahead.
+
+    Why: decompression and MD5 release the GIL, so reading the next frames
+    overlaps the selection of the current one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(n):
+        return first.data if (first is not None and n == 0) else reader.read(files[n]).data
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="difframe-harvest-read")
+    try:
+        pending = [(n, pool.submit(load, n)) for n in block[:depth]]
+        for i in range(len(block)):
+            n, future = pending.pop(0)
+            if i + depth < len(block):
+                pending.append((block[i + depth], pool.submit(load, block[i + depth])))
+            yield n, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _gather(comm, array: np.ndarray) -> np.ndarray | None:
