@@ -256,12 +256,36 @@ def exit_waves(probe: np.ndarray, obj_views: np.ndarray, out: np.ndarray | None 
     return np.multiply(probe[None, :, None], obj_views[:, None], out=out)
 
 
+def sum_over_probe_modes(probe_conj: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """sum_p probe_conj[p] * stack[:, p] for a stack (frames, probe_modes, object_modes, H, W)."""
+    out = np.multiply(stack[:, 0], probe_conj[0])
+    if stack.shape[1] > 1:
+        buf = np.empty_like(out)
+        for p in range(1, stack.shape[1]):
+            out += np.multiply(stack[:, p], probe_conj[p], out=buf)
+    return out
+
+
+def sum_over_frames_and_object_modes(views_conj: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """(probe_modes, H, W): sum over frames n and object modes o of views_conj[n, o] * stack[n, p, o]."""
+    out = np.zeros((stack.shape[1], *stack.shape[-2:]), stack.dtype)
+    buf = np.empty((stack.shape[0], *stack.shape[-2:]), stack.dtype)
+    for p in range(stack.shape[1]):
+        for o in range(stack.shape[2]):
+            out[p] += np.multiply(views_conj[:, o], stack[:, p, o], out=buf).sum(axis=0)
+    return out
+
+
 def intensity(fields: np.ndarray) -> np.ndarray:
-    """Model intensity (frames, H, W): incoherent sum over all pods."""
+    """Model intensity (frames, H, W): incoherent sum of |field|^2 over all pods, no big temporaries."""
     f = fields.reshape(fields.shape[0], -1, *fields.shape[-2:])
-    out = f.real ** 2
-    out += f.imag ** 2
-    return out.sum(axis=1)
+    out = np.square(f[:, 0].real)
+    buf = np.empty_like(out)
+    out += np.square(f[:, 0].imag, out=buf)
+    for k in range(1, f.shape[1]):
+        out += np.square(f[:, k].real, out=buf)
+        out += np.square(f[:, k].imag, out=buf)
+    return out
 
 
 def probe_support(shape, fraction: float | None, dtype) -> np.ndarray | None:

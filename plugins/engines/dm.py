@@ -66,8 +66,10 @@ class DifferenceMap:
         self.exits: dict[str, np.ndarray] = {}
 
     def initialize(self) -> None:
-        """Exit waves start as probe x object; inertia weights from the measured power."""
+        """Exit waves start as probe x object; per-frame constants of the data are computed once."""
         m = self.model
+        relax2 = float(self.p.fourier_relax_factor) ** 2
+        self.frame_data = {}
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
@@ -75,11 +77,20 @@ class DifferenceMap:
             for sl in m.chunks(scan, probe.shape[0] * obj.shape[0]):
                 pm.exit_waves(probe, pm.gather(obj, scan.corners[sl], scan.shape), out=ex[sl])
             self.exits[scan.label] = ex
+            valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape).astype(m.rdtype)
+            count = np.maximum(valid.sum(axis=(-2, -1)), 1)
+            self.frame_data[scan.label] = {
+                "amplitude": np.sqrt(scan.intensity),
+                # error weights and the likelihood's 1/(I + 1), both divided by the valid pixels per frame
+                "valid": valid / count[:, None, None],
+                "ll_weight": valid / (scan.intensity + 1) / count[:, None, None],
+                "bound": relax2 * (valid * scan.intensity).sum(axis=(-2, -1)) / count,
+                "all_valid": bool(valid.all()),
+            }
         power, points = m.total_measured()
         self.mean_power = power / max(points, 1)
         self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
                          for pid, st in m.probes.items()}
-        self.sqrt_intensity = {scan.label: np.sqrt(scan.intensity) for scan in m.scans}
 
     def iterate(self, n: int) -> list[dict]:
         out = []
@@ -92,38 +103,45 @@ class DifferenceMap:
 
     def finalize(self) -> dict:
         self.exits.clear()
-        self.sqrt_intensity.clear()
+        self.frame_data.clear()
         return {"engine": "DM", "iterations": self.iteration}
 
     # -- Fourier constraint -----------------------------------------------------------------
 
     def _fourier_update(self) -> dict:
+        """psi += P_F((1 + alpha) P O - alpha psi) - P O over all frames, chunk by chunk."""
         m, alpha = self.model, float(self.p.alpha)
-        relax2 = float(self.p.fourier_relax_factor) ** 2
         err_sum = ll_sum = change = 0.0
         frames = 0
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
-            ex_all = self.exits[scan.label]
+            ex_all, fd = self.exits[scan.label], self.frame_data[scan.label]
             for sl in m.chunks(scan, probe.shape[0] * obj.shape[0]):
                 ex = ex_all[sl]
                 pods = pm.exit_waves(probe, pm.gather(obj, scan.corners[sl], scan.shape))
-                f = (1 + alpha) * pods
-                f -= alpha * ex
+                f = np.multiply(pods, m.cdtype.type(1 + alpha))
+                f -= m.cdtype.type(alpha) * ex if alpha != 1 else ex
                 fields = scan.propagator.forward(f, overwrite=True)
-                imodel = pm.intensity(fields)
-                meas, amp, w = scan.intensity[sl], self.sqrt_intensity[scan.label][sl], scan.weights_of(sl)
-                fmag = np.sqrt(imodel)
-                err = pm.masked_mean((fmag - amp) ** 2, w)
-                bound = relax2 * pm.masked_mean(meas, w)
-                ll_sum += float(pm.masked_mean((imodel - meas) ** 2 / (meas + 1), w).sum())
+                fmag = pm.intensity(fields)  # model intensity, then its square root in place
+                dev = fmag - scan.intensity[sl]
+                dev *= dev
+                ll_sum += float(np.einsum("nhw,nhw->", dev, fd["ll_weight"][sl]))
+                np.sqrt(fmag, out=fmag)
+                np.subtract(fmag, fd["amplitude"][sl], out=dev)
+                err = np.einsum("nhw,nhw,nhw->n", dev, dev, fd["valid"][sl])
                 err_sum += float(err.sum())
                 frames += len(err)
-                renorm = np.sqrt(np.divide(bound, err, out=np.ones_like(err), where=err > bound))[:, None, None]
-                factor = (amp + (fmag - amp) * renorm) / (fmag + 1e-10)
-                factor = np.where(np.broadcast_to(w > 0, factor.shape), factor, 1).astype(m.rdtype)
-                fields *= factor[:, None, None]
+                # partial projection: amplitudes move toward the data until the error reaches the bound
+                bound = fd["bound"][sl]
+                renorm = np.sqrt(np.divide(bound, err, out=np.ones_like(err), where=err > bound))
+                dev *= renorm[:, None, None]
+                dev += fd["amplitude"][sl]
+                fmag += m.rdtype.type(1e-10)
+                dev /= fmag
+                if not fd["all_valid"]:
+                    dev[fd["valid"][sl] == 0] = 1
+                fields *= dev[:, None, None]
                 f = scan.propagator.backward(fields, overwrite=True)
                 f -= pods
                 ex += f
@@ -156,10 +174,10 @@ class DifferenceMap:
             probe = m.probes[scan.probe_id].data
             num, den = sums[scan.object_id]
             ex_all = self.exits[scan.label]
-            pconj = np.conj(probe)[None, :, None] * scan.object_power
+            pconj = np.conj(probe) * scan.object_power
             pden = (np.abs(probe) ** 2).sum(axis=0) * scan.object_power
             for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
-                contrib = (pconj * ex_all[sl]).sum(axis=1)
+                contrib = pm.sum_over_probe_modes(pconj, ex_all[sl])
                 pm.scatter_add(num, contrib, scan.corners[sl])
                 pm.scatter_add(den, np.broadcast_to(pden, (len(contrib), *pden.shape)), scan.corners[sl])
         for oid, (num, den) in sums.items():
@@ -183,9 +201,9 @@ class DifferenceMap:
             num, den = sums[scan.probe_id]
             ex_all = self.exits[scan.label]
             for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
-                views = pm.gather(obj, scan.corners[sl], scan.shape)
-                num += scan.probe_power * (np.conj(views)[:, None] * ex_all[sl]).sum(axis=(0, 2))
-                den += scan.probe_power * (np.abs(views) ** 2).sum(axis=(0, 1))
+                views = np.conj(pm.gather(obj, scan.corners[sl], scan.shape))
+                num += scan.probe_power * pm.sum_over_frames_and_object_modes(views, ex_all[sl])
+                den += scan.probe_power * pm.intensity(views).sum(axis=0)
         change = 0.0
         for pid, (num, den) in sums.items():
             num /= den

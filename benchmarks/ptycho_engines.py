@@ -1,0 +1,151 @@
+"""DM and ML seconds per iteration on 1000 far-field frames of 128 x 128, against this machine's floor.
+
+    .venv/bin/python benchmarks/ptycho_engines.py [--frames 1000] [--size 128] [--iterations 3]
+
+The floor is measured in the same run: one forward and one inverse batched FFT
+of every pod (what any projection algorithm must transform per iteration) plus
+the streaming passes over the exit-wave array that a DM iteration cannot avoid
+(Fourier step: read psi and write it back, two passes; object and probe updates:
+read psi once each).  Targets: DM <= 2x floor, ML <= 2.5x DM, peak < 1 GB.
+Peak memory is what tracemalloc sees numpy allocate (data, model, engine
+buffers) during initialisation and iterations.  It also times the object
+scatter (one slice addition per frame) against np.add.at and np.bincount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+
+import numpy as np
+import scipy.fft
+
+from difframe import optics
+from difframe.param import Param
+from difframe.plugins.engines import dm, ml
+from difframe.ptycho import model as pm
+from difframe.ptycho.data import PreparedData
+
+
+def problem(frames: int, size: int, modes: int, seed: int = 0):
+    """Random smooth object, apertured probe, spiral positions, Poisson frames from them."""
+    rng = np.random.default_rng(seed)
+    lam = optics.energy_to_wavelength(6.2)
+    psize = optics.farfield_object_psize(lam, 7.19, (size, size), 172e-6)
+    k = np.arange(frames)
+    r = np.sqrt(k) * size * 0.12
+    pos = np.stack([r * np.sin(k * 2.4), r * np.cos(k * 2.4)], axis=1) * psize
+    y, x = optics.coordinates((size, size), psize)
+    aperture = (np.hypot(y[:, None], x[None, :]) < size * psize[0] / 5).astype(complex)
+    probe = optics.fresnel_propagate(aperture, psize, lam, 5e-5)
+    probe = np.stack([probe * 0.7**m for m in range(modes)]) * 100
+    shape, origin = pm.object_frame([pos], psize, (size, size))
+    obj = pm.gaussian_smooth(rng.normal(size=shape) + 1j * rng.normal(size=shape), 3.0)
+    obj = np.exp(1j * obj.real / np.abs(obj.real).max())[None]
+    storage = pm.Storage(obj, psize, origin, 6.2)
+    corners = pm.corners_of(pos, storage, (size, size))
+    data = np.empty((frames, size, size), np.float32)
+    for sl in (slice(i, i + 100) for i in range(0, frames, 100)):
+        pods = pm.exit_waves(probe.astype(np.complex64), pm.gather(obj.astype(np.complex64), corners[sl], (size, size)))
+        data[sl] = rng.poisson(pm.intensity(optics.FarField((size, size)).forward(pods)))
+    return PreparedData(label="bench", data=data, mask=np.ones((size, size), bool), positions=pos,
+                        energy_kev=6.2, distance_m=7.19, psize_m=(172e-6, 172e-6), center=(size / 2, size / 2)), probe
+
+
+def engine_params(schema, **extra):
+    p = Param(numiter=10, numiter_contiguous=1, probe_support=0.7, clip_object=None)
+    p.update({key: node.default for key, node in schema.items()})
+    p.update(extra)
+    return p
+
+
+def timed_engine(module, prep, probe, iterations):
+    """(seconds per iteration, peak bytes, last metrics) of one engine on a fresh model."""
+    tracemalloc.start()
+    model = pm.build_model({"bench": prep}, {"bench": (None, 1.0, None, 1.0)},
+                           init_probe=lambda *a: probe, init_object=lambda label, shape, *a: np.ones((1, *shape)))
+    engine = module.factory(engine_params(module.PARAMETERS), model)
+    engine.initialize()
+    engine.iterate(1)  # warm-up: first-touch of buffers, FFT plans
+    start = time.perf_counter()
+    metrics = engine.iterate(iterations)
+    seconds = (time.perf_counter() - start) / iterations
+    engine.finalize()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return seconds, peak, metrics[-1]
+
+
+def floor(frames: int, size: int, modes: int, repeats: int = 3) -> tuple[float, float, float]:
+    """(floor seconds, FFT pair seconds, one streaming pass seconds) over frames x modes pods."""
+    pods = np.ones((frames, modes, size, size), np.complex64)
+    chunk = max(1, pm.CHUNK_BYTES // (modes * size * size * 8))
+    workers = optics.fft_workers()
+    best_fft = best_pass = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, frames, chunk):
+            f = scipy.fft.fft2(pods[i:i + chunk], workers=workers)
+            scipy.fft.ifft2(f, workers=workers, overwrite_x=True)
+        best_fft = min(best_fft, time.perf_counter() - start)
+        other = np.ones_like(pods)
+        start = time.perf_counter()
+        np.add(pods, other, out=pods)  # reads two arrays, writes one
+        best_pass = min(best_pass, (time.perf_counter() - start) / 1.5)
+        del other
+    return best_fft + 4 * best_pass, best_fft, best_pass
+
+
+def scatter_comparison(size: int = 128, frames: int = 300) -> dict:
+    """Seconds for the object scatter by slice loop, np.add.at and np.bincount (same result)."""
+    rng = np.random.default_rng(1)
+    stack = (rng.normal(size=(frames, 1, size, size)) + 0j).astype(np.complex64)
+    corners = rng.integers(0, 3 * size, (frames, 2))
+    target_shape = (1, 4 * size + 1, 4 * size + 1)
+    out = {}
+    loop = np.zeros(target_shape, np.complex64)
+    start = time.perf_counter()
+    pm.scatter_add(loop, stack, corners)
+    out["slice loop"] = time.perf_counter() - start
+    rows = corners[:, 0, None, None] + np.arange(size)[None, :, None]
+    cols = corners[:, 1, None, None] + np.arange(size)[None, None, :]
+    flat = (rows * target_shape[2] + cols).ravel()
+    at = np.zeros(target_shape, np.complex64)
+    start = time.perf_counter()
+    np.add.at(at.reshape(-1), flat, stack.reshape(-1))
+    out["np.add.at"] = time.perf_counter() - start
+    start = time.perf_counter()
+    n = at.size
+    binc = (np.bincount(flat, stack.real.ravel(), n) + 1j * np.bincount(flat, stack.imag.ravel(), n))
+    out["np.bincount"] = time.perf_counter() - start
+    assert np.allclose(loop.ravel(), at.ravel(), atol=1e-3) and np.allclose(binc, at.ravel(), atol=1e-3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--iterations", type=int, default=3)
+    args = ap.parse_args()
+    print(f"{args.frames} frames of {args.size}x{args.size}, complex64, {optics.fft_workers()} FFT workers")
+    for modes in (1, 3):
+        prep, probe = problem(args.frames, args.size, modes)
+        fl, fft_pair, one_pass = floor(args.frames, args.size, modes)
+        t_dm, peak_dm, m_dm = timed_engine(dm, prep, probe, args.iterations)
+        t_ml, peak_ml, m_ml = timed_engine(ml, prep, probe, args.iterations)
+        print(f"\nprobe modes {modes}:")
+        print(f"  floor            {fl:7.3f} s/it  (FFT pair {fft_pair:.3f} s + 4 passes of {one_pass:.3f} s)")
+        print(f"  DM               {t_dm:7.3f} s/it  peak {peak_dm / 2**20:6.0f} MiB  "
+              f"overlap loops {m_dm['overlap_loops']}  ratio to floor {t_dm / fl:5.2f}  (target <= 2)")
+        print(f"  ML               {t_ml:7.3f} s/it  peak {peak_ml / 2**20:6.0f} MiB  "
+              f"ratio to DM {t_ml / t_dm:5.2f}  (target <= 2.5)")
+    print("\nobject scatter of 300 frames of 128x128:")
+    times = scatter_comparison()
+    for name, sec in times.items():
+        print(f"  {name:12s} {sec * 1e3:8.1f} ms  ({sec / times['slice loop']:5.1f}x the slice loop)")
+
+
+if __name__ == "__main__":
+    main()
