@@ -226,7 +226,7 @@ class PluginManager:
         if str(name).lower() in self._aliases[kind]:
             return self._aliases[kind][str(name).lower()]
         known = sorted(registry)
-        close = difflib.get_close_matches(str(name), known, n=1)
+        close = difflib.get_close_matches(str(name), known + sorted(self._aliases[kind]), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UsageError(
             f"no {kind.replace('_', ' ')} named {name!r} is registered{hint} "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -58,6 +58,8 @@ class Node:
     uplim: float | None = None
     choices: tuple | None = None
     owner: str = "core"
+    kind: str | None = None  # plugin kind whose names (and aliases) are the allowed values
+    sparse: bool = False  # an override table: only what is given is kept, no defaults filled in
 
     @property
     def is_container(self) -> bool:
@@ -159,12 +161,29 @@ class ParamTree:
                     tree.add(Node(prefix, ("Param",), None, spec.summary, owner=owner))
                 for node in schema_to_nodes(prefix, spec.parameters, owner):
                     tree.add(node)
-        for path, kind in DYNAMIC_CHOICES.items():
+        for path, kind in {**DYNAMIC_CHOICES, f"{ENGINE_WILDCARD}.name": "engine"}.items():
             if path in tree.nodes:
-                tree.nodes[path].choices = tuple(plugins.specs(kind))
-        tree.nodes[f"{ENGINE_WILDCARD}.name"].choices = tuple(plugins.specs("engine"))
+                names = [n for name, spec in plugins.specs(kind).items() for n in (name, *spec.aliases)]
+                tree.nodes[path].choices, tree.nodes[path].kind = tuple(names), kind
+        tree._add_simulation_overrides()
         tree._plugins = plugins
         return tree
+
+    def _add_simulation_overrides(self) -> None:
+        """``scan.data.simulation.{illumination,sample,xy}``: sparse copies of the scan's subtrees.
+
+        The reference says a simulation takes trees of the same form whose items
+        take precedence over the scan's, so only the items given are kept.
+        """
+        for part in ("illumination", "sample", "xy"):
+            source = f"scan.{part}"
+            for path, node in list(self.subtree(source).items()):
+                copy = replace(node, path="scan.data.simulation." + path[len("scan."):], sparse=True)
+                if path == source:
+                    copy.help = f"Overrides of scan.{part} for the simulated data"
+                    copy.doc = (f"Same form as scan.{part}; the items given here take precedence over the scan's "
+                                f"own when the data are simulated.")
+                self.add(copy)
 
     _plugins = None
 
@@ -195,7 +214,9 @@ class ParamTree:
         for name, node in self.children(path).items():
             if node.path in (SCAN_WILDCARD, ENGINE_WILDCARD):
                 continue
-            if node.is_container:
+            if node.sparse:
+                out[name] = None
+            elif node.is_container:
                 if node.default is None and "NoneType" in node.types:
                     out[name] = None
                 elif node.types == ("engine",) or node.types == ("scan",):
@@ -279,8 +300,17 @@ class ParamTree:
         if node.is_container and isinstance(value, Mapping):
             if not self.children(node.path):  # a free-form table (e.g. a custom detector)
                 return Param(value)
-            base = default if isinstance(default, Mapping) else self.defaults(node.path)
+            if isinstance(default, Mapping):
+                base = default
+            else:
+                base = Param() if node.sparse else self.defaults(node.path)
             return self._resolve_level(node.path, value, base, shown)
+        if node.kind and isinstance(value, str) and self._plugins is not None:
+            try:
+                self._plugins.resolve(node.kind, value)  # names, aliases, any case
+            except UsageError as exc:
+                raise ParameterError(f"{shown} = {value!r}: {exc}") from None
+            return value
         return check_value(node, value, shown)
 
 

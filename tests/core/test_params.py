@@ -216,3 +216,25 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "x.ini").write_text("")
     with pytest.raises(UsageError, match="unknown format"):
         load_source(tmp_path / "x.ini")
+
+
+def test_plugin_names_aliases_any_case_are_accepted_and_typos_named(tree):
+    p = tree.resolve({"scans": {"a": {"xy": {"type": "Raster"}, "illumination": {"model": "flower"},
+                                      "data": {"source": "ptyd"}}}})
+    assert p.scans.a.xy.type == "Raster" and p.scans.a.illumination.model == "flower"
+    assert "flower" in tree.nodes["scan.illumination.model"].choices  # aliases are listed as choices
+    with pytest.raises(ParameterError, match=r"scans.a.illumination.model = 'flowr'.*did you mean 'flower'"):
+        tree.resolve({"scans": {"a": {"illumination": {"model": "flowr"}}}})
+
+
+def test_simulation_overrides_keep_only_what_is_given(tree):
+    p = tree.resolve({"scan": {"data": {"simulation": {"illumination": {"aperture": {"size": 2e-6}},
+                                                       "xy": {"type": "spiral", "spiral": {"dr": 1e-6}}}}},
+                      "scans": {"a": {}}})
+    sim = p.scans.a.data.simulation
+    assert sim.illumination == {"aperture": {"size": 2e-6}} and sim.sample is None
+    assert sim.xy == {"type": "spiral", "spiral": {"dr": 1e-6}}
+    with pytest.raises(ParameterError, match=r"simulation.illumination.aperture.sise.*did you mean 'size'"):
+        tree.resolve({"scan": {"data": {"simulation": {"illumination": {"aperture": {"sise": 1}}}}}})
+    with pytest.raises(ParameterError, match=r"simulation.xy.spiral.dr = -1.0: expected float"):
+        tree.resolve({"scan": {"data": {"simulation": {"xy": {"spiral": {"dr": -1.0}}}}}})
