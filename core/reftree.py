@@ -259,7 +259,7 @@ NODES = {
         type=('int', 'tuple'),
         default=None,
         help='Data frame orientation',
-        doc='None or 0: correct orientation\n1: invert columns (numpy.flip_lr)\n2: invert columns, invert rows\n3: invert rows  (numpy.flip_ud)\n4: transpose (numpy.transpose)\n4+i: tranpose + other operations from above\n\nAlternative a 3-tuple of booleans may be provided (do_transpose, do_flipud, do_fliplr)',
+        doc='None or 0: correct orientation\n1: invert columns (numpy.flip_lr)\n2: invert columns, invert rows\n3: invert rows  (numpy.flip_ud)\n4: transpose (numpy.transpose)\n4+i: tranpose + other operations from above\n\nAlternative a 3-tuple of booleans may be provided (do_transpose, do_flipud, do_fliplr)\n\nThe codes are the bits of that tuple (4 transpose, 2 flipud, 1 fliplr), as ptypy applies them: 2 inverts rows and 3 inverts both. The reference text swaps the descriptions of 2 and 3, which contradicts its own 4+i rule; difframe follows the bits.',
     ),
     'scan.data.energy': P(
         type=('float',),
