@@ -31,25 +31,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", help="simulate: output folder")
 
 
-def load_input(path: str | Path) -> dict:
-    """input.par merged over its conf_file (both through the whitelisting interpreter), with base_dir."""
-    from difframe.errors import UsageError
-    from difframe.tds.parfile import read_parfile
-
-    path = Path(path)
-    names = read_parfile(path)
-    merged = {}
-    conf = names.get("conf_file")
-    if conf:
-        conf_path = path.parent / str(conf)
-        if not conf_path.is_file():
-            raise UsageError(f"{path}: conf_file {conf!r} does not exist (looked for {conf_path})")
-        merged.update(read_parfile(conf_path))
-    merged.update(names)
-    merged.setdefault("base_dir", str(path.parent))
-    return merged
-
-
 def main(args) -> int:
     from difframe.errors import UsageError
 
@@ -90,8 +71,9 @@ def _simulate(args) -> int:
 def _run(args) -> int:
     from difframe.cli import verbosity
     from difframe.run import Run
+    from difframe.tds.config import read_tds_config
 
-    tds = load_input(args.target)
+    tds = read_tds_config(args.target)
     params = {"tds": tds, "run": Path(args.target).stem}
     level = verbosity(args)
     if level is not None:
@@ -100,7 +82,7 @@ def _run(args) -> int:
     for key in ("hkls", "report"):
         if results.get(key):
             print(results.pop(key))
-    results.pop("structure", None)
+    results.pop("structure", None)  # printed by the dry run only
     for name, value in results.items():
         print(f"{name}: {value}")
     return 0

@@ -1,9 +1,9 @@
 """The TDS flow of a run, as ``tds2el input.par`` ran it: harvest -> (dry run) -> fit -> visSim.
 
-``run_tds(run)`` reads ``run.params.tds``: tds2el's names (the merged input.par and
-conf_file: ``images_prefix``, ``DeltaQ_max``, ``collectSpots``, ``CGUESS``, ...) and
-the geometry names of :class:`difframe.crystal.geometry.Geometry`.  Relative file
-names are taken from ``base_dir`` (the folder of input.par) when it is given.
+``run_tds(run)`` reads ``run.params.tds`` (:mod:`difframe.tds.tree`): tds2el's names
+(``images_prefix``, ``DeltaQ_max``, ``collectSpots``, ``CGUESS``, ...) with the
+geometry under ``tds.geometry``; :func:`difframe.tds.config.read_tds_config` builds
+it from input.par and conf_file, with file names already resolved.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ log = logging.getLogger("difframe.tds.workflow")
 
 ENGINE = "tds_fit"
 RECIPE = "tds_harvest"
-#: tds2el name -> tds_fit engine parameter
+#: tds subtree name -> tds_fit engine parameter
 ENGINE_PARAMETERS = {"CGUESS": "cguess", "ftol": "ftol", "nred": "nred", "Temperature": "temperature",
-                     "density": "density"}
+                     "density": "density", "minimiser": "minimiser", "quantum_bose": "quantum", "fix": "fix"}
 
 
 def _get(tds, name: str, default: Any = None) -> Any:
@@ -33,11 +33,9 @@ def _get(tds, name: str, default: Any = None) -> Any:
 
 
 def _path(tds, name: str) -> str | None:
-    """A file parameter, relative to ``base_dir`` when it is not absolute."""
+    """A file parameter (None when not given)."""
     value = _get(tds, name)
-    if value in (None, "", "None"):
-        return None
-    return str(Path(_get(tds, "base_dir", ".")) / os.path.expanduser(str(value)))
+    return None if value in (None, "", "None") else os.path.expanduser(str(value))
 
 
 def frame_files(tds) -> list[Path]:
@@ -51,13 +49,6 @@ def frame_files(tds) -> list[Path]:
     if not files:
         raise UsageError(f"no frame matches images_prefix*images_postfix = {pattern!r}")
     return files
-
-
-def geometry_of(tds):
-    from difframe.crystal.geometry import Geometry
-
-    source = _get(tds, "geometry", tds)
-    return Geometry.from_mapping(dict(source), source="conf_file")
 
 
 def spot_list(tds) -> np.ndarray | None:
@@ -86,7 +77,7 @@ def harvest_options(tds, spots=None):
         normalisation_file=_path(tds, "normalisation_file"),
         centering_file=_path(tds, "centering_file"),
         rough=not bool(_get(tds, "DO_ELASTIC", True)),
-        rough_grid=int(_get(tds, "rough_grid", 64)),
+        rough_grid=int(_get(tds, "testSpot_N", 64)),
     )
 
 
@@ -102,6 +93,7 @@ def mpi_comm():
 
 def harvest_step(tds, plugins, comm=None):
     """Harvest the frames and write ``save_to_file`` (rank 0); returns the Harvest (None off rank 0)."""
+    from difframe.tds.config import geometry_of
     from difframe.tds.harvest import harvest, harvest_volume, write_harvest, write_volume
 
     options = harvest_options(tds)
@@ -142,6 +134,7 @@ def select_spots(result, spots: np.ndarray | None, generators: str | None, repli
 def run_tds(run) -> dict:
     """Harvest (unless load_from_file), stop with the tensor structure when CGUESS is missing, fit, visSim."""
     from difframe.crystal.symmetry import elastic_structure
+    from difframe.tds.config import geometry_of
     from difframe.tds.harvest import hkl_summary, load_harvest
 
     tds = run.params.tds
@@ -160,8 +153,9 @@ def run_tds(run) -> dict:
             return results
     else:
         result = load_harvest(load_from)
-    if _get(tds, "show_hkls", False):
+    if _get(tds, "show_hkls", False):  # tds2el: list the hkl and their points, then stop
         results["hkls"] = hkl_summary(result)
+        return results
     if not _get(tds, "fitSpots", False) and _get(tds, "CGUESS") is None:
         return results
 
@@ -181,11 +175,14 @@ def run_tds(run) -> dict:
     if load_from is not None:
         spots = spot_list(tds)
         result = select_spots(result, spots, generators, bool(_get(tds, "REPLICA", False)), geometry.lattice)
-    output_dir = Path(_get(tds, "output_dir", "."))
+    output_dir = Path(_get(tds, "output_directory", "."))
+    fitted = None
     if _get(tds, "doMinimisation", True):
-        results.update(_fit(run, tds, result, structure, output_dir))
+        fitted = _fit(run, tds, result, structure, output_dir)
+        results.update(fitted["files"])
+        results["report"] = fitted["report"]
     if _get(tds, "visSim", False):
-        results.update(_visualise(tds, result, structure, cguess, output_dir))
+        results.update(_visualise(tds, result, structure, cguess, output_dir, fitted and fitted["constants"]))
     return results
 
 
@@ -209,16 +206,16 @@ def _fit(run, tds, result, structure, output_dir: Path) -> dict:
             break
     summary = engine.finalize()
     run.hook.difframe_engine_finished(run=run, engine=ENGINE, summary=summary)
-    files = summary.get("files", {}) if isinstance(summary, dict) else {}
-    return {**{name: str(path) for name, path in files.items()}, "report": summary.get("text", "")}
+    table = summary["result"].constants_table()
+    return {"files": {name: str(path) for name, path in summary.get("files", {}).items()},
+            "report": summary.get("text", ""), "constants": {name: row["value"] for name, row in table.items()}}
 
 
-def _visualise(tds, result, structure, cguess, output_dir: Path) -> dict:
-    """visSim: FISTA interpolation of data and model around each spot (difframe.tds.visualise)."""
+def _visualise(tds, result, structure, cguess, output_dir: Path, constants=None) -> dict:
+    """visSim: FISTA interpolation of data and model (fitted constants, else CGUESS) around each spot."""
     from difframe.tds import visualise
 
-    path = output_dir / "simtests.h5"
-    written = visualise.vis_sim(result, structure, cguess, path, N=int(_get(tds, "testSpot_N", 32)),
-                                beta=float(_get(tds, "testSpot_beta", 0.03)),
-                                n_iter=int(_get(tds, "testSpot_Niter", 100)))
+    written = visualise.vis_sim(result, structure, cguess, output_dir / "simtests.h5",
+                                N=int(_get(tds, "testSpot_N", 32)), beta=float(_get(tds, "testSpot_beta", 0.03)),
+                                n_iter=int(_get(tds, "testSpot_Niter", 100)), constants=constants)
     return {"visualisation": str(written)}

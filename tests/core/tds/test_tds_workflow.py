@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import h5py
@@ -11,11 +10,10 @@ import numpy as np
 import pytest
 
 import harvest_support as hs
-from difframe.commands.tds import load_input
 from difframe.errors import UsageError
 from difframe.manager import PluginManager
-from difframe.param import Param
-from difframe.tds.workflow import run_tds
+from difframe.run import Run
+from difframe.tds.config import read_tds_config as load_input
 
 ROOT = Path(__file__).resolve().parents[3]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -66,22 +64,21 @@ def experiment(tmp_path_factory):
     return folder
 
 
-def make_run(tds):
-    plugins = PluginManager()
-    return types.SimpleNamespace(params=Param({"tds": tds}), plugins=plugins, hook=plugins.hook, stop_requested=False)
+def run_tds(tds, plugins=None) -> dict:
+    return Run({"tds": tds}, plugins=plugins).run()
 
 
 def test_input_files_give_the_harvest_of_the_library(experiment):
-    from difframe.crystal.geometry import Geometry
+    from difframe.tds.config import geometry_of
     from difframe.tds.harvest import HarvestOptions, harvest, load_harvest
 
     tds = load_input(experiment / "input.par")
-    assert tds["base_dir"] == str(experiment) and tds["collectSpots"][0] == [-1, -1, 1]
-    results = run_tds(make_run(tds))
+    assert tds["collectSpots"][0] == [-1, -1, 1]
+    results = run_tds(tds)
     path = experiment / "harvest_spots.h5"
     assert results == {"harvest": str(path)}
     written = load_harvest(path)
-    geometry = Geometry.from_mapping(tds)
+    geometry = geometry_of(tds)
     direct = harvest(geometry, sorted(experiment.glob("scan_*.cbf")),
                      HarvestOptions(delta_q_min=0.05, delta_q_max=0.3, threshold=5e5, spots=np.array(hs.SPOTS),
                                     mask_file=str(experiment / "filter.edf"),
@@ -94,12 +91,14 @@ def test_input_files_give_the_harvest_of_the_library(experiment):
 def test_dry_run_stops_with_the_structure_then_fit_writes_results(experiment, tmp_path):
     tds = load_input(experiment / "input.par")
     if not (experiment / "harvest_spots.h5").exists():
-        run_tds(make_run(tds))
-    tds.update(load_from_file="harvest_spots.h5", save_to_file=None, fitSpots=True, show_hkls=True)
+        run_tds(tds)
+    tds.update(load_from_file=str(experiment / "harvest_spots.h5"), save_to_file=None, show_hkls=True)
+    assert "   0    0   -1" in run_tds(tds)["hkls"]  # show_hkls lists and stops
+    tds.update(fitSpots=True, show_hkls=False)
     with pytest.raises(UsageError, match=r"CGUESS is missing(.|\n)*1.000000 A44(.|\n)*A11, A12, A44"):
-        run_tds(make_run(tds))
+        run_tds(tds)
     tds.update(CGUESS={"C11": [297.0, 297.0, 297.0], "A12": [95.0, 0.0, 300.0], "A44": [150.0, 1.0, 400.0]},
-               collectSpots=[[0, 0, -1], [1, 1, 1]], output_dir=str(tmp_path))
+               collectSpots=[[0, 0, -1], [1, 1, 1]], output_directory=str(tmp_path), show_hkls=False)
     events = []
 
     class Watcher:
@@ -109,10 +108,10 @@ def test_dry_run_stops_with_the_structure_then_fit_writes_results(experiment, tm
         def difframe_iteration_finished(self, run, engine, iteration, metrics):
             events.append((engine, iteration, metrics["cost"]))
 
-    run = make_run(tds)
-    run.plugins.add_plugin(Watcher(), name="watcher")
-    results = run_tds(run)
-    assert "   0    0   -1" in results["hkls"] and "4 spots" in results["hkls"]
+    plugins = PluginManager()
+    plugins.add_plugin(Watcher(), name="watcher")
+    results = run_tds(tds, plugins)
+    assert "C12/C11" in results["report"]
     assert Path(results["json"]).parent == tmp_path and (tmp_path / "parametri.txt").exists()
     import json
 
@@ -124,17 +123,17 @@ def test_dry_run_stops_with_the_structure_then_fit_writes_results(experiment, tm
 def test_cguess_naming_a_constant_the_symmetry_forbids(experiment):
     tds = load_input(experiment / "input.par")
     if not (experiment / "harvest_spots.h5").exists():
-        run_tds(make_run(tds))
-    tds.update(load_from_file="harvest_spots.h5", save_to_file=None, fitSpots=True,
+        run_tds(tds)
+    tds.update(load_from_file=str(experiment / "harvest_spots.h5"), save_to_file=None, fitSpots=True,
                CGUESS={"A11": [297, 1, 500], "A13": [90, 0, 300], "A44": [150, 1, 400]})
     with pytest.raises(UsageError, match="A13"):
-        run_tds(make_run(tds))
+        run_tds(tds)
 
 
 def test_rough_volume_mode(experiment, tmp_path):
     tds = load_input(experiment / "input.par")
-    tds.update(DO_ELASTIC=0, save_to_file=str(tmp_path / "volume.h5"), rough_grid=16)
-    assert run_tds(make_run(tds)) == {"harvest": str(tmp_path / "volume.h5")}
+    tds.update(DO_ELASTIC=0, save_to_file=str(tmp_path / "volume.h5"), testSpot_N=16)
+    assert run_tds(tds) == {"harvest": str(tmp_path / "volume.h5")}
     with h5py.File(tmp_path / "volume.h5") as f:
         data, counts, axis = f["volume/data"][()], f["volume/counts"][()], f["volume/x"][()]
     import fabio
@@ -151,11 +150,11 @@ def test_rough_volume_mode(experiment, tmp_path):
 def test_mpi_harvest_is_identical_to_serial(experiment, tmp_path):
     tds_serial = load_input(experiment / "input.par")
     tds_serial["save_to_file"] = str(tmp_path / "serial.h5")
-    run_tds(make_run(tds_serial))
+    run_tds(tds_serial)
     script = tmp_path / "harvest_mpi.py"
     script.write_text(
         "import sys\n"
-        "from difframe.commands.tds import load_input\n"
+        "from difframe.tds.config import read_tds_config as load_input\n"
         "from difframe.manager import PluginManager\n"
         "from difframe.tds.workflow import harvest_step, mpi_comm\n"
         "tds = load_input(sys.argv[1])\n"
