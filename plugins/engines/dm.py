@@ -129,7 +129,10 @@ class DifferenceMap:
                 ll_sum += float(np.einsum("nhw,nhw->", dev, fd["ll_weight"][sl]))
                 np.sqrt(fmag, out=fmag)
                 np.subtract(fmag, fd["amplitude"][sl], out=dev)
-                err = np.einsum("nhw,nhw,nhw->n", dev, dev, fd["valid"][sl])
+                if fd["all_valid"]:  # two-operand einsum is several times faster than three
+                    err = np.einsum("nhw,nhw->n", dev, dev) * fd["valid"][sl][:, 0, 0]
+                else:
+                    err = np.einsum("nhw,nhw,nhw->n", dev, dev, fd["valid"][sl])
                 err_sum += float(err.sum())
                 frames += len(err)
                 # partial projection: amplitudes move toward the data until the error reaches the bound
