@@ -288,6 +288,17 @@ def intensity(fields: np.ndarray) -> np.ndarray:
     return out
 
 
+def real_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(frames, H, W): sum over pods of Re(conj(a) b), for stacks (frames, pods, H, W)."""
+    out = np.multiply(a[:, 0].real, b[:, 0].real)
+    buf = np.empty_like(out)
+    out += np.multiply(a[:, 0].imag, b[:, 0].imag, out=buf)
+    for k in range(1, a.shape[1]):
+        out += np.multiply(a[:, k].real, b[:, k].real, out=buf)
+        out += np.multiply(a[:, k].imag, b[:, k].imag, out=buf)
+    return out
+
+
 def probe_support(shape, fraction: float | None, dtype) -> np.ndarray | None:
     """Circular support of radius ``fraction`` x half the frame (``probe_support``), or None."""
     if fraction is None:

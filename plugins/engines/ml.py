@@ -207,10 +207,10 @@ class MaximumLikelihood:
                 ll += float(lvals.sum())
                 chi = scan.propagator.backward((d1 * c).astype(m.rdtype)[:, None] * fields)
                 chi = chi.reshape(len(views), mp, mo, *scan.shape)
-                contrib = (np.conj(probe)[None, :, None] * chi).sum(axis=1)
+                contrib = pm.sum_over_probe_modes(np.conj(probe), chi)
                 contrib *= scan.object_power
                 pm.scatter_add(ob_grad[scan.object_id], contrib, scan.corners[sl])
-                pr_grad[scan.probe_id] += scan.probe_power * (np.conj(views)[:, None] * chi).sum(axis=(0, 2))
+                pr_grad[scan.probe_id] += scan.probe_power * pm.sum_over_frames_and_object_modes(np.conj(views), chi)
         return ll, err_sum, frames, ob_grad, pr_grad
 
     def _regulariser_gradient(self, ob_grad) -> float:
@@ -259,10 +259,11 @@ class MaximumLikelihood:
                 second = scan.propagator.forward(
                     pm.exit_waves(dprobe, dviews).reshape(len(views), mp * mo, *scan.shape), overwrite=True)
                 fields = self.fields[scan.label][sl]
-                a1 = 2 * (fields.conj() * first).real.sum(axis=1)
+                a1 = pm.real_dot(fields, first)
+                a1 *= 2
                 a2 = pm.intensity(first)
                 change += float(a2.sum())
-                a2 += 2 * (fields.conj() * second).real.sum(axis=1)
+                a2 += 2 * pm.real_dot(fields, second)
                 c = self.scale[scan.label][sl][:, None, None]
                 _, d1, d2 = _likelihood_terms(kind, c * pm.intensity(fields), scan.intensity[sl],
                                               scan.weights_of(sl), renorm)
