@@ -121,8 +121,9 @@ def schema_to_nodes(prefix: str, schema: Mapping[str, Any], owner: str) -> list[
 class ParamTree:
     """All parameter nodes known to one run, and the rules to resolve a tree."""
 
-    def __init__(self, nodes: Iterable[Node]) -> None:
+    def __init__(self, nodes: Iterable[Node], plugins=None) -> None:
         self.nodes: dict[str, Node] = {}
+        self._plugins = plugins  # resolves plugin names (aliases, any case) when given
         for node in nodes:
             self.add(node)
 
@@ -185,8 +186,6 @@ class ParamTree:
                                 f"own when the data are simulated.")
                 self.add(copy)
 
-    _plugins = None
-
     # -- queries ----------------------------------------------------------------
 
     def children(self, path: str) -> dict[str, Node]:
@@ -219,8 +218,6 @@ class ParamTree:
             elif node.is_container:
                 if node.default is None and "NoneType" in node.types:
                     out[name] = None
-                elif node.types == ("engine",) or node.types == ("scan",):
-                    continue
                 else:
                     out[name] = self.defaults(node.path)
             else:
