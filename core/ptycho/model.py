@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 
-from difframe import optics
+from difframe import optics, parallel
 from difframe.errors import DataError
 
 log = logging.getLogger("difframe.ptycho")
@@ -56,7 +56,7 @@ class ScanViews:
     intensity: np.ndarray  # (N, H, W) real, FFT order
     weights: np.ndarray  # (H, W) or (N, H, W) real, FFT order, 0 where invalid
     corners: np.ndarray  # (N, 2) int, top-left pixel of each window in the object
-    positions: np.ndarray  # (N, 2) metres (y, x)
+    positions: np.ndarray  # (N_scan, 2) metres (y, x) of all the scan's frames, also those other ranks hold
     object_id: str
     probe_id: str
     object_power: float = 1.0
@@ -78,11 +78,17 @@ class ScanViews:
 
 
 class PtychoModel:
-    """Object and probe storages plus the scans' views, in one precision."""
+    """Object and probe storages plus the scans' views, in one precision.
+
+    ``ranks`` (:class:`difframe.parallel.Ranks`) are the processes sharing the
+    reconstruction; after :meth:`keep_share` each holds a block of every
+    scan's frames and engines all-reduce what they sum over frames.
+    """
 
     def __init__(self, objects: dict, probes: dict, scans: list, data_type: str = "single"):
         self.cdtype, self.rdtype = optics.dtypes_for(data_type)
         self.data_type = data_type
+        self.ranks = parallel.Ranks()
         self.objects: dict[str, Storage] = objects
         self.probes: dict[str, Storage] = probes
         self.scans: list[ScanViews] = scans
@@ -100,6 +106,20 @@ class PtychoModel:
                 raise DataError(f"scan {scan.label!r}: probe {scan.probe_id!r} has shape "
                                 f"{probes[scan.probe_id].data.shape[-2:]}, frames are {h}x{w}")
 
+    def keep_share(self, ranks: parallel.Ranks) -> None:
+        """Keep only this rank's block of every scan's frames; object and probe stay whole (rank 0's)."""
+        self.ranks = ranks
+        ranks.broadcast_arrays(*(st.data for st in (*self.objects.values(), *self.probes.values())))
+        for scan in self.scans:
+            share = ranks.share(scan.num_frames)
+            scan.intensity = np.ascontiguousarray(scan.intensity[share])
+            scan.corners = scan.corners[share]
+            if scan.weights.ndim == 3:
+                scan.weights = np.ascontiguousarray(scan.weights[share])
+        if ranks.size > 1:
+            log.info("rank %d keeps frames %s", ranks.rank,
+                     ", ".join(f"{s.label}: {s.num_frames} of {len(s.positions)}" for s in self.scans))
+
     def chunks(self, scan: ScanViews, pods: int):
         """Slices of frames whose (frames, pods, H, W) stack fits in CHUNK_BYTES."""
         h, w = scan.shape
@@ -108,13 +128,14 @@ class PtychoModel:
             yield slice(start, min(start + step, scan.num_frames))
 
     def total_measured(self) -> tuple[float, int]:
-        """(sum of measured intensity, number of valid pixels) over all scans."""
+        """(sum of measured intensity, number of valid pixels) over all scans and ranks."""
         power, points = 0.0, 0
         for scan in self.scans:
             valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape)
             power += float(scan.intensity[valid].sum(dtype=np.float64))
             points += int(valid.sum())
-        return power, points
+        power, points = self.ranks.sum(power, points)
+        return power, int(points)
 
 
 # -- building a model from prepared data --------------------------------------------------

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from difframe import parallel
 from difframe.errors import DataError, ParameterError, UsageError
+from difframe.ptycho import interaction
 from difframe.ptycho import model as pm
 from difframe.ptycho import plotting
 from difframe.ptycho.ptyr import iter_info_entry, write_ptyr
@@ -106,6 +108,7 @@ class _Outputs:
         self.runtime = {"run": run.run_name, "start": time.strftime("%Y-%m-%dT%H:%M:%S"), "iter_info": []}
         self.frames: list[Path] = []
         self.autosave: Path | None = None
+        self.server: interaction.InteractionServer | None = None  # polled after every block
 
     def record(self, label, name, iteration, duration, metrics):
         self.runtime["iter_info"].append(iter_info_entry(iteration, name, duration, metrics))
@@ -115,8 +118,10 @@ class _Outputs:
                             f"is not finite; nothing of this run was saved after the last autosave")
 
     def block_done(self, name, before, after):
-        """Autosave and dump plots when a multiple of their interval was crossed in (before, after]."""
+        """Autosave and dump plots when a multiple of their interval was crossed in (before, after] (rank 0)."""
         p = self.run.params
+        if not self.model.ranks.is_root:
+            return
         if p.io.autosave.active and after // p.io.autosave.interval > before // p.io.autosave.interval:
             self.autosave = output_path(self.run, "autosave", name, after)
             write_ptyr(self.autosave, self.model, p, self.runtime, "difframe autosave")
@@ -129,7 +134,8 @@ class _Outputs:
         path = output_path(self.run, "plots", name, iterations)
         scanned: dict = {}
         for scan in self.model.scans:
-            scanned.setdefault(scan.object_id, []).append(scan.corners + np.asarray(scan.shape) // 2)
+            corners = pm.corners_of(scan.positions, self.model.objects[scan.object_id], scan.shape)
+            scanned.setdefault(scan.object_id, []).append(corners + np.asarray(scan.shape) // 2)
         scanned = {oid: np.concatenate(c) for oid, c in scanned.items()}
         plotting.save_png(path, {k: s.data for k, s in self.model.objects.items()},
                           {k: s.data for k, s in self.model.probes.items()}, self.runtime["iter_info"],
@@ -150,7 +156,7 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
         engine.initialize()
         run.hook.difframe_engine_started(run=run, engine=label)
         done = 0
-        while done < ep.numiter and not run.stop_requested:
+        while done < ep.numiter and not model.ranks.any(run.stop_requested):
             n = min(max(1, ep.numiter_contiguous), ep.numiter - done)
             start = time.perf_counter()
             metrics = engine.iterate(n)
@@ -164,20 +170,30 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
             log.info("%s %s: iteration %d, %s", label, name, total,
                      ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))
             outputs.block_done(name, before, total)
+            if outputs.server is not None:
+                outputs.server.poll()
         summary = engine.finalize()
         run.hook.difframe_engine_finished(run=run, engine=label, summary=summary)
     return name, total
 
 
 def run_ptycho(run) -> dict:
-    """Prepare, reconstruct and save one ptychography run; returns output name -> path."""
+    """Prepare, reconstruct and save one ptychography run; returns output name -> path.
+
+    Under mpiexec every rank prepares the data and keeps its share of the
+    frames; only rank 0 writes files and returns their paths (others: {}).
+    """
     if not run.params.engines:
         raise UsageError("no engines given: add engines.<label> with name = \"DM\" or \"ML\"")
     prepared = prepare_scans(run)
     model = build_run_model(run, prepared)
+    model.keep_share(parallel.world())
     outputs = _Outputs(run, model)
-    name, total = run_engines(run, model, outputs)
+    with interaction.serving(run, model, outputs.runtime) as outputs.server:
+        name, total = run_engines(run, model, outputs)
     results: dict = {}
+    if not model.ranks.is_root:
+        return results
     recons = output_path(run, "recons", name, total)
     write_ptyr(recons, model, run.params, outputs.runtime)
     results["reconstruction"] = recons

@@ -149,6 +149,7 @@ class DifferenceMap:
                 f -= pods
                 ex += f
                 change += float(np.vdot(f, f).real)
+        err_sum, ll_sum, change, frames = m.ranks.sum(err_sum, ll_sum, change, frames)
         return {"fourier_error": err_sum / frames, "likelihood": ll_sum / frames, "exit_change": change / frames}
 
     # -- overlap constraint ------------------------------------------------------------------
@@ -171,6 +172,9 @@ class DifferenceMap:
         inertia = float(self.p.object_inertia) * self.mean_power
         sums = {}
         for oid, st in m.objects.items():
+            if not m.ranks.is_root:  # the inertia term enters the all-reduced sums once
+                sums[oid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
+                continue
             base = pm.gaussian_smooth(st.data, self.p.obj_smooth_std) if self.p.obj_smooth_std else st.data
             sums[oid] = (inertia * base, np.full(st.data.shape[-2:], inertia, m.rdtype))
         for scan in m.scans:
@@ -184,6 +188,7 @@ class DifferenceMap:
                 pm.scatter_add(num, contrib, scan.corners[sl])
                 pm.scatter_add(den, np.broadcast_to(pden, (len(contrib), *pden.shape)), scan.corners[sl])
         for oid, (num, den) in sums.items():
+            m.ranks.sum_arrays(num, den)
             num /= den
             pm.clip_amplitude(num, self.p.clip_object)
             m.objects[oid].data[...] = num
@@ -192,9 +197,12 @@ class DifferenceMap:
         m = self.model
         frames = {pid: 0 for pid in m.probes}
         for scan in m.scans:
-            frames[scan.probe_id] += scan.num_frames
+            frames[scan.probe_id] += len(scan.positions)  # all ranks' frames
         sums = {}
         for pid, st in m.probes.items():
+            if not m.ranks.is_root:  # the inertia term enters the all-reduced sums once
+                sums[pid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
+                continue
             obj_power = np.mean([np.mean(np.abs(m.objects[s.object_id].data) ** 2) for s in m.scans
                                  if s.probe_id == pid])
             inertia = float(self.p.probe_inertia) * frames[pid] * obj_power
@@ -209,6 +217,7 @@ class DifferenceMap:
                 den += scan.probe_power * pm.intensity(views).sum(axis=0)
         change = 0.0
         for pid, (num, den) in sums.items():
+            m.ranks.sum_arrays(num, den)
             num /= den
             if self.supports[pid] is not None:
                 num *= self.supports[pid]

@@ -211,6 +211,8 @@ class MaximumLikelihood:
                 contrib *= scan.object_power
                 pm.scatter_add(ob_grad[scan.object_id], contrib, scan.corners[sl])
                 pr_grad[scan.probe_id] += scan.probe_power * pm.sum_over_frames_and_object_modes(np.conj(views), chi)
+        m.ranks.sum_arrays(*ob_grad.values(), *pr_grad.values())
+        ll, err_sum, frames = m.ranks.sum(ll, err_sum, frames)
         return ll, err_sum, frames, ob_grad, pr_grad
 
     def _regulariser_gradient(self, ob_grad) -> float:
@@ -269,6 +271,7 @@ class MaximumLikelihood:
                                               scan.weights_of(sl), renorm)
                 b1 += float((d1 * c * a1).sum())
                 b2 += float((d1 * c * a2 + 0.5 * d2 * (c * a1) ** 2).sum())
+        b1, b2, change = m.ranks.sum(b1, b2, change)
         if self.reg_amplitude:
             for oid, st in m.objects.items():
                 for axis in (-2, -1):

@@ -1,0 +1,89 @@
+"""The processes sharing one reconstruction: MPI ranks under ``mpiexec``, one rank otherwise.
+
+Engines split their frames across ranks, keep object and probe replicated and
+all-reduce the sums they build from frames (update numerators and
+denominators, gradients, metrics), so every rank holds the same object and
+probe after each step.  Run without ``mpiexec`` the same code sees one rank,
+mpi4py is not even imported and every reduction returns its input.  Arrays
+travel as raw buffers (``Allreduce``), never pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger("difframe.parallel")
+
+#: variables the common launchers (MPICH/Hydra, Open MPI, PMIx) set in every rank they start
+_LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+class Ranks:
+    """A communicator with the few collective operations the engines need.
+
+    ``comm`` is an mpi4py communicator, or None for a single process.
+    """
+
+    def __init__(self, comm=None):
+        self.comm = comm if comm is not None and comm.Get_size() > 1 else None
+        self.rank = self.comm.Get_rank() if self.comm else 0
+        self.size = self.comm.Get_size() if self.comm else 1
+
+    @property
+    def is_root(self) -> bool:
+        """True on the rank that writes files and draws pictures."""
+        return self.rank == 0
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous block of ``n`` items; the blocks of all ranks partition range(n)."""
+        bounds = [n * r // self.size for r in range(self.size + 1)]
+        return slice(bounds[self.rank], bounds[self.rank + 1])
+
+    def sum_arrays(self, *arrays: np.ndarray) -> None:
+        """Replace each (contiguous) array by its element-wise sum over all ranks, in place."""
+        if self.comm is None:
+            return
+        from mpi4py import MPI
+
+        for a in arrays:
+            if not a.flags.c_contiguous:
+                raise ValueError("sum_arrays needs C-contiguous arrays")
+            self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
+
+    def broadcast_arrays(self, *arrays: np.ndarray) -> None:
+        """Overwrite each (contiguous) array with rank 0's, in place."""
+        if self.comm is None:
+            return
+        for a in arrays:
+            if not a.flags.c_contiguous:
+                raise ValueError("broadcast_arrays needs C-contiguous arrays")
+            self.comm.Bcast(a, root=0)
+
+    def sum(self, *values: float) -> tuple[float, ...]:
+        """The sums over all ranks of a few numbers, in one reduction."""
+        buf = np.array(values, dtype=np.float64)
+        self.sum_arrays(buf)
+        return tuple(float(v) for v in buf)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on some rank (a stop request seen by one)."""
+        return self.sum(float(bool(flag)))[0] > 0
+
+
+def world() -> Ranks:
+    """All ranks when started by an MPI launcher with more than one process, else one rank.
+
+    mpi4py is imported only in the first case, so a plain run never
+    initialises MPI.
+    """
+    if not any(k in os.environ for k in _LAUNCHER_VARIABLES):
+        return Ranks()
+    from mpi4py import MPI
+
+    ranks = Ranks(MPI.COMM_WORLD)
+    if ranks.size > 1:
+        log.info("rank %d of %d", ranks.rank, ranks.size)
+    return ranks
