@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,8 +85,17 @@ def _run(args) -> int:
             print(results.pop(key))
     results.pop("structure", None)  # printed by the dry run only
     for name, value in results.items():
-        print(f"{name}: {value}")
+        print(f"{name}: {_shown(value)}")
     return 0
+
+
+def _shown(value):
+    """A written file's path relative to the working directory when it lies below it (paths are resolved)."""
+    if isinstance(value, str) and os.path.isabs(value):
+        relative = os.path.relpath(value)
+        if not relative.startswith(".."):
+            return relative
+    return value
 
 
 def console() -> int:

@@ -50,6 +50,14 @@ def report(result: FitResult) -> str:
     return "\n".join(lines)
 
 
+def summary_line(result: FitResult) -> str:
+    """One line for the log (the full table is the command's output): constants, ratios, quality."""
+    constants = ", ".join(f"{n} = {v:.4g}" + ("" if f else " (fixed)")
+                          for n, v, f in zip(result.names, result.values, result.fitted))
+    return (f"fit {'converged' if result.converged else 'NOT converged'}: {constants} GPa; "
+            f"{result.n_points} points, {result.n_spots} spots, reduced chi^2 {result.reduced_chi2:.4g}")
+
+
 def write_parametri(result: FitResult, path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(report(result) + "\n")

@@ -55,14 +55,14 @@ def interpolation_matrix(q: np.ndarray, axes: list[np.ndarray]):
 
 
 def _grad(x: np.ndarray) -> np.ndarray:
-    """Forward differences along each axis (zero across the far edge), stacked."""
-    return np.stack([np.diff(x, axis=d, append=np.take(x, [-1], axis=d)) for d in range(3)])
+    """Forward differences along each of the last three axes (zero across the far edge), stacked first."""
+    return np.stack([np.diff(x, axis=d, append=np.take(x, [-1], axis=d)) for d in (-3, -2, -1)])
 
 
 def _grad_adjoint(g: np.ndarray) -> np.ndarray:
     out = np.zeros(g.shape[1:])
-    for d in range(3):
-        gd = np.moveaxis(g[d], d, 0).copy()
+    for k, d in enumerate((-3, -2, -1)):
+        gd = np.moveaxis(g[k], d, 0).copy()
         gd[-1] = 0.0
         shifted = np.zeros_like(gd)
         shifted[1:] = gd[:-1]
@@ -83,21 +83,30 @@ def lipschitz(A, shape, beta: float, n_iter: int = 30, seed: int = 0) -> float:
 
 
 def fista_interpolate(q: np.ndarray, y: np.ndarray, axes: list[np.ndarray], beta: float, n_iter: int) -> np.ndarray:
-    """The regularised interpolation of values ``y`` at offsets ``q`` onto the grid ``axes`` (FISTA)."""
+    """The regularised interpolation of values ``y`` at offsets ``q`` onto the grid ``axes`` (FISTA).
+
+    ``y`` is (points,) or (points, k): the iteration is linear in ``y`` and
+    the step depends only on ``q``, so k value sets (data and model) share one
+    interpolation matrix, one step and one pass; the result is grid or (k,) + grid.
+    """
     if beta < 0 or n_iter < 1:
         raise UsageError(f"visualisation needs testSpot_beta >= 0 and testSpot_Niter >= 1 (got {beta}, {n_iter})")
     shape = tuple(len(a) for a in axes)
+    values = np.asarray(y, dtype=float)
+    Y = values.reshape(len(values), -1)
     A = interpolation_matrix(q, axes)
     step = 1.0 / lipschitz(A, shape, beta)
-    x = np.zeros(shape)
+    batch = (Y.shape[1], *shape)
+    x = np.zeros(batch)
     z, t = x.copy(), 1.0
     for _ in range(n_iter):
-        gradient = (A.T @ (A @ z.ravel() - y)).reshape(shape) + 2 * beta * _grad_adjoint(_grad(z))
+        misfit = A @ z.reshape(len(z), -1).T - Y
+        gradient = (A.T @ misfit).T.reshape(batch) + 2 * beta * _grad_adjoint(_grad(z))
         x_new = z - step * gradient
         t_new = 0.5 * (1 + np.sqrt(1 + 4 * t * t))
         z = x_new + ((t - 1) / t_new) * (x_new - x)
         x, t = x_new, t_new
-    return x
+    return x[0] if values.ndim == 1 else x
 
 
 def model_intensity(harvest, voigt: np.ndarray, scale=None, baseline=None) -> np.ndarray:
@@ -113,8 +122,13 @@ def model_intensity(harvest, voigt: np.ndarray, scale=None, baseline=None) -> np
 
 
 def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, beta: float = 0.03,
-              n_iter: int = 100, spots=None, filename: str = "simtests.h5") -> dict[str, Path]:
-    """Write data and model volumes of each spot to ``output_dir/filename`` and a PNG per spot."""
+              n_iter: int = 100, spots=None, filename: str = "simtests.h5",
+              model_label: str = "model") -> dict[str, Path]:
+    """Write data and model volumes of each spot to ``output_dir/filename`` and a PNG per spot.
+
+    ``model_label`` says which constants the model used; it titles the model row
+    of the PNG and is kept as the ``constants`` attribute of each model group.
+    """
     import h5py
 
     Q = np.asarray(harvest["Q"], dtype=float)
@@ -135,8 +149,8 @@ def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, bet
             continue
         q = Q[sel] - G[s]
         axes = grid_axes(q, n)
-        volumes[int(s)] = (axes, fista_interpolate(q, y[sel], axes, beta, n_iter),
-                           fista_interpolate(q, model_values[sel], axes, beta, n_iter))
+        data, model = fista_interpolate(q, np.stack([y[sel], model_values[sel]], axis=1), axes, beta, n_iter)
+        volumes[int(s)] = (axes, data, model)
         log.info("spot %d: %d points interpolated onto %d^3", s, sel.sum(), n)
     path = output_dir / filename
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -152,6 +166,8 @@ def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, bet
                 group = entry.create_group(label)
                 group.attrs.update({"NX_class": "NXdata", "signal": "intensity", "axes": ["qx", "qy", "qz"]})
                 group["intensity"] = volume
+                if label == "model":
+                    group.attrs["constants"] = model_label
                 for name, ax in zip(("qx", "qy", "qz"), axes):
                     group[name] = ax
                     group[name].attrs["units"] = "1/Angstrom (q = Q - G, crystal frame)"
@@ -160,33 +176,35 @@ def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, bet
     files["volumes"] = path
     for s, (axes, data, model) in volumes.items():
         files[f"png_{s}"] = _slices_png(output_dir / f"spot_{s:04d}.png", axes, data, model,
-                                        None if hkl is None else np.asarray(hkl)[s])
+                                        None if hkl is None else np.asarray(hkl)[s], model_label)
     return files
 
 
-def _slices_png(path: Path, axes, data, model, hkl) -> Path:
-    """Central qx-qy, qx-qz and qy-qz slices of data (top) and model (bottom)."""
+def _slices_png(path: Path, axes, data, model, hkl, model_label: str) -> Path:
+    """Central qx-qy, qx-qz and qy-qz slices: data on the top row, model below, one colour scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 6.5))
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    panels = fig.subplots(2, 3)
     mid = [len(a) // 2 for a in axes]
     cuts = [((0, 1), (slice(None), slice(None), mid[2])), ((0, 2), (slice(None), mid[1], slice(None))),
             ((1, 2), (mid[0], slice(None), slice(None)))]
     names = ("qx", "qy", "qz")
     low, high = np.percentile(np.concatenate([data.ravel(), model.ravel()]), [1, 99.5])
-    for row, (label, volume) in enumerate((("data", data), ("model", model))):
+    for row, (short, volume) in enumerate((("data", data), ("model", model))):
         for col, ((a, b), index) in enumerate(cuts):
-            ax = fig.add_subplot(2, 3, 3 * row + col + 1)
+            ax = panels[row, col]
             extent = [axes[b][0], axes[b][-1], axes[a][0], axes[a][-1]]
-            image = ax.imshow(volume[index], origin="lower", extent=extent, vmin=low, vmax=high, aspect="auto")
+            image = ax.imshow(volume[index], origin="lower", extent=extent, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
             ax.set_xlabel(f"{names[b]} [1/A]")
-            ax.set_ylabel(f"{names[a]} [1/A]")
-            ax.set_title(f"{label}, {names[3 - a - b]} = 0")
-    fig.colorbar(image, ax=fig.axes)
-    fig.suptitle("spot" + ("" if hkl is None else f" hkl = {tuple(int(v) for v in hkl)}"))
+            ax.set_ylabel((f"{short.upper()}\n" if col == 0 else "") + f"{names[a]} [1/A]")
+            ax.set_title(f"{short}, {names[3 - a - b]} = 0")
+    fig.colorbar(image, ax=panels, label="intensity (same scale for data and model)")
+    spot = "spot" + ("" if hkl is None else f" hkl = {tuple(int(v) for v in hkl)}")
+    fig.suptitle(f"{spot}, q = Q - G\ntop: data (harvested points), bottom: {model_label}")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     return path
@@ -208,7 +226,9 @@ def vis_sim(harvest, structure, cguess, path, *, N: int = 32, beta: float = 0.03
     given = {} if constants is None else {constant_name(k): float(v) for k, v in constants.items()}
     values = [given.get(name, value) for name, value in zip(start.names, start.values)]
     voigt = np.tensordot(np.asarray(values), np.asarray(structure.basis, dtype=float), axes=1)
+    origin = "fitted" if given else "CGUESS"
+    label = f"model ({origin} " + ", ".join(f"{n} = {v:.4g}" for n, v in zip(start.names, values)) + " GPa)"
     path = Path(path)
     files = visualise(data, model_intensity(data, voigt), path.parent, n=N, beta=beta, n_iter=n_iter,
-                      filename=path.name)
+                      filename=path.name, model_label=label)
     return files["volumes"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from difframe.errors import UsageError
+from difframe.errors import DataError, UsageError
 
 log = logging.getLogger("difframe.tds.workflow")
 
@@ -48,7 +48,32 @@ def frame_files(tds) -> list[Path]:
     files = sorted(Path(f) for f in glob.glob(pattern))
     if not files:
         raise UsageError(f"no frame matches images_prefix*images_postfix = {pattern!r}")
+    check_numbering(files, prefix, postfix)
     return files
+
+
+def check_numbering(files: list[Path], prefix: str, postfix: str) -> None:
+    """Refuse a stack with a hole in its frame numbers: phi comes from the position in the list.
+
+    When every name is prefix + number + postfix, the numbers must step evenly
+    (the commonest step, 1 for a plain scan); a larger jump means a missing file,
+    which would silently shift the angle of every later frame.
+    """
+    start, end = len(Path(prefix).name), len(postfix)
+    middles = [f.name[start:len(f.name) - end] for f in files]
+    if len(files) < 3 or not all(m.isdigit() for m in middles) or len({len(m) for m in middles}) != 1:
+        return  # not a zero-padded numbered stack: name order is all tds2el had
+    numbers = np.array([int(m) for m in middles])
+    steps = np.diff(numbers)
+    values, counts = np.unique(steps, return_counts=True)
+    step = values[np.argmax(counts)]
+    holes = np.flatnonzero(steps != step)
+    if len(holes):
+        i = holes[0]
+        missing = Path(prefix).name + str(numbers[i] + step).zfill(len(middles[i])) + postfix
+        raise DataError(f"frame {files[i].parent / missing} is missing: {files[i].name} is followed by "
+                        f"{files[i + 1].name} (frame numbers step by {step}); each frame's phi comes from its "
+                        f"position in the stack, so every later angle would be wrong")
 
 
 def spot_list(tds) -> np.ndarray | None:

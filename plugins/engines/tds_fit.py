@@ -123,7 +123,7 @@ class TDSFit:
         output_dir = _get(self.context, "output_dir")
         if output_dir is not None:
             summary["files"] = results.write_all(self.result, output_dir)
-        log.info("%s", summary["text"])
+        log.info("%s", results.summary_line(self.result))
         return summary
 
 

@@ -58,6 +58,17 @@ def test_fista_converges_to_the_regularised_solution():
         vis.fista_interpolate(q, y, axes, -1.0, 10)
 
 
+def test_value_sets_interpolated_together_equal_separate_passes():
+    rng = np.random.default_rng(36)
+    axes = _grid(6)
+    q = rng.uniform(-0.1, 0.1, (120, 3))
+    Y = rng.normal(size=(120, 2))
+    both = vis.fista_interpolate(q, Y, axes, 0.03, 25)
+    assert both.shape == (2, 6, 6, 6)
+    for k in range(2):
+        np.testing.assert_allclose(both[k], vis.fista_interpolate(q, Y[:, k], axes, 0.03, 25), rtol=1e-12, atol=1e-14)
+
+
 def test_volumes_and_pngs_are_written(tmp_path):
     data, structure, values = synthetic_harvest(MGO, 3000, np.random.default_rng(34), hkls=[[2, 0, 0], [2, 2, 0]])
     voigt = structure.full_voigt([values[n] for n in structure.free])
@@ -86,6 +97,9 @@ def test_vis_sim_from_cguess_or_fitted_constants(tmp_path):
     far = vis.vis_sim(data, structure, cguess, tmp_path / "far.h5", N=8, beta=0.03, n_iter=20,
                       constants={"C44": 30.0})
     with h5py.File(path) as good, h5py.File(far) as bad:
+        assert good["spot_0000/model"].attrs["constants"].startswith("model (CGUESS C11 = 297")
+        label = bad["spot_0000/model"].attrs["constants"]
+        assert label.startswith("model (fitted") and "C44 = 30 " in label
         d = good["spot_0000/data/intensity"][()]
         err_good = np.abs(good["spot_0000/model/intensity"][()] - d).sum()
         err_bad = np.abs(bad["spot_0000/model/intensity"][()] - d).sum()
