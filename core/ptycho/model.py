@@ -273,6 +273,54 @@ def scatter_add(target: np.ndarray, stack: np.ndarray, corners: np.ndarray) -> N
         target[..., y:y + h, x:x + w] += stack[n]
 
 
+def exit_waves_at(probe: np.ndarray, obj: np.ndarray, corners: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Pods (frames, probe_modes, object_modes, H, W) written into ``out``: gather and product in one pass.
+
+    One small product per frame straight from the object window: 3-4x faster
+    than :func:`gather` then :func:`exit_waves` (benchmarks/ptycho_engines.py),
+    which copy every window once more and allocate the stack.
+    """
+    h, w = probe.shape[-2:]
+    pr = probe[:, None]
+    for n, (y, x) in enumerate(corners):
+        np.multiply(pr, obj[:, y:y + h, x:x + w], out=out[n])
+    return out
+
+
+def add_object_update(num: np.ndarray, den: np.ndarray, probe_conj: np.ndarray, probe_power: np.ndarray,
+                      exits: np.ndarray, corners: np.ndarray) -> None:
+    """num[:, window_n] += sum_p probe_conj[p] exits[n, p]; den[window_n] += probe_power, for every frame n.
+
+    Frame by frame on cache-sized pieces: no (frames, modes, H, W) product stack.
+    """
+    h, w = exits.shape[-2:]
+    buf = np.empty(exits.shape[2:], exits.dtype)
+    for n, (y, x) in enumerate(corners):
+        target = num[:, y:y + h, x:x + w]
+        for p in range(exits.shape[1]):
+            target += np.multiply(exits[n, p], probe_conj[p], out=buf)
+        den[y:y + h, x:x + w] += probe_power
+
+
+def add_probe_update(num: np.ndarray, den: np.ndarray, obj: np.ndarray, exits: np.ndarray,
+                     corners: np.ndarray) -> None:
+    """num[p] += sum_o conj(window_n[o]) exits[n, p, o]; den += sum_o |window_n[o]|^2, for every frame n.
+
+    ``den`` adds windows of |obj|^2 computed once; the numerator goes frame by
+    frame on cache-sized pieces.
+    """
+    h, w = exits.shape[-2:]
+    power = intensity(obj[None])[0]
+    conj = np.empty((obj.shape[0], h, w), obj.dtype)
+    buf = np.empty((h, w), obj.dtype)
+    for n, (y, x) in enumerate(corners):
+        np.conjugate(obj[:, y:y + h, x:x + w], out=conj)
+        for p in range(exits.shape[1]):
+            for o in range(exits.shape[2]):
+                num[p] += np.multiply(conj[o], exits[n, p, o], out=buf)
+        den += power[y:y + h, x:x + w]
+
+
 def exit_waves(probe: np.ndarray, obj_views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Pods (frames, probe_modes, object_modes, H, W) = probe mode x object-mode window."""
     return np.multiply(probe[None, :, None], obj_views[:, None], out=out)
@@ -298,10 +346,10 @@ def sum_over_frames_and_object_modes(views_conj: np.ndarray, stack: np.ndarray) 
     return out
 
 
-def intensity(fields: np.ndarray) -> np.ndarray:
+def intensity(fields: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Model intensity (frames, H, W): incoherent sum of |field|^2 over all pods, no big temporaries."""
     f = fields.reshape(fields.shape[0], -1, *fields.shape[-2:])
-    out = np.square(f[:, 0].real)
+    out = np.square(f[:, 0].real, out=out)
     buf = np.empty_like(out)
     out += np.square(f[:, 0].imag, out=buf)
     for k in range(1, f.shape[1]):

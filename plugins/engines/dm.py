@@ -70,12 +70,13 @@ class DifferenceMap:
         m = self.model
         relax2 = float(self.p.fourier_relax_factor) ** 2
         self.frame_data = {}
+        self.work = {}
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
-            ex = np.empty((scan.num_frames, probe.shape[0], obj.shape[0], *scan.shape), m.cdtype)
-            for sl in m.chunks(scan, probe.shape[0] * obj.shape[0]):
-                pm.exit_waves(probe, pm.gather(obj, scan.corners[sl], scan.shape), out=ex[sl])
+            pods = (probe.shape[0], obj.shape[0], *scan.shape)
+            ex = np.empty((scan.num_frames, *pods), m.cdtype)
+            pm.exit_waves_at(probe, obj, scan.corners, out=ex)
             self.exits[scan.label] = ex
             valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape).astype(m.rdtype)
             count = np.maximum(valid.sum(axis=(-2, -1)), 1)
@@ -83,10 +84,17 @@ class DifferenceMap:
                 "amplitude": np.sqrt(scan.intensity),
                 # error weights and the likelihood's 1/(I + 1), both divided by the valid pixels per frame
                 "valid": valid / count[:, None, None],
+                "invalid": valid == 0,
                 "ll_weight": valid / (scan.intensity + 1) / count[:, None, None],
                 "bound": relax2 * (valid * scan.intensity).sum(axis=(-2, -1)) / count,
                 "all_valid": bool(valid.all()),
             }
+            # chunk buffers reused every iteration: fresh ones would cost a page fault per 4 kB each time
+            step = next(m.chunks(scan, pods[0] * pods[1]), slice(0, 0)).stop
+            if len(self.work.get(pods, {"pods": ()})["pods"]) < step:
+                self.work[pods] = {"pods": np.empty((step, *pods), m.cdtype), "f": np.empty((step, *pods), m.cdtype),
+                                   "model": np.empty((step, *scan.shape), m.rdtype),
+                                   "dev": np.empty((step, *scan.shape), m.rdtype)}
         power, points = m.total_measured()
         self.mean_power = power / max(points, 1)
         self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
@@ -104,12 +112,13 @@ class DifferenceMap:
     def finalize(self) -> dict:
         self.exits.clear()
         self.frame_data.clear()
+        self.work.clear()
         return {"engine": "DM", "iterations": self.iteration}
 
     # -- Fourier constraint -----------------------------------------------------------------
 
     def _fourier_update(self) -> dict:
-        """psi += P_F((1 + alpha) P O - alpha psi) - P O over all frames, chunk by chunk."""
+        """psi += P_F((1 + alpha) P O - alpha psi) - P O over all frames, chunk by chunk in reused buffers."""
         m, alpha = self.model, float(self.p.alpha)
         err_sum = ll_sum = change = 0.0
         frames = 0
@@ -117,18 +126,28 @@ class DifferenceMap:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
             ex_all, fd = self.exits[scan.label], self.frame_data[scan.label]
-            for sl in m.chunks(scan, probe.shape[0] * obj.shape[0]):
-                ex = ex_all[sl]
-                pods = pm.exit_waves(probe, pm.gather(obj, scan.corners[sl], scan.shape))
-                f = np.multiply(pods, m.cdtype.type(1 + alpha))
-                f -= m.cdtype.type(alpha) * ex if alpha != 1 else ex
+            work = self.work[ex_all.shape[1:]]
+            single_pod = ex_all.shape[1] * ex_all.shape[2] == 1
+            for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
+                n = sl.stop - sl.start
+                ex, model_amp, dev = ex_all[sl], work["model"][:n], work["dev"][:n]
+                pods = pm.exit_waves_at(probe, obj, scan.corners[sl], out=work["pods"][:n])
+                f = np.subtract(pods, ex, out=work["f"][:n])  # (1 + alpha) pods - alpha ex
+                if alpha != 1:
+                    f *= m.cdtype.type(alpha)
+                f += pods
                 fields = scan.propagator.forward(f, overwrite=True)
-                fmag = pm.intensity(fields)  # model intensity, then its square root in place
-                dev = fmag - scan.intensity[sl]
+                if single_pod:  # |field| in one pass, then the model intensity from it
+                    np.abs(fields.reshape(n, *scan.shape), out=model_amp)
+                    np.square(model_amp, out=dev)
+                    dev -= scan.intensity[sl]
+                else:
+                    pm.intensity(fields, out=model_amp)
+                    np.subtract(model_amp, scan.intensity[sl], out=dev)
+                    np.sqrt(model_amp, out=model_amp)
                 dev *= dev
-                ll_sum += float(np.einsum("nhw,nhw->", dev, fd["ll_weight"][sl]))
-                np.sqrt(fmag, out=fmag)
-                np.subtract(fmag, fd["amplitude"][sl], out=dev)
+                ll_sum += float(np.dot(dev.reshape(-1), fd["ll_weight"][sl].reshape(-1)))
+                np.subtract(model_amp, fd["amplitude"][sl], out=dev)
                 if fd["all_valid"]:  # two-operand einsum is several times faster than three
                     err = np.einsum("nhw,nhw->n", dev, dev) * fd["valid"][sl][:, 0, 0]
                 else:
@@ -140,10 +159,10 @@ class DifferenceMap:
                 renorm = np.sqrt(np.divide(bound, err, out=np.ones_like(err), where=err > bound))
                 dev *= renorm[:, None, None]
                 dev += fd["amplitude"][sl]
-                fmag += m.rdtype.type(1e-10)
-                dev /= fmag
+                model_amp += m.rdtype.type(1e-10)
+                dev /= model_amp
                 if not fd["all_valid"]:
-                    dev[fd["valid"][sl] == 0] = 1
+                    np.copyto(dev, 1, where=fd["invalid"][sl])
                 fields *= dev[:, None, None]
                 f = scan.propagator.backward(fields, overwrite=True)
                 f -= pods
@@ -179,14 +198,9 @@ class DifferenceMap:
             sums[oid] = (inertia * base, np.full(st.data.shape[-2:], inertia, m.rdtype))
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
-            num, den = sums[scan.object_id]
-            ex_all = self.exits[scan.label]
             pconj = np.conj(probe) * scan.object_power
-            pden = (np.abs(probe) ** 2).sum(axis=0) * scan.object_power
-            for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
-                contrib = pm.sum_over_probe_modes(pconj, ex_all[sl])
-                pm.scatter_add(num, contrib, scan.corners[sl])
-                pm.scatter_add(den, np.broadcast_to(pden, (len(contrib), *pden.shape)), scan.corners[sl])
+            pden = pm.intensity(probe[None])[0] * scan.object_power
+            pm.add_object_update(*sums[scan.object_id], pconj, pden, self.exits[scan.label], scan.corners)
         for oid, (num, den) in sums.items():
             m.ranks.sum_arrays(num, den)
             num /= den
@@ -208,13 +222,12 @@ class DifferenceMap:
             inertia = float(self.p.probe_inertia) * frames[pid] * obj_power
             sums[pid] = (inertia * st.data, np.full(st.data.shape[-2:], inertia, m.rdtype))
         for scan in m.scans:
-            obj = m.objects[scan.object_id].data
             num, den = sums[scan.probe_id]
-            ex_all = self.exits[scan.label]
-            for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
-                views = np.conj(pm.gather(obj, scan.corners[sl], scan.shape))
-                num += scan.probe_power * pm.sum_over_frames_and_object_modes(views, ex_all[sl])
-                den += scan.probe_power * pm.intensity(views).sum(axis=0)
+            scan_num, scan_den = np.zeros_like(num), np.zeros_like(den)
+            pm.add_probe_update(scan_num, scan_den, m.objects[scan.object_id].data, self.exits[scan.label],
+                                scan.corners)
+            num += scan.probe_power * scan_num
+            den += scan.probe_power * scan_den
         change = 0.0
         for pid, (num, den) in sums.items():
             m.ranks.sum_arrays(num, den)
