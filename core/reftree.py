@@ -142,7 +142,7 @@ NODES = {
         default=1,
         lowlim=1,
         help='Number of iterations between plot updates',
-        doc='Requests to the server will happen with this iteration intervals. Note that this will work only if interaction.polling_interval is smaller or equal to this number.',
+        doc='Requests to the server will happen with this iteration intervals. Note that this will work only if interaction.polling_interval is smaller or equal to this number.\n\nThe reference names a node interaction.polling_interval that it does not define; difframe\'s interaction server is polled after every block of engine.common.numiter_contiguous iterations, which plays that role.',
     ),
     'plotclient.some_plotting_options': P(
         type=('str',),
