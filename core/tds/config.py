@@ -41,9 +41,8 @@ def read_tds_config(input_par: str | Path) -> dict[str, Any]:
     if conf is not None:
         if not isinstance(conf, str):
             raise UsageError(f"{input_par}: conf_file = {conf!r} must be a file name")
-        conf_path = base / conf
-        values.update(read_parfile(conf_path))
-        sources = dict.fromkeys(values, str(conf_path))
+        values.update(read_parfile(base / conf))
+        sources = dict.fromkeys(values, str(input_par.parent / conf))  # as the user would name it
     for key, value in main.items():
         if key in values and values[key] != value:
             log.warning("%s sets %s = %r over %r from %s", input_par, key, value, values[key], sources[key])

@@ -173,3 +173,16 @@ def test_mpi_harvest_is_identical_to_serial(experiment, tmp_path):
                      "spots/G", "spots/centroid", "excluded_frames"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
         assert len(a["points/Q"]) > 1000
+
+
+def test_frame_numbering_with_a_hole_is_refused(tmp_path):
+    from difframe.errors import DataError
+    from difframe.tds.workflow import check_numbering
+
+    def stack(names):
+        return [tmp_path / n for n in names]
+
+    check_numbering(stack(["s_0002.cbf", "s_0004.cbf", "s_0006.cbf"]), str(tmp_path / "s_"), ".cbf")  # even step
+    check_numbering(stack(["s_1.cbf", "s_10.cbf", "s_2.cbf"]), str(tmp_path / "s_"), ".cbf")  # unpadded: name order
+    with pytest.raises(DataError, match=r"s_0003\.cbf is missing: s_0002\.cbf is followed by s_0004\.cbf"):
+        check_numbering(stack(["s_0001.cbf", "s_0002.cbf", "s_0004.cbf", "s_0005.cbf"]), str(tmp_path / "s_"), ".cbf")
