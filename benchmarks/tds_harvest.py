@@ -1,10 +1,12 @@
 """Harvest throughput: frames/s of the TDS harvest against plain fabio reading of the same files,
 and 1 against 2 MPI ranks (targets: harvest <= 1.3x the reading time; 2 ranks >= 1.6x faster).
 
-    .venv/bin/python benchmarks/tds_harvest.py [--frames 60] [--detector pilatus2m]
+    .venv/bin/python benchmarks/tds_harvest.py [--frames 400] [--detector pilatus300k] [--repeat 3]
 
 The frames are a synthetic Pilatus rotation stack (Poisson background, byte-offset CBF)
-written to a temporary folder; 20 spots of MgO whose neighbourhoods cross the detector.
+written to a temporary folder; up to 20 spots of MgO whose neighbourhoods cross the detector.
+Reading, serial harvest, and harvests under ``mpiexec -n 1`` and ``-n 2`` are measured in turn,
+``--repeat`` times; medians are printed with the machine's load average before and after.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def time_reading(files) -> float:
     return time.perf_counter() - start
 
 
-def time_harvest(files, shape, comm=None):
+def time_harvest(files, shape, plugins, comm=None):
+    """Seconds of one harvest call (the plugin manager exists already, as in ``difframe tds``)."""
     from difframe.tds.harvest import HarvestOptions, harvest
 
     geom = geometry(shape)
@@ -75,19 +78,21 @@ def time_harvest(files, shape, comm=None):
     if comm is not None:
         comm.Barrier()
     start = time.perf_counter()
-    result = harvest(geom, files, options, comm=comm)
+    result = harvest(geom, files, options, plugins, comm=comm)
     if comm is not None:
         comm.Barrier()
     return time.perf_counter() - start, result
 
 
 def worker(folder: str, rows: int, cols: int) -> None:
-    """Run under mpiexec: print the harvest time of this many ranks (rank 0)."""
+    """Run under mpiexec: print the time of a second harvest call (the first warms imports and caches) on rank 0."""
+    from difframe.manager import PluginManager
     from difframe.tds.workflow import mpi_comm
 
-    comm = mpi_comm()
+    comm, plugins = mpi_comm(), PluginManager()
     files = sorted(Path(folder).glob("bench_*.cbf"))
-    elapsed, result = time_harvest(files, (rows, cols), comm)
+    time_harvest(files, (rows, cols), plugins, comm)
+    elapsed, result = time_harvest(files, (rows, cols), plugins, comm)
     if comm is None or comm.Get_rank() == 0:
         print(f"{elapsed:.6f} {len(result.Q)}")
 
@@ -100,10 +105,15 @@ def mpi_time(folder, shape, ranks: int) -> tuple[float, int]:
     return float(elapsed), int(points)
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--detector", default="pilatus300k", help="a detector template name")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements of each kind (medians are shown)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -111,24 +121,33 @@ def main() -> None:
         return
     from difframe.manager import PluginManager
 
-    shape = PluginManager().get("detector_template", args.detector).shape
+    plugins = PluginManager()
+    shape = plugins.get("detector_template", args.detector).shape
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = write_stack(folder, shape, args.frames)
-        time_reading(files[:4])  # warm the page cache and imports
-        reading = min(time_reading(files) for _ in range(2))
-        harvesting, result = min((time_harvest(files, shape) for _ in range(2)), key=lambda r: r[0])
+        print(f"before: {load()} on {os.cpu_count()} cores")
+        time_reading(files)  # warm the page cache and imports
+        time_harvest(files, shape, plugins)
+        times: dict[str, list[float]] = {"read": [], "harvest": [], "1 rank": [], "2 ranks": []}
+        for _ in range(args.repeat):  # interleaved, so that a load change hits every kind alike
+            times["read"].append(time_reading(files))
+            elapsed, result = time_harvest(files, shape, plugins)
+            times["harvest"].append(elapsed)
+            for ranks in (1, 2):
+                elapsed, points = mpi_time(folder, shape, ranks)
+                assert points == len(result.Q), (ranks, points, len(result.Q))
+                times[f"{ranks} rank" + ("s" if ranks > 1 else "")].append(elapsed)
+        median = {k: float(np.median(v)) for k, v in times.items()}
+        print(f"after: {load()}")
         print(f"detector {args.detector} {shape[0]}x{shape[1]}, {args.frames} frames, {len(result.hkl)} spots, "
-              f"{len(result.Q)} points")
-        print(f"fabio reading : {args.frames / reading:8.1f} frames/s ({reading:.3f} s)")
-        print(f"harvest       : {args.frames / harvesting:8.1f} frames/s ({harvesting:.3f} s)")
-        print(f"harvest / reading time: {harvesting / reading:.2f}  (target <= 1.30)")
-        one, n1 = mpi_time(folder, shape, 1)
-        two, n2 = mpi_time(folder, shape, 2)
-        assert n1 == n2 == len(result.Q), (n1, n2, len(result.Q))
-        print(f"MPI 1 rank    : {args.frames / one:8.1f} frames/s ({one:.3f} s)")
-        print(f"MPI 2 ranks   : {args.frames / two:8.1f} frames/s ({two:.3f} s)")
-        print(f"speed-up 2 ranks / 1 rank: {one / two:.2f}  (target >= 1.60; {os.cpu_count()} cores)")
+              f"{len(result.Q)} points; medians of {args.repeat}")
+        for key, label in (("read", "fabio reading"), ("harvest", "harvest"), ("1 rank", "MPI 1 rank"),
+                           ("2 ranks", "MPI 2 ranks")):
+            spread = ", ".join(f"{t:.3f}" for t in sorted(times[key]))
+            print(f"{label:14s}: {args.frames / median[key]:8.1f} frames/s ({median[key]:.3f} s; runs {spread})")
+        print(f"harvest / reading time: {median['harvest'] / median['read']:.2f}  (target <= 1.30)")
+        print(f"speed-up 2 ranks / 1 rank: {median['1 rank'] / median['2 ranks']:.2f}  (target >= 1.60)")
 
 
 if __name__ == "__main__":

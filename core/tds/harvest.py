@@ -207,8 +207,6 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     ``comm`` is an mpi4py communicator (None: serial).  Rank 0 returns the
     :class:`Harvest`; other ranks return None.
     """
-    from scipy.spatial import cKDTree
-
     from difframe.detector import choose_reader, quiet_fabio
 
     if plugins is None:
@@ -246,7 +244,7 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     if not 0 <= r_min < r_max:
         raise UsageError(f"need 0 <= DeltaQ_min < DeltaQ_max, got {options.delta_q_min}, {options.delta_q_max}")
 
-    # geometry only, once: pixels that can ever be near a spot, and a tree over their Q_lab
+    # geometry only, once: pixels that can ever be near a spot, and the frames in which each one is
     q_all = geometry.q_lab_image(shape).reshape(-1, 3)
     q_norm = np.linalg.norm(q_all, axis=1)
     shells = np.sort(np.linalg.norm(centres, axis=1))
@@ -255,20 +253,17 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     gap = np.minimum(np.abs(q_norm - shells[above]), np.abs(q_norm - shells[below]))  # to the nearest |G|
     candidates = np.flatnonzero((gap < r_max) & mask.ravel())
     q_cand = q_all[candidates]
-    tree = cKDTree(q_cand, balanced_tree=False)  # builds faster; queries as fast here
     rotations = geometry.lab_to_crystal(np.arange(len(files)))  # (F, 3, 3): Q_c = M Q_lab
-    spot_lab = np.einsum("fji,sj->fsi", rotations, centres)  # M^T centre: (F, S, 3)
-    reach, _ = tree.query(spot_lab.reshape(-1, 3), distance_upper_bound=r_max)
-    active = np.isfinite(reach).reshape(len(files), len(hkl))
-    _check_spots_fall_on_detector(active, hkl, requested, options)
+    visits = _visits(geometry, rotations, q_cand, q_norm[candidates], centres, r_max)
+    _check_spots_fall_on_detector(visits.seen, hkl, requested, len(files), options)
     log.info("harvest: %d frames of %d x %d, %d spots, %d candidate pixels, r = %.4g..%.4g 1/A",
              len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
 
     block = np.array_split(np.arange(len(files)), size)[rank]
     with quiet_fabio():
         parts, centroid_sums, over = _harvest_frames(
-            block, files, reader, first if rank == 0 else None, shape, active, spot_lab, tree, candidates, q_cand,
-            rotations, centres, G, r_min, r_max, norm, options.threshold,
+            block, files, reader, first if rank == 0 else None, shape, visits, candidates, q_cand,
+            rotations, centres, G, r_min, r_max, norm, options.threshold, _spare_core(comm),
         )
     empty = {"Q": np.empty((0, 3)), "I": np.empty(0), "s": np.empty(0, np.int64), "p": np.empty(0, np.int64),
              "f": np.empty(0, np.int64)}
@@ -297,13 +292,12 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     return result
 
 
-def _check_spots_fall_on_detector(active, hkl, requested, options) -> None:
+def _check_spots_fall_on_detector(seen, hkl, requested, n_frames, options) -> None:
     """A requested spot that is never within DeltaQ_max of a pixel is a mistake; a replica may be."""
-    seen = active.any(axis=0)
     for i in range(min(requested, len(hkl)) if not options.replicas else 0):
         if not seen[i]:
             raise UsageError(f"collectSpots entry {hkl[i].tolist()} never falls on the detector (within "
-                             f"DeltaQ_max) in any of the {active.shape[0]} frames")
+                             f"DeltaQ_max) in any of the {n_frames} frames")
     if options.replicas and not seen.any():
         raise UsageError(f"no spot of collectSpots {np.asarray(options.spots).tolist()} or its replicas "
                          "ever falls on the detector")
@@ -311,58 +305,185 @@ def _check_spots_fall_on_detector(active, hkl, requested, options) -> None:
         log.info("%d of %d spots never reach the detector and give no points", (~seen).sum(), len(seen))
 
 
-def _harvest_frames(block, files, reader, first, shape, active, spot_lab, tree, candidates, q_cand, rotations,
-                    centres, G, r_min, r_max, norm, threshold):
+@dataclass
+class _Visits:
+    """Frames [first, last] in which candidate pixel ``pixel`` may lie within r_max of spot ``spot``.
+
+    Rows are in (spot, pixel) order; a superset of the truth, which the exact
+    distance test of each frame then trims.
+    """
+
+    spot: np.ndarray  # (V,) spot index
+    pixel: np.ndarray  # (V,) index into the candidate pixels
+    first: np.ndarray  # (V,) first frame
+    last: np.ndarray  # (V,) last frame (inclusive)
+    seen: np.ndarray  # (S,) some pixel is near the spot in some frame
+
+    def in_frames(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frame, spot, candidate pixel) of every visit in frames [start, stop), in (frame, spot, pixel) order."""
+        rows = np.flatnonzero((self.first < stop) & (self.last >= start))
+        lo = np.maximum(self.first[rows], start)
+        count = np.minimum(self.last[rows], stop - 1) - lo + 1
+        which = np.repeat(np.arange(len(rows)), count)
+        frame = lo[which] + np.arange(len(which)) - np.repeat(np.cumsum(count) - count, count)
+        order = np.argsort((frame - start).astype(np.uint16), kind="stable")  # radix sort; rows stay in order
+        which = rows[which[order]]
+        return frame[order], self.spot[which], self.pixel[which]
+
+
+def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
+    """When each candidate pixel is near each spot, solved analytically for the whole scan.
+
+    Why: the scan turns the crystal about one lab axis u by theta_n = n * angular_step,
+    so q . R_n c = a + b cos(theta_n) + d sin(theta_n) for pixel q and spot centre c,
+    and |R_n^T q - c| < r holds on one arc of theta per pixel and spot.  This
+    replaces a neighbour search per frame by a few array operations per scan.
+    """
+    n_frames, step = len(rotations), float(geometry.angular_step)
+    to_lab = np.swapaxes(rotations, -1, -2)  # R_n: crystal -> lab
+    axis = _scan_axis(geometry)
+    theta = np.radians(step * np.arange(n_frames))
+    model = _axis_rotation(axis, theta) @ to_lab[0]
+    slack = 3 * float(np.abs(model - to_lab).max())  # >= |R_model - R_n| in the 2-norm: keeps the arcs a superset
+    scan = np.degrees(theta[[0, -1]])
+    middle, half = scan.mean(), abs(scan[1] - scan[0]) / 2
+    spots, pixels, firsts, lasts = [], [], [], []
+    for s, centre in enumerate(centres):
+        c_norm = float(np.linalg.norm(centre))
+        near = np.flatnonzero(np.abs(q_norm - c_norm) < r_max)  # a rotation keeps |Q|
+        q = q_cand[near]
+        v = to_lab[0] @ centre
+        along = axis * (axis @ v)
+        a, b, d = np.einsum("pj,kj->kp", q, np.stack([along, v - along, np.cross(axis, v)]))  # no threaded BLAS
+        q2 = q_norm[near] ** 2
+        tol = 1e-9 * (q2 + c_norm**2) + slack * q_norm[near] * c_norm
+        t = (q2 + c_norm**2 - r_max**2) / 2 - a - tol  # near in frame n <=> b cos + d sin > t
+        circle = np.flatnonzero((t < 0) | (t * t < b * b + d * d))  # near somewhere on the full turn
+        near, b, d, t = near[circle], b[circle], d[circle], t[circle]
+        with np.errstate(divide="ignore"):
+            ratio = t / np.hypot(b, d)  # -inf where the pixel is near the spot at every angle
+        arc = np.degrees(np.arccos(ratio.clip(-1, 1)))  # half-width of the arc [deg]
+        centre_angle = np.degrees(np.arctan2(d, b))
+        centre_angle += 360 * np.round((middle - centre_angle) / 360)  # the copy nearest to the scan
+        always = ratio <= -1  # near in every frame: one row, not one per turn
+        reach = int((half + 360) // 360)
+        pieces = []
+        for turn in range(-reach, reach + 1):  # arcs a turn away matter for scans of nearly 360 deg or more
+            lo, hi = _frames_of_arc(centre_angle + 360 * turn, arc, step, n_frames)
+            hit = np.flatnonzero(np.where(always, turn == 0, lo <= hi))
+            if len(hit):
+                pieces.append((near[hit], np.where(always[hit], 0, lo[hit]),
+                               np.where(always[hit], n_frames - 1, hi[hit])))
+        if not pieces:
+            continue
+        pixel, first, last = (np.concatenate(x) for x in zip(*pieces))
+        order = np.argsort(pixel, kind="stable") if len(pieces) > 1 else slice(None)  # (spot, pixel) row order
+        spots.append(np.full(len(pixel), s))
+        pixels.append(pixel[order])
+        firsts.append(first[order])
+        lasts.append(last[order])
+    spot, pixel, first, last = (np.concatenate(x + [np.empty(0, np.int64)]).astype(np.int64)
+                                for x in (spots, pixels, firsts, lasts))
+    return _Visits(spot=spot, pixel=pixel, first=first, last=last, seen=np.bincount(spot, minlength=len(centres)) > 0)
+
+
+def _frames_of_arc(centre, half_width, step, n_frames):
+    """Frames n in [0, n_frames) with n * step within ``half_width`` of ``centre`` [deg]: (first, last)."""
+    low, high = (centre - half_width) / step, (centre + half_width) / step
+    if step < 0:
+        low, high = high, low
+    return np.ceil(low).clip(0, n_frames).astype(np.int64), np.floor(high).clip(-1, n_frames - 1).astype(np.int64)
+
+
+def _scan_axis(geometry) -> np.ndarray:
+    """Unit lab axis u with R_gonio(phi + x) = Rot(u, x) R_gonio(phi): from a quarter turn (angular_step != 0)."""
+    quarter = geometry.gonio(90.0 / geometry.angular_step) @ geometry.gonio(0).T
+    axis = np.array([quarter[2, 1] - quarter[1, 2], quarter[0, 2] - quarter[2, 0], quarter[1, 0] - quarter[0, 1]])
+    return axis / np.linalg.norm(axis)
+
+
+def _axis_rotation(axis, theta) -> np.ndarray:
+    """Rodrigues: rotations by angles ``theta`` [rad] about unit ``axis``: (N, 3, 3)."""
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    return cos * np.eye(3) + sin * cross + (1 - cos) * np.outer(axis, axis)
+
+
+def _spare_core(comm) -> bool:
+    """Whether this rank may read in a second thread: only when its node has more cores than ranks."""
+    import os
+
+    ranks = 1
+    if comm is not None:
+        from mpi4py import MPI
+
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        ranks = node.Get_size()
+        node.Free()
+    return len(os.sched_getaffinity(0)) > ranks
+
+
+def _harvest_frames(block, files, reader, first, shape, visits, candidates, q_cand, rotations, centres, G,
+                    r_min, r_max, norm, threshold, threaded, chunk: int = 16):
     """Points of the frames in ``block`` (this rank's share), in (frame, spot, pixel) order.
 
-    One pass per frame, vectorised over its points: the tree gives, for every
-    spot near the detector, the pixels within r_max (sorted), and one rotation
-    takes them into the crystal frame.
+    Per chunk of frames, the visits give every (frame, spot, pixel) that may be
+    near; per frame, one matrix product rotates them and one gather reads their
+    counts; the exact distance and threshold tests are vectorised over the chunk.
     """
     centroid_sums = np.zeros((len(files), len(G), 4))  # per frame and spot: sum I, sum I*Q
     over = np.zeros(len(files), bool)
     parts = []
-    start, report_every, n_points = time.perf_counter(), max(1, len(block) // 10), 0
-    for done, (n, data) in enumerate(_read_ahead(block, files, reader, first), 1):
-        if data.shape != shape:
-            raise DataError(f"frame {files[n]} is {data.shape[0]} x {data.shape[1]}, the first frame "
-                            f"{files[0]} is {shape[0]} x {shape[1]}")
-        spots = np.flatnonzero(active[n])
-        balls = tree.query_ball_point(spot_lab[n, spots], r_max) if len(spots) else []
-        sizes = np.fromiter((len(ball) for ball in balls), dtype=np.int64, count=len(balls))
-        if sizes.sum() == 0:
-            continue
-        idx = np.concatenate([np.asarray(ball, dtype=np.int64) for ball in balls])
-        spot = np.repeat(spots, sizes)
-        pixel = candidates[idx]
-        values = data.ravel()[pixel]
-        q_c = q_cand[idx] @ rotations[n].T
+    frames = _read_ahead(block, files, reader, first) if threaded else _read_in_turn(block, files, reader, first)
+    start, n_points = time.perf_counter(), 0
+    for c0 in range(0, len(block), chunk):
+        numbers = block[c0:c0 + chunk]
+        frame, spot, cand = visits.in_frames(numbers[0], numbers[-1] + 1)
+        bounds = np.searchsorted(frame, np.append(numbers, numbers[-1] + 1))
+        q_lab = q_cand[cand]
+        q_c = np.empty_like(q_lab)
+        values = []
+        for i, n in enumerate(numbers):
+            data = next(frames)
+            if data.shape != shape:
+                raise DataError(f"frame {files[n]} is {data.shape[0]} x {data.shape[1]}, the first frame "
+                                f"{files[0]} is {shape[0]} x {shape[1]}")
+            a, b = bounds[i], bounds[i + 1]
+            np.matmul(q_lab[a:b], rotations[n].T, out=q_c[a:b])
+            values.append(data.ravel()[candidates[cand[a:b]]])
+        values = np.concatenate(values)
         offset = q_c - centres[spot]
         dist2 = np.einsum("ij,ij->i", offset, offset)
         inside = dist2 < r_max * r_max
         if threshold is not None:
             hot = inside & (values > threshold)
-            if hot.any():  # the frame gives no points; its hot pixels locate the peaks
-                over[n] = True
+            if hot.any():  # those frames give no points; their hot pixels locate the peaks
+                over[frame[hot]] = True
                 weights = values[hot].astype(float)
-                np.add.at(centroid_sums[n], spot[hot], np.concatenate([weights[:, None],
-                                                                         weights[:, None] * q_c[hot]], axis=1))
-                continue
-        keep = inside & (dist2 > r_min * r_min) & (values >= 0)
-        parts.append({"Q": G[spot[keep]] + offset[keep], "I": values[keep] / norm[n], "s": spot[keep],
-                      "f": np.full(int(keep.sum()), n, np.int64), "p": pixel[keep]})
+                np.add.at(centroid_sums, (frame[hot], spot[hot]),
+                          np.concatenate([weights[:, None], weights[:, None] * q_c[hot]], axis=1))
+        keep = inside & ~over[frame] & (dist2 > r_min * r_min) & (values >= 0)
+        parts.append({"Q": G[spot[keep]] + offset[keep], "I": values[keep] / norm[frame[keep]], "s": spot[keep],
+                      "f": frame[keep], "p": candidates[cand[keep]]})
         n_points += len(parts[-1]["I"])
-        if done % report_every == 0 or done == len(block):
+        done = c0 + len(numbers)
+        if done * 10 // len(block) > c0 * 10 // len(block) or done == len(block):  # about every tenth
             log.info("harvest: %d/%d frames, %d points, %.1f frames/s", done, len(block), n_points,
                      done / max(time.perf_counter() - start, 1e-9))
     return parts, centroid_sums, over
 
 
-def _read_ahead(block, files, reader, first, depth: int = 2):
-    """(n, data) for the frames of ``block``, read by one helper thread ``depth`` frames ahead.
+def _read_in_turn(block, files, reader, first):
+    """Data of the frames of ``block``, read in this thread (no core to spare for a helper)."""
+    for n in block:
+        yield first.data if (first is not None and n == 0) else reader.read(files[n]).data
+
+
+def _read_ahead(block, files, reader, first, depth: int = 4):
+    """Data of the frames of ``block``, read by one helper thread ``depth`` frames ahead.
 
     Why: decompression and MD5 release the GIL, so reading the next frames
-    overlaps the selection of the current one.
+    overlaps the selection of the current one when a core is free.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -371,12 +492,12 @@ def _read_ahead(block, files, reader, first, depth: int = 2):
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="difframe-harvest-read")
     try:
-        pending = [(n, pool.submit(load, n)) for n in block[:depth]]
+        pending = [pool.submit(load, n) for n in block[:depth]]
         for i in range(len(block)):
-            n, future = pending.pop(0)
+            future = pending.pop(0)
             if i + depth < len(block):
-                pending.append((block[i + depth], pool.submit(load, block[i + depth])))
-            yield n, future.result()
+                pending.append(pool.submit(load, block[i + depth]))
+            yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
