@@ -198,7 +198,8 @@ def _slices_png(path: Path, axes, data, model, hkl, model_label: str) -> Path:
         for col, ((a, b), index) in enumerate(cuts):
             ax = panels[row, col]
             extent = [axes[b][0], axes[b][-1], axes[a][0], axes[a][-1]]
-            image = ax.imshow(volume[index], origin="lower", extent=extent, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+            image = ax.imshow(volume[index], origin="lower", extent=extent, vmin=low, vmax=high, aspect="auto",
+                              interpolation="nearest")
             ax.set_xlabel(f"{names[b]} [1/A]")
             ax.set_ylabel((f"{short.upper()}\n" if col == 0 else "") + f"{names[a]} [1/A]")
             ax.set_title(f"{short}, {names[3 - a - b]} = 0")
