@@ -246,7 +246,7 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
 
     # geometry only, once: pixels that can ever be near a spot, and the frames in which each one is
     q_all = geometry.q_lab_image(shape).reshape(-1, 3)
-    q_norm = np.linalg.norm(q_all, axis=1)
+    q_norm = np.sqrt(np.einsum("ij,ij->i", q_all, q_all))
     shells = np.sort(np.linalg.norm(centres, axis=1))
     above = np.searchsorted(shells, q_norm).clip(0, len(shells) - 1)
     below = (above - 1).clip(0)
@@ -261,13 +261,10 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
 
     block = np.array_split(np.arange(len(files)), size)[rank]
     with quiet_fabio():
-        parts, centroid_sums, over = _harvest_frames(
+        points, centroid_sums, over = _harvest_frames(
             block, files, reader, first if rank == 0 else None, shape, visits, candidates, q_cand,
             rotations, centres, G, r_min, r_max, norm, options.threshold, _spare_core(comm),
         )
-    empty = {"Q": np.empty((0, 3)), "I": np.empty(0), "s": np.empty(0, np.int64), "p": np.empty(0, np.int64),
-             "f": np.empty(0, np.int64)}
-    points = {k: np.concatenate([empty[k]] + [p[k] for p in parts]) for k in empty}
     if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
         points = {k: _gather(comm, v) for k, v in points.items()}
         centroid_sums = _reduce(comm, centroid_sums)
@@ -278,9 +275,10 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     totals = centroid_sums.sum(axis=0)  # (S, 4), summed in frame order: deterministic
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(totals[:, :1] > 0, totals[:, 1:] / totals[:, :1], np.nan)
+    flat = points["p"].astype(np.int64)
     result = Harvest(
-        Q=points["Q"], intensity=points["I"], spot=points["s"], frame=points["f"],
-        pixel=np.stack([points["p"] // shape[1], points["p"] % shape[1]], axis=1),
+        Q=points["Q"], intensity=points["I"], spot=points["s"].astype(np.int64), frame=points["f"].astype(np.int64),
+        pixel=np.stack([flat // shape[1], flat % shape[1]], axis=1),
         hkl=hkl, G=G, centroid=centroid, excluded_frames=excluded,
         attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT, "shape": list(shape),
                "input_files": [str(f) for f in files], "delta_q": [options.delta_q_min, options.delta_q_max],
@@ -319,17 +317,6 @@ class _Visits:
     last: np.ndarray  # (V,) last frame (inclusive)
     seen: np.ndarray  # (S,) some pixel is near the spot in some frame
 
-    def in_frames(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(frame, spot, candidate pixel) of every visit in frames [start, stop), in (frame, spot, pixel) order."""
-        rows = np.flatnonzero((self.first < stop) & (self.last >= start))
-        lo = np.maximum(self.first[rows], start)
-        count = np.minimum(self.last[rows], stop - 1) - lo + 1
-        which = np.repeat(np.arange(len(rows)), count)
-        frame = lo[which] + np.arange(len(which)) - np.repeat(np.cumsum(count) - count, count)
-        order = np.argsort((frame - start).astype(np.uint16), kind="stable")  # radix sort; rows stay in order
-        which = rows[which[order]]
-        return frame[order], self.spot[which], self.pixel[which]
-
 
 def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
     """When each candidate pixel is near each spot, solved analytically for the whole scan.
@@ -347,12 +334,13 @@ def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
     slack = 3 * float(np.abs(model - to_lab).max())  # >= |R_model - R_n| in the 2-norm: keeps the arcs a superset
     scan = np.degrees(theta[[0, -1]])
     middle, half = scan.mean(), abs(scan[1] - scan[0]) / 2
+    height = np.einsum("pj,j->p", q_cand, axis)  # along the axis, which the rotation keeps too
     spots, pixels, firsts, lasts = [], [], [], []
     for s, centre in enumerate(centres):
         c_norm = float(np.linalg.norm(centre))
-        near = np.flatnonzero(np.abs(q_norm - c_norm) < r_max)  # a rotation keeps |Q|
-        q = q_cand[near]
         v = to_lab[0] @ centre
+        near = np.flatnonzero((np.abs(q_norm - c_norm) < r_max) & (np.abs(height - axis @ v) < r_max))
+        q = q_cand[near]
         along = axis * (axis @ v)
         a, b, d = np.einsum("pj,kj->kp", q, np.stack([along, v - along, np.cross(axis, v)]))  # no threaded BLAS
         q2 = q_norm[near] ** 2
@@ -424,53 +412,73 @@ def _spare_core(comm) -> bool:
 
 
 def _harvest_frames(block, files, reader, first, shape, visits, candidates, q_cand, rotations, centres, G,
-                    r_min, r_max, norm, threshold, threaded, chunk: int = 16):
+                    r_min, r_max, norm, threshold, threaded):
     """Points of the frames in ``block`` (this rank's share), in (frame, spot, pixel) order.
 
-    Per chunk of frames, the visits give every (frame, spot, pixel) that may be
-    near; per frame, one matrix product rotates them and one gather reads their
-    counts; the exact distance and threshold tests are vectorised over the chunk.
+    Per chunk of frames, the (spot, pixel) rows visited in any of them form a dense
+    (frame, row) table: one matrix product per frame rotates the rows, one gather
+    reads their counts, and the tests and the output run over the whole table
+    (masks and compress, no per-point index arithmetic).
     """
     centroid_sums = np.zeros((len(files), len(G), 4))  # per frame and spot: sum I, sum I*Q
     over = np.zeros(len(files), bool)
-    parts = []
+    spans = np.empty(0, np.int64)
+    if len(block):
+        spans = np.minimum(visits.last, block[-1]) - np.maximum(visits.first, block[0]) + 1
+        spans = spans[spans > 0]
+    bound = int(spans.sum())  # points of this block before the exact tests
+    out = {"Q": np.empty((bound, 3)), "I": np.empty(bound), "s": np.empty(bound, np.int32),  # int32: less to gather
+           "p": np.empty(bound, np.int32), "f": np.empty(bound, np.int32)}
+    chunk = int(np.clip(spans.mean() // 4, 1, 32)) if len(spans) else 1  # a quarter of a visit: little waste
     frames = _read_ahead(block, files, reader, first) if threaded else _read_in_turn(block, files, reader, first)
-    start, n_points = time.perf_counter(), 0
+    start, filled = time.perf_counter(), 0
     for c0 in range(0, len(block), chunk):
         numbers = block[c0:c0 + chunk]
-        frame, spot, cand = visits.in_frames(numbers[0], numbers[-1] + 1)
-        bounds = np.searchsorted(frame, np.append(numbers, numbers[-1] + 1))
-        q_lab = q_cand[cand]
-        q_c = np.empty_like(q_lab)
+        rows = np.flatnonzero((visits.first <= numbers[-1]) & (visits.last >= numbers[0]))
+        spot, cand = visits.spot[rows], visits.pixel[rows]
+        q_lab, pixel = q_cand[cand], candidates[cand]
+        q_c = np.empty((len(numbers), len(rows), 3))
         values = []
         for i, n in enumerate(numbers):
             data = next(frames)
             if data.shape != shape:
                 raise DataError(f"frame {files[n]} is {data.shape[0]} x {data.shape[1]}, the first frame "
                                 f"{files[0]} is {shape[0]} x {shape[1]}")
-            a, b = bounds[i], bounds[i + 1]
-            np.matmul(q_lab[a:b], rotations[n].T, out=q_c[a:b])
-            values.append(data.ravel()[candidates[cand[a:b]]])
-        values = np.concatenate(values)
+            _rotate(q_lab, rotations[n], q_c[i])
+            values.append(data.ravel()[pixel])
+        values = np.stack(values)  # (frames, rows)
         offset = q_c - centres[spot]
-        dist2 = np.einsum("ij,ij->i", offset, offset)
-        inside = dist2 < r_max * r_max
+        dist2 = np.einsum("frj,frj->fr", offset, offset)
+        inside = (dist2 < r_max * r_max) & (visits.first[rows] <= numbers[:, None]) & (
+            visits.last[rows] >= numbers[:, None])
         if threshold is not None:
             hot = inside & (values > threshold)
             if hot.any():  # those frames give no points; their hot pixels locate the peaks
-                over[frame[hot]] = True
-                weights = values[hot].astype(float)
-                np.add.at(centroid_sums, (frame[hot], spot[hot]),
-                          np.concatenate([weights[:, None], weights[:, None] * q_c[hot]], axis=1))
-        keep = inside & ~over[frame] & (dist2 > r_min * r_min) & (values >= 0)
-        parts.append({"Q": G[spot[keep]] + offset[keep], "I": values[keep] / norm[frame[keep]], "s": spot[keep],
-                      "f": frame[keep], "p": candidates[cand[keep]]})
-        n_points += len(parts[-1]["I"])
-        done = c0 + len(numbers)
-        if done * 10 // len(block) > c0 * 10 // len(block) or done == len(block):  # about every tenth
-            log.info("harvest: %d/%d frames, %d points, %.1f frames/s", done, len(block), n_points,
-                     done / max(time.perf_counter() - start, 1e-9))
-    return parts, centroid_sums, over
+                f, r = np.nonzero(hot)
+                over[numbers[f]] = True
+                weights = values[f, r].astype(float)[:, None]
+                np.add.at(centroid_sums, (numbers[f], spot[r]), np.concatenate([weights, weights * q_c[f, r]], 1))
+        keep = inside & (dist2 > r_min * r_min) & (values >= 0) & ~over[numbers][:, None]
+        per_frame = keep.sum(axis=1)
+        done = slice(filled, filled + int(per_frame.sum()))
+        (offset + G[spot]).reshape(-1, 3).compress(keep.ravel(), axis=0, out=out["Q"][done])
+        out["I"][done] = (values / norm[numbers][:, None])[keep]
+        out["s"][done] = np.broadcast_to(spot, keep.shape)[keep]
+        out["p"][done] = np.broadcast_to(pixel, keep.shape)[keep]
+        out["f"][done] = np.repeat(numbers, per_frame)
+        filled = done.stop
+        count = c0 + len(numbers)
+        if count * 10 // len(block) > c0 * 10 // len(block) or count == len(block):  # about every tenth
+            log.info("harvest: %d/%d frames, %d points, %.1f frames/s", count, len(block), filled,
+                     count / max(time.perf_counter() - start, 1e-9))
+    return {k: v[:filled] for k, v in out.items()}, centroid_sums, over
+
+
+def _rotate(q, matrix, out, rows: int = 16384):
+    """out = q @ matrix.T in blocks of rows: OpenBLAS stays single-threaded (it threads above
+    m n k = 2**18), which would fight the reader thread or the other ranks for the cores."""
+    for a in range(0, len(q), rows):
+        np.matmul(q[a:a + rows], matrix.T, out=out[a:a + rows])
 
 
 def _read_in_turn(block, files, reader, first):
