@@ -349,19 +349,17 @@ def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
         circle = np.flatnonzero((t < 0) | (t * t < b * b + d * d))  # near somewhere on the full turn
         near, b, d, t = near[circle], b[circle], d[circle], t[circle]
         with np.errstate(divide="ignore"):
-            ratio = t / np.hypot(b, d)  # -inf where the pixel is near the spot at every angle
+            ratio = t / np.hypot(b, d)  # -inf where the pixel is near the spot at every angle: 180 deg arcs
         arc = np.degrees(np.arccos(ratio.clip(-1, 1)))  # half-width of the arc [deg]
         centre_angle = np.degrees(np.arctan2(d, b))
         centre_angle += 360 * np.round((middle - centre_angle) / 360)  # the copy nearest to the scan
-        always = ratio <= -1  # near in every frame: one row, not one per turn
         reach = int((half + 360) // 360)
         pieces = []
         for turn in range(-reach, reach + 1):  # arcs a turn away matter for scans of nearly 360 deg or more
             lo, hi = _frames_of_arc(centre_angle + 360 * turn, arc, step, n_frames)
-            hit = np.flatnonzero(np.where(always, turn == 0, lo <= hi))
+            hit = np.flatnonzero(lo <= hi)
             if len(hit):
-                pieces.append((near[hit], np.where(always[hit], 0, lo[hit]),
-                               np.where(always[hit], n_frames - 1, hi[hit])))
+                pieces.append((near[hit], lo[hit], hi[hit]))
         if not pieces:
             continue
         pixel, first, last = (np.concatenate(x) for x in zip(*pieces))
@@ -376,11 +374,15 @@ def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
 
 
 def _frames_of_arc(centre, half_width, step, n_frames):
-    """Frames n in [0, n_frames) with n * step within ``half_width`` of ``centre`` [deg]: (first, last)."""
-    low, high = (centre - half_width) / step, (centre + half_width) / step
-    if step < 0:
-        low, high = high, low
-    return np.ceil(low).clip(0, n_frames).astype(np.int64), np.floor(high).clip(-1, n_frames - 1).astype(np.int64)
+    """Frames n in [0, n_frames) with n * step in [centre - half_width, centre + half_width) [deg]: (first, last).
+
+    Half-open, so that the arcs of one pixel in successive turns never share a frame.
+    """
+    if step > 0:
+        first, last = np.ceil((centre - half_width) / step), np.ceil((centre + half_width) / step) - 1
+    else:
+        first, last = np.floor((centre + half_width) / step) + 1, np.floor((centre - half_width) / step)
+    return first.clip(0, n_frames).astype(np.int64), last.clip(-1, n_frames - 1).astype(np.int64)
 
 
 def _scan_axis(geometry) -> np.ndarray:

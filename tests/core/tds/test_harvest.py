@@ -1,5 +1,7 @@
 """Harvest against a brute-force reference: every pixel of every frame rotated, every spot tested."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,8 @@ from difframe.tds.harvest import (
 )
 
 import harvest_support as hs
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +86,68 @@ def test_harvest_matches_brute_force(scan, plugins):
     expected = (weights[:, None] * (q_lab @ geometry.lab_to_crystal(8).T)).sum(0) / weights.sum()
     np.testing.assert_allclose(result.centroid[1], expected, atol=1e-12)
     assert np.isnan(result.centroid[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("change", [
+    {"omega": 20.0, "alpha": 50.0, "beta": 10.0, "kappa": 30.0, "angular_step": -1.0},  # tilted axis, turning back
+    {"angular_step": 10.0},  # 390 degrees: a pixel comes near a spot in two turns
+    {"r1": 0.0, "r2": 0.0, "r3": 0.0, "angular_step": 10.0},  # (0 0 1) on the phi axis: near in every frame
+], ids=["kappa-backwards", "more-than-a-turn", "spot-on-the-axis"])
+def test_harvest_matches_brute_force_in_other_scans(scan, plugins, change):
+    """The per-scan solution of when a pixel is near a spot holds for any goniometer setting and scan range."""
+    import dataclasses
+
+    geometry = dataclasses.replace(hs.geometry(), **change)
+    options = HarvestOptions(delta_q_min=0.05, delta_q_max=0.3, spots=np.array([[0, 0, 1], *hs.SPOTS]),
+                             replicas=True, generators="1~,4(z),3(111)")
+    result = harvest(geometry, scan["files"], options, plugins)
+    mask = np.ones(hs.SHAPE[0] * hs.SHAPE[1], bool)
+    reference, _ = brute_force(geometry, scan["files"], result.hkl, options, mask, np.ones(hs.N_FRAMES))
+    assert len(result.Q) == len(reference) > 1000
+    flat = result.pixel[:, 0] * hs.SHAPE[1] + result.pixel[:, 1]
+    np.testing.assert_array_equal(np.stack([result.frame, result.spot, flat], 1), reference[:, :3])
+    np.testing.assert_allclose(result.Q, reference[:, 3:6], rtol=0, atol=1e-12)
+    if "r1" in change:  # every frame sees the same pixels around the spot on the axis (less its dead ones)
+        on_axis = result.spot == 0
+        per_frame = np.bincount(result.frame[on_axis], minlength=hs.N_FRAMES)
+        assert np.unique(flat[on_axis]).size == per_frame.max() > 10 and per_frame.min() >= per_frame.max() - 3
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "mpiexec").exists(), reason="mpiexec not installed")
+def test_three_ranks_give_the_serial_harvest(scan, plugins, tmp_path):
+    """Uneven blocks (14, 13, 13 frames), the threshold and the centroids across ranks: same arrays as serial."""
+    import subprocess
+    import sys
+
+    options = dict(delta_q_min=0.05, delta_q_max=0.3, threshold=5e5, spots=hs.SPOTS, mask_file=str(scan["mask"]))
+    serial = harvest(hs.geometry(), scan["files"], HarvestOptions(**{**options, "spots": np.array(hs.SPOTS)}),
+                     plugins)
+    script = tmp_path / "harvest_mpi.py"
+    script.write_text(
+        "import sys, json\n"
+        "import numpy as np\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import harvest_support as hs\n"
+        "from mpi4py import MPI\n"
+        "from difframe.tds.harvest import HarvestOptions, harvest, write_harvest\n"
+        "options = json.loads(sys.argv[1])\n"
+        "options['spots'] = np.array(options['spots'])\n"
+        "files = sys.argv[3:]\n"
+        "result = harvest(hs.geometry(), files, HarvestOptions(**options), comm=MPI.COMM_WORLD)\n"
+        "if result is not None:\n"
+        "    write_harvest(result, sys.argv[2])\n"
+    )
+    import json
+
+    bin_dir = ROOT / ".venv" / "bin"
+    done = subprocess.run([str(bin_dir / "mpiexec"), "-n", "3", sys.executable, str(script), json.dumps(options),
+                           str(tmp_path / "mpi.h5"), *map(str, scan["files"])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    parallel = load_harvest(tmp_path / "mpi.h5")
+    for key in ("Q", "intensity", "spot", "frame", "pixel", "centroid", "excluded_frames"):
+        np.testing.assert_array_equal(getattr(parallel, key), getattr(serial, key), err_msg=key)
+    assert parallel.excluded_frames.tolist() == [8] and np.isfinite(parallel.centroid[1]).all()
 
 
 def test_file_round_trip_and_recentring(scan, plugins, tmp_path):
