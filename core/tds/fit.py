@@ -15,6 +15,17 @@ one, "bulk" fits with the first fixed and rescales so the Voigt bulk modulus
 equals ``bulk_modulus``, and "none" leaves everything free, which is refused
 with an explanation when the Jacobian is singular (it is, in the classical
 model).
+
+Geometry (tds2el's A_variables): corrections to r1, r2, r3, AA, BB, CC, omega,
+alpha, beta, kappa, d1, d2, det_origin_X, det_origin_Y, each [value, min, max].
+When any is non-zero or open, Q is recomputed from each point's (frame, pixel)
+through the corrected geometry and G from its hkl through the corrected cell;
+the open ones join the fitted vector within their bounds.  Their Jacobian
+columns are central finite differences of T (steps :data:`GEOMETRY_STEPS`):
+the corrections move Q and G through goniometer, detector and cell, and two
+extra model evaluations per open correction are cheap next to deriving that
+chain by hand.  A re-centred harvest (centering_file) shifted its Q to measured
+centres, so it cannot be recomputed: open corrections are refused there.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from difframe.crystal.geometry import A_VARIABLE_NAMES
 from difframe.errors import DataError, UsageError
 from difframe.tds.model import VOIGT_NAMES, NumpyModel, check_stability
 from difframe.tds.model_cl import make_model
@@ -35,6 +47,10 @@ WEIGHTINGS = ("poisson", "uniform")
 #: a relative singular value below this means the fit cannot determine the constants
 SINGULAR = 1e-7
 MIN_POINTS_PER_SPOT = 3
+#: finite-difference step of each A_variables correction (deg for angles, Angstrom for cell edges, px)
+GEOMETRY_STEPS = {"r1": 1e-3, "r2": 1e-3, "r3": 1e-3, "AA": 1e-4, "BB": 1e-4, "CC": 1e-4, "omega": 1e-3,
+                  "alpha": 1e-3, "beta": 1e-3, "kappa": 1e-3, "d1": 1e-3, "d2": 1e-3, "det_origin_X": 1e-2,
+                  "det_origin_Y": 1e-2}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +67,7 @@ class FitSettings:
     quantum_bose: bool = False
     temperature: float = 300.0
     density: float | None = None
+    a_variables: object = None  # 14 [value, min, max] (A_VARIABLE_NAMES order) or {name: [value, min, max]}
 
 
 def constant_name(key: str) -> str:
@@ -123,9 +140,12 @@ class Points:
     spot: np.ndarray  # compact index 0..S-1 into ``spots``
     spots: np.ndarray  # original spot index of each compact spot
     starts: np.ndarray  # first point of each compact spot
+    frame: np.ndarray | None = None  # per point, when the harvest gives it (geometry refinement)
+    pixel: np.ndarray | None = None  # (N, 2) row, col
 
     @classmethod
-    def from_harvest(cls, Q, intensity, spot, G, *, nred: int = 1, weighting: str = "poisson") -> "Points":
+    def from_harvest(cls, Q, intensity, spot, G, *, nred: int = 1, weighting: str = "poisson",
+                     frame=None, pixel=None) -> "Points":
         Q = np.asarray(Q, dtype=float)
         y = np.asarray(intensity, dtype=float)
         spot = np.asarray(spot)
@@ -150,6 +170,8 @@ class Points:
         keep = np.arange(0, n, int(nred))
         order = keep[np.argsort(spot[keep], kind="stable")]
         Q, y, spot = Q[order], y[order], spot[order]
+        if frame is not None and pixel is not None:
+            frame, pixel = np.asarray(frame)[order], np.asarray(pixel)[order]
         counts = np.bincount(spot, minlength=len(G))
         thin = (counts > 0) & (counts < MIN_POINTS_PER_SPOT)
         if thin.any():
@@ -157,6 +179,8 @@ class Points:
                         MIN_POINTS_PER_SPOT, np.flatnonzero(thin).tolist())
             ok = ~thin[spot]
             Q, y, spot = Q[ok], y[ok], spot[ok]
+            if frame is not None and pixel is not None:
+                frame, pixel = frame[ok], pixel[ok]
             counts[thin] = 0
         if len(y) == 0:
             raise DataError("the harvest has no points to fit (after nred and dropping spots with too few points)")
@@ -169,7 +193,7 @@ class Points:
             sqrt_w = 1.0 / np.sqrt(np.maximum(y, floor))
         else:
             sqrt_w = np.ones_like(y)
-        return cls(Q, q, y, sqrt_w, compact, spots, starts)
+        return cls(Q, q, y, sqrt_w, compact, spots, starts, frame, pixel)
 
     def spot_sums(self, x: np.ndarray) -> np.ndarray:
         """Sum of ``x`` (N,) or (N, k) over the points of each spot."""
@@ -200,16 +224,31 @@ class ProjectedProblem:
         self._cache_x: np.ndarray | None = None
         self._cache: tuple | None = None
 
+    @property
+    def names(self) -> list[str]:
+        """What each entry of x is."""
+        return [n for n, f in zip(self.constants.names, self.constants.fitted) if f]
+
     def full(self, x: np.ndarray) -> np.ndarray:
+        """All free constants at ``x`` (the fixed ones at their values)."""
         p = self.constants.values.copy()
-        p[self.constants.fitted] = x
+        p[self.constants.fitted] = x[:int(self.constants.fitted.sum())]
         return p
+
+    def _model(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """T and its exact derivatives by the fitted constants at ``x``."""
+        T, J = self.model.evaluate(self.full(x), jacobian=True)
+        return T, J[:, self.constants.fitted]
+
+    def _model_jacobian(self, x: np.ndarray, T: np.ndarray, J: np.ndarray) -> np.ndarray:
+        """dT/dx from the constants' columns (the geometry refinement appends its own)."""
+        return J
 
     def _evaluate(self, x: np.ndarray):
         x = np.asarray(x, dtype=float)
         if self._cache_x is not None and np.array_equal(x, self._cache_x):
             return self._cache
-        T, J = self.model.evaluate(self.full(x), jacobian=True)
+        T, J = self._model(x)
         pts = self.points
         wT = pts.sqrt_w * T
         sums = pts.spot_sums(np.stack([pts.sqrt_w**2, pts.sqrt_w * wT, wT * wT, pts.sqrt_w**2 * pts.y,
@@ -218,7 +257,7 @@ class ProjectedProblem:
         Sw, SwT, SwTT = sums.T[:3]
         r = pts.sqrt_w * (A[pts.spot] * T + B[pts.spot] - pts.y)
         self._cache_x = x.copy()
-        self._cache = (r, T, J[:, self.constants.fitted], A, B, (Sw, SwT, SwTT, det))
+        self._cache = (r, T, J, A, B, (Sw, SwT, SwTT, det))
         return self._cache
 
     def residuals(self, x: np.ndarray) -> np.ndarray:
@@ -231,6 +270,7 @@ class ProjectedProblem:
     def jacobian(self, x: np.ndarray) -> np.ndarray:
         """d residuals / dx with the per-spot span of (T, 1) projected out (Kaufman's variable projection)."""
         r, T, J, A, _, (Sw, SwT, SwTT, det) = self._evaluate(x)
+        J = self._model_jacobian(np.asarray(x, dtype=float), T, J)
         self.history.append(float(0.5 * r @ r))
         pts = self.points
         V = (pts.sqrt_w * A[pts.spot])[:, None] * J  # sqrt(w) A_s dT/dx
@@ -241,15 +281,155 @@ class ProjectedProblem:
         return V - pts.sqrt_w[:, None] * (c1[pts.spot] * T[:, None] + c2[pts.spot])
 
 
+@dataclass
+class GeometryCorrections:
+    """tds2el's A_variables: a [value, min, max] correction per :data:`A_VARIABLE_NAMES` entry."""
+
+    values: np.ndarray  # (14,)
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @classmethod
+    def from_setting(cls, setting) -> "GeometryCorrections | None":
+        """A list of 14 triples (conf_file order) or {name: triple} (others closed at 0); None stays None."""
+        if setting is None:
+            return None
+        if hasattr(setting, "items"):
+            unknown = [k for k in setting if k not in A_VARIABLE_NAMES]
+            if unknown:
+                raise UsageError(f"A_variables names {', '.join(map(repr, unknown))}; the corrections are "
+                                 f"{', '.join(A_VARIABLE_NAMES)}")
+            entries = [setting.get(n, (0.0, 0.0, 0.0)) for n in A_VARIABLE_NAMES]
+        elif isinstance(setting, (list, tuple)) and len(setting) == len(A_VARIABLE_NAMES):
+            entries = list(setting)
+        else:
+            raise UsageError(f"A_variables must be {len(A_VARIABLE_NAMES)} [value, min, max] entries "
+                             f"({', '.join(A_VARIABLE_NAMES)}) or a mapping of those names, got {setting!r}")
+        table = np.zeros((len(entries), 3))
+        for i, (name, entry) in enumerate(zip(A_VARIABLE_NAMES, entries)):
+            try:
+                table[i] = [float(v) for v in entry]
+            except (TypeError, ValueError):
+                raise UsageError(f"A_variables entry for {name} must be [value, min, max], got {entry!r}") from None
+            value, low, high = table[i]
+            if not (np.isfinite(table[i]).all() and low <= value <= high):
+                raise UsageError(f"A_variables entry for {name} = {entry!r}: need finite min <= value <= max")
+        return cls(table[:, 0], table[:, 1], table[:, 2])
+
+    @property
+    def open(self) -> np.ndarray:
+        return self.lower < self.upper
+
+    @property
+    def names(self) -> list[str]:
+        """The refined (open) corrections."""
+        return [n for n, o in zip(A_VARIABLE_NAMES, self.open) if o]
+
+    @property
+    def active(self) -> bool:
+        """Whether the geometry differs from the harvest's or is refined."""
+        return bool(self.open.any() or np.any(self.values != 0))
+
+
+class GeometryProblem(ProjectedProblem):
+    """The projected problem with the open A_variables corrections appended to x.
+
+    Q is recomputed from each point's (frame, pixel) through the corrected
+    geometry and G from its spot's hkl through the corrected cell; ``make(Q, q)``
+    builds the model on them.  The corrections' Jacobian columns are central
+    finite differences of T (see the module docstring).
+    """
+
+    def __init__(self, points: Points, constants: Constants, geometry, corrections: GeometryCorrections,
+                 hkl: np.ndarray, make):
+        self.geometry, self.corrections, self.make = geometry, corrections, make
+        self.hkl = np.asarray(hkl, dtype=float)  # per compact spot
+        self.n_constants = int(constants.fitted.sum())
+        self._model_key: bytes | None = None
+        self.points = points
+        super().__init__(points, constants, self._model_at(corrections.values))
+        is_open = corrections.open
+        self.x0 = np.concatenate([self.x0, corrections.values[is_open]])
+        self.bounds = (np.concatenate([self.bounds[0], corrections.lower[is_open]]),
+                       np.concatenate([self.bounds[1], corrections.upper[is_open]]))
+
+    @property
+    def names(self) -> list[str]:
+        return super().names + self.corrections.names
+
+    def deltas(self, x: np.ndarray) -> np.ndarray:
+        """All 14 corrections at ``x`` (the closed ones at their values)."""
+        d = self.corrections.values.copy()
+        d[self.corrections.open] = np.asarray(x, dtype=float)[self.n_constants:]
+        return d
+
+    def points_at(self, deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, q = Q - G) of every point through the geometry corrected by ``deltas``, vectorised."""
+        geometry = self.geometry.corrected(deltas)
+        pts = self.points
+        rotations = geometry.lab_to_crystal(np.arange(int(pts.frame.max()) + 1))  # (F, 3, 3)
+        q_lab = geometry.q_lab(pts.pixel[:, 0], pts.pixel[:, 1])
+        Q = np.matmul(rotations[pts.frame], q_lab[:, :, None])[:, :, 0]
+        return Q, Q - geometry.lattice.q(self.hkl)[pts.spot]
+
+    def _model_at(self, deltas: np.ndarray):
+        key = np.asarray(deltas, dtype=float).tobytes()
+        if key != self._model_key:
+            self.model = self.make(*self.points_at(deltas))
+            self._model_key = key
+        return self.model
+
+    def _model(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        T, J = self._model_at(self.deltas(x)).evaluate(self.full(x), jacobian=True)
+        return T, J[:, self.constants.fitted]
+
+    def _model_jacobian(self, x: np.ndarray, T: np.ndarray, J: np.ndarray) -> np.ndarray:
+        p, d = self.full(x), self.deltas(x)
+        columns = [J]
+        for i in np.flatnonzero(self.corrections.open):
+            step = np.zeros_like(d)
+            step[i] = GEOMETRY_STEPS[A_VARIABLE_NAMES[i]]
+            plus = self.make(*self.points_at(d + step)).evaluate(p, jacobian=False)[0]
+            minus = self.make(*self.points_at(d - step)).evaluate(p, jacobian=False)[0]
+            columns.append(((plus - minus) / (2 * step[i]))[:, None])
+        return np.hstack(columns)
+
+
+def geometry_corrections(harvest, geometry, setting) -> GeometryCorrections | None:
+    """The A_variables to apply, or None when the harvested Q are used as they are.
+
+    Refuses open corrections on a re-centred harvest and names what else is missing.
+    """
+    corrections = GeometryCorrections.from_setting(setting)
+    if corrections is None or not corrections.active:
+        return None
+    what = f"A_variables ({', '.join(corrections.names) or 'non-zero closed corrections'})"
+    centering = harvest.get("centering_file")
+    if centering:
+        raise UsageError(f"{what} cannot be refined on a harvest re-centred with centering_file {centering}: "
+                         "its Q were shifted to the measured spot centres and cannot be recomputed from the "
+                         "geometry. Close every A_variables interval (min == max == 0) or harvest without "
+                         "centering_file")
+    if geometry is None:
+        raise UsageError(f"{what} need the experiment geometry (conf_file) to recompute Q")
+    missing = [label for key, label in (("frame", "points/frame"), ("pixel", "points/pixel"), ("hkl", "spots/hkl"))
+               if harvest.get(key) is None]
+    if missing:
+        raise DataError(f"{what} need the harvest's {', '.join(missing)} to recompute Q from the geometry")
+    return corrections
+
+
 def check_scale_determined(problem: ProjectedProblem) -> None:
     """Refuse a fit whose Jacobian is singular at the start, explaining the scale degeneracy."""
     J = problem.jacobian(problem.x0)
     problem.history.clear()
     norms = np.linalg.norm(J, axis=0)
-    names = [n for n, f in zip(problem.constants.names, problem.constants.fitted) if f]
+    names = problem.names
     if np.any(norms == 0):
-        raise UsageError(f"the data do not depend on {names[int(np.argmin(norms))]}: its column of the "
-                         "fit Jacobian is zero; fix it in CGUESS (min == max) or collect other spots")
+        name = names[int(np.argmin(norms))]
+        where = "its A_variables interval" if name in A_VARIABLE_NAMES else "it in CGUESS"
+        raise UsageError(f"the data do not depend on {name}: its column of the fit Jacobian is zero; close "
+                         f"{where} (min == max) or collect other spots")
     s = np.linalg.svd(J / norms, compute_uv=False)
     if s[-1] < SINGULAR * s[0]:
         all_free = problem.constants.fitted.all()
@@ -291,6 +471,7 @@ class FitResult:
     backend: str
     history: list[float] = field(default_factory=list)
     hkl: np.ndarray | None = None
+    geometry: dict[str, dict] = field(default_factory=dict)  # refined correction -> value, sigma, corrected
 
     @property
     def fixed(self) -> list[str]:
@@ -326,20 +507,24 @@ def covariance(problem: ProjectedProblem, x: np.ndarray, n_linear: int) -> tuple
     return cov, chi2
 
 
-def fit(harvest, structure, cguess, settings: FitSettings, minimise, minimiser_params=None) -> FitResult:
+def fit(harvest, structure, cguess, settings: FitSettings, minimise, minimiser_params=None,
+        geometry=None) -> FitResult:
     """Fit the free constants of ``structure`` to ``harvest`` with ``minimise(problem, params)``.
 
-    ``harvest`` maps "Q", "intensity", "spot", "G" (and optionally "hkl") to
-    arrays as in the harvest file; ``structure`` has ``.free`` and ``.basis``.
+    ``harvest`` maps "Q", "intensity", "spot", "G" (and optionally "hkl",
+    "frame", "pixel", "centering_file") to arrays as in the harvest file;
+    ``structure`` has ``.free`` and ``.basis``; ``geometry`` (a
+    :class:`difframe.crystal.geometry.Geometry`, the harvest's) is needed for
+    ``settings.a_variables``.
     """
-    problem, points = build_problem(harvest, structure, cguess, settings)
+    problem, points = build_problem(harvest, structure, cguess, settings, geometry)
     params = {"ftol": settings.ftol, "max_iterations": settings.max_iterations, **dict(minimiser_params or {})}
     outcome = minimise(problem, params)
     return finish(problem, outcome.x, settings, cost=outcome.cost, converged=outcome.converged,
                   message=outcome.message, hkl=harvest.get("hkl"), n_harvest_spots=len(harvest["G"]))
 
 
-def build_problem(harvest, structure, cguess, settings: FitSettings) -> tuple[ProjectedProblem, Points]:
+def build_problem(harvest, structure, cguess, settings: FitSettings, geometry=None) -> tuple[ProjectedProblem, Points]:
     """Points, constants and model assembled into the projected least-squares problem (start checked)."""
     check = getattr(structure, "check_constants", None)  # names the symmetry relation of a constant not free
     if check is not None:
@@ -350,19 +535,27 @@ def build_problem(harvest, structure, cguess, settings: FitSettings) -> tuple[Pr
     if settings.fix == "bulk" and settings.quantum_bose:
         raise UsageError("fix = 'bulk' rescales a classical fit; with the quantum Bose model fix one constant")
     choose_fixed(constants, settings.fix)
-    if not constants.fitted.any():
+    corrections = geometry_corrections(harvest, geometry, settings.a_variables)
+    if not constants.fitted.any() and not (corrections and corrections.open.any()):
         raise UsageError("every CGUESS interval is closed (min == max): nothing to fit")
     points = Points.from_harvest(harvest["Q"], harvest["intensity"], harvest["spot"], harvest["G"],
-                                 nred=settings.nred, weighting=settings.weighting)
-    model = make_model(points.Q, points.q, basis, backend=settings.backend, quantum_bose=settings.quantum_bose,
-                       temperature=settings.temperature, density=settings.density)
-    problem = ProjectedProblem(points, constants, model)
-    # float32 (OpenCL) blurs a null space to ~1e-6; the check runs once in float64
-    check_scale_determined(problem if model.backend == "numpy" else
-                           ProjectedProblem(points, constants, NumpyModel(points.Q, points.q, basis)))
-    log.info("fitting %d constants (%s) to %d points in %d spots (%s model)", len(problem.x0),
-             ", ".join(n for n, f in zip(constants.names, constants.fitted) if f), len(points.y),
-             len(points.spots), model.backend)
+                                 nred=settings.nred, weighting=settings.weighting,
+                                 frame=harvest.get("frame"), pixel=harvest.get("pixel"))
+    options = dict(quantum_bose=settings.quantum_bose, temperature=settings.temperature, density=settings.density)
+    model = make_model(points.Q, points.q, basis, backend=settings.backend, **options)
+    if corrections is None:
+        problem = ProjectedProblem(points, constants, model)
+        exact = problem if model.backend == "numpy" else \
+            ProjectedProblem(points, constants, NumpyModel(points.Q, points.q, basis))
+    else:  # the backend that works (no repeated fall-back warnings), on recomputed points
+        hkl = np.asarray(harvest["hkl"])[points.spots]
+        problem = GeometryProblem(points, constants, geometry, corrections, hkl,
+                                  lambda Q, q: make_model(Q, q, basis, backend=model.backend, **options))
+        exact = problem if model.backend == "numpy" else GeometryProblem(
+            points, constants, geometry, corrections, hkl, lambda Q, q: NumpyModel(Q, q, basis, **options))
+    check_scale_determined(exact)  # float32 (OpenCL) blurs a null space to ~1e-6: checked once in float64
+    log.info("fitting %d parameters (%s) to %d points in %d spots (%s model)", len(problem.x0),
+             ", ".join(problem.names), len(points.y), len(points.spots), model.backend)
     return problem, points
 
 
@@ -375,8 +568,16 @@ def finish(problem: ProjectedProblem, x, settings: FitSettings, *, cost, converg
     p = problem.full(x)
     A, B = problem.linear(x)
     cov_x, chi2 = covariance(problem, x, 2 * len(points.spots))
-    D = np.zeros((len(p), len(x)))  # d p / d x
-    D[constants.fitted, np.arange(len(x))] = 1.0
+    n_fitted = int(constants.fitted.sum())
+    geometry = {}
+    if isinstance(problem, GeometryProblem):
+        corrected = problem.geometry.corrected(problem.deltas(x))
+        for k, name in enumerate(problem.corrections.names, start=n_fitted):
+            geometry[name] = {"value": float(x[k]), "sigma": float(np.sqrt(max(cov_x[k, k], 0.0))),
+                              "corrected": float(getattr(corrected, name))}
+    cov_x = cov_x[:n_fitted, :n_fitted]  # the constants' block: the corrections are marginalised
+    D = np.zeros((len(p), n_fitted))  # d p / d x
+    D[constants.fitted, np.arange(n_fitted)] = 1.0
     reference = constants.names[int(np.flatnonzero(~constants.fitted)[0])] if (~constants.fitted).any() \
         else constants.names[0]
     if settings.fix == "bulk":
@@ -406,5 +607,5 @@ def finish(problem: ProjectedProblem, x, settings: FitSettings, *, cost, converg
         voigt_sigma=voigt_sigma, scale=scale, baseline=baseline, cost=float(cost), converged=bool(converged),
         message=str(message), n_points=len(points.y), n_spots=len(points.spots), reduced_chi2=chi2,
         reference=reference, backend=problem.model.backend, history=list(problem.history),
-        hkl=None if hkl is None else np.asarray(hkl),
+        hkl=None if hkl is None else np.asarray(hkl), geometry=geometry,
     )

@@ -2,7 +2,8 @@
 
 ``parametri.txt`` keeps tds2el's file name; ``fit_results.json`` is the stable,
 machine-readable product (all 21 Voigt components with the symmetry relations
-applied, which constants were fixed, the ratios, the fit quality).  Every file
+applied, which constants were fixed, the ratios, the refined A_variables
+geometry corrections, the fit quality).  Every file
 is written atomically, so a failed write leaves an earlier result intact.
 """
 
@@ -33,6 +34,7 @@ def to_json(result: FitResult) -> dict:
         "message": result.message,
         "backend": result.backend,
         "units": "GPa",
+        "geometry": result.geometry,
     }
 
 
@@ -42,6 +44,11 @@ def report(result: FitResult) -> str:
     for name, value, sigma, fitted in zip(result.names, result.values, result.sigma, result.fitted):
         lines.append(f"{name:6s}{value:12.4f}{sigma:11.4f}" + ("" if fitted else "   fixed (sets the scale)"))
     lines.append(f"ratios (TDS determines only these): " + ", ".join(f"{k} = {v:.5f}" for k, v in result.ratios.items()))
+    if result.geometry:
+        lines.append("geometry corrections (A_variables; deg, Angstrom, px):")
+        lines.append(f"{'':14s}{'correction':>12s}{'sigma':>11s}{'corrected':>13s}")
+        lines.extend(f"{name:14s}{row['value']:12.5f}{row['sigma']:11.5f}{row['corrected']:13.5f}"
+                     for name, row in result.geometry.items())
     lines.append("Voigt matrix [GPa]:")
     lines.extend("  " + " ".join(f"{c:10.3f}" for c in row) for row in result.voigt)
     lines.append(f"points {result.n_points}, spots {result.n_spots}, cost {result.cost:.6g}, "
@@ -54,7 +61,8 @@ def summary_line(result: FitResult) -> str:
     """One line for the log (the full table is the command's output): constants, ratios, quality."""
     constants = ", ".join(f"{n} = {v:.4g}" + ("" if f else " (fixed)")
                           for n, v, f in zip(result.names, result.values, result.fitted))
-    return (f"fit {'converged' if result.converged else 'NOT converged'}: {constants} GPa; "
+    corrections = "".join(f"; {n} correction {row['value']:+.4g}" for n, row in result.geometry.items())
+    return (f"fit {'converged' if result.converged else 'NOT converged'}: {constants} GPa{corrections}; "
             f"{result.n_points} points, {result.n_spots} spots, reduced chi^2 {result.reduced_chi2:.4g}")
 
 
@@ -71,7 +79,7 @@ def write_json(result: FitResult, path) -> Path:
 
 
 def write_hdf5(result: FitResult, path) -> Path:
-    """Constants, Voigt matrix with sigma, per-spot scale and baseline, cost history."""
+    """Constants, Voigt matrix with sigma, refined geometry corrections, per-spot scale and baseline, cost history."""
     import h5py
 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -87,6 +95,11 @@ def write_hdf5(result: FitResult, path) -> Path:
         g["fitted"] = result.fitted
         f["voigt"] = result.voigt
         f["voigt_sigma"] = result.voigt_sigma
+        if result.geometry:
+            geo = f.create_group("geometry")
+            geo["names"] = np.array(list(result.geometry), dtype="S")
+            for key in ("value", "sigma", "corrected"):
+                geo[key] = np.array([row[key] for row in result.geometry.values()])
         s = f.create_group("spots")
         s["scale"] = result.scale
         s["baseline"] = result.baseline

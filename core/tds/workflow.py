@@ -24,7 +24,8 @@ ENGINE = "tds_fit"
 RECIPE = "tds_harvest"
 #: tds subtree name -> tds_fit engine parameter
 ENGINE_PARAMETERS = {"CGUESS": "cguess", "ftol": "ftol", "nred": "nred", "Temperature": "temperature",
-                     "density": "density", "minimiser": "minimiser", "quantum_bose": "quantum", "fix": "fix"}
+                     "density": "density", "minimiser": "minimiser", "quantum_bose": "quantum", "fix": "fix",
+                     "A_variables": "a_variables"}
 
 
 def _get(tds, name: str, default: Any = None) -> Any:
@@ -203,7 +204,7 @@ def run_tds(run) -> dict:
     output_dir = Path(_get(tds, "output_directory", "."))
     fitted = None
     if _get(tds, "doMinimisation", True):
-        fitted = _fit(run, tds, result, structure, output_dir)
+        fitted = _fit(run, tds, result, structure, geometry, output_dir)
         results.update(fitted["files"])
         results["report"] = fitted["report"]
     if _get(tds, "visSim", False):
@@ -211,12 +212,14 @@ def run_tds(run) -> dict:
     return results
 
 
-def _fit(run, tds, result, structure, output_dir: Path) -> dict:
+def _fit(run, tds, result, structure, geometry, output_dir: Path) -> dict:
     """Run engine ``tds_fit`` with the run's lifecycle hooks; returns the files it wrote."""
     spec = run.plugins.get("engine", ENGINE)
     params = {key: _get(tds, name) for name, key in ENGINE_PARAMETERS.items() if _get(tds, name) is not None}
     params.update(dict(_get(tds, "fit", {})))
     context = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
+               "frame": result.frame, "pixel": result.pixel, "geometry": geometry,
+               "centering_file": result.attrs.get("centering_file") or "",
                "structure": structure, "manager": run.plugins, "output_dir": str(output_dir)}
     engine = spec.factory(params, context)
     engine.initialize()

@@ -5,7 +5,9 @@ arrays ``Q``, ``intensity``, ``spot``, ``G`` (and ``hkl``) as in the harvest
 file, the elastic ``structure`` (``.free``, ``.basis``) from
 ``difframe.crystal.symmetry``, optionally the run's plugin ``manager`` (to find
 the minimiser by name) and an ``output_dir``; when that is given, ``finalize``
-writes parametri.txt, fit_results.json and fit_results.h5 there.
+writes parametri.txt, fit_results.json and fit_results.h5 there.  Refining the
+``a_variables`` geometry corrections also needs ``frame``, ``pixel``, the
+harvest's ``geometry`` and its ``centering_file`` (empty unless re-centred).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ PARAMETERS = {
                          doc="Matters at low temperature; needs temperature and density."),
     "temperature": Parameter(type="float", default=300.0, lowlim=0.0, help="Sample temperature [K] (tds2el Temperature)"),
     "density": Parameter(type=("float", "NoneType"), default=None, lowlim=0.0, help="Density [g/cm^3] (tds2el density)"),
+    "a_variables": Parameter(
+        type=("list", "Param", "NoneType"), default=None, help="Geometry corrections [value, min, max] to refine",
+        doc="tds2el's A_variables: 14 [value, min, max] corrections added to r1, r2, r3, AA, BB, CC, omega, alpha, "
+            "beta, kappa, d1, d2, det_origin_X, det_origin_Y (deg, Angstrom, px), or a mapping of some of these "
+            "names (the others closed at 0). An open interval refines that correction with the constants; "
+            "refused on a harvest re-centred with centering_file."),
 }
 
 
@@ -74,12 +82,13 @@ class TDSFit:
                                max_iterations=int(p["max_iterations"]), nred=int(p["nred"]),
                                weighting=str(p["weighting"]), backend=str(p["backend"]),
                                quantum_bose=bool(p["quantum"]), temperature=float(p["temperature"]),
-                               density=p["density"])
+                               density=p["density"], a_variables=p["a_variables"])
 
     def initialize(self) -> None:
         """Check CGUESS, points and the scale convention; pick the minimiser."""
         ctx = self.context
-        harvest = {key: _get(ctx, key) for key in ("Q", "intensity", "spot", "G", "hkl")}
+        harvest = {key: _get(ctx, key) for key in ("Q", "intensity", "spot", "G", "hkl", "frame", "pixel",
+                                                   "centering_file")}
         structure = _get(ctx, "structure")
         if structure is None:
             raise UsageError("tds_fit needs the elastic structure (ascii_generators) in its context")
@@ -95,7 +104,8 @@ class TDSFit:
         spec = manager.get("minimiser", str(self.p["minimiser"]))
         self.minimise = spec.minimise
         self.minimiser_params = _schema_defaults(spec.parameters)
-        self.problem, _ = fit.build_problem(harvest, structure, self.p["cguess"], self.settings())
+        self.problem, _ = fit.build_problem(harvest, structure, self.p["cguess"], self.settings(),
+                                            _get(ctx, "geometry"))
         self.x = self.problem.x0.copy()
 
     def iterate(self, n: int) -> list[dict]:
