@@ -119,57 +119,55 @@ class DifferenceMap:
 
     def _fourier_update(self) -> dict:
         """psi += P_F((1 + alpha) P O - alpha psi) - P O over all frames, chunk by chunk in reused buffers."""
-        m, alpha = self.model, float(self.p.alpha)
-        err_sum = ll_sum = change = 0.0
-        frames = 0
+        m = self.model
+        sums = np.zeros(4)  # squared amplitude errors, likelihood terms, exit-wave change, frames
         for scan in m.scans:
-            probe = m.probes[scan.probe_id].data
-            obj = m.objects[scan.object_id].data
-            ex_all, fd = self.exits[scan.label], self.frame_data[scan.label]
-            work = self.work[ex_all.shape[1:]]
-            single_pod = ex_all.shape[1] * ex_all.shape[2] == 1
-            for sl in m.chunks(scan, ex_all.shape[1] * ex_all.shape[2]):
-                n = sl.stop - sl.start
-                ex, model_amp, dev = ex_all[sl], work["model"][:n], work["dev"][:n]
-                pods = pm.exit_waves_at(probe, obj, scan.corners[sl], out=work["pods"][:n])
-                f = np.subtract(pods, ex, out=work["f"][:n])  # (1 + alpha) pods - alpha ex
-                if alpha != 1:
-                    f *= m.cdtype.type(alpha)
-                f += pods
-                fields = scan.propagator.forward(f, overwrite=True)
-                if single_pod:  # |field| in one pass, then the model intensity from it
-                    np.abs(fields.reshape(n, *scan.shape), out=model_amp)
-                    np.square(model_amp, out=dev)
-                    dev -= scan.intensity[sl]
-                else:
-                    pm.intensity(fields, out=model_amp)
-                    np.subtract(model_amp, scan.intensity[sl], out=dev)
-                    np.sqrt(model_amp, out=model_amp)
-                dev *= dev
-                ll_sum += float(np.dot(dev.reshape(-1), fd["ll_weight"][sl].reshape(-1)))
-                np.subtract(model_amp, fd["amplitude"][sl], out=dev)
-                if fd["all_valid"]:  # two-operand einsum is several times faster than three
-                    err = np.einsum("nhw,nhw->n", dev, dev) * fd["valid"][sl][:, 0, 0]
-                else:
-                    err = np.einsum("nhw,nhw,nhw->n", dev, dev, fd["valid"][sl])
-                err_sum += float(err.sum())
-                frames += len(err)
-                # partial projection: amplitudes move toward the data until the error reaches the bound
-                bound = fd["bound"][sl]
-                renorm = np.sqrt(np.divide(bound, err, out=np.ones_like(err), where=err > bound))
-                dev *= renorm[:, None, None]
-                dev += fd["amplitude"][sl]
-                model_amp += m.rdtype.type(1e-10)
-                dev /= model_amp
-                if not fd["all_valid"]:
-                    np.copyto(dev, 1, where=fd["invalid"][sl])
-                fields *= dev[:, None, None]
-                f = scan.propagator.backward(fields, overwrite=True)
-                f -= pods
-                ex += f
-                change += float(np.vdot(f, f).real)
-        err_sum, ll_sum, change, frames = m.ranks.sum(err_sum, ll_sum, change, frames)
+            for sl in m.chunks(scan, self.exits[scan.label].shape[1] * self.exits[scan.label].shape[2]):
+                sums += self._fourier_chunk(scan, sl)
+        err_sum, ll_sum, change, frames = m.ranks.sum(*sums)
         return {"fourier_error": err_sum / frames, "likelihood": ll_sum / frames, "exit_change": change / frames}
+
+    def _fourier_chunk(self, scan, sl: slice) -> tuple[float, float, float, int]:
+        """Fourier step of frames ``sl`` of ``scan``; returns its (error, likelihood, change, frames) sums."""
+        m, alpha = self.model, float(self.p.alpha)
+        probe = m.probes[scan.probe_id].data
+        obj = m.objects[scan.object_id].data
+        ex_all, fd = self.exits[scan.label], self.frame_data[scan.label]
+        work = self.work[ex_all.shape[1:]]
+        n = sl.stop - sl.start
+        ex, model_amp, dev = ex_all[sl], work["model"][:n], work["dev"][:n]
+        pods, f = work["pods"][:n], work["f"][:n]
+        pm.relaxed_exit_waves(probe, obj, scan.corners[sl], ex, alpha, pods_out=pods, out=f)
+        fields = scan.propagator.forward(f, overwrite=True)
+        if ex_all.shape[1] * ex_all.shape[2] == 1:  # |field| in one pass, then the model intensity from it
+            np.abs(fields.reshape(n, *scan.shape), out=model_amp)
+            np.square(model_amp, out=dev)
+            dev -= scan.intensity[sl]
+        else:
+            pm.intensity(fields, out=model_amp)
+            np.subtract(model_amp, scan.intensity[sl], out=dev)
+            np.sqrt(model_amp, out=model_amp)
+        dev *= dev
+        ll = float(np.dot(dev.reshape(-1), fd["ll_weight"][sl].reshape(-1)))
+        np.subtract(model_amp, fd["amplitude"][sl], out=dev)
+        if fd["all_valid"]:  # two-operand einsum is several times faster than three
+            err = np.einsum("nhw,nhw->n", dev, dev) * fd["valid"][sl][:, 0, 0]
+        else:
+            err = np.einsum("nhw,nhw,nhw->n", dev, dev, fd["valid"][sl])
+        # partial projection: amplitudes move toward the data until the error reaches the bound
+        bound = fd["bound"][sl]
+        renorm = np.sqrt(np.divide(bound, err, out=np.ones_like(err), where=err > bound))
+        dev *= renorm[:, None, None]
+        dev += fd["amplitude"][sl]
+        model_amp += m.rdtype.type(1e-10)
+        dev /= model_amp
+        if not fd["all_valid"]:
+            np.copyto(dev, 1, where=fd["invalid"][sl])
+        pm.scale_fields(fields, dev)
+        f = scan.propagator.backward(fields, overwrite=True)
+        f -= pods
+        ex += f
+        return float(err.sum()), ll, float(np.vdot(f, f).real), n
 
     # -- overlap constraint ------------------------------------------------------------------
 
