@@ -222,6 +222,37 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     reader = choose_reader(files[0], plugins)
     first = reader.read(files[0])
     shape = first.data.shape
+    block = np.array_split(np.arange(len(files)), size)[rank]
+    frames = _frame_source(block, files, reader, first if rank == 0 else None, comm)  # reads during the set-up
+    with contextlib.closing(frames), quiet_fabio():
+        hkl, G, points, centroid_sums, over = _select(geometry, files, options, plugins, shape, block, frames)
+    if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
+        points = {k: _gather(comm, v) for k, v in points.items()}
+        centroid_sums = _reduce(comm, centroid_sums)
+        over = _reduce(comm, over.astype(np.int64))
+        if rank != 0:
+            return None
+    excluded = np.flatnonzero(over)
+    totals = centroid_sums.sum(axis=0)  # (S, 4), summed in frame order: deterministic
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroid = np.where(totals[:, :1] > 0, totals[:, 1:] / totals[:, :1], np.nan)
+    flat = points["p"].astype(np.int64)
+    result = Harvest(
+        Q=points["Q"], intensity=points["I"], spot=points["s"].astype(np.int64), frame=points["f"].astype(np.int64),
+        pixel=np.stack([flat // shape[1], flat % shape[1]], axis=1),
+        hkl=hkl, G=G, centroid=centroid, excluded_frames=excluded,
+        attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT, "shape": list(shape),
+               "input_files": [str(f) for f in files], "delta_q": [options.delta_q_min, options.delta_q_max],
+               "mask_file": options.mask_file or "", "normalisation_file": options.normalisation_file or "",
+               "centering_file": options.centering_file or ""},
+    )
+    log.info("harvest: %d points around %d spots; %d frames excluded by the threshold",
+             len(result.Q), len(hkl), len(excluded))
+    return result
+
+
+def _select(geometry, files, options, plugins, shape, block, frames):
+    """The geometry set-up, then the points of this rank's ``block`` of frames."""
     mask = read_mask(options.mask_file, shape, plugins) if options.mask_file else np.ones(shape, bool)
     norm = read_normalisation(options.normalisation_file, files) if options.normalisation_file else np.ones(len(files))
 
@@ -259,35 +290,9 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     log.info("harvest: %d frames of %d x %d, %d spots, %d candidate pixels, r = %.4g..%.4g 1/A",
              len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
 
-    block = np.array_split(np.arange(len(files)), size)[rank]
-    with quiet_fabio():
-        points, centroid_sums, over = _harvest_frames(
-            block, files, reader, first if rank == 0 else None, shape, visits, candidates, q_cand,
-            rotations, centres, G, r_min, r_max, norm, options.threshold, _spare_core(comm),
-        )
-    if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
-        points = {k: _gather(comm, v) for k, v in points.items()}
-        centroid_sums = _reduce(comm, centroid_sums)
-        over = _reduce(comm, over.astype(np.int64))
-        if rank != 0:
-            return None
-    excluded = np.flatnonzero(over)
-    totals = centroid_sums.sum(axis=0)  # (S, 4), summed in frame order: deterministic
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centroid = np.where(totals[:, :1] > 0, totals[:, 1:] / totals[:, :1], np.nan)
-    flat = points["p"].astype(np.int64)
-    result = Harvest(
-        Q=points["Q"], intensity=points["I"], spot=points["s"].astype(np.int64), frame=points["f"].astype(np.int64),
-        pixel=np.stack([flat // shape[1], flat % shape[1]], axis=1),
-        hkl=hkl, G=G, centroid=centroid, excluded_frames=excluded,
-        attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT, "shape": list(shape),
-               "input_files": [str(f) for f in files], "delta_q": [options.delta_q_min, options.delta_q_max],
-               "mask_file": options.mask_file or "", "normalisation_file": options.normalisation_file or "",
-               "centering_file": options.centering_file or ""},
-    )
-    log.info("harvest: %d points around %d spots; %d frames excluded by the threshold",
-             len(result.Q), len(hkl), len(excluded))
-    return result
+    points, centroid_sums, over = _harvest_frames(block, files, frames, shape, visits, candidates, q_cand,
+                                                  rotations, centres, G, r_min, r_max, norm, options.threshold)
+    return hkl, G, points, centroid_sums, over
 
 
 def _check_spots_fall_on_detector(seen, hkl, requested, n_frames, options) -> None:
@@ -413,8 +418,8 @@ def _spare_core(comm) -> bool:
     return len(os.sched_getaffinity(0)) > ranks
 
 
-def _harvest_frames(block, files, reader, first, shape, visits, candidates, q_cand, rotations, centres, G,
-                    r_min, r_max, norm, threshold, threaded):
+def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rotations, centres, G, r_min, r_max,
+                    norm, threshold):
     """Points of the frames in ``block`` (this rank's share), in (frame, spot, pixel) order.
 
     Per chunk of frames, the (spot, pixel) rows visited in any of them form a dense
@@ -432,7 +437,6 @@ def _harvest_frames(block, files, reader, first, shape, visits, candidates, q_ca
     out = {"Q": np.empty((bound, 3)), "I": np.empty(bound), "s": np.empty(bound, np.int32),  # int32: less to gather
            "p": np.empty(bound, np.int32), "f": np.empty(bound, np.int32)}
     chunk = int(np.clip(spans.mean() // 4, 1, 32)) if len(spans) else 1  # a quarter of a visit: little waste
-    frames = _read_ahead(block, files, reader, first) if threaded else _read_in_turn(block, files, reader, first)
     start, filled = time.perf_counter(), 0
     for c0 in range(0, len(block), chunk):
         numbers = block[c0:c0 + chunk]
@@ -483,33 +487,48 @@ def _rotate(q, matrix, out, rows: int = 16384):
         np.matmul(q[a:a + rows], matrix.T, out=out[a:a + rows])
 
 
-def _read_in_turn(block, files, reader, first):
-    """Data of the frames of ``block``, read in this thread (no core to spare for a helper)."""
-    for n in block:
-        yield first.data if (first is not None and n == 0) else reader.read(files[n]).data
-
-
-def _read_ahead(block, files, reader, first, depth: int = 4):
-    """Data of the frames of ``block``, read by one helper thread ``depth`` frames ahead.
-
-    Why: decompression and MD5 release the GIL, so reading the next frames
-    overlaps the selection of the current one when a core is free.
-    """
-    from concurrent.futures import ThreadPoolExecutor
+def _frame_source(block, files, reader, first, comm):
+    """Data of the frames of ``block`` in order: read ahead by a helper thread where this rank has a core
+    to spare, else read when asked (both have ``close``)."""
 
     def load(n):
         return first.data if (first is not None and n == 0) else reader.read(files[n]).data
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="difframe-harvest-read")
-    try:
-        pending = [pool.submit(load, n) for n in block[:depth]]
-        for i in range(len(block)):
-            future = pending.pop(0)
-            if i + depth < len(block):
-                pending.append(pool.submit(load, block[i + depth]))
-            yield future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    if not _spare_core(comm):
+        return (load(n) for n in block)
+    frame_bytes = first.data.nbytes
+    return _ReadAhead(load, block, depth=int(np.clip(2**27 // frame_bytes, 4, 64)))  # at most ~128 MB ahead
+
+
+class _ReadAhead:
+    """Frames read by one helper thread, up to ``depth`` ahead, starting at once.
+
+    Why: decompression and MD5 release the GIL, so reading overlaps the set-up
+    and the selection when a core is free.
+    """
+
+    def __init__(self, load, block, depth: int):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="difframe-harvest-read")
+        self._load, self._waiting = load, iter(block)
+        self._pending = deque(self._pool.submit(load, n) for _, n in zip(range(depth), self._waiting))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._pending:
+            raise StopIteration
+        data = self._pending.popleft().result()
+        n = next(self._waiting, None)
+        if n is not None:
+            self._pending.append(self._pool.submit(self._load, n))
+        return data
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _gather(comm, array: np.ndarray) -> np.ndarray | None:
