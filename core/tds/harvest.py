@@ -236,10 +236,11 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     totals = centroid_sums.sum(axis=0)  # (S, 4), summed in frame order: deterministic
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(totals[:, :1] > 0, totals[:, 1:] / totals[:, :1], np.nan)
-    flat = points["p"].astype(np.int64)
+    pixel = np.empty((len(points["p"]), 2), np.int64)
+    np.divmod(points["p"], shape[1], out=(pixel[:, 0], pixel[:, 1]))
     result = Harvest(
         Q=points["Q"], intensity=points["I"], spot=points["s"].astype(np.int64), frame=points["f"].astype(np.int64),
-        pixel=np.stack([flat // shape[1], flat % shape[1]], axis=1),
+        pixel=pixel,
         hkl=hkl, G=G, centroid=centroid, excluded_frames=excluded,
         attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT, "shape": list(shape),
                "input_files": [str(f) for f in files], "delta_q": [options.delta_q_min, options.delta_q_max],
@@ -340,11 +341,13 @@ def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
     scan = np.degrees(theta[[0, -1]])
     middle, half = scan.mean(), abs(scan[1] - scan[0]) / 2
     height = np.einsum("pj,j->p", q_cand, axis)  # along the axis, which the rotation keeps too
+    norms, shell_of = np.unique(np.linalg.norm(centres, axis=1), return_inverse=True)  # replicas share |G|
+    shells = [np.flatnonzero(np.abs(q_norm - c_norm) < r_max) for c_norm in norms]
     spots, pixels, firsts, lasts = [], [], [], []
     for s, centre in enumerate(centres):
-        c_norm = float(np.linalg.norm(centre))
+        c_norm, shell = float(norms[shell_of[s]]), shells[shell_of[s]]
         v = to_lab[0] @ centre
-        near = np.flatnonzero((np.abs(q_norm - c_norm) < r_max) & (np.abs(height - axis @ v) < r_max))
+        near = shell[np.abs(height[shell] - axis @ v) < r_max]
         q = q_cand[near]
         along = axis * (axis @ v)
         a, b, d = np.einsum("pj,kj->kp", q, np.stack([along, v - along, np.cross(axis, v)]))  # no threaded BLAS
