@@ -225,7 +225,7 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     block = np.array_split(np.arange(len(files)), size)[rank]
     frames = _frame_source(block, files, reader, first if rank == 0 else None, comm)  # reads during the set-up
     with contextlib.closing(frames), quiet_fabio():
-        hkl, G, points, centroid_sums, over = _select(geometry, files, options, plugins, shape, block, frames)
+        hkl, G, points, centroid_sums, over = _select(geometry, files, options, plugins, shape, block, frames, comm)
     if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
         points = {k: _gather(comm, v) for k, v in points.items()}
         centroid_sums = _reduce(comm, centroid_sums)
@@ -252,8 +252,8 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     return result
 
 
-def _select(geometry, files, options, plugins, shape, block, frames):
-    """The geometry set-up, then the points of this rank's ``block`` of frames."""
+def _select(geometry, files, options, plugins, shape, block, frames, comm):
+    """The geometry set-up (shared out between the ranks), then the points of this rank's ``block`` of frames."""
     mask = read_mask(options.mask_file, shape, plugins) if options.mask_file else np.ones(shape, bool)
     norm = read_normalisation(options.normalisation_file, files) if options.normalisation_file else np.ones(len(files))
 
@@ -277,7 +277,7 @@ def _select(geometry, files, options, plugins, shape, block, frames):
         raise UsageError(f"need 0 <= DeltaQ_min < DeltaQ_max, got {options.delta_q_min}, {options.delta_q_max}")
 
     # geometry only, once: pixels that can ever be near a spot, and the frames in which each one is
-    q_all = geometry.q_lab_image(shape).reshape(-1, 3)
+    q_all = _q_lab_image(geometry, shape, comm)
     q_norm = np.sqrt(np.einsum("ij,ij->i", q_all, q_all))
     shells = np.sort(np.linalg.norm(centres, axis=1))
     above = np.searchsorted(shells, q_norm).clip(0, len(shells) - 1)
@@ -286,7 +286,7 @@ def _select(geometry, files, options, plugins, shape, block, frames):
     candidates = np.flatnonzero((gap < r_max) & mask.ravel())
     q_cand = q_all[candidates]
     rotations = geometry.lab_to_crystal(np.arange(len(files)))  # (F, 3, 3): Q_c = M Q_lab
-    visits = _visits(geometry, rotations, q_cand, q_norm[candidates], centres, r_max)
+    visits = _visits(geometry, rotations, q_cand, q_norm[candidates], centres, r_max, comm)
     _check_spots_fall_on_detector(visits.seen, hkl, requested, len(files), options)
     log.info("harvest: %d frames of %d x %d, %d spots, %d candidate pixels, r = %.4g..%.4g 1/A",
              len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
@@ -324,14 +324,24 @@ class _Visits:
     seen: np.ndarray  # (S,) some pixel is near the spot in some frame
 
 
-def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
+def _q_lab_image(geometry, shape, comm) -> np.ndarray:
+    """Q_lab of every pixel (P, 3), as ``geometry.q_lab_image``; under MPI each rank computes a band of rows."""
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    rows = np.array_split(np.arange(shape[0]), size)[rank]
+    mine = geometry.q_lab(rows[:, None], np.arange(shape[1])[None, :]).reshape(-1, 3)
+    return mine if size == 1 else _gather(comm, mine, everyone=True)
+
+
+def _visits(geometry, rotations, q_cand, q_norm, centres, r_max, comm=None) -> _Visits:
     """When each candidate pixel is near each spot, solved analytically for the whole scan.
 
     Why: the scan turns the crystal about one lab axis u by theta_n = n * angular_step,
     so q . R_n c = a + b cos(theta_n) + d sin(theta_n) for pixel q and spot centre c,
     and |R_n^T q - c| < r holds on one arc of theta per pixel and spot.  This
     replaces a neighbour search per frame by a few array operations per scan.
+    Under MPI each rank solves a share of the spots and all share the rows.
     """
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     n_frames, step = len(rotations), float(geometry.angular_step)
     to_lab = np.swapaxes(rotations, -1, -2)  # R_n: crystal -> lab
     axis = _scan_axis(geometry)
@@ -344,9 +354,9 @@ def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
     norms, shell_of = np.unique(np.linalg.norm(centres, axis=1), return_inverse=True)  # replicas share |G|
     shells = [np.flatnonzero(np.abs(q_norm - c_norm) < r_max) for c_norm in norms]
     spots, pixels, firsts, lasts = [], [], [], []
-    for s, centre in enumerate(centres):
+    for s in range(rank, len(centres), size):
         c_norm, shell = float(norms[shell_of[s]]), shells[shell_of[s]]
-        v = to_lab[0] @ centre
+        v = to_lab[0] @ centres[s]
         near = shell[np.abs(height[shell] - axis @ v) < r_max]
         q = q_cand[near]
         along = axis * (axis @ v)
@@ -378,6 +388,10 @@ def _visits(geometry, rotations, q_cand, q_norm, centres, r_max) -> _Visits:
         lasts.append(last[order])
     spot, pixel, first, last = (np.concatenate(x + [np.empty(0, np.int64)]).astype(np.int64)
                                 for x in (spots, pixels, firsts, lasts))
+    if size > 1:  # each spot's rows come from one rank: a stable sort by spot restores (spot, pixel) order
+        spot, pixel, first, last = (_gather(comm, x, everyone=True) for x in (spot, pixel, first, last))
+        order = np.argsort(spot, kind="stable")
+        spot, pixel, first, last = spot[order], pixel[order], first[order], last[order]
     return _Visits(spot=spot, pixel=pixel, first=first, last=last, seen=np.bincount(spot, minlength=len(centres)) > 0)
 
 
@@ -534,16 +548,21 @@ class _ReadAhead:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _gather(comm, array: np.ndarray) -> np.ndarray | None:
-    """Concatenate ``array`` from every rank on rank 0 (rank order), without pickling."""
+def _gather(comm, array: np.ndarray, everyone: bool = False) -> np.ndarray | None:
+    """Concatenate ``array`` from every rank (rank order) on rank 0, or on all ranks, without pickling."""
     from mpi4py import MPI
 
     array = np.ascontiguousarray(array)
     row = int(np.prod(array.shape[1:]))
     counts = np.array(comm.allgather(int(array.size)), dtype=np.int64)
-    out = np.empty((counts.sum() // max(row, 1), *array.shape[1:]), array.dtype) if comm.Get_rank() == 0 else None
-    mpi_type = MPI._typedict[array.dtype.char]
-    comm.Gatherv(array, [out, counts, None, mpi_type] if out is not None else None, root=0)
+    out = None
+    if everyone or comm.Get_rank() == 0:
+        out = np.empty((counts.sum() // max(row, 1), *array.shape[1:]), array.dtype)
+    spec = [out, counts, None, MPI._typedict[array.dtype.char]] if out is not None else None
+    if everyone:
+        comm.Allgatherv(array, spec)
+    else:
+        comm.Gatherv(array, spec, root=0)
     return out
 
 
