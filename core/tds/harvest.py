@@ -1,12 +1,14 @@
 """Harvest: rotation frames -> scattered points near selected Bragg spots (tds2el's harvesting).
 
-Why it is fast: everything that depends only on geometry is done once.  Q_lab of
-every pixel is computed once; since a rotation keeps |Q|, only pixels whose |Q_lab|
-lies within DeltaQ_max of some |G| can ever be harvested, and a k-d tree over them
-answers "which pixels lie within DeltaQ_max of spot s in frame n" by rotating the
-spot into the lab (one 3-vector per frame and spot) instead of rotating the pixels.
-Per frame what remains is reading it, gathering the chosen pixels and rotating
-only those (vectorised over all points of a chunk of frames).
+Why it is fast: everything that depends only on geometry is done once per scan.
+Q_lab of every pixel is computed once; a rotation keeps |Q| and the component
+along the phi axis, so only pixels in a shell and slab around each spot can ever
+come near it, and for those the frames in which they are within DeltaQ_max of the
+spot follow in closed form (one arc of phi per pixel and spot).  Per chunk of
+frames what remains is a dense (frame, pixel-near-spot) table: one matrix product
+per frame rotates the pixels, one gather reads their counts, and masks give the
+points.  Reading, the costliest part, runs in a helper thread from the start when
+the rank has a core to spare (the per-frame selection costs about a sixth of it).
 
 Selection (TDS.md section 5): a point of frame n at pixel p belongs to spot s when
 DeltaQ_min |b|max < |Q_c - G_s| < DeltaQ_max |b|max, the pixel is unmasked and not
@@ -16,8 +18,9 @@ pixels above the threshold feed the intensity-weighted centroid of that spot.  W
 re-centring (``centering_file``) a spot's centre is the centroid measured by an
 earlier harvest and the stored Q is shifted by (G - centroid).
 
-MPI: frames are split in contiguous blocks across ranks, results are gathered on
-rank 0 and put in canonical order (frame, spot, pixel), so the file is identical to
+MPI: the set-up is shared out (bands of Q_lab rows, spots), frames are split in
+contiguous blocks across ranks, and the points are gathered on rank 0 in rank
+order, which is the canonical order (frame, spot, pixel): the file is identical to
 a serial harvest.
 """
 
@@ -223,7 +226,8 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     first = reader.read(files[0])
     shape = first.data.shape
     block = np.array_split(np.arange(len(files)), size)[rank]
-    frames = _frame_source(block, files, reader, first if rank == 0 else None, comm)  # reads during the set-up
+    frames = _frame_source(block, files, reader, first.data if rank == 0 else None, first.data.nbytes,
+                           comm)  # reading starts during the set-up
     with contextlib.closing(frames), quiet_fabio():
         hkl, G, points, centroid_sums, over = _select(geometry, files, options, plugins, shape, block, frames, comm)
     if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
@@ -504,16 +508,15 @@ def _rotate(q, matrix, out, rows: int = 16384):
         np.matmul(q[a:a + rows], matrix.T, out=out[a:a + rows])
 
 
-def _frame_source(block, files, reader, first, comm):
-    """Data of the frames of ``block`` in order: read ahead by a helper thread where this rank has a core
-    to spare, else read when asked (both have ``close``)."""
+def _frame_source(block, files, reader, first, frame_bytes, comm):
+    """Data of the frames of ``block`` in order (``first``: frame 0's data, already read, or None): read
+    ahead by a helper thread where this rank has a core to spare, else read when asked (both have ``close``)."""
 
     def load(n):
-        return first.data if (first is not None and n == 0) else reader.read(files[n]).data
+        return first if (first is not None and n == 0) else reader.read(files[n]).data
 
     if not _spare_core(comm):
         return (load(n) for n in block)
-    frame_bytes = first.data.nbytes
     return _ReadAhead(load, block, depth=int(np.clip(2**27 // frame_bytes, 4, 64)))  # at most ~128 MB ahead
 
 
