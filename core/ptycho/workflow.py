@@ -148,6 +148,8 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
     """Run ``engines.<label>`` in order on ``model``; returns (last engine name, total iterations)."""
     total, name = 0, "none"
     for label, ep in run.params.engines.items():
+        if model.ranks.any(run.stop_requested):  # a stop ends the chain: later engines do not start
+            break
         name = ep.name
         spec = run.plugins.get("engine", name)
         if getattr(spec, "family", "ptycho") != "ptycho":

@@ -92,6 +92,9 @@ def test_stop_request_ends_after_the_current_block(tmp_path, scan):
     assert [e[2] for e in rec.events if e[0] == "iteration"] == [1, 2, 3, 4]  # block of 2 finishes
     assert "plot" not in results
     assert len(read_ptyr(results["reconstruction"]).iter_info) == 4
+    # the stop came during DM: ML never starts and the result is named after DM
+    assert results["reconstruction"].name == "t_DM_0004.ptyr"
+    assert [e for e in rec.events if e[0] != "iteration"] == [("started", "e1"), ("finished", "e1", 4)]
 
 
 def test_resume_from_ptyr_continues_where_it_stopped(tmp_path, scan):
