@@ -281,16 +281,9 @@ def _select(geometry, files, options, plugins, shape, block, frames, comm):
         raise UsageError(f"need 0 <= DeltaQ_min < DeltaQ_max, got {options.delta_q_min}, {options.delta_q_max}")
 
     # geometry only, once: pixels that can ever be near a spot, and the frames in which each one is
-    q_all = _q_lab_image(geometry, shape, comm)
-    q_norm = np.sqrt(np.einsum("ij,ij->i", q_all, q_all))
-    shells = np.sort(np.linalg.norm(centres, axis=1))
-    above = np.searchsorted(shells, q_norm).clip(0, len(shells) - 1)
-    below = (above - 1).clip(0)
-    gap = np.minimum(np.abs(q_norm - shells[above]), np.abs(q_norm - shells[below]))  # to the nearest |G|
-    candidates = np.flatnonzero((gap < r_max) & mask.ravel())
-    q_cand = q_all[candidates]
+    candidates, q_cand, q_norm = _candidates(geometry, shape, mask, centres, r_max, comm)
     rotations = geometry.lab_to_crystal(np.arange(len(files)))  # (F, 3, 3): Q_c = M Q_lab
-    visits = _visits(geometry, rotations, q_cand, q_norm[candidates], centres, r_max, comm)
+    visits = _visits(geometry, rotations, q_cand, q_norm, centres, r_max, comm)
     _check_spots_fall_on_detector(visits.seen, hkl, requested, len(files), options)
     log.info("harvest: %d frames of %d x %d, %d spots, %d candidate pixels, r = %.4g..%.4g 1/A",
              len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
@@ -328,12 +321,20 @@ class _Visits:
     seen: np.ndarray  # (S,) some pixel is near the spot in some frame
 
 
-def _q_lab_image(geometry, shape, comm) -> np.ndarray:
-    """Q_lab of every pixel (P, 3), as ``geometry.q_lab_image``; under MPI each rank computes a band of rows."""
+def _candidates(geometry, shape, mask, centres, r_max, comm):
+    """Unmasked pixels whose |Q_lab| lies within r_max of some |centre| (a rotation keeps |Q|): flat indices,
+    Q_lab (as ``geometry.q_lab_image``) and |Q_lab|.  Under MPI each rank examines a band of rows."""
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     rows = np.array_split(np.arange(shape[0]), size)[rank]
-    mine = geometry.q_lab(rows[:, None], np.arange(shape[1])[None, :]).reshape(-1, 3)
-    return mine if size == 1 else _gather(comm, mine, everyone=True)
+    q = geometry.q_lab(rows[:, None], np.arange(shape[1])[None, :]).reshape(-1, 3)
+    q_norm = np.sqrt(np.einsum("ij,ij->i", q, q))
+    shells = np.sort(np.linalg.norm(centres, axis=1))
+    above = np.searchsorted(shells, q_norm).clip(0, len(shells) - 1)
+    below = (above - 1).clip(0)
+    gap = np.minimum(np.abs(q_norm - shells[above]), np.abs(q_norm - shells[below]))  # to the nearest |G|
+    mine = np.flatnonzero((gap < r_max) & mask[rows].ravel())
+    found = (mine + (rows[0] * shape[1] if len(rows) else 0), q[mine], q_norm[mine])
+    return found if size == 1 else tuple(_gather(comm, x, everyone=True) for x in found)
 
 
 def _visits(geometry, rotations, q_cand, q_norm, centres, r_max, comm=None) -> _Visits:
