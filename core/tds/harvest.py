@@ -229,9 +229,11 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     frames = _frame_source(block, files, reader, first.data if rank == 0 else None, first.data.nbytes,
                            comm)  # reading starts during the set-up
     with contextlib.closing(frames), quiet_fabio():
-        hkl, G, points, centroid_sums, over = _select(geometry, files, options, plugins, shape, block, frames, comm)
+        hkl, G, points, per_frame, centroid_sums, over = _select(geometry, files, options, plugins, shape, block,
+                                                                 frames, comm)
     if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
         points = {k: _gather(comm, v) for k, v in points.items()}
+        per_frame = _reduce(comm, per_frame)
         centroid_sums = _reduce(comm, centroid_sums)
         over = _reduce(comm, over.astype(np.int64))
         if rank != 0:
@@ -243,8 +245,8 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     pixel = np.empty((len(points["p"]), 2), np.int64)
     np.divmod(points["p"], shape[1], out=(pixel[:, 0], pixel[:, 1]))
     result = Harvest(
-        Q=points["Q"], intensity=points["I"], spot=points["s"].astype(np.int64), frame=points["f"].astype(np.int64),
-        pixel=pixel,
+        Q=points["Q"], intensity=points["I"], spot=points["s"].astype(np.int64),
+        frame=np.repeat(np.arange(len(files)), per_frame), pixel=pixel,
         hkl=hkl, G=G, centroid=centroid, excluded_frames=excluded,
         attrs={"frame_convention": FRAME_CONVENTION, "unit": Q_UNIT, "shape": list(shape),
                "input_files": [str(f) for f in files], "delta_q": [options.delta_q_min, options.delta_q_max],
@@ -288,9 +290,10 @@ def _select(geometry, files, options, plugins, shape, block, frames, comm):
     log.info("harvest: %d frames of %d x %d, %d spots, %d candidate pixels, r = %.4g..%.4g 1/A",
              len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
 
-    points, centroid_sums, over = _harvest_frames(block, files, frames, shape, visits, candidates, q_cand,
-                                                  rotations, centres, G, r_min, r_max, norm, options.threshold)
-    return hkl, G, points, centroid_sums, over
+    points, per_frame, centroid_sums, over = _harvest_frames(block, files, frames, shape, visits, candidates,
+                                                             q_cand, rotations, centres, G, r_min, r_max, norm,
+                                                             options.threshold)
+    return hkl, G, points, per_frame, centroid_sums, over
 
 
 def _check_spots_fall_on_detector(seen, hkl, requested, n_frames, options) -> None:
@@ -442,7 +445,8 @@ def _spare_core(comm) -> bool:
 
 def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rotations, centres, G, r_min, r_max,
                     norm, threshold):
-    """Points of the frames in ``block`` (this rank's share), in (frame, spot, pixel) order.
+    """Points of the frames in ``block`` (this rank's share), in (frame, spot, pixel) order, and the number
+    of points of each frame (F,), which is all the frame column needs.
 
     Per chunk of frames, the (spot, pixel) rows visited in any of them form a dense
     (frame, row) table: one matrix product per frame rotates the rows, one gather
@@ -450,6 +454,7 @@ def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rot
     (masks and compress, no per-point index arithmetic).
     """
     centroid_sums = np.zeros((len(files), len(G), 4))  # per frame and spot: sum I, sum I*Q
+    per_frame = np.zeros(len(files), np.int64)
     over = np.zeros(len(files), bool)
     spans = np.empty(0, np.int64)
     if len(block):
@@ -457,7 +462,7 @@ def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rot
         spans = spans[spans > 0]
     bound = int(spans.sum())  # points of this block before the exact tests
     out = {"Q": np.empty((bound, 3)), "I": np.empty(bound), "s": np.empty(bound, np.int32),  # int32: less to gather
-           "p": np.empty(bound, np.int32), "f": np.empty(bound, np.int32)}
+           "p": np.empty(bound, np.int32)}
     chunk = int(np.clip(spans.mean() // 8, 1, 32)) if len(spans) else 1  # an eighth of a visit: little waste
     start, filled = time.perf_counter(), 0
     for c0 in range(0, len(block), chunk):
@@ -487,19 +492,18 @@ def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rot
                 weights = values[f, r].astype(float)[:, None]
                 np.add.at(centroid_sums, (numbers[f], spot[r]), np.concatenate([weights, weights * q_c[f, r]], 1))
         keep = inside & (dist2 > r_min * r_min) & (values >= 0) & ~over[numbers][:, None]
-        per_frame = keep.sum(axis=1)
-        done = slice(filled, filled + int(per_frame.sum()))
+        per_frame[numbers] = keep.sum(axis=1)
+        done = slice(filled, filled + int(per_frame[numbers].sum()))
         (offset + G[spot]).reshape(-1, 3).compress(keep.ravel(), axis=0, out=out["Q"][done])
         out["I"][done] = (values / norm[numbers][:, None])[keep]
         out["s"][done] = np.broadcast_to(spot, keep.shape)[keep]
         out["p"][done] = np.broadcast_to(pixel, keep.shape)[keep]
-        out["f"][done] = np.repeat(numbers, per_frame)
         filled = done.stop
         count = c0 + len(numbers)
         if count * 10 // len(block) > c0 * 10 // len(block) or count == len(block):  # about every tenth
             log.info("harvest: %d/%d frames, %d points, %.1f frames/s", count, len(block), filled,
                      count / max(time.perf_counter() - start, 1e-9))
-    return {k: v[:filled] for k, v in out.items()}, centroid_sums, over
+    return {k: v[:filled] for k, v in out.items()}, per_frame, centroid_sums, over
 
 
 def _rotate(q, matrix, out, rows: int = 16384):
