@@ -463,7 +463,9 @@ def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rot
     bound = int(spans.sum())  # points of this block before the exact tests
     out = {"Q": np.empty((bound, 3)), "I": np.empty(bound), "s": np.empty(bound, np.int32),  # int32: less to gather
            "p": np.empty(bound, np.int32)}
-    chunk = int(np.clip(spans.mean() // 8, 1, 32)) if len(spans) else 1  # an eighth of a visit: little waste
+    chunk = 1
+    if len(spans):  # an eighth of a visit (little waste), at most ~2**20 table entries (~100 MB of temporaries)
+        chunk = int(np.clip(min(spans.mean() // 8, 2**20 * len(block) // bound), 1, 32))
     start, filled = time.perf_counter(), 0
     for c0 in range(0, len(block), chunk):
         numbers = block[c0:c0 + chunk]
