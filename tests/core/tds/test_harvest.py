@@ -1,5 +1,8 @@
 """Harvest against a brute-force reference: every pixel of every frame rotated, every spot tested."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +119,6 @@ def test_harvest_matches_brute_force_in_other_scans(scan, plugins, change):
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "mpiexec").exists(), reason="mpiexec not installed")
 def test_three_ranks_give_the_serial_harvest(scan, plugins, tmp_path):
     """Uneven blocks (14, 13, 13 frames), the threshold and the centroids across ranks: same arrays as serial."""
-    import subprocess
-    import sys
-
     options = dict(delta_q_min=0.05, delta_q_max=0.3, threshold=5e5, spots=hs.SPOTS, mask_file=str(scan["mask"]))
     serial = harvest(hs.geometry(), scan["files"], HarvestOptions(**{**options, "spots": np.array(hs.SPOTS)}),
                      plugins)
@@ -137,8 +137,6 @@ def test_three_ranks_give_the_serial_harvest(scan, plugins, tmp_path):
         "if result is not None:\n"
         "    write_harvest(result, sys.argv[2])\n"
     )
-    import json
-
     bin_dir = ROOT / ".venv" / "bin"
     done = subprocess.run([str(bin_dir / "mpiexec"), "-n", "3", sys.executable, str(script), json.dumps(options),
                            str(tmp_path / "mpi.h5"), *map(str, scan["files"])],
