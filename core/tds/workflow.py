@@ -109,12 +109,9 @@ def harvest_options(tds, spots=None):
 
 def mpi_comm():
     """COMM_WORLD when started by mpiexec with more than one rank, else None (mpi4py not imported)."""
-    if not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")):
-        return None
-    from mpi4py import MPI
+    from difframe.parallel import world
 
-    comm = MPI.COMM_WORLD
-    return comm if comm.Get_size() > 1 else None
+    return world().comm
 
 
 def harvest_step(tds, plugins, comm=None):
