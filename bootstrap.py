@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ def demo() -> None:
     DEMO_DIR.mkdir(exist_ok=True)
     difframe = BIN / "difframe"
     sh(difframe, "-v", "run", ROOT / "examples" / "ptycho_sim.toml", "-p", f'io.paths.home="{DEMO_DIR / "ptycho"}"')
+    if (DEMO_DIR / "mgo-run").is_dir():  # the demo's own earlier stack: simulate refuses to overwrite it
+        shutil.rmtree(DEMO_DIR / "mgo-run")
     sh(difframe, "tds", "simulate", ROOT / "examples" / "tds" / "mgo.toml", "-o", DEMO_DIR / "mgo-run")
     sh(difframe, "-v", "tds", DEMO_DIR / "mgo-run" / "input.par")
     print(f"\nresults and pictures are under {DEMO_DIR}")
