@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from difframe import errors
+
 log = logging.getLogger("difframe.parallel")
 
 #: variables the common launchers (MPICH/Hydra, Open MPI, PMIx) set in every rank they start
@@ -71,6 +73,46 @@ class Ranks:
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on some rank (a stop request seen by one)."""
         return self.sum(float(bool(flag)))[0] > 0
+
+    def broadcast_text(self, text: str | None, root: int = 0) -> str:
+        """``root``'s text on every rank (UTF-8 bytes in a raw buffer, never pickled)."""
+        if self.comm is None:
+            return text or ""
+        payload = np.frombuffer((text or "").encode(), np.uint8) if self.rank == root else None
+        size = np.array([0 if payload is None else payload.size], np.int64)
+        self.comm.Bcast(size, root=root)
+        buf = payload.copy() if payload is not None else np.empty(int(size[0]), np.uint8)
+        self.comm.Bcast(buf, root=root)
+        return buf.tobytes().decode()
+
+    def raise_first(self, error: BaseException | None) -> None:
+        """Collective: when some rank holds an ``error``, every rank raises the lowest such rank's.
+
+        A rank that fails alone while the others enter a collective would hang
+        them; work that can fail on one rank's frames (reading its share,
+        checking it for NaN) ends with this call.  Other ranks raise the same
+        :mod:`difframe.errors` class with the same message.
+        """
+        if self.comm is None:
+            if error is not None:
+                raise error
+            return
+        from mpi4py import MPI
+
+        first = np.array([self.rank if error is not None else self.size], np.int64)
+        self.comm.Allreduce(MPI.IN_PLACE, first, op=MPI.MIN)
+        root = int(first[0])
+        if root == self.size:
+            return
+        kinds = (errors.ParameterError, errors.UsageError, errors.DataError, errors.PluginError)
+        mine = next((i for i, k in enumerate(kinds) if isinstance(error, k)), len(kinds))
+        kind = np.array([mine], np.int64)
+        self.comm.Bcast(kind, root=root)
+        message = self.broadcast_text(str(error) if error is not None else None, root=root)
+        if error is not None:
+            raise error
+        cls = kinds[int(kind[0])] if int(kind[0]) < len(kinds) else errors.DifframeError
+        raise cls(message)
 
 
 def world() -> Ranks:

@@ -14,19 +14,23 @@ Cone-beam (Fresnel scaling) near-field data: with the focus-to-sample distance
 z1 and the file's sample-to-detector distance z2, the equivalent parallel-beam
 geometry has pixel ``psize / M`` and distance ``z2 / M`` with magnification
 ``M = (z1 + z2) / z1``.
+
+:func:`open_cxi` reads the geometry and positions and leaves the frames (and a
+per-frame mask) in the file until a rank asks for its share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from difframe.errors import DataError, ParameterError
 from difframe.ptycho.h5typed import open_file
-from difframe.ptycho.prepare import RawScan
+from difframe.ptycho.prepare import FrameSource, RawScan, load_share
 
 log = logging.getLogger("difframe.ptycho.cxi")
 
@@ -49,24 +53,32 @@ def positions_from_translation(translation: np.ndarray, basis: np.ndarray) -> np
     return -(translation @ units)
 
 
-def read_cxi(path: str | os.PathLike, *, entry: str = "entry_1", focus_distance: float | None = None) -> RawScan:
-    """Read one CXI entry into a RawScan; DataError naming the file and node on any defect."""
+@contextlib.contextmanager
+def open_cxi(path: str | os.PathLike, *, entry: str = "entry_1",
+             focus_distance: float | None = None) -> Iterator[RawScan]:
+    """One CXI entry as a RawScan whose frames are read on demand while the ``with`` lasts.
+
+    DataError naming the file and node on any defect.
+    """
     where = str(path)
     with open_file(path, "CXI") as f:
         det = f"{entry}/instrument_1/detector_1"
         if f"{det}/data" not in f:
             raise DataError(f"{where}: no {det}/data, not a CXI ptychography entry")
-        frames = np.asarray(f[f"{det}/data"][()])
+        frames = f[f"{det}/data"]
         if frames.ndim != 3:
             raise DataError(f"{where}:/{det}/data has shape {frames.shape}, expected (N, H, W)")
-        bad = ~np.isfinite(frames.reshape(len(frames), -1)).all(axis=1) if frames.dtype.kind == "f" else None
-        if bad is not None and bad.any():
-            raise DataError(f"{where}:/{det}/data: frames {np.flatnonzero(bad)[:10].tolist()} contain NaN or infinity")
-        mask = None
+        mask = masks = None
         if f"{det}/mask" in f:
-            mask = np.asarray(f[f"{det}/mask"][()]) == 0
-            if mask.shape not in (frames.shape, frames.shape[1:]):
-                raise DataError(f"{where}:/{det}/mask has shape {mask.shape}, frames are {frames.shape}")
+            masks = f[f"{det}/mask"]
+            if masks.shape not in (frames.shape, frames.shape[1:]):
+                raise DataError(f"{where}:/{det}/mask has shape {masks.shape}, frames are {frames.shape}")
+            if masks.shape == frames.shape[1:]:
+                mask, masks = masks[()] == 0, None
+
+        def read(start: int, stop: int):
+            return frames[start:stop], None if masks is None else masks[start:stop] == 0
+
         distance = _scalar(f, f"{det}/distance", where)
         px = _scalar(f, f"{det}/x_pixel_size", where)
         py = _scalar(f, f"{det}/y_pixel_size", where)
@@ -84,18 +96,25 @@ def read_cxi(path: str | os.PathLike, *, entry: str = "entry_1", focus_distance:
                 raise DataError(f"{where}:/{trans_path} has shape {translation.shape} (or non-finite values), "
                                 f"expected ({len(frames)}, 3) finite metres")
             positions = positions_from_translation(translation, basis)
-    energy_kev = energy_j / JOULE_PER_KEV if energy_j else (1.2398419843320026e-9 / wavelength if wavelength else None)
-    psize = None if px is None or py is None else (py, px)
-    meta: dict[str, Any] = {"source": where, "cxi_entry": entry}
-    if focus_distance is not None:
-        if distance is None or psize is None:
-            raise DataError(f"{where}: focus_distance needs the file's distance and pixel size")
-        if not focus_distance > 0:
-            raise ParameterError(f"scan.data.recipe.cxi.focus_distance must be positive, got {focus_distance}")
-        magnification = (focus_distance + distance) / focus_distance
-        meta.update(magnification=magnification, detector_distance_m=distance, detector_psize_m=psize)
-        distance, psize = distance / magnification, (psize[0] / magnification, psize[1] / magnification)
-        log.info("%s: cone beam, magnification %.2f, effective distance %.4g m, pixel %.4g m",
-                 where, magnification, distance, psize[0])
-    return RawScan(frames=frames, mask=mask, positions=positions, energy_kev=energy_kev, distance_m=distance,
-                   psize_m=psize, center=None, meta=meta)
+        energy_kev = energy_j / JOULE_PER_KEV if energy_j else (1.2398419843320026e-9 / wavelength if wavelength else None)
+        psize = None if px is None or py is None else (py, px)
+        meta: dict[str, Any] = {"source": f"{where}:/{det}/data", "cxi_entry": entry}
+        if focus_distance is not None:
+            if distance is None or psize is None:
+                raise DataError(f"{where}: focus_distance needs the file's distance and pixel size")
+            if not focus_distance > 0:
+                raise ParameterError(f"scan.data.recipe.cxi.focus_distance must be positive, got {focus_distance}")
+            magnification = (focus_distance + distance) / focus_distance
+            meta.update(magnification=magnification, detector_distance_m=distance, detector_psize_m=psize)
+            distance, psize = distance / magnification, (psize[0] / magnification, psize[1] / magnification)
+            log.info("%s: cone beam, magnification %.2f, effective distance %.4g m, pixel %.4g m",
+                     where, magnification, distance, psize[0])
+        yield RawScan(frames=FrameSource(frames.shape, read), mask=mask, positions=positions, energy_kev=energy_kev,
+                      distance_m=distance, psize_m=psize, center=None, meta=meta)
+
+
+def read_cxi(path: str | os.PathLike, *, entry: str = "entry_1", focus_distance: float | None = None) -> RawScan:
+    """Read one whole CXI entry into memory (see :func:`open_cxi`)."""
+    with open_cxi(path, entry=entry, focus_distance=focus_distance) as raw:
+        frames, masks = load_share(raw, slice(0, raw.frames.shape[0]), raw.meta["source"])
+    return RawScan(**{**raw.__dict__, "frames": frames, "mask": raw.mask if masks.ndim == 2 else masks})

@@ -1,7 +1,10 @@
 """``PreparedData``: what every ptychography recipe returns and the model consumes.
 
 One record per scan, independent of where the frames came from (simulation,
-``.ptyd``, CXI, a facility loader), so engines never see file formats.
+``.ptyd``, CXI, a facility loader), so engines never see file formats.  Under
+MPI a record holds one rank's block of the frames but the positions of all of
+them; statistics over all frames (:meth:`PreparedData.frame_totals`,
+:meth:`PreparedData.mean_frame`) are then sums over the ranks.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from difframe.errors import DataError
+from difframe.parallel import Ranks
 
 PROPAGATIONS = ("farfield", "nearfield")
 
@@ -20,12 +24,15 @@ PROPAGATIONS = ("farfield", "nearfield")
 class PreparedData:
     """Diffraction frames of one scan, cropped and oriented, with their geometry.
 
-    ``data`` (N, H, W) float32 counts; ``mask`` (H, W) or (N, H, W) bool, True
+    ``data`` (n, H, W) float32 counts; ``mask`` (H, W) or (n, H, W) bool, True
     where a pixel is valid; ``positions`` (N, 2) float64 metres (y, x) of the
-    sample relative to the beam; ``psize_m`` is the detector pixel (y, x) in
-    metres; ``center`` the (row, col) of the beam in ``data`` (for nearfield, the
-    middle of the frame); ``meta`` keeps free-form provenance (source file,
-    preparation parameters).
+    sample relative to the beam, for all N frames of the scan; ``psize_m`` is
+    the detector pixel (y, x) in metres; ``center`` the (row, col) of the beam
+    in ``data`` (for nearfield, the middle of the frame); ``meta`` keeps
+    free-form provenance (source file, preparation parameters).
+
+    ``data`` holds frames ``first .. first + n - 1`` of the N: all of them
+    (``first`` = 0, n = N), or the block ``ranks.share(N)`` of this MPI rank.
     """
 
     label: str
@@ -38,6 +45,8 @@ class PreparedData:
     center: tuple[float, float]
     propagation: str = "farfield"
     meta: dict[str, Any] = field(default_factory=dict)
+    first: int = 0
+    ranks: Ranks = field(default_factory=Ranks)
 
     def __post_init__(self) -> None:
         self.data = np.asarray(self.data, dtype=np.float32)
@@ -51,7 +60,17 @@ class PreparedData:
 
     @property
     def num_frames(self) -> int:
-        return int(self.data.shape[0])
+        """Frames in the whole scan (all ranks)."""
+        return int(self.positions.shape[0])
+
+    @property
+    def held(self) -> slice:
+        """The scan's frames that ``data`` holds."""
+        return slice(self.first, self.first + int(self.data.shape[0]))
+
+    @property
+    def holds_all(self) -> bool:
+        return self.held == slice(0, self.num_frames)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,8 +82,30 @@ class PreparedData:
         return 12.398419843320026e-10 / self.energy_kev
 
     def frame_mask(self) -> np.ndarray:
-        """The mask broadcast to (N, H, W), for code that wants one per frame."""
+        """The mask broadcast to (n, H, W), for code that wants one per frame."""
         return np.broadcast_to(self.mask, self.data.shape)
+
+    def frame_totals(self) -> np.ndarray:
+        """(N,) float64 valid counts of every frame of the scan.
+
+        Collective when ranks hold shares: every rank must call it.
+        """
+        totals = np.zeros(self.num_frames)
+        totals[self.held] = np.where(self.frame_mask(), self.data, 0).sum(axis=(1, 2), dtype=np.float64)
+        if not self.holds_all:
+            self.ranks.sum_arrays(totals)
+        return totals
+
+    def mean_frame(self) -> np.ndarray:
+        """(H, W) float64 mean valid intensity over all frames of the scan (0 where never valid).
+
+        Collective when ranks hold shares: every rank must call it.
+        """
+        counts = np.where(self.frame_mask(), self.data, 0).sum(axis=0, dtype=np.float64)
+        valid = self.frame_mask().sum(axis=0, dtype=np.float64)
+        if not self.holds_all:
+            self.ranks.sum_arrays(counts, valid)
+        return np.where(valid > 0, counts / np.maximum(valid, 1), 0.0)
 
     def validate(self) -> None:
         """Raise one DataError naming the first inconsistent field of scan ``label``."""
@@ -74,14 +115,21 @@ class PreparedData:
         if self.mask.shape not in (self.data.shape, self.data.shape[1:]):
             raise DataError(f"{where}: mask shape {self.mask.shape} fits neither (H, W) nor (N, H, W) "
                             f"of data {self.data.shape}")
-        if self.positions.shape != (self.data.shape[0], 2):
-            raise DataError(f"{where}: positions shape {self.positions.shape} does not match "
-                            f"{self.data.shape[0]} frames (expected ({self.data.shape[0]}, 2))")
+        if self.positions.ndim != 2 or self.positions.shape[1] != 2:
+            raise DataError(f"{where}: positions shape {self.positions.shape} is not (N, 2)")
+        share = self.ranks.share(self.num_frames)
+        if not (self.holds_all or self.held == share):
+            if self.ranks.size == 1:
+                raise DataError(f"{where}: positions shape {self.positions.shape} does not match "
+                                f"{self.data.shape[0]} frames (expected ({self.data.shape[0]}, 2))")
+            raise DataError(f"{where}: data hold frames {self.held.start}..{self.held.stop - 1} of "
+                            f"{self.num_frames}; expected all of them or rank {self.ranks.rank}'s share "
+                            f"{share.start}..{share.stop - 1}")
         if not np.isfinite(self.positions).all():
             raise DataError(f"{where}: positions contain NaN or infinity")
         bad = ~np.isfinite(self.data).reshape(self.data.shape[0], -1).all(axis=1)
         if bad.any():
-            raise DataError(f"{where}: frames {np.flatnonzero(bad)[:10].tolist()} contain NaN or infinity")
+            raise DataError(f"{where}: frames {(self.first + np.flatnonzero(bad))[:10].tolist()} contain NaN or infinity")
         for name in ("energy_kev", "distance_m"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):

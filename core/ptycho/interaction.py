@@ -15,7 +15,11 @@ Protocol (REQ/REP).  A request is ONE frame of JSON, an object with
   the array;
 * ``stop`` -> the run stops after the current block (``run.request_stop()``);
 * ``set`` with ``"path"`` (``engines.<label>.<key>``, key in :data:`SETTABLE`)
-  and ``"value"`` -> validated by the parameter tree, then used from the next block.
+  and ``"value"`` -> validated by the parameter tree, then used from the next
+  block.  The reply's ``"state"`` says ``"applied"`` (one process: the change
+  is in place) or ``"queued"`` (under mpiexec: the server runs on rank 0 only,
+  and the flow hands the change to every rank, rank 0 included, before the
+  next block: :func:`share_changes`).
 
 A reply is a JSON header (``"ok": true`` or ``"ok": false`` with ``"error"``)
 followed, for ``get``, by one raw frame of array bytes whose dtype and shape the
@@ -108,6 +112,7 @@ class InteractionServer:
         self.run, self.model, self.runtime = run, model, runtime
         self.address: str | None = None
         self._context = self._socket = None
+        self.pending: list[tuple[str, object]] = []  # validated (path, value) awaiting share_changes (MPI)
 
     def start(self) -> "InteractionServer":
         """Bind to primary_address:primary_port, or the first free port of port_range."""
@@ -249,16 +254,36 @@ class InteractionServer:
             raise RequestRefused(f"set {path}: no engine labelled {label!r} (engines: {', '.join(engines)})")
         if key not in SETTABLE:
             raise RequestRefused(f"set {path}: {key!r} cannot be changed during a run (settable: {', '.join(SETTABLE)})")
-        if self.model.ranks.size > 1:
-            raise RequestRefused(f"set {path}: not available under mpiexec (only rank 0 would see the change)")
         name = engines[label].name
         nodes = self.run.tree.nodes
         node = nodes.get(f"engine.{name}.{key}") or nodes.get(f"engine.common.{key}")
         if node is None:
             raise RequestRefused(f"set {path}: {key!r} is not a parameter of engine {name!r}")
-        engines[label][key] = check_value(node, value, path)
-        log.info("interaction: %s = %r", path, engines[label][key])
-        return {"ok": True, "path": path, "value": engines[label][key]}, []
+        value = check_value(node, value, path)
+        if self.model.ranks.size > 1:
+            self.pending.append((path, value))
+            log.info("interaction: %s = %r queued for all %d ranks", path, value, self.model.ranks.size)
+            return {"ok": True, "path": path, "value": value, "state": "queued"}, []
+        engines[label][key] = value
+        log.info("interaction: %s = %r", path, value)
+        return {"ok": True, "path": path, "value": value, "state": "applied"}, []
+
+
+def share_changes(run, ranks, server: InteractionServer | None) -> None:
+    """Apply on every rank the ``set`` changes rank 0's ``server`` queued (a collective under mpiexec).
+
+    The values were validated on rank 0; they travel as JSON text, and only
+    into ``engines.<label>.<key>`` paths the server accepted.
+    """
+    if ranks.size == 1 or run.params.get("interaction") is None:
+        return
+    queued = None
+    if server is not None:
+        queued, server.pending = json.dumps(server.pending, allow_nan=False), []
+    for path, value in json.loads(ranks.broadcast_text(queued) or "[]"):
+        _, label, key = path.split(".")
+        run.params.engines[label][key] = value
+        log.info("interaction: %s = %r (rank %d)", path, value, ranks.rank)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,14 @@ default to their middle), crop to ``shape * rebin`` around the centre,
 source and the parameters are settled by ``if_conflict_use_meta``; the result
 is saved to ``dfile`` when ``save`` is set.  Every step works on the whole
 stack of frames at once.
+
+Under MPI (``context.ranks``, see :func:`difframe.ptycho.workflow.prepare_scans`)
+the frame selection is decided on the counts and positions every rank knows,
+then each rank loads only its block ``ranks.share(N)`` of the selected frames:
+a recipe that gives its frames as a :class:`FrameSource` reads (or simulates)
+nothing else.  The steps that look at all frames (the auto centre's summed
+intensity, the NaN check) reduce over the ranks, so every rank gets the answer
+one process would.
 """
 
 from __future__ import annotations
@@ -17,12 +25,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from difframe.errors import DataError, ParameterError
+from difframe.errors import DataError, ParameterError, UsageError
 from difframe.optics import wavelength_to_energy
+from difframe.parallel import Ranks
 from difframe.param import Param
 from difframe.ptycho.data import PreparedData
 
@@ -30,15 +39,29 @@ log = logging.getLogger("difframe.ptycho.prepare")
 
 
 @dataclass
+class FrameSource:
+    """Frames read (or simulated) on demand, so that a rank loads only its share.
+
+    ``shape`` (N, H, W) of the whole stack; ``read(start, stop)`` returns
+    frames ``start .. stop - 1`` and their (n, H, W) masks, or None for the
+    masks when the RawScan's (H, W) mask (or none) holds for every frame.
+    """
+
+    shape: tuple[int, int, int]
+    read: Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass
 class RawScan:
     """What a recipe read from its source; ``None`` means "the source does not say".
 
-    ``frames`` (N, H, W) counts; ``mask`` (H, W) or (N, H, W), True = valid;
+    ``frames`` (N, H, W) counts, in memory or as a :class:`FrameSource`;
+    ``mask`` (H, W) or, for frames in memory, (N, H, W), True = valid;
     ``positions`` (N, 2) metres (y, x); ``psize_m`` (y, x) metres; ``center``
     (row, col) of the beam in ``frames``.
     """
 
-    frames: np.ndarray
+    frames: np.ndarray | FrameSource
     mask: np.ndarray | None = None
     positions: np.ndarray | None = None
     energy_kev: float | None = None
@@ -86,9 +109,11 @@ def orient(stack: np.ndarray, center: tuple[float, float] | None, orientation: A
     return stack, center
 
 
-def mass_center(frames: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """Centre of mass (row, col) of the valid intensity summed over all frames."""
-    total = (frames * mask).sum(axis=0) if mask.ndim == 3 else frames.sum(axis=0) * mask
+def mass_center(frames: np.ndarray, mask: np.ndarray, ranks: Ranks | None = None) -> tuple[float, float]:
+    """Centre of mass (row, col) of the valid intensity summed over all frames (of all ``ranks``)."""
+    total = np.where(mask, frames, 0).sum(axis=0, dtype=np.float64)
+    if ranks is not None:
+        ranks.sum_arrays(total)
     weight = float(total.sum())
     if not weight > 0:
         raise DataError("auto_center: the frames hold no counts, there is no centre of mass")
@@ -169,8 +194,10 @@ def geometry_from_params(p: Param) -> dict[str, Any]:
 
 
 def select_frames(raw: RawScan, data_p: Param, context_positions: np.ndarray | None, label: str):
-    """Frames, mask and positions after ``num_frames``, ``positions_theory`` and ``min_frames``."""
-    frames, mask, positions = raw.frames, raw.mask, raw.positions
+    """(N, positions (N, 2)): how many of the source's frames ``num_frames``, ``positions_theory``
+    and ``min_frames`` keep (always the first N), and their positions."""
+    available = int(raw.frames.shape[0])
+    positions = raw.positions
     theory = data_p.get("positions_theory")
     num = data_p.get("num_frames")
     if theory is not None:
@@ -180,25 +207,42 @@ def select_frames(raw: RawScan, data_p: Param, context_positions: np.ndarray | N
         positions, num = theory, len(theory)
     elif positions is None:
         positions = context_positions
+    count = available
     if num is not None:
-        if num > len(frames):
+        if num > available:
             if theory is not None:
                 raise DataError(f"scan {label}: positions_theory has {num} positions but the data only "
-                                f"{len(frames)} frames")
-            log.info("scan %s: num_frames=%d but only %d frames available", label, num, len(frames))
-        num = min(num, len(frames))
-        frames = frames[:num]
-        mask = mask[:num] if mask is not None and mask.ndim == 3 else mask
+                                f"{available} frames")
+            log.info("scan %s: num_frames=%d but only %d frames available", label, num, available)
+        count = min(num, available)
     if positions is None:
         raise DataError(f"scan {label}: the data carry no positions and the scan has no pattern (scan.xy)")
     positions = np.asarray(positions, dtype=float)
-    if len(positions) < len(frames):
-        raise DataError(f"scan {label}: {len(frames)} frames but only {len(positions)} positions")
-    positions = positions[: len(frames)]
+    if len(positions) < count:
+        raise DataError(f"scan {label}: {count} frames but only {len(positions)} positions")
     min_frames = data_p.get("min_frames") or 1
-    if len(frames) < min_frames:
-        raise DataError(f"scan {label}: {len(frames)} frames, fewer than scan.data.min_frames={min_frames}")
-    return frames, mask, positions
+    if count < min_frames:
+        raise DataError(f"scan {label}: {count} frames, fewer than scan.data.min_frames={min_frames}")
+    return count, positions[:count]
+
+
+def load_share(raw: RawScan, share: slice, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``share`` of ``raw`` and their mask ((H, W) or (n, H, W)); DataError naming NaN frames."""
+    if isinstance(raw.frames, FrameSource):
+        frames, masks = raw.frames.read(share.start, share.stop)
+    else:
+        frames = raw.frames[share]
+        masks = raw.mask[share] if raw.mask is not None and raw.mask.ndim == 3 else None
+    frames = np.asarray(frames)
+    if masks is None:
+        masks = np.ones(frames.shape[1:], bool) if raw.mask is None else np.asarray(raw.mask, bool)
+    if frames.dtype.kind in "fc":
+        bad = ~np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+        if bad.any():
+            source = raw.meta.get("source") or f"scan {label}"
+            raise DataError(f"{source}: frames {(share.start + np.flatnonzero(bad))[:10].tolist()} "
+                            f"contain NaN or infinity")
+    return frames, np.asarray(masks, bool)
 
 
 def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) -> PreparedData:
@@ -209,12 +253,24 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     p = Param(scan_params)
     data_p = p.get("data") or Param()
     label = context.label
-    frames = np.asarray(raw.frames)
-    if frames.ndim != 3:
-        raise DataError(f"scan {label}: frames must be an (N, H, W) stack, got shape {frames.shape}")
-    mask = np.ones(frames.shape[1:], bool) if raw.mask is None else np.asarray(raw.mask, bool)
-    raw = RawScan(**{**raw.__dict__, "frames": frames, "mask": mask})
-    frames, mask, positions = select_frames(raw, data_p, getattr(context, "positions", None), label)
+    ranks = getattr(context, "ranks", None) or Ranks()
+    if not isinstance(raw.frames, FrameSource):
+        raw = RawScan(**{**raw.__dict__, "frames": np.asarray(raw.frames)})
+    if len(raw.frames.shape) != 3:
+        raise DataError(f"scan {label}: frames must be an (N, H, W) stack, got shape {raw.frames.shape}")
+    if raw.mask is not None and np.shape(raw.mask) not in (tuple(raw.frames.shape), tuple(raw.frames.shape[1:])):
+        raise DataError(f"scan {label}: mask shape {np.shape(raw.mask)} fits neither frames {raw.frames.shape} "
+                        f"nor one frame")
+    count, positions = select_frames(raw, data_p, getattr(context, "positions", None), label)
+    if count < ranks.size:
+        raise UsageError(f"scan {label}: {count} frames for {ranks.size} MPI ranks; start at most {count} ranks")
+    share = ranks.share(count)
+    failure = None
+    try:
+        frames, mask = load_share(raw, share, label)
+    except DataError as err:
+        failure = err
+    ranks.raise_first(failure)  # one rank's unreadable or NaN frames stop all ranks here, not in a collective
 
     center = _pair(raw.center, "data source center")
     frames, center = orient(frames, center, data_p.get("orientation"))
@@ -232,7 +288,7 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     propagation = raw.propagation or given["propagation"] or "farfield"
     auto = data_p.get("auto_center")
     if auto or (auto is None and center is None and propagation == "farfield"):
-        center = mass_center(frames, mask)
+        center = mass_center(frames, mask, ranks)
         log.info("scan %s: auto centre at (%.2f, %.2f)", label, *center)
     if center is None:  # near field: the frame's middle
         center = (frames.shape[1] // 2, frames.shape[2] // 2)
@@ -260,7 +316,8 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     meta["preparation"] = {k: data_p.get(k) for k in
                            ("shape", "center", "auto_center", "rebin", "orientation", "num_frames", "min_frames")}
     prepared = PreparedData(label=label, data=frames, mask=mask, positions=positions, energy_kev=energy,
-                            distance_m=distance, psize_m=psize, center=center, propagation=propagation, meta=meta)
+                            distance_m=distance, psize_m=psize, center=center, propagation=propagation, meta=meta,
+                            first=share.start, ranks=ranks)
     dfile, mode = data_p.get("dfile"), data_p.get("save")
     if save and dfile and mode and not getattr(context, "dry_run", False):
         from difframe.ptycho.ptyd import write_ptyd

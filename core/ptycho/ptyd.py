@@ -18,34 +18,25 @@ overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from difframe.errors import DataError, ParameterError
 from difframe.fileio import atomic_path
+from difframe.parallel import Ranks
 from difframe.ptycho import h5typed
 from difframe.ptycho.data import PreparedData
-from difframe.ptycho.prepare import RawScan
+from difframe.ptycho.prepare import FrameSource, RawScan, load_share
 
 log = logging.getLogger("difframe.ptycho.ptyd")
 
 SAVE_MODES = ("append", "link", "merge")
 PTYD_VERSION = 0.1
-
-
-def _chunk_dict(prepared: PreparedData, sel: slice) -> dict[str, Any]:
-    data = prepared.data[sel]
-    integral = np.array_equal(data, np.round(data)) and data.max(initial=0) < 2**31
-    return {
-        "data": data.astype(np.int32) if integral else data,
-        "indices": np.arange(prepared.num_frames, dtype=np.int64)[sel],
-        "positions": prepared.positions[sel],
-        "weights": np.ascontiguousarray(prepared.frame_mask()[sel]).astype(np.float32),
-    }
 
 
 def meta_dict(prepared: PreparedData) -> dict[str, Any]:
@@ -72,43 +63,122 @@ def _keep_earlier(path: Path) -> None:
     log.warning("%s exists; kept the earlier file as %s", path, backup)
 
 
+def _frame_dtype(prepared: PreparedData) -> np.dtype:
+    """int32 when every rank's frames are whole counts below 2**31 (as ptypy stores them), else float32."""
+    data = prepared.data
+    fractional = not (np.array_equal(data, np.round(data)) and data.max(initial=0) < 2**31)
+    if not prepared.holds_all:
+        fractional = prepared.ranks.any(fractional)
+    return np.dtype(np.float32 if fractional else np.int32)
+
+
+def _chunk_skeleton(group: Any, prepared: PreparedData, sel: slice, dtype: np.dtype) -> None:
+    """A chunk's typed nodes: indices and positions filled, data and weights allocated (one HDF5 chunk per frame)."""
+    group.attrs["type"] = "dict"
+    n = sel.stop - sel.start
+    for name, value in (("indices", np.arange(sel.start, sel.stop, dtype=np.int64)),
+                        ("positions", prepared.positions[sel])):
+        group.create_dataset(name, data=value).attrs["type"] = "array"
+    for name, kind in (("data", dtype), ("weights", np.float32)):
+        group.create_dataset(name, shape=(n, *prepared.shape), dtype=kind, chunks=(1, *prepared.shape),
+                             compression="gzip").attrs["type"] = "array"
+
+
+def _write_frames(group: Any, prepared: PreparedData, sel: slice, dtype: np.dtype) -> None:
+    """This rank's frames that fall in chunk ``sel``, written into the chunk's data and weights."""
+    lo, hi = max(sel.start, prepared.held.start), min(sel.stop, prepared.held.stop)
+    if hi <= lo:
+        return
+    mine = slice(lo - prepared.first, hi - prepared.first)
+    rows = slice(lo - sel.start, hi - sel.start)
+    group["data"][rows] = prepared.data[mine].astype(dtype)
+    group["weights"][rows] = prepared.frame_mask()[mine].astype(np.float32)
+
+
 def write_ptyd(path: str | os.PathLike, prepared: PreparedData, *, save: str = "append",
                chunk_format: str = ".chunk%02d", frames_per_chunk: int | None = None,
                info: dict[str, Any] | None = None) -> Path:
-    """Write ``prepared`` as a ``.ptyd`` at ``path`` in ``save`` mode; return the path."""
+    """Write ``prepared`` as a ``.ptyd`` at ``path`` in ``save`` mode; return the path.
+
+    When MPI ranks hold shares of the frames every rank must call this: rank 0
+    lays out the file(s) under temporary names, then the ranks write their
+    frames in turn, then rank 0 renames.  No rank ever holds more than its
+    own frames, and the file is the one a single process writes.
+    """
     import h5py
 
     if save not in SAVE_MODES:
         raise ParameterError(f"scan.data.save: {save!r} is not one of {SAVE_MODES}")
     path = Path(path)
+    ranks = Ranks() if prepared.holds_all else prepared.ranks
+    if prepared.holds_all and not prepared.ranks.is_root:
+        return path  # every rank holds every frame: rank 0 writes them
     n = prepared.num_frames
     step = n if save == "merge" or not frames_per_chunk else int(frames_per_chunk)
     bounds = [slice(i, min(i + step, n)) for i in range(0, n, step)]
-    info = dict(info or {})
-    info["propagation"] = prepared.propagation
-    content = {"meta": meta_dict(prepared), "info": info}
-    _keep_earlier(path)
-    with atomic_path(path) as tmp:
-        h5typed.write(tmp, content)
-        with h5py.File(tmp, "a") as f:
-            chunks = f.create_group("chunks")
-            chunks.attrs["type"] = "dict"
-            for num, sel in enumerate(bounds):
-                if save == "link":
-                    part = path.with_name(path.name + chunk_format % num)
-                    _keep_earlier(part)
-                    with atomic_path(part) as part_tmp:
-                        h5typed.write(part_tmp, _chunk_dict(prepared, sel))
-                    chunks[str(num)] = h5py.ExternalLink(part.name, "/")
-                else:
-                    h5typed.write_node(chunks, str(num), _chunk_dict(prepared, sel))
-    log.info("wrote %d frames of scan %s to %s (%s, %d chunks)", n, prepared.label, path, save, len(bounds))
+    parts = [path.with_name(path.name + chunk_format % num) if save == "link" else None for num in range(len(bounds))]
+    dtype = _frame_dtype(prepared)
+    with contextlib.ExitStack() as stack:
+        failure, names = None, ""
+        if ranks.is_root:
+            try:
+                names = "\n".join(str(t) for t in _lay_out(stack, path, parts, prepared, bounds, dtype, info))
+            except (OSError, DataError) as err:
+                failure = DataError(f"{path}: cannot write ({err})")
+        ranks.raise_first(failure)
+        tmp, *part_tmps = ranks.broadcast_text(names).split("\n")
+        for turn in range(ranks.size):
+            failure = None
+            if turn == ranks.rank:
+                try:
+                    with h5py.File(tmp, "a") as f:
+                        for num, sel in enumerate(bounds):
+                            if parts[num] is None:
+                                _write_frames(f["chunks"][str(num)], prepared, sel, dtype)
+                    for part_tmp, sel in zip(part_tmps, bounds):
+                        with h5py.File(part_tmp, "a") as f:
+                            _write_frames(f, prepared, sel, dtype)
+                except OSError as err:
+                    failure = DataError(f"{path}: rank {ranks.rank} cannot write its frames ({err})")
+            ranks.raise_first(failure)
+    if ranks.is_root:
+        log.info("wrote %d frames of scan %s to %s (%s, %d chunks)", n, prepared.label, path, save, len(bounds))
     return path
 
 
-def read_ptyd(path: str | os.PathLike) -> RawScan:
-    """Read a ``.ptyd`` (ours or ptypy's) into a RawScan; one DataError per defect.
+def _lay_out(stack: contextlib.ExitStack, path: Path, parts: list, prepared: PreparedData, bounds: list,
+             dtype: np.dtype, info: dict[str, Any] | None) -> list[Path]:
+    """Temporary files of the ``.ptyd`` (and its linked chunk files) with everything but the frames."""
+    import h5py
 
+    info = dict(info or {})
+    info["propagation"] = prepared.propagation
+    _keep_earlier(path)
+    tmp = stack.enter_context(atomic_path(path))
+    h5typed.write(tmp, {"meta": meta_dict(prepared), "info": info})
+    part_tmps = []
+    with h5py.File(tmp, "a") as f:
+        chunks = f.create_group("chunks")
+        chunks.attrs["type"] = "dict"
+        for num, (sel, part) in enumerate(zip(bounds, parts)):
+            if part is None:
+                _chunk_skeleton(chunks.create_group(str(num)), prepared, sel, dtype)
+                continue
+            _keep_earlier(part)
+            part_tmps.append(stack.enter_context(atomic_path(part)))  # renamed before the main file
+            with h5py.File(part_tmps[-1], "w") as pf:
+                pf.attrs["h5rw_version"] = "0.1"
+                _chunk_skeleton(pf["/"], prepared, sel, dtype)
+            chunks[str(num)] = h5py.ExternalLink(part.name, "/")
+    return [tmp, *part_tmps]
+
+
+@contextlib.contextmanager
+def open_ptyd(path: str | os.PathLike) -> Iterator[RawScan]:
+    """A RawScan of a ``.ptyd`` (ours or ptypy's) whose frames are read on demand, chunk by chunk.
+
+    Everything but the frames and weights (meta, positions, indices, shapes)
+    is read and checked on opening; the file stays open inside the ``with``.
     Defects named: not HDF5, not a ptyd (no ``chunks``/``meta``), a missing or
     dangling chunk, arrays whose lengths or frame shapes disagree, NaN frames.
     """
@@ -129,42 +199,70 @@ def read_ptyd(path: str | os.PathLike) -> RawScan:
         for expected, num in enumerate(nums):
             if num != expected:
                 raise DataError(f"{path}: chunk {expected} is missing (chunks present: {nums})")
-        parts = [_read_chunk(f, num, path) for num in nums]
-    shapes = {c["data"].shape[1:] for c in parts}
-    if len(shapes) > 1:
-        raise DataError(f"{path}: chunks have different frame shapes {sorted(shapes)}")
-    data = np.concatenate([c["data"] for c in parts])
-    meta_shape = meta.get("shape")
-    if meta_shape is not None and tuple(np.broadcast_to(np.ravel(meta_shape), (2,))) != data.shape[1:]:
-        raise DataError(f"{path}: frames are {data.shape[1:]} but meta/shape says {tuple(np.ravel(meta_shape))}")
-    indices = [c["indices"] for c in parts]
-    order = (np.arange(len(data)) if any(i is None for i in indices)
-             else np.argsort(np.concatenate(indices), kind="stable"))
-    data = data[order]
-    bad = ~np.isfinite(data.reshape(len(data), -1)).all(axis=1)
-    if bad.any():
-        raise DataError(f"{path}: frames {np.flatnonzero(bad)[:10].tolist()} contain NaN or infinity")
-    weights = [c["weights"] for c in parts]
-    mask = None if any(w is None for w in weights) else (np.concatenate(weights)[order] > 0)
-    positions = [c["positions"] for c in parts]
-    positions = None if any(p is None for p in positions) else np.concatenate(positions)[order]
-    psize = meta.get("psize")
-    center = meta.get("center")
-    return RawScan(
-        frames=data, mask=mask, positions=positions,
-        energy_kev=_number(meta.get("energy")), distance_m=_number(meta.get("distance")),
-        psize_m=None if psize is None else tuple(float(v) for v in np.broadcast_to(np.ravel(psize), (2,))),
-        center=None if center is None or isinstance(center, str) else tuple(float(v) for v in np.ravel(center)[:2]),
-        propagation=info.get("propagation") if isinstance(info.get("propagation"), str) else None,
-        meta={"source": str(path), "ptyd_label": meta.get("label"), "ptyd_version": meta.get("version")},
-    )
+        parts = [_open_chunk(f, num, path) for num in nums]
+        shapes = {c["data"].shape[1:] for c in parts}
+        if len(shapes) > 1:
+            raise DataError(f"{path}: chunks have different frame shapes {sorted(shapes)}")
+        frame_shape = shapes.pop()
+        meta_shape = meta.get("shape")
+        if meta_shape is not None and tuple(np.broadcast_to(np.ravel(meta_shape), (2,))) != frame_shape:
+            raise DataError(f"{path}: frames are {frame_shape} but meta/shape says {tuple(np.ravel(meta_shape))}")
+        counts = [len(c["data"]) for c in parts]
+        total = sum(counts)
+        indices = [c["indices"] for c in parts]
+        order = (np.arange(total) if any(i is None for i in indices)
+                 else np.argsort(np.concatenate(indices), kind="stable"))
+        positions = [c["positions"] for c in parts]
+        positions = None if any(p is None for p in positions) else np.concatenate(positions)[order]
+        weighted = all(c["weights"] is not None for c in parts)
+        offsets = np.cumsum([0, *counts])
+
+        def read(start: int, stop: int):
+            rows = order[start:stop]  # rows of the chunks laid end to end
+            data = np.empty((len(rows), *frame_shape), parts[0]["data"].dtype)
+            weights = np.empty((len(rows), *frame_shape), bool) if weighted else None
+            for part, lo, hi in zip(parts, offsets[:-1], offsets[1:]):
+                mine = np.flatnonzero((rows >= lo) & (rows < hi))
+                if mine.size:
+                    local = rows[mine] - lo
+                    data[mine] = _rows(part["data"], local)
+                    if weighted:
+                        weights[mine] = _rows(part["weights"], local) > 0
+            return data, weights
+
+        psize = meta.get("psize")
+        center = meta.get("center")
+        yield RawScan(
+            frames=FrameSource((total, *frame_shape), read), mask=None, positions=positions,
+            energy_kev=_number(meta.get("energy")), distance_m=_number(meta.get("distance")),
+            psize_m=None if psize is None else tuple(float(v) for v in np.broadcast_to(np.ravel(psize), (2,))),
+            center=None if center is None or isinstance(center, str) else tuple(float(v) for v in np.ravel(center)[:2]),
+            propagation=info.get("propagation") if isinstance(info.get("propagation"), str) else None,
+            meta={"source": str(path), "ptyd_label": meta.get("label"), "ptyd_version": meta.get("version")},
+        )
+
+
+def read_ptyd(path: str | os.PathLike) -> RawScan:
+    """Read a whole ``.ptyd`` into memory (see :func:`open_ptyd` for the checks)."""
+    with open_ptyd(path) as raw:
+        frames, mask = load_share(raw, slice(0, raw.frames.shape[0]), str(path))
+    return RawScan(**{**raw.__dict__, "frames": frames, "mask": mask if mask.ndim == 3 else None})
+
+
+def _rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
+    """``dataset[rows]`` for any order of ``rows``: one slice when they run in order, else sorted reads."""
+    if np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return dataset[int(rows[0]):int(rows[0]) + len(rows)]
+    unique, back = np.unique(rows, return_inverse=True)
+    return dataset[unique][back]
 
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(np.ravel(value)[0])
 
 
-def _read_chunk(f: Any, num: int, path: Path) -> dict[str, Any]:
+def _open_chunk(f: Any, num: int, path: Path) -> dict[str, Any]:
+    """Chunk ``num``: data and weights as datasets (unread), indices and positions read; shapes checked."""
     node = f["chunks"].get(str(num))
     if node is None:
         link = f["chunks"].get(str(num), getlink=True)
@@ -172,7 +270,7 @@ def _read_chunk(f: Any, num: int, path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: chunk {num} is missing (its linked file {target} cannot be opened)")
     if "data" not in node:
         raise DataError(f"{path}: chunk {num} has no data")
-    data = np.asarray(node["data"][()])
+    data = node["data"]
     if data.ndim != 3:
         raise DataError(f"{path}: chunk {num} data has shape {data.shape}, expected (N, H, W)")
     n = len(data)
@@ -184,7 +282,7 @@ def _read_chunk(f: Any, num: int, path: Path) -> dict[str, Any]:
         if positions.size:
             raise DataError(f"{path}: chunk {num} positions have shape {positions.shape}, expected ({n}, 2)")
         positions = None
-    weights = np.asarray(node["weights"][()]) if "weights" in node else None
+    weights = node["weights"] if "weights" in node else None
     if weights is not None and weights.size == 0:
         weights = None
     if weights is not None and weights.shape != data.shape:

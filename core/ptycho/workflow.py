@@ -5,23 +5,30 @@ comes from its recipe; the model holds one object and probe per scan unless
 ``scan.sharing`` says otherwise; the engines of ``engines.<label>`` run in the
 order the user gave them, each continuing on the same object and probe.
 Engines return control every ``numiter_contiguous`` iterations: that is when
-hooks fire, stop requests are honoured, autosaves and plots are written.
+hooks fire, stop requests are honoured, autosaves and plots are written, and
+parameter changes an interaction client asked for reach every MPI rank.
+
+Under mpiexec each rank's recipe loads only the rank's block of every scan's
+frames (the recipes get the ranks in their context); all ranks know all
+positions, so they build the same object frame.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from difframe import parallel
-from difframe.errors import DataError, ParameterError, UsageError
+from difframe.errors import DataError, DifframeError, ParameterError, UsageError
 from difframe.ptycho import interaction
 from difframe.ptycho import model as pm
 from difframe.ptycho import plotting
 from difframe.ptycho.ptyr import iter_info_entry, write_ptyr
+from difframe.run import ScanContext
 
 log = logging.getLogger("difframe.ptycho")
 
@@ -38,15 +45,33 @@ def output_path(run, which: str, engine: str, iterations: int) -> Path:
     return path if path.is_absolute() else run.home / path
 
 
-def prepare_scans(run) -> dict:
-    """PreparedData of every scan, from the recipe its ``data.source`` names ("file" when None)."""
+@dataclass
+class ShareContext(ScanContext):
+    """A recipe's context plus the ranks among which the scan's frames are split."""
+
+    ranks: parallel.Ranks = field(default_factory=parallel.Ranks)
+
+
+def prepare_scans(run, ranks: parallel.Ranks | None = None) -> dict:
+    """PreparedData of every scan, from the recipe its ``data.source`` names ("file" when None).
+
+    With several ``ranks`` a recipe may load just the rank's block of frames
+    (all built-in ones do); a failure on one rank is raised on every rank.
+    """
+    ranks = ranks or parallel.Ranks()
     prepared = {}
     for label, scan in run.params.scans.items():
         source = scan.data.source or "file"
         name = run.plugins.resolve("recipe", source)
         spec = run.plugins.get("recipe", name)
         log.info("scan %s: preparing data with recipe %s", label, name)
-        prepared[label] = spec.prepare(scan, run.scan_context(label))
+        context = ShareContext(**vars(run.scan_context(label)), ranks=ranks)
+        failure = None
+        try:
+            prepared[label] = spec.prepare(scan, context)
+        except DifframeError as err:
+            failure = err
+        ranks.raise_first(failure)
     return prepared
 
 
@@ -174,6 +199,7 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
             outputs.block_done(name, before, total)
             if outputs.server is not None:
                 outputs.server.poll()
+            interaction.share_changes(run, model.ranks, outputs.server)
         summary = engine.finalize()
         run.hook.difframe_engine_finished(run=run, engine=label, summary=summary)
     return name, total
@@ -182,14 +208,15 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
 def run_ptycho(run) -> dict:
     """Prepare, reconstruct and save one ptychography run; returns output name -> path.
 
-    Under mpiexec every rank prepares the data and keeps its share of the
-    frames; only rank 0 writes files and returns their paths (others: {}).
+    Under mpiexec every rank prepares its share of the frames; only rank 0
+    writes files and returns their paths (others: {}).
     """
     if not run.params.engines:
         raise UsageError("no engines given: add engines.<label> with name = \"DM\" or \"ML\"")
-    prepared = prepare_scans(run)
+    ranks = parallel.world()
+    prepared = prepare_scans(run, ranks)
     model = build_run_model(run, prepared)
-    model.keep_share(parallel.world())
+    model.keep_share(ranks)
     outputs = _Outputs(run, model)
     with interaction.serving(run, model, outputs.runtime) as outputs.server:
         name, total = run_engines(run, model, outputs)

@@ -1,4 +1,7 @@
-"""Recipe ``cxi``: a scan's frames, mask, positions and geometry from a CXI file."""
+"""Recipe ``cxi``: a scan's frames, mask, positions and geometry from a CXI file.
+
+The file stays open during the preparation, which reads only this rank's frames.
+"""
 
 from difframe import hookimpl
 from difframe.errors import ParameterError
@@ -18,15 +21,15 @@ PARAMETERS = {
 
 def prepare(scan_params, context):
     """Read the CXI entry named by ``scan.data.recipe.cxi`` and apply the common preparation."""
-    from difframe.ptycho.cxi import read_cxi
+    from difframe.ptycho.cxi import open_cxi
     from difframe.ptycho.prepare import prepare as prepare_scan
 
     p = ((scan_params.get("data") or {}).get("recipe") or {}).get("cxi") or {}
     if not p.get("cxifile"):
         raise ParameterError(f"scans.{context.label}.data.recipe.cxi.cxifile: the 'cxi' recipe needs the file to read")
-    raw = read_cxi(p["cxifile"], entry=p.get("entry") or "entry_1", focus_distance=p.get("focus_distance"))
-    raw.propagation = p.get("propagation")
-    return prepare_scan(raw, scan_params, context)
+    with open_cxi(p["cxifile"], entry=p.get("entry") or "entry_1", focus_distance=p.get("focus_distance")) as raw:
+        raw.propagation = p.get("propagation")
+        return prepare_scan(raw, scan_params, context)
 
 
 @hookimpl

@@ -1,9 +1,12 @@
 """Recipe ``sim``: simulated diffraction from the scan's pattern, probe and object models.
 
 Frames are ``|propagate(probe * object view)|^2`` summed over probe and object
-modes, for all positions at once (views gathered with index arrays), then
+modes, for a block of positions at once (views gathered with index arrays), then
 blurred by ``simulation.psf`` (Gaussian FWHM, pixels), Poisson-sampled,
-given the detector's dark counts, saturation and dead module gaps.  The
+given the detector's dark counts, saturation and dead module gaps.  Frames are
+simulated on demand, so under MPI a rank simulates only its share; every
+frame draws its noise from its own stream (seed, frame index), so a frame is
+the same whichever rank, and however many ranks, simulate it.  The
 ``scan.data.simulation`` subtrees ``illumination``, ``sample`` and ``xy``
 override the scan's own.  Positions are snapped to the object pixel grid and
 reported as snapped, so the returned data are exactly consistent; the true
@@ -60,7 +63,7 @@ def simulate(scan_params, context):
     from difframe.optics import FarField, NearField, dtypes_for, energy_to_wavelength, farfield_object_psize
     from difframe.param import Param, deep_merge
     from difframe.ptycho.models import ModelContext, build_illumination, build_sample, fit_shape
-    from difframe.ptycho.prepare import RawScan, geometry_from_params
+    from difframe.ptycho.prepare import FrameSource, RawScan, geometry_from_params
 
     p = Param(scan_params)
     data_p = p.get("data") or {}
@@ -97,36 +100,55 @@ def simulate(scan_params, context):
                            num_modes=int(coherence.get("num_object_modes") or 1), dtype=complex_dtype, seed=seed)
     obj = build_sample(sample_p, obj_ctx, context.plugins)
 
-    rows = corner[:, 0, None, None] + np.arange(shape[0])[None, :, None]
-    cols = corner[:, 1, None, None] + np.arange(shape[1])[None, None, :]
     prop = NearField(shape, obj_psize, lam, distance, dtype=complex_dtype) if nearfield else FarField(shape)
-    intensity = np.zeros((len(pos), *shape))
-    for obj_mode in obj:
-        views = obj_mode[rows, cols]
-        for probe_mode in probe:
-            intensity += np.abs(prop.forward(views * probe_mode, overwrite=True)) ** 2
-    psf = sim.get("psf")
-    if psf:
-        intensity = gaussian_filter(intensity, (0, psf / 2.3548, psf / 2.3548))
-    rng = np.random.default_rng(seed + 2)
-    frames = rng.poisson(intensity).astype(float) if mine.get("poisson", True) else intensity
-    mask = np.ones(shape, bool)
-    if template is not None:
-        if template.dark_counts:
-            frames = frames + rng.poisson(template.dark_counts, frames.shape)
-        full = sensitive_mask(template)
-        mask = fit_shape(full[None], shape, False)[0]
-        frames = frames * mask
+    full_mask = np.ones(shape, bool) if template is None else fit_shape(sensitive_mask(template)[None], shape, False)[0]
+
+    def read(start, stop):
+        """Frames start..stop-1 and, with a saturating detector, their masks."""
+        rows = corner[start:stop, 0, None, None] + np.arange(shape[0])[None, :, None]
+        cols = corner[start:stop, 1, None, None] + np.arange(shape[1])[None, None, :]
+        intensity = np.zeros((stop - start, *shape))
+        for obj_mode in obj:
+            views = obj_mode[rows, cols]
+            for probe_mode in probe:
+                intensity += np.abs(prop.forward(views * probe_mode, overwrite=True)) ** 2
+        psf = sim.get("psf")
+        if psf:
+            intensity = gaussian_filter(intensity, (0, psf / 2.3548, psf / 2.3548))
+        frames = _detect(intensity, start, seed, bool(mine.get("poisson", True)), template)
+        if template is None:
+            return frames, None
+        frames = frames * full_mask
+        masks = None
         if template.saturation is not None:
-            saturated = frames >= template.saturation
+            masks = full_mask & (frames < template.saturation)
             frames = np.minimum(frames, template.saturation)
-            mask = mask & ~saturated
-        frames = frames.astype(template.dtype)
+        return frames.astype(template.dtype), masks
+
     truth = {"probe": probe, "object": obj, "object_psize": obj_psize, "view_corners": corner}
-    return RawScan(frames=frames, mask=mask, positions=snapped, energy_kev=energy, distance_m=distance,
-                   psize_m=det_psize, center=(shape[0] // 2, shape[1] // 2),
+    return RawScan(frames=FrameSource((len(pos), *shape), read), mask=full_mask, positions=snapped,
+                   energy_kev=energy, distance_m=distance, psize_m=det_psize, center=(shape[0] // 2, shape[1] // 2),
                    propagation="nearfield" if nearfield else "farfield",
                    meta={"source": "sim", "seed": seed, "detector": getattr(template, "name", None), "truth": truth})
+
+
+def _detect(intensity, first, seed, poisson, template):
+    """Counts of frames ``first, first + 1, ...``: Poisson noise and dark counts from each frame's own stream.
+
+    A generator per frame costs ~10 us, 4% of a 64 x 64 frame's draw (none measurable at 128 x 128).
+    """
+    import numpy as np
+
+    dark = template.dark_counts if template is not None else 0
+    if not (poisson or dark):
+        return intensity
+    frames = np.empty(intensity.shape)
+    for k, lam in enumerate(intensity):
+        rng = np.random.default_rng((seed, 2, first + k))
+        frames[k] = rng.poisson(lam) if poisson else lam
+        if dark:
+            frames[k] += rng.poisson(dark, lam.shape)
+    return frames
 
 
 def prepare(scan_params, context):
