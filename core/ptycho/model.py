@@ -51,12 +51,12 @@ class Storage:
 
 @dataclass
 class ScanViews:
-    """The frames of one scan and where they look into the storages."""
+    """The frames of one scan this process holds and where they look into the storages."""
 
     label: str
-    intensity: np.ndarray  # (N, H, W) real, FFT order
-    weights: np.ndarray  # (H, W) or (N, H, W) real, FFT order, 0 where invalid
-    corners: np.ndarray  # (N, 2) int, top-left pixel of each window in the object
+    intensity: np.ndarray  # (n, H, W) real, FFT order
+    weights: np.ndarray  # (H, W) or (n, H, W) real, FFT order, 0 where invalid
+    corners: np.ndarray  # (n, 2) int, top-left pixel of each window in the object
     positions: np.ndarray  # (N_scan, 2) metres (y, x) of all the scan's frames, also those other ranks hold
     object_id: str
     probe_id: str
@@ -64,6 +64,7 @@ class ScanViews:
     probe_power: float = 1.0
     propagator: object = None  # FarField(centred=False) or NearField
     meta: dict = field(default_factory=dict)
+    first: int = 0  # the held frames are positions[first:first + n]
 
     @property
     def num_frames(self) -> int:
@@ -108,15 +109,26 @@ class PtychoModel:
                                 f"{probes[scan.probe_id].data.shape[-2:]}, frames are {h}x{w}")
 
     def keep_share(self, ranks: parallel.Ranks) -> None:
-        """Keep only this rank's block of every scan's frames; object and probe stay whole (rank 0's)."""
+        """Keep only this rank's block of every scan's frames; object and probe stay whole (rank 0's).
+
+        A scan whose recipe already loaded just this rank's block keeps it; a
+        scan holding all frames is cut down to the block.
+        """
         self.ranks = ranks
         ranks.broadcast_arrays(*(st.data for st in (*self.objects.values(), *self.probes.values())))
         for scan in self.scans:
-            share = ranks.share(scan.num_frames)
+            share = ranks.share(len(scan.positions))
+            if (scan.first, scan.first + scan.num_frames) == (share.start, share.stop):
+                continue
+            if (scan.first, scan.num_frames) != (0, len(scan.positions)):
+                raise DataError(f"scan {scan.label!r}: rank {ranks.rank} holds frames {scan.first}.."
+                                f"{scan.first + scan.num_frames - 1}, neither all {len(scan.positions)} nor its "
+                                f"share {share.start}..{share.stop - 1}")
             scan.intensity = np.ascontiguousarray(scan.intensity[share])
             scan.corners = scan.corners[share]
             if scan.weights.ndim == 3:
                 scan.weights = np.ascontiguousarray(scan.weights[share])
+            scan.first = share.start
         if ranks.size > 1:
             log.info("rank %d keeps frames %s", ranks.rank,
                      ", ".join(f"{s.label}: {s.num_frames} of {len(s.positions)}" for s in self.scans))
@@ -228,8 +240,9 @@ def build_model(prepared: dict, sharing: dict, init_probe, init_object, data_typ
             label=lab,
             intensity=to_fft_order(p.data.astype(rdtype), p.propagation),
             weights=to_fft_order(weights.astype(rdtype), p.propagation),
-            corners=corners_of(p.positions, objects[obj_owner[lab]], p.shape),
+            corners=corners_of(p.positions[p.held], objects[obj_owner[lab]], p.shape),
             positions=p.positions,
+            first=p.first,
             object_id=obj_owner[lab],
             probe_id=probe_owner[lab],
             object_power=float(sharing[lab][1]),
