@@ -5,7 +5,12 @@ writing the same layout lets files move both ways.  Node types: ``dict``,
 ``param`` and ``ordered_dict`` (groups), ``list``/``tuple`` (groups of
 ``%05d`` children), ``arraylist``/``arraytuple`` (homogeneous sequences stored
 as one array), ``array``, ``scalar``, ``string``/``unicode``, ``None`` (stored
-as ``zeros(1)``).  ptypy may also have stored ``pickle`` or ``record_array``
+as ``zeros(1)``).  A :class:`difframe.param.Param` is stored as ``param`` and
+read back as one, because ptypy reads ``param`` groups as its attribute-access
+``Param`` and its loaders use attribute access (``content.pars``).  ptypy
+running on numpy >= 2 stores every list as a ``list`` group of ``%05d``
+scalars (its test for a list of strings fails there), so numeric arrays are
+read through :func:`read_array`, which accepts both forms.  ptypy may also have stored ``pickle`` or ``record_array``
 nodes: those are refused, never unpickled, because unpickling runs code the
 file chooses.  Keys containing ``/`` are escaped as ``_SLASH_`` with an
 ``escaped`` attribute, as ptypy does.
@@ -19,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from difframe.errors import DataError
+from difframe.param import Param
 
 SLASH_ESCAPE = "_SLASH_"
 REFUSED_TYPES = ("pickle", "record_array")
@@ -52,7 +58,7 @@ def write_node(group: Any, name: str, value: Any, *, compress: bool = True) -> A
     key = name.replace("/", SLASH_ESCAPE)
     if isinstance(value, Mapping):
         node = group.create_group(key)
-        node.attrs["type"] = "dict"
+        node.attrs["type"] = "param" if isinstance(value, Param) else "dict"
         for k, v in value.items():
             if not isinstance(k, str):
                 raise DataError(f"cannot store key {k!r} of {group.name}/{key}: only string keys are supported")
@@ -132,7 +138,7 @@ def read_node(node: Any, *, source: str = "") -> Any:
                     raise DataError(f"{where}/{key}: dangling link (the linked file is missing)")
                 name = key.replace(SLASH_ESCAPE, "/") if child.attrs.get("escaped") is not None else key
                 out[name] = read_node(child, source=source)
-            return out
+            return Param(out) if kind == "param" else out
         if kind in ("list", "tuple"):
             items = [read_node(node[k], source=source) for k in sorted(node)]
             return tuple(items) if kind == "tuple" else items
@@ -141,8 +147,9 @@ def read_node(node: Any, *, source: str = "") -> Any:
         return node[()]
     if kind == "arraylist":
         return list(node[()])
-    if kind == "arraytuple":
-        return tuple(node[()].tolist())
+    if kind == "arraytuple":  # a tuple of arrays (ptypy's storage grids) stays arrays, not nested lists
+        value = node[()]
+        return tuple(value.tolist()) if value.ndim == 1 else tuple(value)
     if kind in ("string", "unicode"):
         value = node[()]
         if isinstance(value, np.ndarray):
@@ -154,6 +161,21 @@ def read_node(node: Any, *, source: str = "") -> Any:
     if kind == "None":
         return None
     raise DataError(f"{where}: unknown node type {kind!r}")
+
+
+def read_array(node: Any, *, source: str = "") -> np.ndarray:
+    """A numeric array from a typed node: ``array``, ``arraylist``/``arraytuple``, or a
+    ``list``/``tuple`` group of numbers (ptypy on numpy >= 2); DataError naming the node otherwise."""
+    where = f"{source}:{node.name}" if source else node.name
+    value = read_node(node, source=source)
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        array = np.asarray(value, dtype=object)
+    if array.dtype.kind not in "biufc":
+        raise DataError(f"{where}: expected numbers, found {node_type(node) or 'an untyped node'} "
+                        f"holding {array.dtype} data")
+    return array
 
 
 def open_file(path: str | os.PathLike, what: str = "HDF5") -> Any:

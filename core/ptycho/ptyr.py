@@ -3,14 +3,23 @@
 Layout (typed HDF5, see :mod:`difframe.ptycho.h5typed`)::
 
     header/{kind, description}
-    content/obj/<ID>/{data (layers,H,W), _psize, _origin, _center, shape, layermap, nlayers, fill_value, _energy}
+    content/                         (param)
+    content/obj/<ID>/{ID, data (layers,H,W), _psize, _origin, _center, shape, layermap, nlayers,
+                      fill_value, _energy, padding, padonly, _is_scattered, model_initialized, DataTooSmall}
     content/probe/<ID>/{...same...}
     content/positions/<scan label>   (N, 2) metres (y, x)
-    content/pars/                    the full resolved parameter tree
-    content/runtime/{run, start, iter_info/<NNNNN>/{iteration, engine, duration, error[3], metrics}}
+    content/pars/                    (param) the full resolved parameter tree
+    content/runtime/                 (param) {run, start, iter_info/<NNNNN>/{iteration, iterations, [numiter,]
+                                     engine, duration, error[3], metrics}}
 
-Storage IDs are the labels of the scans that own them.  ``error`` keeps
-ptypy's triple (Fourier error, likelihood, exit-wave change).
+Storage keys are the labels of the scans that own them.  ``error`` keeps
+ptypy's triple (Fourier error, likelihood, exit-wave change).  What ptypy's
+``Ptycho.load_run`` needs beyond the arrays (checked against ptypy's code, see
+docs/ptypy-compatibility.md): ``content``, ``pars`` and ``runtime`` typed
+``param`` (it reads ``content.pars`` and ``runtime.iter_info`` as
+attributes), a storage ``ID`` starting with ``S`` (ptypy's storage prefix),
+the storage flags its ``Storage`` reads, and ``iterations`` in the last
+``iter_info`` record (where a resumed engine starts counting).
 """
 
 from __future__ import annotations
@@ -22,15 +31,17 @@ import numpy as np
 
 from difframe.errors import DataError
 from difframe.fileio import atomic_path
+from difframe.param import Param
 from difframe.ptycho import h5typed
 
 KIND = "minimal"
 ERROR_KEYS = ("fourier_error", "likelihood", "exit_change")
 
 
-def _storage_dict(storage) -> dict:
+def _storage_dict(sid: str, storage) -> dict:
     data = np.asarray(storage.data)
     return {
+        "ID": sid if sid.startswith("S") else "S" + sid,
         "data": data,
         "_psize": np.asarray(storage.psize, dtype=float),
         "_origin": np.asarray(storage.origin, dtype=float),
@@ -40,29 +51,43 @@ def _storage_dict(storage) -> dict:
         "layermap": list(range(data.shape[0])),
         "nlayers": int(data.shape[0]),
         "fill_value": 0.0,
+        "padding": 0,
+        "padonly": False,
+        "_is_scattered": False,  # replicated on every rank
+        "model_initialized": True,  # a reconstruction: ptypy must not re-initialise it
+        "DataTooSmall": False,
     }
 
 
-def iter_info_entry(iteration: int, engine: str, duration: float, metrics: dict) -> dict:
-    """One ``runtime/iter_info`` record from an engine's per-iteration metrics."""
-    return {
+def iter_info_entry(iteration: int, engine: str, duration: float, metrics: dict, *,
+                    iterations: int | None = None, numiter: int | None = None) -> dict:
+    """One ``runtime/iter_info`` record from an engine's per-iteration metrics.
+
+    ptypy's records count ``iteration`` within the engine, ``iterations`` over
+    the whole run and ``numiter`` as the engine's total; ``iterations``
+    defaults to ``iteration`` (difframe counts over the whole run).
+    """
+    entry = {
         "iteration": int(iteration),
+        "iterations": int(iteration if iterations is None else iterations),
         "engine": str(engine),
         "duration": float(duration),
         "error": np.array([float(metrics.get(k, np.nan)) for k in ERROR_KEYS]),
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
+    if numiter is not None:
+        entry["numiter"] = int(numiter)
+    return entry
 
 
 def write_ptyr(path, model, params, runtime: dict, description: str = "difframe reconstruction") -> None:
     """Write ``model`` (objects, probes, positions), ``params`` and ``runtime`` to ``path`` atomically."""
-    content = {
-        "obj": {oid: _storage_dict(st) for oid, st in model.objects.items()},
-        "probe": {pid: _storage_dict(st) for pid, st in model.probes.items()},
+    content = Param(pars=Param(params), runtime=Param(runtime))
+    dict.update(content, {  # dict.update keeps these plain dicts (typed 'dict'), as ptypy writes them
+        "obj": {oid: _storage_dict(oid, st) for oid, st in model.objects.items()},
+        "probe": {pid: _storage_dict(pid, st) for pid, st in model.probes.items()},
         "positions": {scan.label: np.asarray(scan.positions) for scan in model.scans},
-        "pars": params.to_dict() if hasattr(params, "to_dict") else dict(params),
-        "runtime": runtime,
-    }
+    })
     with atomic_path(path) as tmp:
         h5typed.write(tmp, {"header": {"kind": KIND, "description": description}, "content": content})
 
@@ -79,7 +104,18 @@ class Reconstruction:
 
     @property
     def iter_info(self) -> list:
-        return list(self.runtime.get("iter_info") or [])
+        """Per-iteration records counted over the whole run, each ``error`` three long.
+
+        ptypy's records count ``iteration`` within each engine and over the
+        run in ``iterations``; an ``error`` of ptypy's may hold a single value.
+        """
+        records = []
+        for number, rec in enumerate(self.runtime.get("iter_info") or [], start=1):
+            given = np.ravel(np.asarray(rec.get("error", ()), dtype=float))[:3]
+            error = np.full(3, np.nan)
+            error[:given.size] = given
+            records.append(dict(rec, iteration=int(rec.get("iterations", rec.get("iteration", number))), error=error))
+        return records
 
 
 def read_ptyr(path) -> Reconstruction:
