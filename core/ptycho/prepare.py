@@ -245,6 +245,21 @@ def load_share(raw: RawScan, share: slice, label: str) -> tuple[np.ndarray, np.n
     return frames, np.asarray(masks, bool)
 
 
+def common_mask(mask: np.ndarray, ranks: Ranks) -> np.ndarray:
+    """One (H, W) mask when the (n, H, W) masks of every frame on every rank are the same, else ``mask``.
+
+    A .ptyd stores a weight map per frame even when they are all alike; one
+    map instead of N spares a byte per pixel here and four in the model.
+    """
+    if mask.ndim == 2:
+        return mask
+    alike = bool((mask == mask[0]).all())
+    first = mask[0].astype(np.uint8)
+    ranks.broadcast_arrays(first)
+    alike = not ranks.any(not (alike and np.array_equal(first, mask[0])))
+    return mask[0].copy() if alike else mask
+
+
 def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) -> PreparedData:
     """Apply the ``scan.data`` preparation to ``raw`` and return the scan's PreparedData.
 
@@ -271,6 +286,7 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     except DataError as err:
         failure = err
     ranks.raise_first(failure)  # one rank's unreadable or NaN frames stop all ranks here, not in a collective
+    mask = common_mask(mask, ranks)
 
     center = _pair(raw.center, "data source center")
     frames, center = orient(frames, center, data_p.get("orientation"))

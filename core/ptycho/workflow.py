@@ -214,8 +214,7 @@ def run_ptycho(run) -> dict:
     if not run.params.engines:
         raise UsageError("no engines given: add engines.<label> with name = \"DM\" or \"ML\"")
     ranks = parallel.world()
-    prepared = prepare_scans(run, ranks)
-    model = build_run_model(run, prepared)
+    model = build_run_model(run, prepare_scans(run, ranks))  # the prepared frames are freed once copied in
     model.keep_share(ranks)
     outputs = _Outputs(run, model)
     with interaction.serving(run, model, outputs.runtime) as outputs.server:

@@ -43,9 +43,19 @@ def test_round_trip_in_each_save_mode(tmp_path, save, chunks):
     back = read_back(path)
     np.testing.assert_array_equal(back.data, src.data)
     np.testing.assert_array_equal(back.positions, src.positions)
-    assert back.mask.all(axis=0)[3, 4] == False and back.mask.sum() == src.mask.sum() * 7  # noqa: E712
+    assert back.mask.shape == (16, 12) and not back.mask[3, 4]  # the 7 alike weight maps read as one
+    assert back.frame_mask().sum() == src.mask.sum() * 7
     assert (back.energy_kev, back.distance_m, back.psize_m, back.center) == (6.2, 7.19, (172e-6, 172e-6), (8, 6))
     assert back.propagation == "nearfield"
+
+
+def test_weight_maps_that_differ_stay_one_per_frame(tmp_path):
+    src = prepared()
+    masks = np.broadcast_to(src.mask, src.data.shape).copy()
+    masks[5, 0, 0] = False
+    path = write_ptyd(tmp_path / "m.ptyd", PreparedData(**{**src.__dict__, "mask": masks}), frames_per_chunk=3)
+    back = read_back(path)
+    np.testing.assert_array_equal(back.mask, masks)
 
 
 def test_link_files_move_together(tmp_path):

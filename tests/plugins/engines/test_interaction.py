@@ -115,12 +115,13 @@ def test_client_sets_numiter_of_running_and_later_engines_and_bad_values_are_ref
             with pytest.raises(ia.RequestRefused) as err:
                 client.set(path, value)
             refused.append(str(err.value))
-        client.set("engines.e1.numiter", i)  # DM ends after this block
+        applied = client.set("engines.e1.numiter", i)  # DM ends after this block
         client.set("engines.e2.numiter", 3)
         client.set("engines.e1.alpha", 1)
-        return i, refused, client.status()
+        return i, refused, client.status(), applied
 
-    results, (i, refused, status) = run_with_client(run, conversation)
+    results, (i, refused, status, applied) = run_with_client(run, conversation)
+    assert applied == {"ok": True, "path": "engines.e1.numiter", "value": i, "state": "applied"}  # one process
     assert status["engines"]["e1"]["numiter"] == i and status["engines"]["e2"] == {
         "name": "ML", "numiter": 3, "numiter_contiguous": 1, "probe_update_start": 0}
     assert "engines.e1.numiter = -1" in refused[0] and "engines.e1.numiter = True" in refused[1]
