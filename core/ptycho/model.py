@@ -238,7 +238,7 @@ def build_model(prepared: dict, sharing: dict, init_probe, init_object, data_typ
         weights = np.broadcast_to(p.mask, p.data.shape) if p.mask.ndim == 3 else p.mask
         scans.append(ScanViews(
             label=lab,
-            intensity=to_fft_order(p.data.astype(rdtype), p.propagation),
+            intensity=to_fft_order(p.data.astype(rdtype, copy=False), p.propagation),
             weights=to_fft_order(weights.astype(rdtype), p.propagation),
             corners=corners_of(p.positions[p.held], objects[obj_owner[lab]], p.shape),
             positions=p.positions,
