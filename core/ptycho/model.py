@@ -174,8 +174,11 @@ def object_frame(positions_list, psize, shape, pad: int = 2):
     allpos = np.concatenate(positions_list)
     lo, hi = allpos.min(axis=0), allpos.max(axis=0)
     span = np.ceil((hi - lo) / psize).astype(int)
-    obj_shape = tuple(int(s) for s in span + np.asarray(shape) + 2 * pad + 1)
-    origin = lo - (pad + np.asarray(shape) // 2) * psize
+    tight = span + np.asarray(shape) + 2 * pad + 1
+    # sides of FFT-friendly length: object smoothing transforms the whole object every iteration
+    # (1094 x 1093: 35 ms per FFT pair, 1100 x 1100: 8 ms)
+    obj_shape = tuple(scipy.fft.next_fast_len(int(n)) for n in tight)
+    origin = lo - (pad + (np.asarray(obj_shape) - tight) // 2 + np.asarray(shape) // 2) * psize
     return obj_shape, origin
 
 
@@ -265,7 +268,7 @@ def _root(label: str, sharing: dict, slot: int) -> str:
     return label
 
 
-# -- maths engines share ----------------------------------------------------------------------
+# -- plain numpy forms: simulation, tests and benchmarks (engines use difframe.ptycho.kernels) --
 
 
 def gather(obj: np.ndarray, corners: np.ndarray, shape) -> np.ndarray:
@@ -275,90 +278,10 @@ def gather(obj: np.ndarray, corners: np.ndarray, shape) -> np.ndarray:
 
 
 def scatter_add(target: np.ndarray, stack: np.ndarray, corners: np.ndarray) -> None:
-    """target[:, window_n] += stack[n] for every frame n (overlapping windows add up).
-
-    A loop over frames of in-place slice additions: the benchmark
-    ``benchmarks/ptycho_engines.py`` measures it against ``np.add.at`` and
-    ``np.bincount`` scatters: 1.2x faster than the first, 5x than the second
-    (300 frames of 128 x 128), without their flat index arrays.
-    """
+    """target[:, window_n] += stack[n] for every frame n (overlapping windows add up)."""
     h, w = stack.shape[-2:]
     for n, (y, x) in enumerate(corners):
         target[..., y:y + h, x:x + w] += stack[n]
-
-
-def exit_waves_at(probe: np.ndarray, obj: np.ndarray, corners: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Pods (frames, probe_modes, object_modes, H, W) written into ``out``: gather and product in one pass.
-
-    One small product per frame straight from the object window: 3-4x faster
-    than :func:`gather` then :func:`exit_waves` (benchmarks/ptycho_engines.py),
-    which copy every window once more and allocate the stack.
-    """
-    h, w = probe.shape[-2:]
-    pr = probe[:, None]
-    for n, (y, x) in enumerate(corners):
-        np.multiply(pr, obj[:, y:y + h, x:x + w], out=out[n])
-    return out
-
-
-def relaxed_exit_waves(probe: np.ndarray, obj: np.ndarray, corners: np.ndarray, exits: np.ndarray, alpha: float,
-                       pods_out: np.ndarray, out: np.ndarray) -> None:
-    """pods_out = probe x windows and out = (1 + alpha) pods - alpha exits, frame by frame (DM's Fourier input).
-
-    Each frame's pods are still in cache when the relaxed wave is formed:
-    20% less time than two passes over the whole stack.
-    """
-    h, w = probe.shape[-2:]
-    pr = probe[:, None]
-    for n, (y, x) in enumerate(corners):
-        pods, f = pods_out[n], out[n]
-        np.multiply(pr, obj[:, y:y + h, x:x + w], out=pods)
-        np.subtract(pods, exits[n], out=f)
-        if alpha != 1:
-            f *= f.dtype.type(alpha)
-        f += pods
-
-
-def scale_fields(fields: np.ndarray, factor: np.ndarray) -> None:
-    """fields (frames, ..., H, W) *= factor (frames, H, W), real and imaginary parts apart (faster than complex)."""
-    f = fields.reshape(fields.shape[0], -1, *fields.shape[-2:])
-    fac = factor[:, None]
-    f.real *= fac
-    f.imag *= fac
-
-
-def add_object_update(num: np.ndarray, den: np.ndarray, probe_conj: np.ndarray, probe_power: np.ndarray,
-                      exits: np.ndarray, corners: np.ndarray) -> None:
-    """num[:, window_n] += sum_p probe_conj[p] exits[n, p]; den[window_n] += probe_power, for every frame n.
-
-    Frame by frame on cache-sized pieces: no (frames, modes, H, W) product stack.
-    """
-    h, w = exits.shape[-2:]
-    buf = np.empty(exits.shape[2:], exits.dtype)
-    for n, (y, x) in enumerate(corners):
-        target = num[:, y:y + h, x:x + w]
-        for p in range(exits.shape[1]):
-            target += np.multiply(exits[n, p], probe_conj[p], out=buf)
-        den[y:y + h, x:x + w] += probe_power
-
-
-def add_probe_update(num: np.ndarray, den: np.ndarray, obj: np.ndarray, exits: np.ndarray,
-                     corners: np.ndarray) -> None:
-    """num[p] += sum_o conj(window_n[o]) exits[n, p, o]; den += sum_o |window_n[o]|^2, for every frame n.
-
-    ``den`` adds windows of |obj|^2 computed once; the numerator goes frame by
-    frame on cache-sized pieces.
-    """
-    h, w = exits.shape[-2:]
-    power = intensity(obj[None])[0]
-    conj = np.empty((obj.shape[0], h, w), obj.dtype)
-    buf = np.empty((h, w), obj.dtype)
-    for n, (y, x) in enumerate(corners):
-        np.conjugate(obj[:, y:y + h, x:x + w], out=conj)
-        for p in range(exits.shape[1]):
-            for o in range(exits.shape[2]):
-                num[p] += np.multiply(conj[o], exits[n, p, o], out=buf)
-        den += power[y:y + h, x:x + w]
 
 
 def exit_waves(probe: np.ndarray, obj_views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -366,24 +289,7 @@ def exit_waves(probe: np.ndarray, obj_views: np.ndarray, out: np.ndarray | None 
     return np.multiply(probe[None, :, None], obj_views[:, None], out=out)
 
 
-def sum_over_probe_modes(probe_conj: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    """sum_p probe_conj[p] * stack[:, p] for a stack (frames, probe_modes, object_modes, H, W)."""
-    out = np.multiply(stack[:, 0], probe_conj[0])
-    if stack.shape[1] > 1:
-        buf = np.empty_like(out)
-        for p in range(1, stack.shape[1]):
-            out += np.multiply(stack[:, p], probe_conj[p], out=buf)
-    return out
-
-
-def sum_over_frames_and_object_modes(views_conj: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    """(probe_modes, H, W): sum over frames n and object modes o of views_conj[n, o] * stack[n, p, o]."""
-    out = np.zeros((stack.shape[1], *stack.shape[-2:]), stack.dtype)
-    buf = np.empty((stack.shape[0], *stack.shape[-2:]), stack.dtype)
-    for p in range(stack.shape[1]):
-        for o in range(stack.shape[2]):
-            out[p] += np.multiply(views_conj[:, o], stack[:, p, o], out=buf).sum(axis=0)
-    return out
+# -- maths engines share ----------------------------------------------------------------------
 
 
 def intensity(fields: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -395,17 +301,6 @@ def intensity(fields: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     for k in range(1, f.shape[1]):
         out += np.square(f[:, k].real, out=buf)
         out += np.square(f[:, k].imag, out=buf)
-    return out
-
-
-def real_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(frames, H, W): sum over pods of Re(conj(a) b), for stacks (frames, pods, H, W)."""
-    out = np.multiply(a[:, 0].real, b[:, 0].real)
-    buf = np.empty_like(out)
-    out += np.multiply(a[:, 0].imag, b[:, 0].imag, out=buf)
-    for k in range(1, a.shape[1]):
-        out += np.multiply(a[:, k].real, b[:, k].real, out=buf)
-        out += np.multiply(a[:, k].imag, b[:, k].imag, out=buf)
     return out
 
 
@@ -426,12 +321,6 @@ def clip_amplitude(obj: np.ndarray, limits) -> None:
     amp = np.abs(obj)
     scale = np.clip(amp, lo, hi) / np.maximum(amp, np.finfo(amp.dtype).tiny)
     obj *= scale
-
-
-def masked_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per-frame mean of ``values`` (n, H, W) over the valid (weight > 0) pixels."""
-    valid = np.broadcast_to(weights > 0, values.shape)
-    return np.where(valid, values, 0).sum(axis=(-2, -1)) / np.maximum(valid.sum(axis=(-2, -1)), 1)
 
 
 def gaussian_smooth(obj: np.ndarray, sigma: float) -> np.ndarray:

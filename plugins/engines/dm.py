@@ -4,7 +4,8 @@ Each iteration makes one Fourier pass over all frames (batched FFT of the
 relaxed exit waves, partial projection onto the measured amplitudes, inverse
 FFT) and then an overlap loop that refines object and probe from the exit
 waves until the probe stops changing.  Exit waves are held as one array per
-scan, (frames, probe_modes, object_modes, H, W).
+scan, (frames, pods, H, W) with pod p * object_modes + o; the passes over them
+are the fused loops of :mod:`difframe.ptycho.kernels`.
 """
 
 from __future__ import annotations
@@ -67,34 +68,32 @@ class DifferenceMap:
 
     def initialize(self) -> None:
         """Exit waves start as probe x object; per-frame constants of the data are computed once."""
+        from difframe.ptycho import kernels
+
+        self.kernels = kernels
         m = self.model
         relax2 = float(self.p.fourier_relax_factor) ** 2
         self.frame_data = {}
-        self.work = {}
+        self.buffers = {}
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
-            pods = (probe.shape[0], obj.shape[0], *scan.shape)
-            ex = np.empty((scan.num_frames, *pods), m.cdtype)
-            pm.exit_waves_at(probe, obj, scan.corners, out=ex)
+            pods = probe.shape[0] * obj.shape[0]
+            ex = np.empty((scan.num_frames, pods, *scan.shape), m.cdtype)
+            kernels.pods(probe, obj, scan.corners, ex)
             self.exits[scan.label] = ex
-            valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape).astype(m.rdtype)
+            valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape)
             count = np.maximum(valid.sum(axis=(-2, -1)), 1)
             self.frame_data[scan.label] = {
-                "amplitude": np.sqrt(scan.intensity),
-                # error weights and the likelihood's 1/(I + 1), both divided by the valid pixels per frame
-                "valid": valid / count[:, None, None],
-                "invalid": valid == 0,
-                "ll_weight": valid / (scan.intensity + 1) / count[:, None, None],
-                "bound": relax2 * (valid * scan.intensity).sum(axis=(-2, -1)) / count,
-                "all_valid": bool(valid.all()),
+                "count": count.astype(float),
+                "bound": relax2 * np.where(valid, scan.intensity, 0).sum(axis=(-2, -1)) / count,
+                "weights": scan.weights[None] if scan.weights.ndim == 2 else scan.weights,
             }
-            # chunk buffers reused every iteration: fresh ones would cost a page fault per 4 kB each time
-            step = next(m.chunks(scan, pods[0] * pods[1]), slice(0, 0)).stop
-            if len(self.work.get(pods, {"pods": ()})["pods"]) < step:
-                self.work[pods] = {"pods": np.empty((step, *pods), m.cdtype), "f": np.empty((step, *pods), m.cdtype),
-                                   "model": np.empty((step, *scan.shape), m.rdtype),
-                                   "dev": np.empty((step, *scan.shape), m.rdtype)}
+            # one chunk buffer reused every iteration: a fresh one would cost a page fault per 4 kB each time
+            step = next(m.chunks(scan, pods), slice(0, 0)).stop
+            key = (pods, *scan.shape)
+            if len(self.buffers.get(key, ())) < step:
+                self.buffers[key] = np.empty((step, *key), m.cdtype)
         power, points = m.total_measured()
         self.mean_power = power / max(points, 1)
         self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
@@ -112,62 +111,37 @@ class DifferenceMap:
     def finalize(self) -> dict:
         self.exits.clear()
         self.frame_data.clear()
-        self.work.clear()
+        self.buffers.clear()
         return {"engine": "DM", "iterations": self.iteration}
 
     # -- Fourier constraint -----------------------------------------------------------------
 
     def _fourier_update(self) -> dict:
-        """psi += P_F((1 + alpha) P O - alpha psi) - P O over all frames, chunk by chunk in reused buffers."""
+        """psi += P_F((1 + alpha) P O - alpha psi) - P O over all frames, chunk by chunk in a reused buffer."""
         m = self.model
         sums = np.zeros(4)  # squared amplitude errors, likelihood terms, exit-wave change, frames
         for scan in m.scans:
-            for sl in m.chunks(scan, self.exits[scan.label].shape[1] * self.exits[scan.label].shape[2]):
+            for sl in m.chunks(scan, self.exits[scan.label].shape[1]):
                 sums += self._fourier_chunk(scan, sl)
         err_sum, ll_sum, change, frames = m.ranks.sum(*sums)
         return {"fourier_error": err_sum / frames, "likelihood": ll_sum / frames, "exit_change": change / frames}
 
     def _fourier_chunk(self, scan, sl: slice) -> tuple[float, float, float, int]:
         """Fourier step of frames ``sl`` of ``scan``; returns its (error, likelihood, change, frames) sums."""
-        m, alpha = self.model, float(self.p.alpha)
+        m, k = self.model, self.kernels
         probe = m.probes[scan.probe_id].data
         obj = m.objects[scan.object_id].data
-        ex_all, fd = self.exits[scan.label], self.frame_data[scan.label]
-        work = self.work[ex_all.shape[1:]]
-        n = sl.stop - sl.start
-        ex, model_amp, dev = ex_all[sl], work["model"][:n], work["dev"][:n]
-        pods, f = work["pods"][:n], work["f"][:n]
-        pm.relaxed_exit_waves(probe, obj, scan.corners[sl], ex, alpha, pods_out=pods, out=f)
+        ex, fd, corners = self.exits[scan.label][sl], self.frame_data[scan.label], scan.corners[sl]
+        n = len(ex)
+        f = self.buffers[ex.shape[1:]][:n]
+        k.dm_relaxed(probe, obj, corners, ex, m.rdtype.type(self.p.alpha), f)
         fields = scan.propagator.forward(f, overwrite=True)
-        if ex_all.shape[1] * ex_all.shape[2] == 1:  # |field| in one pass, then the model intensity from it
-            np.abs(fields.reshape(n, *scan.shape), out=model_amp)
-            np.square(model_amp, out=dev)
-            dev -= scan.intensity[sl]
-        else:
-            pm.intensity(fields, out=model_amp)
-            np.subtract(model_amp, scan.intensity[sl], out=dev)
-            np.sqrt(model_amp, out=model_amp)
-        dev *= dev
-        ll = float(np.dot(dev.reshape(-1), fd["ll_weight"][sl].reshape(-1)))
-        np.subtract(model_amp, fd["amplitude"][sl], out=dev)
-        if fd["all_valid"]:  # two-operand einsum is several times faster than three
-            err = np.einsum("nhw,nhw->n", dev, dev) * fd["valid"][sl][:, 0, 0]
-        else:
-            err = np.einsum("nhw,nhw,nhw->n", dev, dev, fd["valid"][sl])
-        # partial projection: amplitudes move toward the data until the error reaches the bound
-        bound = fd["bound"][sl]
-        renorm = np.sqrt(np.divide(bound, err, out=np.ones_like(err), where=err > bound))
-        dev *= renorm[:, None, None]
-        dev += fd["amplitude"][sl]
-        model_amp += m.rdtype.type(1e-10)
-        dev /= model_amp
-        if not fd["all_valid"]:
-            np.copyto(dev, 1, where=fd["invalid"][sl])
-        pm.scale_fields(fields, dev)
-        f = scan.propagator.backward(fields, overwrite=True)
-        f -= pods
-        ex += f
-        return float(err.sum()), ll, float(np.vdot(f, f).real), n
+        err, ll, change = np.empty(n), np.empty(n), np.empty(n)
+        weights = fd["weights"] if fd["weights"].shape[0] == 1 else fd["weights"][sl]
+        k.dm_fourier_modulus(fields, scan.intensity[sl], weights, fd["count"][sl], fd["bound"][sl], err, ll)
+        back = scan.propagator.backward(fields, overwrite=True)
+        k.dm_exit_update(probe, obj, corners, back, ex, change)
+        return float(err.sum()), float(ll.sum()), float(change.sum()), n
 
     # -- overlap constraint ------------------------------------------------------------------
 
@@ -198,7 +172,7 @@ class DifferenceMap:
             probe = m.probes[scan.probe_id].data
             pconj = np.conj(probe) * scan.object_power
             pden = pm.intensity(probe[None])[0] * scan.object_power
-            pm.add_object_update(*sums[scan.object_id], pconj, pden, self.exits[scan.label], scan.corners)
+            self.kernels.add_object_update(*sums[scan.object_id], pconj, pden, self.exits[scan.label], scan.corners)
         for oid, (num, den) in sums.items():
             m.ranks.sum_arrays(num, den)
             num /= den
@@ -220,12 +194,8 @@ class DifferenceMap:
             inertia = float(self.p.probe_inertia) * frames[pid] * obj_power
             sums[pid] = (inertia * st.data, np.full(st.data.shape[-2:], inertia, m.rdtype))
         for scan in m.scans:
-            num, den = sums[scan.probe_id]
-            scan_num, scan_den = np.zeros_like(num), np.zeros_like(den)
-            pm.add_probe_update(scan_num, scan_den, m.objects[scan.object_id].data, self.exits[scan.label],
-                                scan.corners)
-            num += scan.probe_power * scan_num
-            den += scan.probe_power * scan_den
+            self.kernels.add_probe_update(*sums[scan.probe_id], m.objects[scan.object_id].data,
+                                          self.exits[scan.label], scan.corners, weight=scan.probe_power)
         change = 0.0
         for pid, (num, den) in sums.items():
             m.ranks.sum_arrays(num, den)

@@ -61,23 +61,6 @@ PARAMETERS = {
 }
 
 
-def _likelihood_terms(kind: str, imodel, meas, w, renorm: float):
-    """(L, dL/dI, d2L/dI2) per pixel for the model intensity ``imodel``."""
-    tiny = np.finfo(imodel.dtype).tiny * 1e6
-    if kind == "gaussian":
-        weight = w / (meas + 1.0 / renorm)
-        diff = imodel - meas
-        return weight * diff**2, 2 * weight * diff, 2 * weight
-    if kind == "poisson":
-        im = np.maximum(imodel, tiny)
-        return (w * renorm * (im - meas * np.log(im)), w * renorm * (1 - meas / im),
-                w * renorm * meas / im**2)
-    im = np.maximum(imodel, tiny)
-    root = np.sqrt(im)
-    amp = np.sqrt(meas)
-    return w * renorm * (root - amp) ** 2, w * renorm * (1 - amp / root), w * renorm * amp / (2 * im * root)
-
-
 def _hann_transfer(shape, width: float, dtype):
     """FFT of a normalised separable Hann window of full width ``width`` pixels, centred on pixel 0."""
     half = int(np.ceil(width / 2))
@@ -100,13 +83,25 @@ class MaximumLikelihood:
         self.iteration = 0
 
     def initialize(self) -> None:
+        from difframe.ptycho import kernels
+
         m = self.model
+        self.kernels = kernels
+        self.likelihood = kernels.LIKELIHOODS[self.p.type]
+        self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
         self.fields = {}
         self.scale = {}
+        # two chunk buffers reused every iteration: the detector-plane gradient (chunks of the gradient pass),
+        # and with it the two pod changes of the line search (half as many frames per chunk)
+        self.buffers = {}
         for scan in m.scans:
             pods = m.probes[scan.probe_id].data.shape[0] * m.objects[scan.object_id].data.shape[0]
             self.fields[scan.label] = np.empty((scan.num_frames, pods, *scan.shape), m.cdtype)
             self.scale[scan.label] = np.ones(scan.num_frames, m.rdtype)
+            step = next(m.chunks(scan, pods), slice(0, 0)).stop
+            key = (pods, *scan.shape)
+            if len(self.buffers.get(key, ((),))[0]) < step:
+                self.buffers[key] = (np.empty((step, *key), m.cdtype), np.empty((step, *key), m.cdtype))
         power, points = m.total_measured()
         self.total_points = max(points, 1)
         npix = sum(st.data.size for st in m.objects.values())
@@ -128,6 +123,7 @@ class MaximumLikelihood:
 
     def finalize(self) -> dict:
         self.fields.clear()
+        self.buffers.clear()
         return {"engine": "ML", "iterations": self.iteration}
 
     # -- one conjugate-gradient step ----------------------------------------------------------
@@ -180,7 +176,9 @@ class MaximumLikelihood:
                 "exit_change": change * step**2 / frames, "step": step}
 
     def _gradients(self):
-        m, kind, renorm = self.model, self.p.type, float(self.p.intensity_renormalization)
+        """Likelihood, amplitude error and the gradients with respect to object and probe, chunk by chunk."""
+        m, k = self.model, self.kernels
+        kind, renorm, tiny = self.likelihood, float(self.p.intensity_renormalization), self.tiny
         ob_grad = {oid: np.zeros_like(st.data) for oid, st in m.objects.items()}
         pr_grad = {pid: np.zeros_like(st.data) for pid, st in m.probes.items()}
         ll = err_sum = 0.0
@@ -188,32 +186,31 @@ class MaximumLikelihood:
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
-            mp, mo = probe.shape[0], obj.shape[0]
-            for sl in m.chunks(scan, mp * mo):
-                views = pm.gather(obj, scan.corners[sl], scan.shape)
-                pods = pm.exit_waves(probe, views).reshape(len(views), mp * mo, *scan.shape)
+            pconj = np.conj(probe) * scan.object_power
+            for sl in m.chunks(scan, self.fields[scan.label].shape[1]):
+                corners = scan.corners[sl]
+                n = len(corners)
                 fields = self.fields[scan.label][sl]
-                fields[...] = scan.propagator.forward(pods, overwrite=True)
-                imodel = pm.intensity(fields)
-                meas, w = scan.intensity[sl], scan.weights_of(sl)
-                err_sum += float(pm.masked_mean((np.sqrt(imodel) - np.sqrt(meas)) ** 2, w).sum())
-                frames += len(views)
-                if self.p.floating_intensities:
-                    wb = np.broadcast_to(w, meas.shape)
-                    self.scale[scan.label][sl] = ((wb * meas * imodel).sum(axis=(-2, -1))
-                                                  / np.maximum((wb * imodel**2).sum(axis=(-2, -1)), 1e-30))
-                c = self.scale[scan.label][sl][:, None, None]
-                lvals, d1, _ = _likelihood_terms(kind, c * imodel, meas, w, renorm)
-                ll += float(lvals.sum())
-                chi = scan.propagator.backward((d1 * c).astype(m.rdtype)[:, None] * fields)
-                chi = chi.reshape(len(views), mp, mo, *scan.shape)
-                contrib = pm.sum_over_probe_modes(np.conj(probe), chi)
-                contrib *= scan.object_power
-                pm.scatter_add(ob_grad[scan.object_id], contrib, scan.corners[sl])
-                pr_grad[scan.probe_id] += scan.probe_power * pm.sum_over_frames_and_object_modes(np.conj(views), chi)
+                k.pods(probe, obj, corners, fields)
+                scan.propagator.forward(fields, overwrite=True)  # in place: fields are kept for the line search
+                chi = self.buffers[fields.shape[1:]][0][:n]
+                err, lls = np.empty(n), np.empty(n)
+                k.ml_gradient_weights(fields, scan.intensity[sl], self._weights(scan, sl), self.scale[scan.label][sl],
+                                      bool(self.p.floating_intensities), kind, renorm, tiny, chi, err, lls)
+                err_sum += float(err.sum())
+                ll += float(lls.sum())
+                frames += n
+                chi = scan.propagator.backward(chi, overwrite=True)
+                k.add_object_update(ob_grad[scan.object_id], None, pconj, None, chi, corners)
+                k.add_probe_update(pr_grad[scan.probe_id], None, obj, chi, corners, weight=scan.probe_power)
         m.ranks.sum_arrays(*ob_grad.values(), *pr_grad.values())
         ll, err_sum, frames = m.ranks.sum(ll, err_sum, frames)
         return ll, err_sum, frames, ob_grad, pr_grad
+
+    @staticmethod
+    def _weights(scan, sl: slice) -> np.ndarray:
+        """Weights of frames ``sl`` as the kernels take them: (1, H, W) when shared, else (n, H, W)."""
+        return scan.weights[None] if scan.weights.ndim == 2 else scan.weights[sl]
 
     def _regulariser_gradient(self, ob_grad) -> float:
         """Add the del2 prior's gradient; return its value."""
@@ -246,31 +243,24 @@ class MaximumLikelihood:
 
     def _line_search(self, h_ob, h_pr) -> tuple[float, float]:
         """Step minimising the second-order expansion of the likelihood along (h_ob, h_pr)."""
-        m, kind, renorm = self.model, self.p.type, float(self.p.intensity_renormalization)
+        m, k = self.model, self.kernels
+        kind, renorm, tiny = self.likelihood, float(self.p.intensity_renormalization), self.tiny
         b1 = b2 = change = 0.0
         for scan in m.scans:
             probe, dprobe = m.probes[scan.probe_id].data, h_pr[scan.probe_id]
             obj, dobj = m.objects[scan.object_id].data, h_ob[scan.object_id]
-            mp, mo = probe.shape[0], obj.shape[0]
-            for sl in m.chunks(scan, 2 * mp * mo):
-                views = pm.gather(obj, scan.corners[sl], scan.shape)
-                dviews = pm.gather(dobj, scan.corners[sl], scan.shape)
-                first = pm.exit_waves(dprobe, views)
-                first += pm.exit_waves(probe, dviews)
-                first = scan.propagator.forward(first.reshape(len(views), mp * mo, *scan.shape), overwrite=True)
-                second = scan.propagator.forward(
-                    pm.exit_waves(dprobe, dviews).reshape(len(views), mp * mo, *scan.shape), overwrite=True)
-                fields = self.fields[scan.label][sl]
-                a1 = pm.real_dot(fields, first)
-                a1 *= 2
-                a2 = pm.intensity(first)
-                change += float(a2.sum())
-                a2 += 2 * pm.real_dot(fields, second)
-                c = self.scale[scan.label][sl][:, None, None]
-                _, d1, d2 = _likelihood_terms(kind, c * pm.intensity(fields), scan.intensity[sl],
-                                              scan.weights_of(sl), renorm)
-                b1 += float((d1 * c * a1).sum())
-                b2 += float((d1 * c * a2 + 0.5 * d2 * (c * a1) ** 2).sum())
+            pods = self.fields[scan.label].shape[1]
+            for sl in m.chunks(scan, 2 * pods):
+                corners = scan.corners[sl]
+                n = len(corners)
+                first, second = (buf[:n] for buf in self.buffers[(pods, *scan.shape)])
+                k.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
+                first = scan.propagator.forward(first, overwrite=True)
+                second = scan.propagator.forward(second, overwrite=True)
+                sums = np.empty((n, 3))
+                k.ml_line_sums(self.fields[scan.label][sl], first, second, scan.intensity[sl], self._weights(scan, sl),
+                               self.scale[scan.label][sl], kind, renorm, tiny, sums)
+                b1, b2, change = np.array([b1, b2, change]) + sums.sum(axis=0)
         b1, b2, change = m.ranks.sum(b1, b2, change)
         if self.reg_amplitude:
             for oid, st in m.objects.items():
