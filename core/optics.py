@@ -63,11 +63,14 @@ def dtypes_for(data_type: str) -> tuple[np.dtype, np.dtype]:
 
 
 def fft_workers() -> int:
-    """Threads for scipy.fft: the CPUs this process may use."""
+    """Threads for scipy.fft and the engines' kernels: the CPUs this process may use, shared among the MPI ranks
+    a launcher started on this node (``MPI_LOCALNRANKS`` from MPICH's hydra, Open MPI's local size)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
+    return max(1, cpus // max(1, int(local)))
 
 
 def _pair(value, name: str) -> np.ndarray:

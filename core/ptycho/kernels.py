@@ -21,10 +21,14 @@ import os
 import numba
 import numpy as np
 
+from difframe.optics import fft_workers
+
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # OpenMP's threads spin after each kernel and slow the FFT threads that run next by half (DM: FFTs 0.16 s
     # instead of 0.09 s per iteration); the workqueue pool sleeps
     numba.config.THREADING_LAYER = "workqueue"
+# as many threads as the FFTs use: under mpiexec the node's CPUs are shared among its ranks
+numba.set_num_threads(min(fft_workers(), numba.config.NUMBA_NUM_THREADS))
 
 # every fast-math flag except nnan/ninf: a NaN must still come out as a NaN
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}

@@ -1,5 +1,7 @@
 """Propagators against analytic optics: Parseval, Gaussian beams, round trips, sampling."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,14 @@ def test_single_step_fresnel_focus_matches_far_field_gaussian_width():
 def test_bad_dtype_name_is_named():
     with pytest.raises(ParameterError, match="data_type"):
         optics.dtypes_for("half")
+
+
+def test_threads_are_shared_among_the_ranks_of_a_node(monkeypatch):
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    monkeypatch.delenv("MPI_LOCALNRANKS", raising=False)
+    alone = optics.fft_workers()
+    assert alone == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")
+    assert optics.fft_workers() == max(1, alone // 2)
+    monkeypatch.setenv("MPI_LOCALNRANKS", str(4 * alone))
+    assert optics.fft_workers() == 1
