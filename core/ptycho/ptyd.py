@@ -233,7 +233,8 @@ def open_ptyd(path: str | os.PathLike) -> Iterator[RawScan]:
         psize = meta.get("psize")
         center = meta.get("center")
         yield RawScan(
-            frames=FrameSource((total, *frame_shape), read), mask=None, positions=positions,
+            frames=FrameSource((total, *frame_shape), read), positions=positions,
+            mask=None if weighted else _weight2d(meta, frame_shape, path),
             energy_kev=_number(meta.get("energy")), distance_m=_number(meta.get("distance")),
             psize_m=None if psize is None else tuple(float(v) for v in np.broadcast_to(np.ravel(psize), (2,))),
             center=None if center is None or isinstance(center, str) else tuple(float(v) for v in np.ravel(center)[:2]),
@@ -246,7 +247,18 @@ def read_ptyd(path: str | os.PathLike) -> RawScan:
     """Read a whole ``.ptyd`` into memory (see :func:`open_ptyd` for the checks)."""
     with open_ptyd(path) as raw:
         frames, mask = load_share(raw, slice(0, raw.frames.shape[0]), str(path))
-    return RawScan(**{**raw.__dict__, "frames": frames, "mask": mask if mask.ndim == 3 else None})
+    return RawScan(**{**raw.__dict__, "frames": frames, "mask": mask if mask.ndim == 3 else raw.mask})
+
+
+def _weight2d(meta: dict, frame_shape: tuple, path: Path) -> np.ndarray | None:
+    """The detector mask older ptypy files keep in ``meta/weight2d`` when their chunks carry no weights."""
+    weight2d = meta.get("weight2d")
+    if weight2d is None or np.ndim(weight2d) == 0:
+        return None
+    weight2d = np.asarray(weight2d)
+    if weight2d.shape != frame_shape:
+        raise DataError(f"{path}: meta/weight2d has shape {weight2d.shape}, frames are {frame_shape}")
+    return weight2d > 0
 
 
 def _rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
@@ -274,10 +286,12 @@ def _open_chunk(f: Any, num: int, path: Path) -> dict[str, Any]:
     if data.ndim != 3:
         raise DataError(f"{path}: chunk {num} data has shape {data.shape}, expected (N, H, W)")
     n = len(data)
-    indices = np.asarray(node["indices"][()], dtype=np.int64).ravel() if "indices" in node else None
+    # ptypy on numpy >= 2 stores these as typed list groups: read_array takes every form
+    indices = (h5typed.read_array(node["indices"], source=str(path)).astype(np.int64).ravel()
+               if "indices" in node else None)
     if indices is not None and indices.shape != (n,):
         raise DataError(f"{path}: chunk {num} has {len(indices)} indices for {n} frames")
-    positions = np.asarray(node["positions"][()], dtype=float) if "positions" in node else None
+    positions = h5typed.read_array(node["positions"], source=str(path)).astype(float) if "positions" in node else None
     if positions is not None and (positions.shape != (n, 2) or not np.isfinite(positions).all()):
         if positions.size:
             raise DataError(f"{path}: chunk {num} positions have shape {positions.shape}, expected ({n}, 2)")

@@ -270,16 +270,12 @@ def test_reads_a_ptypy_ptyd_with_array_indices(tmp_path):
     assert raw.mask.all() and raw.energy_kev == 6.2 and raw.center == (4.0, 4.0)
 
 
-@pytest.mark.xfail(strict=True, reason="ptyd.py (PM) reads chunk indices as a dataset; "
-                   "fix: h5typed.read_array(node['indices'])")
 def test_reads_a_ptypy_ptyd_written_under_numpy2(tmp_path):
     frames = RNG.poisson(5.0, size=(4, 8, 8)).astype(np.int32)
     write_ptypy_ptyd(tmp_path / "b.ptyd", frames, indices_as_group=True)
     np.testing.assert_array_equal(read_ptyd(tmp_path / "b.ptyd").frames, frames)
 
 
-@pytest.mark.xfail(strict=True, reason="ptyd.py (PM) ignores meta/weight2d when chunk weights are empty; "
-                   "fix: mask = meta['weight2d'] > 0")
 def test_a_legacy_ptyd_keeps_its_detector_mask(tmp_path):
     frames = RNG.poisson(5.0, size=(4, 8, 8)).astype(np.int32)
     weight2d = np.pad(np.ones((6, 6)), 1)
