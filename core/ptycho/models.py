@@ -301,7 +301,7 @@ def build_illumination(params: Mapping | None, ctx: ModelContext, plugins: Any) 
     if spec.name not in MEASURED_MODELS:
         field = shape_beam(field, p, ctx, rng)
         if photons is None and ctx.data is not None:  # from the data: the brightest frame's counts
-            photons = float(np.where(ctx.data.frame_mask(), ctx.data.data, 0).sum(axis=(1, 2)).max())
+            photons = float(ctx.data.frame_totals().max())  # over all ranks' frames
     field = add_diversity(set_photons(field, photons), p.get("diversity"), ctx.num_modes, rng, "illumination")
     return set_photons(field, photons).astype(ctx.dtype)
 

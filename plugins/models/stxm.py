@@ -21,22 +21,13 @@ def _data(params, context):
     return data
 
 
-def _mean_intensity(data):
-    import numpy as np
-
-    mask = data.frame_mask()
-    counts = np.where(mask, data.data, 0).sum(axis=0, dtype=np.float64)
-    valid = mask.sum(axis=0)
-    return np.where(valid > 0, counts / np.maximum(valid, 1), 0.0)
-
-
 def build_illumination(params, context):
     import numpy as np
 
     from difframe.optics import FarField
 
     data = _data(params, context)
-    amplitude = np.sqrt(_mean_intensity(data))
+    amplitude = np.sqrt(data.mean_frame())  # over all ranks' frames
     if data.propagation == "nearfield":
         return amplitude.astype(complex)
     return FarField(amplitude.shape).backward(amplitude.astype(complex))
@@ -52,7 +43,7 @@ def build_sample(params, context):
     pos = context.positions_px
     if pos is None or len(pos) != data.num_frames:
         raise ParameterError("sample model 'stxm' needs the view positions of every frame in the object")
-    totals = np.where(data.frame_mask(), data.data, 0).sum(axis=(1, 2), dtype=np.float64)
+    totals = data.frame_totals()  # every frame's, also those other ranks hold
     trans = np.sqrt(totals / totals.max()) if totals.max() > 0 else np.ones_like(totals)
     idx = np.clip(np.round(pos).astype(int), 0, np.asarray(context.shape) - 1)
     num = np.zeros(context.shape)
