@@ -211,7 +211,7 @@ class InteractionServer:
             "ok": True,
             "run": self.run.run_name,
             "engine": last["engine"] if last else None,
-            "iteration": last["iteration"] if last else 0,
+            "iteration": last["iterations"] if last else 0,  # over the whole run
             "metrics": {k: _finite(v) for k, v in last["metrics"].items()} if last else {},
             "stop_requested": bool(self.run.stop_requested),
             "engines": {label: {"name": ep.name, **{k: ep[k] for k in SETTABLE if k in ep}}

@@ -70,7 +70,7 @@ def draw(objects: dict, probes: dict, iter_info: list, title: str = "", scanned:
     ax = axes[0, -1]
     if iter_info:
         ax.set_axis_on()
-        its = np.array([rec["iteration"] for rec in iter_info])
+        its = np.array([rec["iterations"] for rec in iter_info])  # over the whole run
         errs = np.array([np.ravel(rec["error"])[:3] for rec in iter_info], dtype=float)
         for k, label in enumerate(ERROR_LABELS):
             curve = errs[:, k]

@@ -104,17 +104,19 @@ class Reconstruction:
 
     @property
     def iter_info(self) -> list:
-        """Per-iteration records counted over the whole run, each ``error`` three long.
+        """Per-iteration records, each with ``iterations`` counted over the whole run and ``error`` three long.
 
-        ptypy's records count ``iteration`` within each engine and over the
-        run in ``iterations``; an ``error`` of ptypy's may hold a single value.
+        Records count ``iteration`` within each engine and over the run in
+        ``iterations`` (older difframe files: ``iteration`` only, over the run);
+        an ``error`` of ptypy's may hold a single value.
         """
         records = []
         for number, rec in enumerate(self.runtime.get("iter_info") or [], start=1):
             given = np.ravel(np.asarray(rec.get("error", ()), dtype=float))[:3]
             error = np.full(3, np.nan)
             error[:given.size] = given
-            records.append(dict(rec, iteration=int(rec.get("iterations", rec.get("iteration", number))), error=error))
+            run_count = int(rec.get("iterations", rec.get("iteration", number)))
+            records.append(dict(rec, iterations=run_count, error=error))
         return records
 
 

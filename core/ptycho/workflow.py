@@ -135,8 +135,11 @@ class _Outputs:
         self.autosave: Path | None = None
         self.server: interaction.InteractionServer | None = None  # polled after every block
 
-    def record(self, label, name, iteration, duration, metrics):
-        self.runtime["iter_info"].append(iter_info_entry(iteration, name, duration, metrics))
+    def record(self, label, name, iteration, duration, metrics, *, in_engine: int, numiter: int):
+        """Keep one iteration's record, counted as ptypy does: ``in_engine`` within the engine, ``iteration``
+        over the run, ``numiter`` the engine's total."""
+        self.runtime["iter_info"].append(iter_info_entry(in_engine, name, duration, metrics,
+                                                         iterations=iteration, numiter=numiter))
         bad = [k for k, v in metrics.items() if not np.isfinite(v)]
         if bad:
             raise DataError(f"engine {label!r} ({name}) diverged at iteration {iteration}: {', '.join(bad)} "
@@ -189,9 +192,9 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
             metrics = engine.iterate(n)
             duration = (time.perf_counter() - start) / max(len(metrics), 1)
             before = total
-            for m in metrics:
+            for k, m in enumerate(metrics, start=done + 1):
                 total += 1
-                outputs.record(label, name, total, duration, m)
+                outputs.record(label, name, total, duration, m, in_engine=k, numiter=ep.numiter)
                 run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
             done += len(metrics)
             log.info("%s %s: iteration %d, %s", label, name, total,

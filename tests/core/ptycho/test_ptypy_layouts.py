@@ -102,7 +102,7 @@ def test_ptyr_storages_carry_what_ptypys_storage_from_dict_needs(ours, kind):
 def test_ptyr_read_back_gives_attribute_access_and_run_counts(ours):
     rec = read_ptyr(ours[0])
     assert isinstance(rec.params, Param) and rec.params.io.autosave.interval == 4
-    assert [r["iteration"] for r in rec.iter_info] == [1, 2]
+    assert [r["iterations"] for r in rec.iter_info] == [1, 2]
     assert rec.probes["scan1"]["ID"] == "Sscan1"
 
 
@@ -170,8 +170,9 @@ def test_reads_a_ptypy_minimal_ptyr(tmp_path):
     np.testing.assert_array_equal(rec.objects["S00G00"]["data"], obj)
     np.testing.assert_array_equal(rec.probes["S00G00"]["data"], probe)
     assert rec.objects["S00G00"]["shape"] == (1, 16, 18) and rec.objects["S00G00"]["layermap"] == [0]
-    # ptypy counts 'iteration' per engine; difframe's records count over the run (ptypy's 'iterations')
-    assert [r["iteration"] for r in rec.iter_info] == [1, 2, 3]
+    # 'iteration' counts within each engine, 'iterations' over the run (as ptypy writes them)
+    assert [r["iteration"] for r in rec.iter_info] == [1, 2, 1]
+    assert [r["iterations"] for r in rec.iter_info] == [1, 2, 3]
     np.testing.assert_array_equal(rec.iter_info[0]["error"], [3.0, 2.0, 1.0])
     assert rec.iter_info[2]["error"][0] == 0.0 and np.isnan(rec.iter_info[2]["error"][1:]).all()
     assert isinstance(rec.runtime, Param) and rec.runtime.run == "moon" and rec.runtime.allstop is None
@@ -192,7 +193,7 @@ def test_a_ptypy_dump_keeps_its_grids_as_arrays(tmp_path):
     rec = read_ptyr(path)
     grids = rec.objects["S00G00"]["grids"]
     assert isinstance(grids, tuple) and len(grids) == 2 and grids[0].shape == obj.shape
-    assert [r["iteration"] for r in rec.iter_info] == [3]
+    assert [r["iterations"] for r in rec.iter_info] == [3]
 
 
 @pytest.mark.parametrize("group", ["probe", "obj"])

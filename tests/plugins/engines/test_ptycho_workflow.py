@@ -66,7 +66,9 @@ def test_dm_then_ml_writes_ptyr_autosaves_plots_movie_and_fires_hooks(tmp_path, 
     assert results["reconstruction"] == tmp_path / "recons/t/t_ML_0012.ptyr"
     r = read_ptyr(results["reconstruction"])
     assert [i["engine"] for i in r.iter_info] == ["DM"] * 6 + ["ML"] * 6
-    assert [i["iteration"] for i in r.iter_info] == list(range(1, 13))
+    assert [i["iterations"] for i in r.iter_info] == list(range(1, 13))
+    # counted within each engine and against its total too, as ptypy's records are
+    assert [(i["iteration"], i["numiter"]) for i in r.iter_info] == [(k, 6) for k in range(1, 7)] * 2
     assert r.objects["a"]["data"].dtype == np.complex64 and r.probes["a"]["data"].shape == (1, *SHAPE)
     np.testing.assert_array_equal(r.positions["a"], prep.positions)
     assert r.params["engines"]["e2"]["name"] == "ML" and r.params["run"] == "t"
