@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from difframe import parallel
 from difframe.errors import DataError, UsageError
 from difframe.manager import PluginManager
 from difframe.param import Param
@@ -39,6 +40,9 @@ class ScanContext:
     params: Param  # the whole resolved tree
     data_type: str  # 'single' | 'double'
     dry_run: bool
+    # the MPI ranks among which the scan's frames are split: a recipe loads only ``ranks.share(N)`` of its N
+    # frames (one rank, and all frames, without a launcher)
+    ranks: parallel.Ranks = field(default_factory=lambda: parallel.Ranks())
 
 
 class Run:
@@ -123,7 +127,7 @@ class Run:
         log.info("scan %s: %d positions from pattern %s", label, len(positions), name)
         return positions
 
-    def scan_context(self, label: str) -> ScanContext:
+    def scan_context(self, label: str, ranks: parallel.Ranks | None = None) -> ScanContext:
         return ScanContext(
             label=label,
             positions=self.scan_positions(label),
@@ -131,6 +135,7 @@ class Run:
             params=self.params,
             data_type=self.params.data_type,
             dry_run=bool(self.params.dry_run),
+            ranks=ranks or parallel.Ranks(),
         )
 
     # -- running ----------------------------------------------------------------

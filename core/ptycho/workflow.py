@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ from difframe.ptycho import interaction
 from difframe.ptycho import model as pm
 from difframe.ptycho import plotting
 from difframe.ptycho.ptyr import iter_info_entry, write_ptyr
-from difframe.run import ScanContext
 
 log = logging.getLogger("difframe.ptycho")
 
@@ -45,13 +43,6 @@ def output_path(run, which: str, engine: str, iterations: int) -> Path:
     return path if path.is_absolute() else run.home / path
 
 
-@dataclass
-class ShareContext(ScanContext):
-    """A recipe's context plus the ranks among which the scan's frames are split."""
-
-    ranks: parallel.Ranks = field(default_factory=parallel.Ranks)
-
-
 def prepare_scans(run, ranks: parallel.Ranks | None = None) -> dict:
     """PreparedData of every scan, from the recipe its ``data.source`` names ("file" when None).
 
@@ -65,7 +56,7 @@ def prepare_scans(run, ranks: parallel.Ranks | None = None) -> dict:
         name = run.plugins.resolve("recipe", source)
         spec = run.plugins.get("recipe", name)
         log.info("scan %s: preparing data with recipe %s", label, name)
-        context = ShareContext(**vars(run.scan_context(label)), ranks=ranks)
+        context = run.scan_context(label, ranks)
         failure = None
         try:
             prepared[label] = spec.prepare(scan, context)
