@@ -182,18 +182,40 @@ def _weight_rows(weights, frames):
 
 
 @numba.njit(inline="always", fastmath=_FAST)
-def _likelihood(kind, imodel, meas, w, renorm, tiny):
-    """(value, d/dI, d2/dI2) of one pixel's negative log-likelihood at model intensity ``imodel``."""
+def _row_likelihood(kind, c, model, meas, wt, renorm, tiny, d1, d2):
+    """One row's likelihood at model intensity c x model: d1, d2 = dL/dI, d2L/dI2 per pixel; returns sum L.
+
+    Written per likelihood over whole rows in the row's precision, so each
+    loop vectorises (the choice of likelihood is made once per row).
+    """
+    real = model.dtype.type
+    c, renorm, tiny = real(c), real(renorm), real(tiny)
+    one, two, zero = real(1), real(2), real(0)
+    total = zero
     if kind == 0:  # gaussian, variance I + 1/renorm
-        weight = w / (meas + 1.0 / renorm)
-        diff = imodel - meas
-        return weight * diff * diff, 2.0 * weight * diff, 2.0 * weight
-    im = max(imodel, tiny)
-    if kind == 1:  # poisson
-        return w * renorm * (im - meas * math.log(im)), w * renorm * (1.0 - meas / im), w * renorm * meas / (im * im)
-    root = math.sqrt(im)  # euclid: squared amplitude distance
-    amp = math.sqrt(meas)
-    return w * renorm * (root - amp) ** 2, w * renorm * (1.0 - amp / root), w * renorm * amp / (2.0 * im * root)
+        inv = one / renorm
+        for j in range(model.shape[0]):
+            weight = wt[j] / (meas[j] + inv)
+            diff = c * model[j] - meas[j]
+            total += weight * diff * diff
+            d1[j] = two * weight * diff
+            d2[j] = two * weight
+    elif kind == 1:  # poisson
+        for j in range(model.shape[0]):
+            im = max(c * model[j], tiny)
+            w = wt[j] * renorm
+            total += w * (im - meas[j] * np.log(im))
+            d1[j] = w * (one - meas[j] / im)
+            d2[j] = w * meas[j] / (im * im)
+    else:  # euclid: squared amplitude distance
+        for j in range(model.shape[0]):
+            im = max(c * model[j], tiny)
+            w = wt[j] * renorm
+            root, amp = np.sqrt(im), np.sqrt(meas[j])
+            total += w * (root - amp) * (root - amp)
+            d1[j] = w * (one - amp / root)
+            d2[j] = w * amp / (two * im * root)
+    return total
 
 
 @_jit
@@ -205,39 +227,47 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, kind, renor
     the least-squares ratio of measured to model intensity.
     """
     h, w = fields.shape[2], fields.shape[3]
+    real = intensity.dtype.type
+    one, zero = real(1), real(0)
     wrow = _weight_rows(weights, fields.shape[0])
     for n in numba.prange(fields.shape[0]):
         model = np.empty(w, intensity.dtype)
+        d1 = np.empty(w, intensity.dtype)
+        d2 = np.empty(w, intensity.dtype)
         e_sum = 0.0
-        valid = 0
+        valid = 0.0
         cross = 0.0
         square = 0.0
         for i in range(h):
             _row_intensity(fields, n, i, model)
             meas, wt = intensity[n, i], weights[wrow[n], i]
+            e_row, v_row, c_row, s_row = zero, zero, zero, zero
             for j in range(w):
-                if wt[j] > 0:
-                    d = math.sqrt(model[j]) - math.sqrt(meas[j])
-                    e_sum += d * d
-                    valid += 1
-                cross += wt[j] * meas[j] * model[j]
-                square += wt[j] * model[j] * model[j]
-        err[n] = e_sum / max(valid, 1)
+                v = one if wt[j] > 0 else zero
+                d = np.sqrt(model[j]) - np.sqrt(meas[j])
+                e_row += v * d * d
+                v_row += v
+                c_row += wt[j] * meas[j] * model[j]
+                s_row += wt[j] * model[j] * model[j]
+            e_sum += e_row
+            valid += v_row
+            cross += c_row
+            square += s_row
+        err[n] = e_sum / max(valid, 1.0)
         if floating:
             scale[n] = cross / max(square, 1e-30)
         c = scale[n]
         l_sum = 0.0
         for i in range(h):
             _row_intensity(fields, n, i, model)
-            meas, wt = intensity[n, i], weights[wrow[n], i]
-            for j in range(w):  # model becomes dL/dI x c
-                value, d1, _ = _likelihood(kind, c * model[j], meas[j], wt[j], renorm, tiny)
-                l_sum += value
-                model[j] = d1 * c
+            l_sum += _row_likelihood(kind, c, model, intensity[n, i], weights[wrow[n], i], renorm, tiny, d1, d2)
+            g = real(c)
+            for j in range(w):
+                d1[j] *= g
             for k in range(fields.shape[1]):
                 f, o = fields[n, k, i], out[n, k, i]
                 for j in range(w):
-                    o[j] = f[j] * model[j]
+                    o[j] = f[j] * d1[j]
         ll[n] = l_sum
 
 
@@ -250,36 +280,42 @@ def ml_line_sums(fields, first, second, intensity, weights, scale, kind, renorm,
     d2 (c a1)^2 / 2; change = sum |first|^2.
     """
     h, w = fields.shape[2], fields.shape[3]
+    real = intensity.dtype.type
+    zero, half, two = real(0), real(0.5), real(2)
     wrow = _weight_rows(weights, fields.shape[0])
     for n in numba.prange(fields.shape[0]):
-        c = scale[n]
+        c = real(scale[n])
         model = np.empty(w, intensity.dtype)
         a1 = np.empty(w, intensity.dtype)
         a2 = np.empty(w, intensity.dtype)
+        g2 = np.empty(w, intensity.dtype)
+        d1 = np.empty(w, intensity.dtype)
+        d2 = np.empty(w, intensity.dtype)
         b1 = 0.0
         b2 = 0.0
         change = 0.0
         for i in range(h):
-            model[:] = 0
-            a1[:] = 0
-            a2[:] = 0
+            model[:] = zero
+            a1[:] = zero
+            a2[:] = zero
+            g2[:] = zero
             for k in range(fields.shape[1]):
                 f, g, q = fields[n, k, i], first[n, k, i], second[n, k, i]
                 for j in range(w):
                     model[j] += f[j].real * f[j].real + f[j].imag * f[j].imag
                     a1[j] += f[j].real * g[j].real + f[j].imag * g[j].imag
-                    a2[j] += g[j].real * g[j].real + g[j].imag * g[j].imag
-                    a2[j] += 2 * (f[j].real * q[j].real + f[j].imag * q[j].imag)
-            meas, wt = intensity[n, i], weights[wrow[n], i]
-            for k in range(fields.shape[1]):
-                g = first[n, k, i]
-                for j in range(w):
-                    change += g[j].real * g[j].real + g[j].imag * g[j].imag
+                    g2[j] += g[j].real * g[j].real + g[j].imag * g[j].imag
+                    a2[j] += f[j].real * q[j].real + f[j].imag * q[j].imag
+            _row_likelihood(kind, c, model, intensity[n, i], weights[wrow[n], i], renorm, tiny, d1, d2)
+            r1, r2, rc = zero, zero, zero
             for j in range(w):
-                _, d1, d2 = _likelihood(kind, c * model[j], meas[j], wt[j], renorm, tiny)
-                slope = 2.0 * c * a1[j]
-                b1 += d1 * slope
-                b2 += d1 * c * a2[j] + 0.5 * d2 * slope * slope
+                slope = two * c * a1[j]
+                r1 += d1[j] * slope
+                r2 += d1[j] * c * (g2[j] + two * a2[j]) + half * d2[j] * slope * slope
+                rc += g2[j]
+            b1 += r1
+            b2 += r2
+            change += rc
         sums[n, 0] = b1
         sums[n, 1] = b2
         sums[n, 2] = change

@@ -217,9 +217,10 @@ class MaximumLikelihood:
         if not self.reg_amplitude:
             return 0.0
         total = 0.0
+        self.object_diffs = {}  # kept for the line search: the object does not change in between
         for oid, st in self.model.objects.items():
-            for axis in (-2, -1):
-                d = np.diff(st.data, axis=axis)
+            self.object_diffs[oid] = [np.diff(st.data, axis=axis) for axis in (-2, -1)]
+            for axis, d in zip((-2, -1), self.object_diffs[oid]):
                 total += float(np.vdot(d, d).real)
                 g = ob_grad[oid]
                 lo = [slice(None)] * g.ndim
@@ -263,9 +264,9 @@ class MaximumLikelihood:
                 b1, b2, change = np.array([b1, b2, change]) + sums.sum(axis=0)
         b1, b2, change = m.ranks.sum(b1, b2, change)
         if self.reg_amplitude:
-            for oid, st in m.objects.items():
-                for axis in (-2, -1):
-                    d, dh = np.diff(st.data, axis=axis), np.diff(h_ob[oid], axis=axis)
+            for oid in m.objects:
+                for axis, d in zip((-2, -1), self.object_diffs[oid]):
+                    dh = np.diff(h_ob[oid], axis=axis)
                     b1 += 2 * self.reg_amplitude * float(np.vdot(d, dh).real)
                     b2 += self.reg_amplitude * float(np.vdot(dh, dh).real)
         if b2 <= 0 or not np.isfinite(b2):
