@@ -109,7 +109,9 @@ class FarField:
     detector frame looks like); with ``centred=False`` the detector plane is in
     FFT order (axis at pixel 0), which skips two shifts per transform and is
     what engines use on data stored once in that order.  Sampling of the
-    object plane is ``farfield_object_psize``.
+    object plane is ``farfield_object_psize``.  Uncentred, with ``overwrite``
+    on a C-contiguous complex array, the result is written into the input and
+    the input returned (engines keep fields in their own buffers this way).
     """
 
     def __init__(self, shape, centred: bool = True, workers: int | None = None):
@@ -159,6 +161,8 @@ class NearField:
 
     ``kind`` is ``"angular_spectrum"`` (exact, evanescent waves dropped) or
     ``"fresnel"`` (paraxial).  Unitary apart from the dropped evanescent part.
+    With ``overwrite`` on a C-contiguous complex array, the result is written
+    into the input and the input returned.
     """
 
     def __init__(self, shape, psize, wavelength: float, distance: float, dtype=np.complex64,

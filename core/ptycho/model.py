@@ -75,8 +75,8 @@ class ScanViews:
         return int(self.intensity.shape[1]), int(self.intensity.shape[2])
 
     def weights_of(self, sl: slice) -> np.ndarray:
-        """Weights of frames ``sl``, broadcastable to (n, H, W)."""
-        return self.weights if self.weights.ndim == 2 else self.weights[sl]
+        """Weights of frames ``sl`` as the kernels take them: (1, H, W) when one map serves all, else (n, H, W)."""
+        return self.weights[None] if self.weights.ndim == 2 else self.weights[sl]
 
 
 class PtychoModel:

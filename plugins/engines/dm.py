@@ -87,7 +87,6 @@ class DifferenceMap:
             self.frame_data[scan.label] = {
                 "count": count.astype(float),
                 "bound": relax2 * np.where(valid, scan.intensity, 0).sum(axis=(-2, -1)) / count,
-                "weights": scan.weights[None] if scan.weights.ndim == 2 else scan.weights,
             }
             # one chunk buffer reused every iteration: a fresh one would cost a page fault per 4 kB each time
             step = next(m.chunks(scan, pods), slice(0, 0)).stop
@@ -137,8 +136,7 @@ class DifferenceMap:
         k.dm_relaxed(probe, obj, corners, ex, m.rdtype.type(self.p.alpha), f)
         fields = scan.propagator.forward(f, overwrite=True)
         err, ll, change = np.empty(n), np.empty(n), np.empty(n)
-        weights = fd["weights"] if fd["weights"].shape[0] == 1 else fd["weights"][sl]
-        k.dm_fourier_modulus(fields, scan.intensity[sl], weights, fd["count"][sl], fd["bound"][sl], err, ll)
+        k.dm_fourier_modulus(fields, scan.intensity[sl], scan.weights_of(sl), fd["count"][sl], fd["bound"][sl], err, ll)
         back = scan.propagator.backward(fields, overwrite=True)
         k.dm_exit_update(probe, obj, corners, back, ex, change)
         return float(err.sum()), float(ll.sum()), float(change.sum()), n

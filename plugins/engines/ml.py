@@ -192,10 +192,10 @@ class MaximumLikelihood:
                 n = len(corners)
                 fields = self.fields[scan.label][sl]
                 k.pods(probe, obj, corners, fields)
-                scan.propagator.forward(fields, overwrite=True)  # in place: fields are kept for the line search
+                scan.propagator.forward(fields, overwrite=True)  # in place (optics): kept for the line search
                 chi = self.buffers[fields.shape[1:]][0][:n]
                 err, lls = np.empty(n), np.empty(n)
-                k.ml_gradient_weights(fields, scan.intensity[sl], self._weights(scan, sl), self.scale[scan.label][sl],
+                k.ml_gradient_weights(fields, scan.intensity[sl], scan.weights_of(sl), self.scale[scan.label][sl],
                                       bool(self.p.floating_intensities), kind, renorm, tiny, chi, err, lls)
                 err_sum += float(err.sum())
                 ll += float(lls.sum())
@@ -206,11 +206,6 @@ class MaximumLikelihood:
         m.ranks.sum_arrays(*ob_grad.values(), *pr_grad.values())
         ll, err_sum, frames = m.ranks.sum(ll, err_sum, frames)
         return ll, err_sum, frames, ob_grad, pr_grad
-
-    @staticmethod
-    def _weights(scan, sl: slice) -> np.ndarray:
-        """Weights of frames ``sl`` as the kernels take them: (1, H, W) when shared, else (n, H, W)."""
-        return scan.weights[None] if scan.weights.ndim == 2 else scan.weights[sl]
 
     def _regulariser_gradient(self, ob_grad) -> float:
         """Add the del2 prior's gradient; return its value."""
@@ -246,7 +241,7 @@ class MaximumLikelihood:
         """Step minimising the second-order expansion of the likelihood along (h_ob, h_pr)."""
         m, k = self.model, self.kernels
         kind, renorm, tiny = self.likelihood, float(self.p.intensity_renormalization), self.tiny
-        b1 = b2 = change = 0.0
+        totals = np.zeros(3)  # b1, b2, change
         for scan in m.scans:
             probe, dprobe = m.probes[scan.probe_id].data, h_pr[scan.probe_id]
             obj, dobj = m.objects[scan.object_id].data, h_ob[scan.object_id]
@@ -259,10 +254,10 @@ class MaximumLikelihood:
                 first = scan.propagator.forward(first, overwrite=True)
                 second = scan.propagator.forward(second, overwrite=True)
                 sums = np.empty((n, 3))
-                k.ml_line_sums(self.fields[scan.label][sl], first, second, scan.intensity[sl], self._weights(scan, sl),
+                k.ml_line_sums(self.fields[scan.label][sl], first, second, scan.intensity[sl], scan.weights_of(sl),
                                self.scale[scan.label][sl], kind, renorm, tiny, sums)
-                b1, b2, change = np.array([b1, b2, change]) + sums.sum(axis=0)
-        b1, b2, change = m.ranks.sum(b1, b2, change)
+                totals += sums.sum(axis=0)
+        b1, b2, change = m.ranks.sum(*totals)
         if self.reg_amplitude:
             for oid in m.objects:
                 for axis, d in zip((-2, -1), self.object_diffs[oid]):

@@ -104,3 +104,18 @@ def test_threads_are_shared_among_the_ranks_of_a_node(monkeypatch):
     assert optics.fft_workers() == max(1, alone // 2)
     monkeypatch.setenv("MPI_LOCALNRANKS", str(4 * alone))
     assert optics.fft_workers() == 1
+
+
+@pytest.mark.parametrize("make", [lambda: optics.FarField((16, 12), centred=False),
+                                  lambda: optics.NearField((16, 12), (1e-7, 1e-7), 1e-10, 1e-3)],
+                         ids=["farfield", "nearfield"])
+def test_overwrite_transforms_in_place(make):
+    """Engines rely on it: ML keeps its detector fields in the buffer it hands to the propagator."""
+    prop = make()
+    x = (np.random.default_rng(0).normal(size=(3, 2, 16, 12)) + 0j).astype(np.complex64)
+    expected = prop.forward(x.copy())
+    y = prop.forward(x, overwrite=True)
+    assert np.shares_memory(y, x) and y.shape == x.shape
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
+    back = prop.backward(x, overwrite=True)
+    assert np.shares_memory(back, x)
