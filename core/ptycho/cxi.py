@@ -30,7 +30,7 @@ import numpy as np
 
 from difframe.errors import DataError, ParameterError
 from difframe.ptycho.h5typed import open_file
-from difframe.ptycho.prepare import FrameSource, RawScan, load_share
+from difframe.ptycho.prepare import FrameSource, RawScan, load_all
 
 log = logging.getLogger("difframe.ptycho.cxi")
 
@@ -116,5 +116,4 @@ def open_cxi(path: str | os.PathLike, *, entry: str = "entry_1",
 def read_cxi(path: str | os.PathLike, *, entry: str = "entry_1", focus_distance: float | None = None) -> RawScan:
     """Read one whole CXI entry into memory (see :func:`open_cxi`)."""
     with open_cxi(path, entry=entry, focus_distance=focus_distance) as raw:
-        frames, masks = load_share(raw, slice(0, raw.frames.shape[0]), raw.meta["source"])
-    return RawScan(**{**raw.__dict__, "frames": frames, "mask": raw.mask if masks.ndim == 2 else masks})
+        return load_all(raw, raw.meta["source"])

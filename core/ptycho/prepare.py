@@ -245,6 +245,12 @@ def load_share(raw: RawScan, share: slice, label: str) -> tuple[np.ndarray, np.n
     return frames, np.asarray(masks, bool)
 
 
+def load_all(raw: RawScan, label: str) -> RawScan:
+    """``raw`` with all its frames read into memory, and its mask per frame only where the source has one."""
+    frames, mask = load_share(raw, slice(0, raw.frames.shape[0]), label)
+    return RawScan(**{**raw.__dict__, "frames": frames, "mask": mask if mask.ndim == 3 else raw.mask})
+
+
 def common_mask(mask: np.ndarray, ranks: Ranks) -> np.ndarray:
     """One (H, W) mask when the (n, H, W) masks of every frame on every rank are the same, else ``mask``.
 

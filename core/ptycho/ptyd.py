@@ -31,7 +31,7 @@ from difframe.fileio import atomic_path
 from difframe.parallel import Ranks
 from difframe.ptycho import h5typed
 from difframe.ptycho.data import PreparedData
-from difframe.ptycho.prepare import FrameSource, RawScan, load_share
+from difframe.ptycho.prepare import FrameSource, RawScan, load_all
 
 log = logging.getLogger("difframe.ptycho.ptyd")
 
@@ -246,8 +246,7 @@ def open_ptyd(path: str | os.PathLike) -> Iterator[RawScan]:
 def read_ptyd(path: str | os.PathLike) -> RawScan:
     """Read a whole ``.ptyd`` into memory (see :func:`open_ptyd` for the checks)."""
     with open_ptyd(path) as raw:
-        frames, mask = load_share(raw, slice(0, raw.frames.shape[0]), str(path))
-    return RawScan(**{**raw.__dict__, "frames": frames, "mask": mask if mask.ndim == 3 else raw.mask})
+        return load_all(raw, str(path))
 
 
 def _weight2d(meta: dict, frame_shape: tuple, path: Path) -> np.ndarray | None:

@@ -63,9 +63,9 @@ def iter_info_entry(iteration: int, engine: str, duration: float, metrics: dict,
                     iterations: int | None = None, numiter: int | None = None) -> dict:
     """One ``runtime/iter_info`` record from an engine's per-iteration metrics.
 
-    ptypy's records count ``iteration`` within the engine, ``iterations`` over
-    the whole run and ``numiter`` as the engine's total; ``iterations``
-    defaults to ``iteration`` (difframe counts over the whole run).
+    As ptypy's, records count ``iteration`` within the engine, ``iterations``
+    over the whole run and ``numiter`` as the engine's total; ``iterations``
+    defaults to ``iteration`` (a run of one engine).
     """
     entry = {
         "iteration": int(iteration),
