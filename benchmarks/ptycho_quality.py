@@ -41,10 +41,14 @@ def parameters(photons: float, engines: dict | None = None, home: Path | None = 
     return params
 
 
-def errors(path: Path, photons: float) -> tuple[float, float]:
-    """(object error, probe error) of the reconstruction at ``path`` against the simulated truth."""
+def simulated_truth(photons: float) -> dict:
+    """The probe, object and window corners the example's frames are simulated from."""
     run = Run(parameters(photons))
-    truth = simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
+    return simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
+
+
+def errors(path: Path, truth: dict) -> tuple[float, float]:
+    """(object error, probe error) of the reconstruction at ``path`` against the simulated ``truth``."""
     rec = read_ptyr(path)
     (ost,), (pst,) = rec.objects.values(), rec.probes.values()
     obj, probe = np.asarray(ost["data"])[0], np.asarray(pst["data"])[0]
@@ -76,12 +80,12 @@ def main() -> None:
              f"DM {n} + ML {n}": {"dm": ("DM", n), "ml": ("ML", n)}}
     print(f"examples/ptycho_sim.toml, {args.photons:.0e} photons per frame; errors after removing a global factor, "
           "shift and phase ramp")
-    results = {}
+    results, truth = {}, simulated_truth(args.photons)
     with tempfile.TemporaryDirectory() as tmp:
         for k, (name, engines) in enumerate(cases.items()):
             home = Path(tmp) / str(k)
             path = Run(parameters(args.photons, engines, home)).run()["reconstruction"]
-            results[name] = errors(path, args.photons)
+            results[name] = errors(path, truth)
             print(f"  {name:16s} object error {results[name][0]:.4f}   probe error {results[name][1]:.4f}")
     best_dm = min(results[f"DM {n}"][0], results[f"DM {2 * n}"][0])
     print(f"object error of DM + ML / best DM alone: {results[f'DM {n} + ML {n}'][0] / best_dm:.2f}  "
