@@ -51,9 +51,11 @@ PARAMETERS = {
             "below fourier_relax_factor^2 x its mean intensity is left alone; otherwise its amplitudes are "
             "moved toward the data just far enough to reach that bound."),
     "obj_smooth_std": Parameter(
-        type="int", default=20, lowlim=0, help="Gaussian smoothing (pixel) of the current object prior to update",
+        type=("int", "NoneType"), default=20, lowlim=0,
+        help="Gaussian smoothing (pixel) of the current object prior to update",
         doc="If None, smoothing is deactivated. This smoothing can be used to reduce the amplitude of spurious "
-            "pixels in the outer, least constrained areas of the object."),
+            "pixels in the outer, least constrained areas of the object.\n\nThe doc gives None a meaning, so "
+            "None is accepted besides the reference's int (0 switches the smoothing off too)."),
 }
 
 
