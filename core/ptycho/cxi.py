@@ -22,17 +22,15 @@ per-frame mask) in the file until a rank asks for its share.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from typing import Any, Iterator
 
 import numpy as np
 
-from difframe.errors import DataError, ParameterError
+from difframe.errors import DataError
+from difframe.ptycho.beamline import cone_beam
 from difframe.ptycho.h5typed import open_file
 from difframe.ptycho.prepare import FrameSource, RawScan, load_all
-
-log = logging.getLogger("difframe.ptycho.cxi")
 
 JOULE_PER_KEV = 1.602176634e-16
 DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
@@ -100,15 +98,9 @@ def open_cxi(path: str | os.PathLike, *, entry: str = "entry_1",
         psize = None if px is None or py is None else (py, px)
         meta: dict[str, Any] = {"source": f"{where}:/{det}/data", "cxi_entry": entry}
         if focus_distance is not None:
-            if distance is None or psize is None:
-                raise DataError(f"{where}: focus_distance needs the file's distance and pixel size")
-            if not focus_distance > 0:
-                raise ParameterError(f"scan.data.recipe.cxi.focus_distance must be positive, got {focus_distance}")
-            magnification = (focus_distance + distance) / focus_distance
-            meta.update(magnification=magnification, detector_distance_m=distance, detector_psize_m=psize)
-            distance, psize = distance / magnification, (psize[0] / magnification, psize[1] / magnification)
-            log.info("%s: cone beam, magnification %.2f, effective distance %.4g m, pixel %.4g m",
-                     where, magnification, distance, psize[0])
+            distance, psize, cone = cone_beam(distance, psize, focus_distance, where=where,
+                                              param="scan.data.recipe.cxi.focus_distance")
+            meta.update(cone)
         yield RawScan(frames=FrameSource(frames.shape, read), mask=mask, positions=positions, energy_kev=energy_kev,
                       distance_m=distance, psize_m=psize, center=None, meta=meta)
 
