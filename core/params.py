@@ -12,7 +12,9 @@ The tree is a flat mapping ``dotted.path -> Node``.  Core nodes come from
   defaults, the user's ``engine.common`` and ``engine.<name>``, then the label.
 
 Limits are inclusive.  ``None`` is accepted wherever the default is ``None`` or
-the node's types include ``NoneType``.  Choices restrict string values.
+the node's types include ``NoneType``; there the string ``"None"`` means None too
+(TOML has no null), unless the node takes ``"None"`` as a value of its own (free
+text such as a run name).  Choices restrict string values.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ DYNAMIC_CHOICES = {
 _PY_TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", tuple: "tuple", list: "list",
                   dict: "Param", complex: "complex", type(None): "NoneType"}
 _CONTAINER_TYPES = {"Param", "ext", "scan", "engine"}
+#: how None is written where the format has no null (TOML files, strings from anywhere)
+NONE_TEXT = "None"
 
 
 @dataclass
@@ -64,6 +68,10 @@ class Node:
     @property
     def is_container(self) -> bool:
         return bool(_CONTAINER_TYPES.intersection(self.types))
+
+    @property
+    def allows_none(self) -> bool:
+        return self.default is None or "NoneType" in self.types
 
     def as_json(self) -> dict:
         return {
@@ -200,9 +208,33 @@ class ParamTree:
     def subtree(self, path: str) -> dict[str, Node]:
         """``path`` and everything below it (all nodes for "")."""
         if path and path not in self.nodes:
-            close = difflib.get_close_matches(path, list(self.nodes), n=1)
-            raise UsageError(f"no parameter {path!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            close = self.suggest(path)
+            raise UsageError(f"no parameter {path!r}" + (f"; did you mean {close!r}?" if close else ""))
         return {p: n for p, n in self.nodes.items() if not path or p == path or p.startswith(path + ".")}
+
+    def suggest(self, path: str) -> str | None:
+        """The documented node a wrong ``path`` most likely means, or None.
+
+        Case aside first (``engine.dm``); a labelled copy is documented by its
+        template (``engines.dm`` -> ``engine.DM``, ``engines.e1.alpha`` ->
+        ``engine.DM.alpha``, ``scans.a.xy`` -> ``scan.xy``); else the closest spelling.
+        """
+        lower = {p.lower(): p for p in self.nodes}
+        wanted = [path.lower()]
+        head, _, rest = wanted[0].partition(".")
+        label, _, tail = rest.partition(".")
+        if head == "engines" and label:
+            wanted.append(f"engine.{label}.{tail}" if tail else f"engine.{label}")
+            if tail:
+                wanted += [f"engine.common.{tail}"] + [p for p in lower if p.startswith("engine.")
+                                                       and p.partition(".")[2].partition(".")[2] == tail]
+        elif head == "scans" and label:
+            wanted.append(f"scan.{tail}" if tail else "scan")
+        for candidate in wanted:
+            if candidate in lower:
+                return lower[candidate]
+        close = difflib.get_close_matches(wanted[0], list(lower), n=1)
+        return lower[close[0]] if close else None
 
     def to_json(self, path: str = "") -> dict:
         return {p: n.as_json() for p, n in self.subtree(path).items()}
@@ -306,17 +338,36 @@ class ParamTree:
             try:
                 self._plugins.resolve(node.kind, value)  # names, aliases, any case
             except UsageError as exc:
+                if _means_none(node, value):
+                    return None
                 raise ParameterError(f"{shown} = {value!r}: {exc}") from None
             return value
         return check_value(node, value, shown)
 
 
 def check_value(node: Node, value: Any, shown: str) -> Any:
-    """Validate one leaf value against ``node``; returns it converted (lists to tuples ...)."""
-    if value is None:
-        if node.default is None or "NoneType" in node.types:
+    """Validate one leaf value against ``node``; returns it converted (lists to tuples ...).
+
+    ``"None"`` is None on a node that allows None, unless the node accepts that
+    string as a value of its own: a run may be named "None", a probe support cannot.
+    """
+    try:
+        return _check_leaf(node, value, shown)
+    except ParameterError:
+        if _means_none(node, value):
             return None
-        raise ParameterError(f"{shown} = None: expected {_expected(node)} (None is not allowed here)")
+        raise
+
+
+def _means_none(node: Node, value: Any) -> bool:
+    return isinstance(value, str) and value == NONE_TEXT and node.allows_none
+
+
+def _check_leaf(node: Node, value: Any, shown: str) -> Any:
+    if value is None:
+        if node.allows_none:
+            return None
+        raise ParameterError(f"{shown} = None: expected {_expected(node)}; None is not allowed here")
     for type_name in node.types:
         ok, converted = _convert(type_name, value)
         if ok:
@@ -368,13 +419,14 @@ def _convert(type_name: str, value: Any) -> tuple[bool, Any]:
 
 
 def _expected(node: Node) -> str:
-    text = " or ".join(node.types)
+    text = " or ".join(t for t in node.types if t != "NoneType")
     limits = []
     if node.lowlim is not None:
         limits.append(f">= {node.lowlim}")
     if node.uplim is not None:
         limits.append(f"<= {node.uplim}")
-    return text + (f" ({', '.join(limits)})" if limits else "")
+    text += f" ({', '.join(limits)})" if limits else ""
+    return f"{text} or None" if node.allows_none else text
 
 
 def _did_you_mean(key: str, candidates: Iterable[str]) -> str:
@@ -427,16 +479,20 @@ def parse_override(text: str) -> dict:
     """``dotted.path=value`` -> nested dict; the value is a TOML literal.
 
     A value that is not valid TOML (``raster``, a path) is taken as a string,
-    so ``-p scan.xy.type=raster`` works without shell quoting.
+    so ``-p scan.xy.type=raster`` works without shell quoting; the bare word
+    ``None`` is None (TOML has no null), the quoted ``"None"`` a string.
     """
     path, sep, raw = text.partition("=")
-    path = path.strip()
+    path, raw = path.strip(), raw.strip()
     if not sep or not path or any(not part for part in path.split(".")):
         raise UsageError(f"-p {text!r}: expected dotted.path=value, e.g. -p engines.e1.numiter=300")
-    try:
-        value = _load_toml(f"v = {raw.strip()}")["v"]
-    except Exception:
-        value = raw.strip()
+    if raw == NONE_TEXT:
+        value = None
+    else:
+        try:
+            value = _load_toml(f"v = {raw}")["v"]
+        except Exception:
+            value = raw
     nested: Any = value
     for part in reversed(path.split(".")):
         nested = {part: nested}

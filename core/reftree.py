@@ -290,11 +290,11 @@ NODES = {
         doc='False: no automatic center \nNone: only if center is None \nTrue: it will be enforced',
     ),
     'scan.data.load_parallel': P(
-        type=('str',),
+        type=('str', 'NoneType'),
         default='data',
         choices=('data', 'common', 'all'),
         help='Determines what will be loaded in parallel',
-        doc="Choose among [None, 'data', 'common', 'all']",
+        doc="Choose among [None, 'data', 'common', 'all']\n\nThe doc lists None, so None is accepted besides the reference's str.",
     ),
     'scan.data.positions_theory': P(
         type=('ndarray',),
@@ -362,11 +362,11 @@ NODES = {
         doc='All distances are in meters. Other units are specified in the documentation strings.',
     ),
     'scan.geometry.energy': P(
-        type=('float',),
+        type=('float', 'NoneType'),
         default=6.2,
         lowlim=0.0,
         help='Energy (in keV)',
-        doc='If None, use the wavelength instead.',
+        doc="If None, use the wavelength instead.\n\nThe doc gives None a meaning, so None is accepted besides the reference's float.",
     ),
     'scan.geometry.lam': P(
         type=('float',),
@@ -476,11 +476,11 @@ NODES = {
         help='Beam aperture parameters',
     ),
     'scan.illumination.aperture.form': P(
-        type=('str',),
+        type=('str', 'NoneType'),
         default='circ',
         choices=('rect', 'circ'),
         help="One of None, 'rect' or 'circ'",
-        doc="One of:\n\n - None: no aperture, this may be useful for nearfield\n - 'rect': rectangular aperture\n - 'circ': circular aperture\n\nThe reference gives a limit (>0.0) here, which cannot apply to a str node; it is not enforced.",
+        doc="One of:\n\n - None: no aperture, this may be useful for nearfield\n - 'rect': rectangular aperture\n - 'circ': circular aperture\n\nThe doc lists None, so None is accepted besides the reference's str. The reference gives a limit (>0.0) here, which cannot apply to a str node; it is not enforced.",
     ),
     'scan.illumination.aperture.diffuser': P(
         type=('float', 'tuple'),
@@ -649,16 +649,16 @@ NODES = {
         doc='Only used if formula is not None',
     ),
     'scan.sample.process.thickness': P(
-        type=('float',),
+        type=('float', 'NoneType'),
         default=1e-06,
         help='Maximum thickness of sample',
-        doc='if None, the absolute values of loaded source array will be used',
+        doc="if None, the absolute values of loaded source array will be used\n\nThe doc gives None a meaning, so None is accepted besides the reference's float.",
     ),
     'scan.sample.process.ref_index': P(
-        type=('complex',),
+        type=('complex', 'NoneType'),
         default=(0.5+0j),
         help='Assigned refractive index',
-        doc="If None, treat source array as projection of refractive index. If a refractive index is provided the array's absolute value will be used to scale the refractive index.\n\nThe reference limit (>0.0) on a complex number is evidently garbled and is not enforced.",
+        doc="If None, treat source array as projection of refractive index. If a refractive index is provided the array's absolute value will be used to scale the refractive index.\n\nThe doc gives None a meaning, so None is accepted besides the reference's complex. The reference limit (>0.0) on a complex number is evidently garbled and is not enforced.",
     ),
     'scan.sample.process.smoothing': P(
         type=('int',),
@@ -764,10 +764,12 @@ NODES = {
         doc='The engine will not return control to the caller until this number of iterations is completed (not processing server requests, I/O operations, ...)',
     ),
     'engine.common.probe_support': P(
-        type=('float',),
+        type=('float', 'NoneType'),
         default=0.7,
         lowlim=0.0,
         help='Fraction of valid probe area (circular) in probe frame',
+        doc='After each probe update the probe is multiplied by a disc of radius probe_support x half the frame. '
+        'None switches the support off (as in ptypy; the reference types this node float only).',
     ),
     'engine.common.clip_object': P(
         type=('tuple',),

@@ -38,7 +38,9 @@ def main(args) -> int:
 
 
 def format_node(node) -> str:
-    """A node in the reference's style: path(types), help, doc, default with limits."""
+    """A node in the reference's style: path(types), help, doc, default with limits, how to write None."""
+    from difframe.params import NONE_TEXT, check_value
+
     limits = []
     if node.lowlim is not None:
         limits.append(f">={node.lowlim}")
@@ -51,6 +53,9 @@ def format_node(node) -> str:
     lines.append(f"    default = {default}" + (f"  ({', '.join(limits)})" if limits else ""))
     if node.choices:
         lines.append(f"    choices = {', '.join(map(repr, node.choices))}")
+    if node.allows_none and not node.is_container:
+        lines.append("    None allowed: null (JSON, YAML), None (-p)" +
+                     (', "None" (TOML)' if check_value(node, NONE_TEXT, node.path) is None else '; "None" is text here'))
     if node.owner != "core":
         lines.append(f"    from plugin {node.owner}")
     lines.append("")

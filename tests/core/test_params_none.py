@@ -1,0 +1,149 @@
+"""None where a node's doc gives it a meaning: every input spelling, what the engines make of it, and refusals."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from difframe.cli import main
+from difframe.errors import ParameterError
+from difframe.manager import PluginManager
+from difframe.params import ParamTree, merge_sources, parse_override
+from difframe.ptycho import model as pm
+
+# A source that sets all three away from None first, so a later None is seen to win.
+BASE = {"plotclient": {"dump_interval": 5}, "engines": {"e1": {"name": "DM", "probe_support": 0.5,
+                                                               "obj_smooth_std": 3}}}
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return ParamTree.build(PluginManager())
+
+
+def _spelling(kind, tmp_path):
+    """The source that writes None for probe_support, obj_smooth_std and dump_interval in one spelling."""
+    if kind == "toml":
+        path = tmp_path / "none.toml"
+        path.write_text('[plotclient]\ndump_interval = "None"\n'
+                        '[engines.e1]\nprobe_support = "None"\nobj_smooth_std = "None"\n')
+        return [path]
+    if kind == "json":
+        path = tmp_path / "none.json"
+        path.write_text('{"plotclient": {"dump_interval": null}, '
+                        '"engines": {"e1": {"probe_support": null, "obj_smooth_std": null}}}')
+        return [path]
+    if kind in ("yaml-null", "yaml-tilde", "yaml-empty"):
+        word = {"yaml-null": "null", "yaml-tilde": "~", "yaml-empty": ""}[kind]
+        path = tmp_path / "none.yaml"
+        path.write_text(f"plotclient:\n  dump_interval: {word}\n"
+                        f"engines:\n  e1:\n    probe_support: {word}\n    obj_smooth_std: {word}\n")
+        return [path]
+    if kind == "-p":
+        return [parse_override(t) for t in ("plotclient.dump_interval=None", "engines.e1.probe_support=None",
+                                            "engines.e1.obj_smooth_std=None")]
+    if kind == "mapping":
+        return [{"plotclient": {"dump_interval": None},
+                 "engines": {"e1": {"probe_support": None, "obj_smooth_std": None}}}]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["toml", "json", "yaml-null", "yaml-tilde", "yaml-empty", "-p", "mapping"])
+def test_each_spelling_switches_support_smoothing_and_dumps_off(tree, tmp_path, kind):
+    p = tree.resolve(merge_sources([BASE, *_spelling(kind, tmp_path)]))
+    e1 = p.engines.e1
+    assert e1.probe_support is None and e1.obj_smooth_std is None and p.plotclient.dump_interval is None
+    assert pm.probe_support((16, 16), e1.probe_support, np.float32) is None
+
+
+def test_the_base_alone_keeps_them_on(tree):
+    """The spellings above are what turn the features off: without them the base values stand."""
+    p = tree.resolve(BASE)
+    assert (p.engines.e1.probe_support, p.engines.e1.obj_smooth_std, p.plotclient.dump_interval) == (0.5, 3, 5)
+
+
+def test_dm_without_support_leaves_the_probe_corners_free(tree):
+    """With probe_support = None the DM probe update is not cut to a disc; with 0.5 the corners are zero."""
+    from difframe.plugins.engines import dm
+    from difframe.ptycho.data import PreparedData
+
+    rng = np.random.default_rng(0)
+    shape, psize = (16, 16), (1e-7, 1e-7)
+    pos = np.stack(np.meshgrid(np.arange(3), np.arange(3), indexing="ij"), -1).reshape(-1, 2) * 4e-7
+    prep = PreparedData(label="s", data=rng.poisson(50.0, (9, *shape)).astype(np.float32),
+                        mask=np.ones(shape, bool), positions=pos, energy_kev=6.2, distance_m=1.0,
+                        psize_m=(1e-4, 1e-4), center=(8, 8))
+    corners = {}
+    for support in (0.5, "None"):
+        model = pm.build_model({"s": prep}, {"s": (None, 1.0, None, 1.0)},
+                               init_probe=lambda label, shape_, psize_: np.ones((1, *shape_), complex),
+                               init_object=lambda label, shape_, psize_, origin: np.ones((1, *shape_), complex))
+        params = tree.resolve({"engines": {"e1": {"name": "DM", "probe_support": support,
+                                                  "probe_update_start": 0}}}).engines.e1
+        engine = dm.factory(params, model)
+        engine.initialize()
+        engine.iterate(1)
+        corners[support] = np.abs(model.probes["s"].data[0, 0, 0])
+    assert corners[0.5] == 0 and corners["None"] > 0
+
+
+def test_none_text_is_none_only_where_no_string_none_is_meant(tree):
+    p = tree.resolve({"scan": {"xy": {"type": "None"}, "illumination": {"aperture": {"form": "None"}},
+                               "geometry": {"energy": "None", "lam": 1e-10}}, "run": "None"})
+    assert p.scan.xy.type is None and p.scan.illumination.aperture.form is None and p.scan.geometry.energy is None
+    assert p.run == "None"  # free text: a run may be called "None"
+    assert parse_override("run=None") == {"run": None} and parse_override('run="None"') == {"run": "None"}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"scan": {"coherence": {"num_probe_modes": None}}},
+     "scan.coherence.num_probe_modes = None: expected int (>= 0); None is not allowed here"),
+    ({"verbose_level": "None"}, "verbose_level = 'None': expected int (>= 0, <= 3), got str"),
+    ({"data_type": "None"}, "data_type = 'None': expected one of 'single', 'double'"),
+    ({"engines": {"e1": {"name": "DM", "probe_support": False}}},
+     "engines.e1.probe_support = False: expected float (>= 0.0) or None, got bool"),
+    ({"engines": {"e1": {"name": "DM", "alpha": None}}},
+     "engines.e1.alpha = None: expected int (>= 0); None is not allowed here"),
+])
+def test_nodes_without_a_none_meaning_refuse_it_in_one_line(tree, values, message):
+    with pytest.raises(ParameterError) as exc:
+        tree.resolve(values)
+    assert str(exc.value) == message
+
+
+# "None" in these docs is about another node ("Only used if formula is not None").
+NOT_ABOUT_ITSELF = {"scan.sample.process.density", "scan.data.simulation.sample.process.density"}
+
+
+def test_every_node_whose_doc_gives_none_a_meaning_accepts_it(tree):
+    speaks = {path for path, node in tree.nodes.items() if re.search(r"\bNone\b", node.help + " " + node.doc)}
+    assert {"engine.common.probe_support", "engine.DM.obj_smooth_std", "plotclient.dump_interval"} <= speaks
+    refusing = sorted(path for path in speaks - NOT_ABOUT_ITSELF if not tree.nodes[path].allows_none)
+    assert not refusing, f"these docs give None a meaning but the nodes refuse it: {refusing}"
+
+
+def test_params_command_shows_none_and_its_spellings(capsys):
+    assert main(["params", "engine.common.probe_support"]) == 0
+    out = capsys.readouterr().out
+    assert ".engine.common.probe_support (float, NoneType)" in out and "None switches the support off" in out
+    assert 'None allowed: null (JSON, YAML), None (-p), "None" (TOML)' in out
+    assert main(["params", "run"]) == 0
+    assert '"None" is text here' in capsys.readouterr().out
+
+
+def test_cli_override_none_reaches_the_resolved_engine(capsys, tmp_path):
+    params = tmp_path / "e.toml"
+    params.write_text('[engines.e1]\nname = "DM"\nprobe_support = 0.4\n')
+    code = main(["run", str(params), "--dry-run", "--json", "-p", "engines.e1.probe_support=None"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["params"]["engines"]["e1"]["probe_support"] is None
+
+
+@pytest.mark.parametrize("wrong, meant", [("engines.dm", "engine.DM"), ("engine.ml", "engine.ML"),
+                                          ("engines.e1.alpha", "engine.DM.alpha"),
+                                          ("engines.e1.probe_support", "engine.common.probe_support"),
+                                          ("scans.a.xy", "scan.xy"), ("scan.xx", "scan.xy")])
+def test_params_lookup_suggests_the_template_of_a_labelled_copy(capsys, wrong, meant):
+    assert main(["params", wrong]) == 2
+    assert f"no parameter {wrong!r}; did you mean {meant!r}?" in capsys.readouterr().err
