@@ -409,7 +409,7 @@ def open_stack(p: Mapping, plugins, prefix: str = "scan.data.recipe.stack") -> R
 
     mask = image("mask")
     if mask is not None:
-        mask = valid_from(mask, p.get("mask_valid") or "nonzero")
+        mask = valid_from(mask, p.get("mask_valid") or "zero")
     names = {"dark": f"{prefix}.dark", "flat": f"{prefix}.flat", "normalisation": f"{prefix}.normalisation_column"}
     corr, mask = make_corrections(image("dark"), image("flat"), monitor, p.get("normalisation_reference"), mask,
                                   keep, names)
@@ -430,6 +430,8 @@ def open_stack(p: Mapping, plugins, prefix: str = "scan.data.recipe.stack") -> R
             raise ParameterError(f"{prefix}.psize = {psize!r}: expected one value or two (y, x)")
         psize = (float(values[0]), float(values[-1]))
     meta: dict[str, Any] = {"source": f"{paths[0]} .. {paths[-1]} ({n} files, reader {reader.name})"}
+    log.info("%s: %d frame files (%d kept) read with %s", p.get("files") if isinstance(p.get("files"), str)
+             else paths[0], n, keep.size, reader.name)
     if p.get("focus_distance") is not None:
         distance, psize, cone = cone_beam(distance, psize, p["focus_distance"], param=f"{prefix}.focus_distance",
                                           where=paths[0], missing=f"{prefix}.distance and {prefix}.psize "

@@ -32,9 +32,9 @@ PARAMETERS = {
         doc="Corrects intensity drifts of the source between frames. " + CORRECTIONS_DOC),
     "mask": Parameter(type="file", default=None, help="Image file of the pixel mask (any detector reader's format)"),
     "mask_valid": Parameter(
-        type="str", default="nonzero", choices=("zero", "nonzero"), help="Which mask pixels are valid",
-        doc="'nonzero': pixels where the mask image is non-zero are valid (a 'good' map); 'zero': pixels where "
-            "it is 0 are (a map of flagged pixels)."),
+        type="str", default="zero", choices=("zero", "nonzero"), help="Which mask pixels are valid",
+        doc="'zero': pixels where the mask image is 0 are valid (pyFAI and NeXus masks flag the bad pixels); "
+            "'nonzero': pixels where it is non-zero are (a boolean 'good' map)."),
     "dark": Parameter(type="file", default=None, help="Image file of the dark frame [counts]",
                       doc="Subtracted from every frame; it must match the frames' exposure. " + CORRECTIONS_DOC),
     "flat": Parameter(type="file", default=None, help="Image file of the flat field",
