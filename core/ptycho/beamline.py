@@ -109,7 +109,7 @@ class Corrections:
         return self.dark is not None or self.flat is not None or self.scale is not None
 
     def apply(self, frames: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """Frames ``start .. stop - 1`` of the kept ones, corrected (float32), or as read when there is nothing to do."""
+        """Kept frames ``start .. stop - 1`` corrected (float32), or as read when there is nothing to do."""
         if not self.active:
             return frames
         out = np.asarray(frames, dtype=np.float32)
@@ -199,14 +199,23 @@ def _units_factor(node, quantity: str, where: str) -> float:
 
 
 def _geometry_value(f, value: Any, quantity: str, param: str, where: str, sizes=(1,)) -> np.ndarray | None:
-    """A number as given, or a dataset's value(s) converted by its ``units`` (keV, m when it has none)."""
+    """Positive number(s) as given, or a dataset's converted by its ``units`` (keV, m when it has none)."""
     if value is None:
         return None
     if not isinstance(value, str):
-        return np.asarray(value, dtype=float).ravel()
+        try:
+            got = np.asarray(value, dtype=float).ravel()
+        except (TypeError, ValueError):
+            got = np.zeros(0)
+        if got.size not in sizes or not (np.isfinite(got).all() and (got > 0).all()):
+            raise ParameterError(f"{param} = {value!r}: expected {' or '.join(map(str, sizes))} positive number(s)")
+        return got
     node = _dataset(f, value, param, f"{' or '.join(map(str, sizes))} number(s)",
                     lambda shape: int(np.prod(shape)) in sizes, where)
-    return np.asarray(node[()], dtype=float).ravel() * _units_factor(node, quantity, where)
+    got = np.asarray(node[()], dtype=float).ravel() * _units_factor(node, quantity, where)
+    if not (np.isfinite(got).all() and (got > 0).all()):
+        raise DataError(f"{where}:{node.name} ({param}): expected a positive number, got {got.tolist()}")
+    return got
 
 
 def _psize(f, value: Any, param: str, where: str) -> tuple[float, float] | None:
@@ -217,15 +226,9 @@ def _psize(f, value: Any, param: str, where: str) -> tuple[float, float] | None:
         if len(value) != 2:
             raise ParameterError(f"{param} = {value!r}: expected one value or two (y, x)")
         parts = [_geometry_value(f, v, "length", f"{param}[{i}]", where)[0] for i, v in enumerate(value)]
-        return (parts[0], parts[1])
+        return (float(parts[0]), float(parts[1]))
     got = _geometry_value(f, value, "length", param, where, sizes=(1, 2))
-    return (got[0], got[-1])
-
-
-def _positive(value: float | None, name: str) -> float | None:
-    if value is not None and not (np.isfinite(value) and value > 0):
-        raise DataError(f"{name}: expected a positive number, got {value}")
-    return value
+    return (float(got[0]), float(got[-1]))
 
 
 def read_rows(dataset, rows: np.ndarray) -> np.ndarray:
@@ -292,11 +295,9 @@ def open_hdf5(p: Mapping, prefix: str = "scan.data.recipe.hdf5") -> Iterator[Raw
 
         energy = _geometry_value(f, p.get("energy"), "energy", f"{prefix}.energy", where)
         distance = _geometry_value(f, p.get("distance"), "length", f"{prefix}.distance", where)
-        energy = _positive(None if energy is None else float(energy[0]), f"{prefix}.energy")
-        distance = _positive(None if distance is None else float(distance[0]), f"{prefix}.distance")
+        energy = None if energy is None else float(energy[0])
+        distance = None if distance is None else float(distance[0])
         psize = _psize(f, p.get("psize"), f"{prefix}.psize", where)
-        if psize is not None:
-            psize = tuple(_positive(float(v), f"{prefix}.psize") for v in psize)
         meta: dict[str, Any] = {"source": f"{where}:{frames.name}"}
         if p.get("focus_distance") is not None:
             distance, psize, cone = cone_beam(distance, psize, p["focus_distance"], param=f"{prefix}.focus_distance",
@@ -425,9 +426,7 @@ def open_stack(p: Mapping, plugins, prefix: str = "scan.data.recipe.stack") -> R
     if psize is None and header.get("pixel_size_m"):
         psize = header["pixel_size_m"][::-1]  # the header's (x, y)
     if psize is not None:
-        values = np.ravel(psize).astype(float)
-        if values.size not in (1, 2):
-            raise ParameterError(f"{prefix}.psize = {psize!r}: expected one value or two (y, x)")
+        values = _geometry_value(None, psize, "length", f"{prefix}.psize", paths[0], sizes=(1, 2))
         psize = (float(values[0]), float(values[-1]))
     meta: dict[str, Any] = {"source": f"{paths[0]} .. {paths[-1]} ({n} files, reader {reader.name})"}
     log.info("%s: %d frame files (%d kept) read with %s", p.get("files") if isinstance(p.get("files"), str)

@@ -190,6 +190,10 @@ def test_bad_inputs_name_the_culprit(layouts, p25, tmp_path):
         (stack_recipe, {**s, "positions": str(tmp_path / "short.txt")}, DataError,
          r"24 frame files but 23 rows of positions in .*short.txt"),
         (stack_recipe, {**s, "files": str(tmp_path / "*.cbf")}, DataError, r"no file matches"),
+        (stack_recipe, {**s, "psize": [1e-6, 2e-6, 3e-6]}, ParameterError, r"psize = .*expected 1 or 2 positive"),
+        (hdf5_recipe, {**h, "energy": "scan_0042/measurement/sample_x"}, DataError,
+         r"energy = 'scan_0042/measurement/sample_x' has shape \(24,\); expected 1 number.*"
+         r"/scan_0042/instrument/energy"),
     ]
     with h5py.File(tmp_path / "short.h5", "w") as f:
         f["entry/data/data"], f["xy"] = np.zeros((3, 4, 4)), np.zeros((2, 2))
