@@ -164,10 +164,23 @@ def valid_from(mask_values: np.ndarray, convention: str) -> np.ndarray:
 
 
 def _datasets(f) -> list[tuple[str, tuple]]:
+    """(name, shape) of every dataset, external links (an Eiger master's data files) followed."""
     import h5py
 
     found = []
-    f.visititems(lambda name, node: found.append((name, node.shape)) if isinstance(node, h5py.Dataset) else None)
+
+    def visit(name, _link_or_node):
+        try:
+            node = f.get(name)
+        except (KeyError, OSError):  # a dangling link
+            return
+        if isinstance(node, h5py.Dataset):
+            found.append((name, node.shape))
+
+    if hasattr(f, "visititems_links"):
+        f.visititems_links(visit)
+    else:  # h5py < 3.11: datasets of this file only
+        f.visititems(visit)
     return found
 
 

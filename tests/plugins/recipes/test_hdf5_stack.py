@@ -195,9 +195,13 @@ def test_bad_inputs_name_the_culprit(layouts, p25, tmp_path):
          r"energy = 'scan_0042/measurement/sample_x' has shape \(24,\); expected 1 number.*"
          r"/scan_0042/instrument/energy"),
     ]
-    with h5py.File(tmp_path / "short.h5", "w") as f:
-        f["entry/data/data"], f["xy"] = np.zeros((3, 4, 4)), np.zeros((2, 2))
-        f["other_xy"] = np.zeros((3, 2))
+    with h5py.File(tmp_path / "data_000001.h5", "w") as f:
+        f["data"] = np.zeros((3, 4, 4))
+    with h5py.File(tmp_path / "short.h5", "w") as f:  # frames in an external file, as in an Eiger master file
+        f["entry/data/data"] = h5py.ExternalLink("data_000001.h5", "data")
+        f["xy"], f["other_xy"] = np.zeros((2, 2)), np.zeros((3, 2))
+    cases.append((hdf5_recipe, {"file": str(tmp_path / "short.h5"), "intensities": "entry/data"}, DataError,
+                  r"intensities = 'entry/data' is a group; .* in the file: /entry/data/data \(3, 4, 4\)$"))
     cases.append((hdf5_recipe, {"file": str(tmp_path / "short.h5"), "positions": "xy"}, DataError,
                   r"positions = 'xy' has shape \(2, 2\); expected \(3, 2\) positions .* /other_xy \(3, 2\)"))
     np.savetxt(tmp_path / "short.txt", np.zeros((FRAMES - 1, 3)))
