@@ -3,13 +3,17 @@
 The model's windows sit at integer object pixels (``ScanViews.corners``), so a
 position is refined on that grid: for every frame the data misfit is evaluated
 with the window at its current corner and at the 8 corners ``step`` pixels
-around it, a 2-D quadratic is fitted to the 3 x 3 values and its minimum is the
-frame's new (sub-pixel) position.  :func:`apply_shifts` stores the continuous
+around it.  A better neighbour becomes the frame's corner; where the current
+corner is the best, the minimum of a 2-D quadratic fitted to the 3 x 3 values
+is the sub-pixel position.  :func:`apply_shifts` stores the continuous
 estimates in ``scan.positions`` and rounds them into ``scan.corners``; called
 again, the search is centred on the new corner, so repeated refinements settle
 where the rounded window fits best while the positions keep the sub-pixel
 minimum.  A shift common to all frames is not determined by the data (object
-and probe absorb it), so nothing here removes or fixes one.
+and probe absorb it), so nothing here removes or fixes one.  The search is
+local: a frame further off than about the object's feature size may settle in
+another minimum.  ``step`` > 1 searches wider but only to half a pixel; end
+with 1.
 
 Every frame's 9 candidates are propagated together, chunk by chunk like the
 engines (``PtychoModel.chunks``), so memory stays bounded and there is no
@@ -31,6 +35,8 @@ OFFSETS = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij"), axis=-1).
 _FIT = np.linalg.pinv(np.stack([np.ones(9), OFFSETS[:, 0], OFFSETS[:, 1], OFFSETS[:, 0] ** 2,
                                 OFFSETS[:, 0] * OFFSETS[:, 1], OFFSETS[:, 1] ** 2], axis=1))
 LIKELIHOODS = ("poisson", "gaussian")
+#: half a pixel, less what keeps np.rint from rounding a clipped estimate into the next corner
+_CELL = 0.5 - 1e-6
 
 
 def misfit(model: PtychoModel, scan: ScanViews, corners: np.ndarray | None = None,
@@ -51,13 +57,15 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
                 step_px: float = 1.0) -> np.ndarray:
     """Per-frame shifts (n_held, 2) [object pixels, (y, x)] that move the held frames' positions to their best fit.
 
-    The shift is relative to the frame's current position (``scan.positions``),
-    which its window approximates by rounding: it is the window centre plus the
-    minimum of the quadratic fitted to the misfit on the 3 x 3 grid of corners
-    ``step_px`` apart, that minimum clipped to one step per axis.  Where the
-    quadratic has no minimum (not convex) or a grid corner lies off the object,
-    the best grid corner is taken instead.  No shift is longer than
-    ``max_shift_px``.  Local to this rank's frames (no communication).
+    The misfit is evaluated on the 3 x 3 grid of window corners ``step_px``
+    apart around the current one.  Where a neighbour fits better, the frame
+    moves to the best grid corner (every such move lowers the misfit, so
+    repeated calls cannot cycle).  Where the current corner is the best, the
+    minimum of the quadratic fitted to the 9 values, kept within half a pixel
+    per axis so the window stays, is the sub-pixel estimate; a quadratic
+    without a minimum leaves the frame at the corner.  Shifts are relative to
+    the current ``scan.positions`` (which the windows approximate by rounding)
+    and no longer than ``max_shift_px``.  Local to this rank's frames.
     """
     step = int(round(step_px))
     if step < 1 or abs(step - step_px) > 1e-9:
@@ -72,10 +80,12 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
     coef = np.where(np.isfinite(values), values, 0.0) @ _FIT.T
     gy, gx, hyy, hyx, hxx = coef[:, 1], coef[:, 2], 2 * coef[:, 3], coef[:, 4], 2 * coef[:, 5]
     det = hyy * hxx - hyx**2
-    convex = np.isfinite(values).all(axis=1) & (det > 0) & (hyy > 0)
-    safe = np.where(convex, det, 1.0)
+    settled = (best == 4) & np.isfinite(values).all(axis=1) & (det > 0) & (hyy > 0)
+    safe = np.where(settled, det, 1.0)
     quad = np.stack([(hyx * gx - hxx * gy) / safe, (hyx * gy - hyy * gx) / safe], axis=1)
-    estimate[convex] = np.clip(quad[convex], -1.0, 1.0)
+    # inside the centre's cell (rounding keeps the corner): a quadratic minimum beyond it, which the 9 values
+    # of a non-quadratic misfit can put there, made frames cycle between two corners
+    estimate[settled] = np.clip(quad[settled], -_CELL / step, _CELL / step)
 
     storage = model.objects[scan.object_id]
     held = scan.positions[scan.first:scan.first + scan.num_frames]
