@@ -55,6 +55,17 @@ class Ranks:
                 raise ValueError("sum_arrays needs C-contiguous arrays")
             self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
 
+    def min_arrays(self, *arrays: np.ndarray) -> None:
+        """Replace each (contiguous) array by its element-wise minimum over all ranks, in place."""
+        if self.comm is None:
+            return
+        from mpi4py import MPI
+
+        for a in arrays:
+            if not a.flags.c_contiguous:
+                raise ValueError("min_arrays needs C-contiguous arrays")
+            self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.MIN)
+
     def broadcast_arrays(self, *arrays: np.ndarray) -> None:
         """Overwrite each (contiguous) array with rank 0's, in place."""
         if self.comm is None:

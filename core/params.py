@@ -150,9 +150,10 @@ class ParamTree:
     def build(cls, plugins=None) -> "ParamTree":
         """The core tree plus every active plugin's subtree (plugins: a PluginManager)."""
         from difframe import reftree
+        from difframe.ptycho import terms
         from difframe.tds import tree as tds_tree
 
-        tree = cls(schema_to_nodes("", {**reftree.NODES, **tds_tree.NODES}, "core"))
+        tree = cls(schema_to_nodes("", {**reftree.NODES, **terms.NODES, **tds_tree.NODES}, "core"))
         tree.add(Node(f"{ENGINE_WILDCARD}.name", ("str",), None, "Name of the engine plugin (DM, ML, ...)",
                       "Required. `difframe list-plugins --kind engine` lists the engines installed."))
         if plugins is None:

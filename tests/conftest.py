@@ -20,3 +20,11 @@ def shared_dir() -> Path:
 def real_data(shared_dir) -> Path:
     """Folder of the real measured files (CBF frames, CXI scan)."""
     return shared_dir / "data" / "real"
+
+
+@pytest.fixture(params=__import__("kernel_cases").CASES, ids=__import__("kernel_cases").IDS)
+def kernel_case(request) -> dict:
+    """Random inputs for a fused-kernel test (tests/kernel_cases.py), one per dtype and mode count."""
+    import kernel_cases
+
+    return kernel_cases.make_case(*request.param)

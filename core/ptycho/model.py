@@ -21,7 +21,7 @@ import numpy as np
 import scipy.fft
 
 from difframe import optics, parallel
-from difframe.errors import DataError
+from difframe.errors import DataError, ParameterError
 
 log = logging.getLogger("difframe.ptycho")
 
@@ -65,6 +65,9 @@ class ScanViews:
     propagator: object = None  # FarField(centred=False) or NearField
     meta: dict = field(default_factory=dict)
     first: int = 0  # the held frames are positions[first:first + n]
+    # model terms for real experiments (see fit_background / fit_scales); None: not modelled
+    background: np.ndarray | None = None  # (H, W) incoherent counts per frame, FFT order, >= 0
+    scale: np.ndarray | None = None  # (n,) intensity factor of each held frame (beam flux, exposure)
 
     @property
     def num_frames(self) -> int:
@@ -73,6 +76,22 @@ class ScanViews:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.intensity.shape[1]), int(self.intensity.shape[2])
+
+    def background_map(self) -> np.ndarray:
+        """The background the kernels take: the fitted map, or zeros when the scan has none."""
+        if self.background is not None:
+            return self.background
+        if getattr(self, "_zeros", None) is None or self._zeros.shape != self.shape:
+            self._zeros = np.zeros(self.shape, self.intensity.dtype)
+        return self._zeros
+
+    def scale_factors(self) -> np.ndarray:
+        """Per-frame intensity factors the kernels take: the fitted ones, or ones when the scan has none."""
+        if self.scale is not None:
+            return self.scale
+        if getattr(self, "_ones", None) is None or len(self._ones) != self.num_frames:
+            self._ones = np.ones(self.num_frames, self.intensity.dtype)
+        return self._ones
 
     def weights_of(self, sl: slice) -> np.ndarray:
         """Weights of frames ``sl`` as the kernels take them: (1, H, W) when one map serves all, else (n, H, W)."""
@@ -133,6 +152,23 @@ class PtychoModel:
             log.info("rank %d keeps frames %s", ranks.rank,
                      ", ".join(f"{s.label}: {s.num_frames} of {len(s.positions)}" for s in self.scans))
 
+    def fitted_terms(self) -> dict:
+        """What the model fitted besides object and probe, for the files (collective: call on every rank).
+
+        {"background": label -> (H, W) counts per frame in detector order,
+        "frame_scale": label -> (N,) for all frames}, each only for scans that have it.
+        """
+        terms: dict = {"background": {}, "frame_scale": {}}
+        for scan in self.scans:
+            if scan.background is not None:
+                terms["background"][scan.label] = from_fft_order(scan.background, scan.meta.get("propagation"))
+            if self.ranks.any(scan.scale is not None):
+                full = np.zeros(len(scan.positions))
+                full[scan.first:scan.first + scan.num_frames] = scan.scale_factors()
+                self.ranks.sum_arrays(full)
+                terms["frame_scale"][scan.label] = full
+        return terms
+
     def chunks(self, scan: ScanViews, pods: int):
         """Slices of frames whose (frames, pods, H, W) stack fits in CHUNK_BYTES."""
         h, w = scan.shape
@@ -149,6 +185,130 @@ class PtychoModel:
             points += int(valid.sum())
         power, points = self.ranks.sum(power, points)
         return power, int(points)
+
+
+# -- fitting the model terms for real experiments ---------------------------------------------
+
+
+def newton_background(scan: ScanViews, sums: np.ndarray, ranks) -> None:
+    """One safeguarded Newton step of ``scan.background`` from per-thread likelihood sums.
+
+    ``sums`` (threads, 2, H, W) hold, per pixel, the likelihood's first and
+    second derivatives with respect to the background summed over this rank's
+    frames; they are added over threads and ranks.  The likelihood is convex
+    in the background, so the Newton step goes downhill; it is kept from
+    taking a pixel below half its value (the Poisson curvature grows without
+    bound near zero counts) and the map stays non-negative.
+    """
+    total = sums.sum(axis=0, dtype=np.float64)
+    ranks.sum_arrays(total)
+    grad, curv = total[0], total[1]
+    step = np.divide(grad, curv, out=np.zeros_like(grad), where=curv > 0)
+    bg = scan.background
+    np.maximum(bg - step, 0.5 * bg, out=bg, casting="unsafe")
+
+
+def newton_scales(scan: ScanViews, sums: np.ndarray, ranks) -> None:
+    """One safeguarded Newton step of each held frame's scale from its (gradient, curvature) ``sums`` (n, 2).
+
+    Scales and the probe's power are one degree of freedom: the scales are
+    kept at mean 1 over all frames (all ranks), so the probe carries the flux.
+    """
+    grad, curv = sums[:, 0], sums[:, 1]
+    step = np.divide(grad, curv, out=np.zeros_like(grad), where=curv > 0)
+    s = scan.scale
+    np.maximum(s - step, 0.5 * s, out=s, casting="unsafe")
+    total, count = ranks.sum(float(s.sum(dtype=np.float64)), len(s))
+    s /= s.dtype.type(total / max(count, 1))
+
+
+def background_sums(scan: ScanViews, fit: bool) -> np.ndarray:
+    """Zeroed per-thread (threads, 2, H, W) sums for the background's gradient and curvature; an empty
+    array (the kernels' sign to skip them) unless ``fit`` and the scan has a background."""
+    if not fit or scan.background is None:
+        return np.empty((0, 2, 0, 0), scan.intensity.dtype)
+    import numba
+
+    # numba.get_thread_id() ranges over the whole pool, whatever set_num_threads chose
+    return np.zeros((numba.config.NUMBA_NUM_THREADS, 2, *scan.shape), scan.intensity.dtype)
+
+
+def orthogonal_modes(probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mixing C (P, P), powers (P,)) that make ``probe`` (P, H, W) orthogonal modes, strongest first.
+
+    With the overlap matrix G_ij = <p_i, p_j> = C diag(powers) C^H, the modes
+    q_k = sum_i C_ik p_i are orthogonal with |q_k|^2 = powers_k, and since C
+    is unitary the incoherent sum of their intensities is unchanged.
+    """
+    flat = probe.reshape(probe.shape[0], -1).astype(np.complex128)
+    gram = np.conj(flat) @ flat.T
+    powers, mixing = np.linalg.eigh(gram)
+    order = np.argsort(powers)[::-1]
+    return mixing[:, order], np.maximum(powers[order], 0.0)
+
+
+def mix_modes(stack: np.ndarray, mixing: np.ndarray, axis: int, n_obj: int = 1) -> None:
+    """In place: the probe-mode index of ``stack`` (pods p * n_obj + o on ``axis``) mixed by ``mixing``."""
+    shape = stack.shape
+    view = stack.reshape(*shape[:axis], mixing.shape[0], n_obj, *shape[axis + 1:])
+    view[...] = np.moveaxis(np.tensordot(view, mixing.astype(stack.dtype), axes=([axis], [0])), -1, axis)
+
+
+def mode_powers(model: "PtychoModel") -> dict:
+    """Each probe mode's share of its probe's power, as metrics mode_power_<k> (first probe storage)."""
+    probe = next(iter(model.probes.values())).data
+    if probe.shape[0] < 2:
+        return {}
+    power = np.sum(np.abs(probe) ** 2, axis=(-2, -1), dtype=np.float64)
+    return {f"mode_power_{k}": float(p / max(power.sum(), 1e-300)) for k, p in enumerate(power)}
+
+
+def orthogonalise_probes(model: "PtychoModel", *stacks: dict) -> dict:
+    """Make every probe's modes orthogonal (strongest first); mix the engines' per-scan pod ``stacks``
+    (label -> (frames, pods, H, W)) the same way so they stay consistent.  Returns :func:`mode_powers`."""
+    for pid, st in model.probes.items():
+        if st.data.shape[0] < 2:
+            continue
+        mixing, _ = orthogonal_modes(st.data)
+        mix_modes(st.data, mixing, axis=0)
+        for scan in model.scans:
+            if scan.probe_id != pid:
+                continue
+            n_obj = model.objects[scan.object_id].data.shape[0]
+            for stack in stacks:
+                for sl in model.chunks(scan, stack[scan.label].shape[1]):
+                    mix_modes(stack[scan.label][sl], mixing, axis=1, n_obj=n_obj)
+    return mode_powers(model)
+
+
+def initial_background(frames: np.ndarray, weights: np.ndarray, spec, label: str, ranks) -> np.ndarray:
+    """The starting background map (H, W) in the frames' order from ``scan.background.init``.
+
+    "zero"; "min" the pixelwise minimum over all frames (all ranks), an upper
+    bound of a constant background; a number: that many counts per pixel; an
+    (H, W) array.  Invalid pixels start at zero.
+    """
+    shape = frames.shape[-2:]
+    if isinstance(spec, np.ndarray):
+        if spec.shape != shape:
+            raise DataError(f"scans.{label}.background.init: a map of shape {spec.shape}, the frames are "
+                            f"{shape[0]}x{shape[1]}")
+        bg = np.asarray(spec, dtype=float)
+    elif spec is None or spec == "zero":
+        bg = np.zeros(shape)
+    elif spec == "min":
+        bg = frames.min(axis=0).astype(float) if len(frames) else np.full(shape, np.inf)
+        ranks.min_arrays(bg)
+    else:
+        try:
+            bg = np.full(shape, float(spec))
+        except (TypeError, ValueError):
+            raise ParameterError(f"scans.{label}.background.init: {spec!r} is not 'zero', 'min', a number "
+                                 f"or an (H, W) array") from None
+    if not np.all(np.isfinite(bg)) or bg.min() < 0:
+        raise DataError(f"scans.{label}.background.init: the map must be finite and non-negative")
+    valid = np.broadcast_to(weights > 0, (max(len(weights), 1), *shape)).any(axis=0)
+    return np.where(valid, bg, 0.0)
 
 
 # -- building a model from prepared data --------------------------------------------------
@@ -193,6 +353,13 @@ def to_fft_order(frames: np.ndarray, propagation: str) -> np.ndarray:
     if propagation == "nearfield":
         return np.ascontiguousarray(frames)
     return np.ascontiguousarray(scipy.fft.ifftshift(frames, axes=(-2, -1)))
+
+
+def from_fft_order(frame: np.ndarray, propagation: str | None) -> np.ndarray:
+    """A map in the engines' order back in the detector's (inverse of :func:`to_fft_order`)."""
+    if propagation == "nearfield":
+        return np.array(frame)
+    return scipy.fft.fftshift(frame, axes=(-2, -1))
 
 
 def build_model(prepared: dict, sharing: dict, init_probe, init_object, data_type: str = "single") -> PtychoModel:

@@ -25,7 +25,7 @@ the storage flags its ``Storage`` reads, and ``iterations`` in the last
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from difframe.param import Param
 from difframe.ptycho import h5typed
 
 KIND = "minimal"
-ERROR_KEYS = ("fourier_error", "likelihood", "exit_change")
+ERROR_KEYS = ("fourier_error", "deviance", "exit_change")
 
 
 def _storage_dict(sid: str, storage) -> dict:
@@ -80,14 +80,22 @@ def iter_info_entry(iteration: int, engine: str, duration: float, metrics: dict,
     return entry
 
 
-def write_ptyr(path, model, params, runtime: dict, description: str = "difframe reconstruction") -> None:
-    """Write ``model`` (objects, probes, positions), ``params`` and ``runtime`` to ``path`` atomically."""
+def write_ptyr(path, model, params, runtime: dict, description: str = "difframe reconstruction",
+               terms: dict | None = None) -> None:
+    """Write ``model`` (objects, probes, positions), ``params`` and ``runtime`` to ``path`` atomically.
+
+    ``terms`` (:meth:`PtychoModel.fitted_terms`, gathered over the ranks) adds
+    ``content/background/<scan>`` and ``content/frame_scale/<scan>`` where fitted.
+    """
     content = Param(pars=Param(params), runtime=Param(runtime))
     dict.update(content, {  # dict.update keeps these plain dicts (typed 'dict'), as ptypy writes them
         "obj": {oid: _storage_dict(oid, st) for oid, st in model.objects.items()},
         "probe": {pid: _storage_dict(pid, st) for pid, st in model.probes.items()},
         "positions": {scan.label: np.asarray(scan.positions) for scan in model.scans},
     })
+    for key, maps in (terms or {}).items():
+        if maps:
+            dict.update(content, {key: {label: np.asarray(v) for label, v in maps.items()}})
     with atomic_path(path) as tmp:
         h5typed.write(tmp, {"header": {"kind": KIND, "description": description}, "content": content})
 
@@ -101,6 +109,8 @@ class Reconstruction:
     positions: dict  # scan label -> (N, 2)
     params: dict
     runtime: dict
+    background: dict = field(default_factory=dict)  # scan label -> (H, W) counts per frame, where fitted
+    frame_scale: dict = field(default_factory=dict)  # scan label -> (N,), where fitted
 
     @property
     def iter_info(self) -> list:
@@ -138,4 +148,5 @@ def read_ptyr(path) -> Reconstruction:
             if not isinstance(st, dict) or "data" not in st or np.ndim(st["data"]) != 3:
                 raise DataError(f"{path}: content/{kind}/{sid} has no (layers, H, W) data array")
     return Reconstruction(objects=tree["obj"], probes=tree["probe"], positions=tree.get("positions") or {},
-                          params=tree.get("pars") or {}, runtime=tree.get("runtime") or {})
+                          params=tree.get("pars") or {}, runtime=tree.get("runtime") or {},
+                          background=tree.get("background") or {}, frame_scale=tree.get("frame_scale") or {})

@@ -137,13 +137,16 @@ class _Outputs:
                             f"is not finite; nothing of this run was saved after the last autosave")
 
     def block_done(self, name, before, after):
-        """Autosave and dump plots when a multiple of their interval was crossed in (before, after] (rank 0)."""
+        """Autosave and dump plots when a multiple of their interval was crossed in (before, after]
+        (collective: the fitted terms are gathered on every rank; rank 0 writes)."""
         p = self.run.params
+        autosave = p.io.autosave.active and after // p.io.autosave.interval > before // p.io.autosave.interval
+        terms = self.model.fitted_terms() if autosave else None
         if not self.model.ranks.is_root:
             return
-        if p.io.autosave.active and after // p.io.autosave.interval > before // p.io.autosave.interval:
+        if autosave:
             self.autosave = output_path(self.run, "autosave", name, after)
-            write_ptyr(self.autosave, self.model, p, self.runtime, "difframe autosave")
+            write_ptyr(self.autosave, self.model, p, self.runtime, "difframe autosave", terms)
             log.info("autosaved %s", self.autosave)
         interval = p.plotclient.dump_interval
         if p.plotclient.dump and interval and after // interval > before // interval:
@@ -163,9 +166,48 @@ class _Outputs:
         return path
 
 
+def init_background(run, model: pm.PtychoModel) -> None:
+    """Give every scan whose ``background.active`` is set its starting map (``background.init``)."""
+    for scan in model.scans:
+        spec = run.params.scans[scan.label].background
+        if not spec.active:
+            continue
+        init = spec.init
+        if isinstance(init, str) and init.endswith(".npy"):
+            try:
+                init = pm.to_fft_order(np.load(init, allow_pickle=False), scan.meta.get("propagation"))
+            except (OSError, ValueError) as err:
+                raise DataError(f"scans.{scan.label}.background.init: cannot read {init!r} as a .npy map "
+                                f"({type(err).__name__}: {err})") from None
+        bg = pm.initial_background(scan.intensity, scan.weights, init, scan.label, model.ranks)
+        scan.background = bg.astype(model.rdtype)
+
+
+def refine_positions(ep, model: pm.PtychoModel, done: int, previous: int, recorded: dict) -> None:
+    """Position refinement of ``engines.<label>.position_refinement`` after the engine's iteration ``done``
+    (the block began after ``previous``); ``recorded`` holds each scan's positions as measured."""
+    pr = ep.position_refinement
+    if not pr.active or done < pr.start or (pr.stop is not None and previous >= pr.stop):
+        return
+    if done // pr.interval == previous // pr.interval:
+        return
+    from difframe.ptycho import positions
+
+    for scan in model.scans:
+        psize = float(np.min(model.objects[scan.object_id].psize))
+        max_px = float(pr.max_shift) / psize
+        shifts = positions.refine_scan(model, scan, max_shift_px=max_px)
+        stats = positions.apply_shifts(model, scan, shifts, max_shift_px=max_px,
+                                       original_positions=recorded[scan.label])
+        moved = np.hypot(*((scan.positions - recorded[scan.label]) / psize).T)
+        log.info("scan %s: positions refined (this step rms %.2f px, max %.2f px; from the recorded: rms %.2f px)",
+                 scan.label, stats["rms_shift_px"], stats["max_shift_px"], float(np.sqrt(np.mean(moved**2))))
+
+
 def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int]:
     """Run ``engines.<label>`` in order on ``model``; returns (last engine name, total iterations)."""
     total, name = 0, "none"
+    recorded = {scan.label: np.array(scan.positions) for scan in model.scans}
     for label, ep in run.params.engines.items():
         if model.ranks.any(run.stop_requested):  # a stop ends the chain: later engines do not start
             break
@@ -187,6 +229,7 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
                 total += 1
                 outputs.record(label, name, total, duration, m, in_engine=k, numiter=ep.numiter)
                 run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
+            refine_positions(ep, model, done + len(metrics), done, recorded)
             done += len(metrics)
             log.info("%s %s: iteration %d, %s", label, name, total,
                      ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))
@@ -210,14 +253,17 @@ def run_ptycho(run) -> dict:
     ranks = parallel.world()
     model = build_run_model(run, prepare_scans(run, ranks))  # the prepared frames are freed once copied in
     model.keep_share(ranks)
+    init_background(run, model)
     outputs = _Outputs(run, model)
     with interaction.serving(run, model, outputs.runtime) as outputs.server:
         name, total = run_engines(run, model, outputs)
     results: dict = {}
+    terms = model.fitted_terms()
     if not model.ranks.is_root:
         return results
+    outputs.runtime["probe_mode_powers"] = {pid: pm.orthogonal_modes(st.data)[1] for pid, st in model.probes.items()}
     recons = output_path(run, "recons", name, total)
-    write_ptyr(recons, model, run.params, outputs.runtime)
+    write_ptyr(recons, model, run.params, outputs.runtime, terms=terms)
     results["reconstruction"] = recons
     log.info("saved %s", recons)
     if outputs.autosave is not None:

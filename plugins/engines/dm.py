@@ -1,11 +1,16 @@
 """Difference map engine (``DM``): projections between data and overlap constraints.
 
-Each iteration makes one Fourier pass over all frames (batched FFT of the
-relaxed exit waves, partial projection onto the measured amplitudes, inverse
-FFT) and then an overlap loop that refines object and probe from the exit
-waves until the probe stops changing.  Exit waves are held as one array per
-scan, (frames, pods, H, W) with pod p * object_modes + o; the passes over them
-are the fused loops of :mod:`difframe.ptycho.kernels`.
+Each iteration makes one Fourier pass over all frames and then an overlap
+loop that refines object and probe from the exit waves until the probe stops
+changing.  Exit waves psi are held at the sample and at the detector (Phi =
+F psi), one array per scan each, (frames, pods, H, W) with pod
+p * object_modes + o.  The Fourier pass transforms the current probe x
+object once, F(PO): that gives the relaxed wave (1 + alpha) F(PO) - alpha Phi
+without a second transform, and the data fit (Poisson deviance) of the
+current PO, which is what the engine reports; the projection models the
+scan's background and frame scales (difframe.ptycho.terms), which are then
+fitted by a Newton step.  The fused loops are in ``dm_kernels`` and
+:mod:`difframe.ptycho.kernels`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import numpy as np
 
 import difframe
+from difframe.ptycho import kernels
 from difframe.ptycho import model as pm
 from difframe.types import EngineSpec, Parameter
 
@@ -50,6 +56,11 @@ PARAMETERS = {
         doc="Set this value higher for noisy data\n\ndifframe: a frame whose mean squared amplitude error is "
             "below fourier_relax_factor^2 x its mean intensity is left alone; otherwise its amplitudes are "
             "moved toward the data just far enough to reach that bound."),
+    "floating_intensities": Parameter(
+        type="bool", default=False, help="Fit a per-frame intensity scale (incident flux changes)",
+        doc="difframe adds this node to DM (ptypy has it for ML only): each frame's model intensity is "
+            "multiplied by its own factor, fitted by a Newton step of the Poisson likelihood every iteration "
+            "and kept at mean 1 over the scan; the factors are stored in content/frame_scale/<scan>."),
     "obj_smooth_std": Parameter(
         type=("int", "NoneType"), default=20, lowlim=0,
         help="Gaussian smoothing (pixel) of the current object prior to update",
@@ -59,6 +70,9 @@ PARAMETERS = {
 }
 
 
+_NO_SCALES = np.empty((0, 2))  # the kernels' sign for "frame scales not fitted"
+
+
 class DifferenceMap:
     """The DM engine on a :class:`difframe.ptycho.model.PtychoModel`."""
 
@@ -66,17 +80,21 @@ class DifferenceMap:
         self.p = params
         self.model = model
         self.iteration = 0
-        self.exits: dict[str, np.ndarray] = {}
+        self.exits: dict[str, np.ndarray] = {}  # at the sample
+        self.detector: dict[str, np.ndarray] = {}  # the same waves at the detector
 
     def initialize(self) -> None:
-        """Exit waves start as probe x object; per-frame constants of the data are computed once."""
-        from difframe.ptycho import kernels
+        """Exit waves start as probe x object, at the sample and at the detector; per-frame constants of the
+        data are computed once."""
+        from difframe.plugins.engines import dm_kernels
 
         self.kernels = kernels
+        self.dm_kernels = dm_kernels
         m = self.model
         relax2 = float(self.p.fourier_relax_factor) ** 2
         self.frame_data = {}
         self.buffers = {}
+        self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
@@ -84,19 +102,24 @@ class DifferenceMap:
             ex = np.empty((scan.num_frames, pods, *scan.shape), m.cdtype)
             kernels.pods(probe, obj, scan.corners, ex)
             self.exits[scan.label] = ex
+            self.detector[scan.label] = np.empty_like(ex)
+            for sl in m.chunks(scan, pods):
+                self.detector[scan.label][sl] = scan.propagator.forward(ex[sl])
             valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape)
             count = np.maximum(valid.sum(axis=(-2, -1)), 1)
             self.frame_data[scan.label] = {
                 "count": count.astype(float),
                 "bound": relax2 * np.where(valid, scan.intensity, 0).sum(axis=(-2, -1)) / count,
             }
+            if self.p.floating_intensities and scan.scale is None:
+                scan.scale = np.ones(scan.num_frames, m.rdtype)
             # one chunk buffer reused every iteration: a fresh one would cost a page fault per 4 kB each time
             step = next(m.chunks(scan, pods), slice(0, 0)).stop
             key = (pods, *scan.shape)
             if len(self.buffers.get(key, ())) < step:
                 self.buffers[key] = np.empty((step, *key), m.cdtype)
-        power, points = m.total_measured()
-        self.mean_power = power / max(points, 1)
+        power, self.points = m.total_measured()
+        self.mean_power = power / max(self.points, 1)
         self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
                          for pid, st in m.probes.items()}
 
@@ -105,12 +128,15 @@ class DifferenceMap:
         for _ in range(n):
             metrics = self._fourier_update()
             metrics["overlap_loops"] = self._overlap_update()
+            metrics.update(pm.orthogonalise_probes(self.model, self.exits, self.detector)
+                           if self.p.orthogonal_modes else pm.mode_powers(self.model))
             self.iteration += 1
             out.append(metrics)
         return out
 
     def finalize(self) -> dict:
         self.exits.clear()
+        self.detector.clear()
         self.frame_data.clear()
         self.buffers.clear()
         return {"engine": "DM", "iterations": self.iteration}
@@ -118,30 +144,41 @@ class DifferenceMap:
     # -- Fourier constraint -----------------------------------------------------------------
 
     def _fourier_update(self) -> dict:
-        """psi += P_F((1 + alpha) P O - alpha psi) - P O over all frames, chunk by chunk in a reused buffer."""
+        """psi += F^-1[P_F((1 + alpha) F(PO) - alpha Phi) - F(PO)] over all frames, chunk by chunk; then a
+        Newton step of the background and frame scales at the current PO."""
         m = self.model
-        sums = np.zeros(4)  # squared amplitude errors, likelihood terms, exit-wave change, frames
+        fit_bg = self.p.fit_background and self.iteration >= self.p.background_update_start
+        sums = np.zeros(4)  # squared amplitude errors, deviance, exit-wave change, frames
         for scan in m.scans:
+            bg_sums = pm.background_sums(scan, fit_bg)
+            scale_sums = np.zeros((scan.num_frames, 2)) if self.p.floating_intensities else _NO_SCALES
             for sl in m.chunks(scan, self.exits[scan.label].shape[1]):
-                sums += self._fourier_chunk(scan, sl)
-        err_sum, ll_sum, change, frames = m.ranks.sum(*sums)
-        return {"fourier_error": err_sum / frames, "likelihood": ll_sum / frames, "exit_change": change / frames}
+                sums += self._fourier_chunk(scan, sl, bg_sums, scale_sums[sl] if len(scale_sums) else _NO_SCALES)
+            if len(bg_sums):
+                pm.newton_background(scan, bg_sums, m.ranks)
+            if len(scale_sums):
+                pm.newton_scales(scan, scale_sums, m.ranks)
+        err_sum, dev_sum, change, frames = m.ranks.sum(*sums)
+        return {"fourier_error": err_sum / frames, "deviance": dev_sum / self.points, "exit_change": change / frames}
 
-    def _fourier_chunk(self, scan, sl: slice) -> tuple[float, float, float, int]:
-        """Fourier step of frames ``sl`` of ``scan``; returns its (error, likelihood, change, frames) sums."""
+    def _fourier_chunk(self, scan, sl: slice, bg_sums, scale_sums) -> tuple[float, float, float, int]:
+        """Fourier step of frames ``sl`` of ``scan``; returns its (error, deviance, change, frames) sums."""
         m, k = self.model, self.kernels
         probe = m.probes[scan.probe_id].data
         obj = m.objects[scan.object_id].data
-        ex, fd, corners = self.exits[scan.label][sl], self.frame_data[scan.label], scan.corners[sl]
+        ex, phi, fd, corners = (self.exits[scan.label][sl], self.detector[scan.label][sl],
+                                self.frame_data[scan.label], scan.corners[sl])
         n = len(ex)
         f = self.buffers[ex.shape[1:]][:n]
-        k.dm_relaxed(probe, obj, corners, ex, m.rdtype.type(self.p.alpha), f)
+        k.pods(probe, obj, corners, f)
         fields = scan.propagator.forward(f, overwrite=True)
-        err, ll, change = np.empty(n), np.empty(n), np.empty(n)
-        k.dm_fourier_modulus(fields, scan.intensity[sl], scan.weights_of(sl), fd["count"][sl], fd["bound"][sl], err, ll)
+        err, dev, change = np.empty(n), np.empty(n), np.empty(n)
+        self.dm_kernels.dm_fourier(fields, phi, scan.intensity[sl], scan.weights_of(sl), scan.scale_factors()[sl],
+                                   scan.background_map(), m.rdtype.type(self.p.alpha), fd["count"][sl],
+                                   fd["bound"][sl], self.tiny, err, dev, bg_sums, scale_sums)
         back = scan.propagator.backward(fields, overwrite=True)
-        k.dm_exit_update(probe, obj, corners, back, ex, change)
-        return float(err.sum()), float(ll.sum()), float(change.sum()), n
+        self.dm_kernels.add_exit_change(back, ex, change)
+        return float(err.sum()), float(dev.sum()), float(change.sum()), n
 
     # -- overlap constraint ------------------------------------------------------------------
 

@@ -84,21 +84,23 @@ class MaximumLikelihood:
         self.iteration = 0
 
     def initialize(self) -> None:
+        from difframe.plugins.engines import ml_kernels
         from difframe.ptycho import kernels
 
         m = self.model
         self.kernels = kernels
+        self.ml_kernels = ml_kernels
         self.likelihood = kernels.LIKELIHOODS[self.p.type]
         self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
         self.fields = {}
-        self.scale = {}
         # two chunk buffers reused every iteration: the detector-plane gradient (chunks of the gradient pass),
         # and with it the two pod changes of the line search (half as many frames per chunk)
         self.buffers = {}
         for scan in m.scans:
             pods = m.probes[scan.probe_id].data.shape[0] * m.objects[scan.object_id].data.shape[0]
             self.fields[scan.label] = np.empty((scan.num_frames, pods, *scan.shape), m.cdtype)
-            self.scale[scan.label] = np.ones(scan.num_frames, m.rdtype)
+            if self.p.floating_intensities and scan.scale is None:
+                scan.scale = np.ones(scan.num_frames, m.rdtype)
             step = next(m.chunks(scan, pods), slice(0, 0)).stop
             key = (pods, *scan.shape)
             if len(self.buffers.get(key, ((),))[0]) < step:
@@ -131,7 +133,7 @@ class MaximumLikelihood:
 
     def _one_iteration(self) -> dict:
         m = self.model
-        ll, err_sum, frames, ob_grad, pr_grad = self._gradients()
+        ll, err_sum, dev, frames, ob_grad, pr_grad = self._gradients()
         ll_reg = self._regulariser_gradient(ob_grad)
         self._smooth(ob_grad)
         if self.iteration < self.p.probe_update_start:
@@ -173,8 +175,24 @@ class MaximumLikelihood:
             pm.clip_amplitude(m.objects[oid].data, self.p.clip_object)
         for pid, h in h_pr.items():
             m.probes[pid].data += m.cdtype.type(step) * h
-        return {"fourier_error": err_sum / frames, "likelihood": (ll + ll_reg) / self.total_points,
-                "exit_change": change * step**2 / frames, "step": step}
+        metrics = {"fourier_error": err_sum / frames, "likelihood": (ll + ll_reg) / self.total_points,
+                   "deviance": dev / self.total_points, "exit_change": change * step**2 / frames, "step": step}
+        metrics.update(self._orthogonalise() if self.p.orthogonal_modes else pm.mode_powers(m))
+        return metrics
+
+    def _orthogonalise(self) -> dict:
+        """Orthogonal probe modes; the conjugate-gradient memory is mixed alike (the likelihood does not
+        change under a unitary mixing of the modes, so its gradients and directions transform with them)."""
+        m = self.model
+        for pid, st in m.probes.items():
+            if st.data.shape[0] < 2:
+                continue
+            mixing, _ = pm.orthogonal_modes(st.data)
+            pm.mix_modes(st.data, mixing, axis=0)
+            memory = [*(self.prev[1:3] if self.prev else ()), *(self.directions[1:] if self.directions else ())]
+            for grads in memory:
+                pm.mix_modes(grads[pid], mixing, axis=0)
+        return pm.mode_powers(m)
 
     def _gradients(self):
         """Likelihood, amplitude error and the gradients with respect to object and probe, chunk by chunk."""
@@ -182,12 +200,14 @@ class MaximumLikelihood:
         kind, renorm, tiny = self.likelihood, float(self.p.intensity_renormalization), self.tiny
         ob_grad = {oid: np.zeros_like(st.data) for oid, st in m.objects.items()}
         pr_grad = {pid: np.zeros_like(st.data) for pid, st in m.probes.items()}
-        ll = err_sum = 0.0
+        ll = err_sum = dev_sum = 0.0
         frames = 0
+        fit_bg = self.p.fit_background and self.iteration >= self.p.background_update_start
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
             pconj = np.conj(probe) * scan.object_power
+            bg_sums = pm.background_sums(scan, fit_bg)
             for sl in m.chunks(scan, self.fields[scan.label].shape[1]):
                 corners = scan.corners[sl]
                 n = len(corners)
@@ -195,18 +215,25 @@ class MaximumLikelihood:
                 k.pods(probe, obj, corners, fields)
                 scan.propagator.forward(fields, overwrite=True)  # in place (optics): kept for the line search
                 chi = self.buffers[fields.shape[1:]][0][:n]
-                err, lls = np.empty(n), np.empty(n)
-                k.ml_gradient_weights(fields, scan.intensity[sl], scan.weights_of(sl), self.scale[scan.label][sl],
-                                      bool(self.p.floating_intensities), kind, renorm, tiny, chi, err, lls)
+                err, lls, dev = np.empty(n), np.empty(n), np.empty(n)
+                self.ml_kernels.ml_gradient_weights(
+                    fields, scan.intensity[sl], scan.weights_of(sl), scan.scale_factors()[sl],
+                    bool(self.p.floating_intensities), scan.background_map(), kind, renorm, tiny, chi, err, lls,
+                    dev, bg_sums)
                 err_sum += float(err.sum())
                 ll += float(lls.sum())
+                dev_sum += float(dev.sum())
                 frames += n
                 chi = scan.propagator.backward(chi, overwrite=True)
                 k.add_object_update(ob_grad[scan.object_id], None, pconj, None, chi, corners)
                 k.add_probe_update(pr_grad[scan.probe_id], None, obj, chi, corners, weight=scan.probe_power)
+            if len(bg_sums):
+                # a coordinate step: the background moves between the gradient and the line search, whose
+                # likelihood expansion is then taken at the new background
+                pm.newton_background(scan, bg_sums, m.ranks)
         m.ranks.sum_arrays(*ob_grad.values(), *pr_grad.values())
-        ll, err_sum, frames = m.ranks.sum(ll, err_sum, frames)
-        return ll, err_sum, frames, ob_grad, pr_grad
+        ll, err_sum, dev_sum, frames = m.ranks.sum(ll, err_sum, dev_sum, frames)
+        return ll, err_sum, dev_sum, frames, ob_grad, pr_grad
 
     def _regulariser_gradient(self, ob_grad) -> float:
         """Add the del2 prior's gradient; return its value."""
@@ -240,7 +267,7 @@ class MaximumLikelihood:
 
     def _line_search(self, h_ob, h_pr) -> tuple[float, float]:
         """Step minimising the second-order expansion of the likelihood along (h_ob, h_pr)."""
-        m, k = self.model, self.kernels
+        m = self.model
         kind, renorm, tiny = self.likelihood, float(self.p.intensity_renormalization), self.tiny
         totals = np.zeros(3)  # b1, b2, change
         for scan in m.scans:
@@ -251,12 +278,13 @@ class MaximumLikelihood:
                 corners = scan.corners[sl]
                 n = len(corners)
                 first, second = (buf[:n] for buf in self.buffers[(pods, *scan.shape)])
-                k.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
+                self.ml_kernels.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
                 first = scan.propagator.forward(first, overwrite=True)
                 second = scan.propagator.forward(second, overwrite=True)
                 sums = np.empty((n, 3))
-                k.ml_line_sums(self.fields[scan.label][sl], first, second, scan.intensity[sl], scan.weights_of(sl),
-                               self.scale[scan.label][sl], kind, renorm, tiny, sums)
+                self.ml_kernels.ml_line_sums(self.fields[scan.label][sl], first, second, scan.intensity[sl],
+                                             scan.weights_of(sl), scan.scale_factors()[sl], scan.background_map(),
+                                             kind, renorm, tiny, sums)
                 totals += sums.sum(axis=0)
         b1, b2, change = m.ranks.sum(*totals)
         if self.reg_amplitude:

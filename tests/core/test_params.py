@@ -140,8 +140,11 @@ def test_engines_inherit_common_and_their_own_defaults(toy_tree):
     p = toy_tree.resolve({"engine": {"common": {"numiter": 50}, "TOY": {"beta": 0.7}},
                           "engines": {"e2": {"name": "toy", "numiter": 7}, "e1": {"name": "TOY", "mode": "b"}}})
     assert list(p.engines) == ["e2", "e1"]  # the order of the file
-    assert p.engines.e2 == {"name": "TOY", "numiter": 7, "numiter_contiguous": 1, "probe_support": 0.7,
-                            "clip_object": None, "beta": 0.7, "mode": "a"}
+    common = {"numiter_contiguous": 1, "probe_support": 0.7, "clip_object": None, "fit_background": True,
+              "background_update_start": 5, "orthogonal_modes": True}
+    assert {k: v for k, v in p.engines.e2.items() if k != "position_refinement"} == {
+        "name": "TOY", "numiter": 7, "beta": 0.7, "mode": "a", **common}
+    assert p.engines.e2.position_refinement.active is False  # engine.common's subtree reaches every engine
     assert p.engines.e1.numiter == 50 and p.engines.e1.mode == "b"
 
 

@@ -5,6 +5,7 @@ from difframe import optics
 from difframe.param import Param
 from difframe.ptycho.data import PreparedData
 from difframe.ptycho import model as pm
+from difframe.ptycho import terms
 
 SHAPE = (32, 32)
 ENERGY_KEV, DISTANCE, DET_PSIZE = 6.2, 2.0, 172e-6
@@ -57,6 +58,8 @@ def simulate(photons=1e6, probe_modes=1, seed=0, label="sim"):
 
 def engine_params(spec_parameters, **overrides):
     p = Param(numiter=10, numiter_contiguous=1, probe_support=0.7, clip_object=None)
+    p.update({path.rpartition(".")[2]: node.default for path, node in terms.NODES.items()  # the model terms' switches
+              if path.count(".") == 2 and path.startswith("engine.common.") and node.type != ("Param",)})
     p.update({k: v.default for k, v in spec_parameters.items()})
     p.update(overrides)
     return p

@@ -86,7 +86,7 @@ def test_floating_intensities_recover_frame_scales():
     engine = ml.factory(engine_params(ml.PARAMETERS, floating_intensities=True, reg_del2=False), model)
     engine.initialize()
     engine.iterate(3)
-    np.testing.assert_allclose(engine.scale["sim"], scales, rtol=0.02)
+    np.testing.assert_allclose(model.scans[0].scale, scales, rtol=0.02)
 
 
 def test_probe_update_start_and_support_are_honoured(simulated):
