@@ -23,9 +23,23 @@ Protocol (REQ/REP).  A request is ONE frame of JSON, an object with
 
 A reply is a JSON header (``"ok": true`` or ``"ok": false`` with ``"error"``)
 followed, for ``get``, by one raw frame of array bytes whose dtype and shape the
-header gives (``"array": {"dtype", "shape"}``).  Requests over
-:data:`MAX_REQUEST_BYTES` get an error reply; messages over 16 times that are
-dropped by ZeroMQ itself, which closes the sender's connection.
+header gives (``"array": {"dtype", "shape"}``).
+
+Hostile or greedy clients (see docs/ptycho-engines.md, "What a client cannot
+do").  The socket is a ROUTER, so no message can put it in a state where it
+refuses to serve: a message without the REQ envelope (a DEALER that left out
+the empty delimiter, random bytes read as frames) is dropped with a warning.
+Requests over :data:`MAX_REQUEST_BYTES`, JSON nested deeper than
+:data:`MAX_JSON_DEPTH` (measured before parsing), numbers that are not finite,
+``get`` arguments that are not labels and ``set`` values outside the
+parameter's type and limits or :data:`RUNTIME_LIMITS` get an error reply
+saying why; frames over :data:`MAX_MESSAGE_BYTES` are dropped by ZeroMQ, which
+closes the sender's connection.  Each poll serves at most
+:data:`MAX_REQUESTS_PER_POLL` messages, and waits for a conversation's next
+request only while it has serving time in hand: :data:`SERVE_SHARE` of the
+time the run computed, saved up to :data:`CONVERSATION_MS`.  Nothing a client
+sends reaches the log as more than one warning line, at most
+:data:`WARNINGS_PER_WINDOW` of them every :data:`WARNING_WINDOW_S` seconds.
 
 Address rule: the default ``tcp://127.0.0.2`` is loopback.  difframe never
 listens beyond loopback on its own; a non-loopback address (``tcp://*``, a
@@ -40,6 +54,7 @@ import ipaddress
 import json
 import logging
 import math
+import time
 
 import numpy as np
 
@@ -51,23 +66,114 @@ log = logging.getLogger("difframe.interaction")
 
 #: engine parameters a client may change: the flow and the engines read them at every block
 SETTABLE = ("numiter", "numiter_contiguous", "alpha", "probe_inertia", "object_inertia", "probe_update_start")
+#: bounds a ``set`` value must also keep, beyond its parameter's own: they keep the engines' arithmetic finite and
+#: the run's records of a size the files hold, and the server reachable (a block is numiter_contiguous iterations)
+RUNTIME_LIMITS = {"numiter": (0, 10**7), "numiter_contiguous": (0, 10**4), "probe_update_start": (-10**7, 10**7),
+                  "alpha": (0, 100), "probe_inertia": (0.0, 1e6), "object_inertia": (0.0, 1e6)}
 MAX_REQUEST_BYTES = 64 * 1024
-#: after a reply, further requests arriving within this many milliseconds are served in the same pause
+#: ZeroMQ's limit on one frame (MAXMSGSIZE): a peer that sends a larger one is disconnected
+MAX_MESSAGE_BYTES = 2 * MAX_REQUEST_BYTES
+#: deepest nesting of arrays and objects a request may have; measured on the bytes, before parsing
+MAX_JSON_DEPTH = 16
+#: the most serving time a poll may have in hand (ms): the wait for a conversation's next request draws on it
 CONVERSATION_MS = 200
+#: share of the run's computing time that earns serving time
+SERVE_SHARE = 0.05
+#: messages handled per poll at most; the rest wait for the next poll
+MAX_REQUESTS_PER_POLL = 32
+#: frames of routing envelope a message may carry before its empty delimiter
+MAX_ENVELOPE_FRAMES = 8
+#: queued messages per client, in and out (ZeroMQ's high-water marks): a client that does not read its replies
+#: loses them, one that floods waits
+QUEUE_MESSAGES = 32
+WARNINGS_PER_WINDOW, WARNING_WINDOW_S = 5, 10.0
 ARRAYS = ("object", "probe", "positions", "error")
+_SHOWN_CHARS = 400  # an error message is cut to this many characters (its head and its tail)
 
 
 class RequestRefused(UsageError):
     """The server answered a request with an error."""
 
 
+class _Dropped(Exception):
+    """A message that cannot be answered (no envelope to reply through)."""
+
+
 def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise ValueError(f"{name} is not a number JSON allows (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{_short(text)} is not a finite number")
+    return value
 
 
 def _finite(value):
     """JSON-safe float: None where not finite."""
     return float(value) if math.isfinite(value) else None
+
+
+def _short(value, chars: int = 60) -> str:
+    """``repr(value)`` cut to ``chars`` characters: what a client sent is never echoed in full."""
+    text = repr(value)
+    return text if len(text) <= chars else text[:chars - 5] + " ...]"
+
+
+def _clean(text: str, chars: int = _SHOWN_CHARS) -> str:
+    """One printable line of at most ``chars`` characters, keeping head and tail (where the reason is)."""
+    if len(text) > 4 * chars:
+        text = text[:2 * chars] + text[-2 * chars:]
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > chars:
+        half = (chars - 5) // 2
+        text = text[:half] + " ... " + text[-half:]
+    return text
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of ``[`` and ``{`` in JSON text, outside strings, without parsing it.
+
+    Exact for every valid prefix, and a parser stops at the first error, so a
+    parser never nests deeper than this.  Linear in the length (numpy).
+    """
+    b = np.frombuffer(raw, np.uint8)
+    if b.size == 0:
+        return 0
+    index = np.arange(b.size)
+    backslash = b == 0x5C
+    last_other = np.maximum.accumulate(np.where(backslash, -1, index))  # last byte that is not a backslash
+    run = np.zeros(b.size, np.int64)  # backslashes just before each byte
+    run[1:] = index[:-1] - last_other[:-1]
+    quote = (b == 0x22) & (run % 2 == 0)  # a quote that opens or closes a string
+    outside = np.cumsum(quote) % 2 == 0
+    step = (((b == 0x5B) | (b == 0x7B)).astype(np.int64) - ((b == 0x5D) | (b == 0x7D))) * outside
+    return int(max(np.cumsum(step).max(), 0))
+
+
+class _RateLimitedWarnings:
+    """At most ``per_window`` warnings every ``window`` seconds; the rest are counted and the count logged."""
+
+    def __init__(self, per_window: int = WARNINGS_PER_WINDOW, window: float = WARNING_WINDOW_S):
+        self.per_window, self.window = per_window, window
+        self._start, self._count, self.suppressed = -math.inf, 0, 0
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._start >= self.window:
+            self.flush()
+            self._start, self._count = now, 0
+        if self._count < self.per_window:
+            self._count += 1
+            log.warning("interaction: %s", _clean(text))
+        else:
+            self.suppressed += 1
+
+    def flush(self) -> None:
+        if self.suppressed:
+            log.warning("interaction: %d more refused or malformed messages were not logged", self.suppressed)
+            self.suppressed = 0
 
 
 def listen_host(address: str) -> str:
@@ -106,13 +212,22 @@ def port_candidates(primary: int, port_range: str) -> list[int]:
 
 
 class InteractionServer:
-    """Answers clients' requests about ``run`` and its ``model`` whenever :meth:`poll` is called."""
+    """Answers clients' requests about ``run`` and its ``model`` whenever :meth:`poll` is called.
+
+    :meth:`poll` never raises for anything a client sends, and returns within
+    its serving budget (see the module's doc).  ``serve_seconds`` and
+    ``work_seconds`` account for the time spent in polls and between them.
+    """
 
     def __init__(self, run, model, runtime: dict):
         self.run, self.model, self.runtime = run, model, runtime
         self.address: str | None = None
         self._context = self._socket = None
         self.pending: list[tuple[str, object]] = []  # validated (path, value) awaiting share_changes (MPI)
+        self.serve_seconds = self.work_seconds = 0.0
+        self._credit = CONVERSATION_MS / 1000  # seconds of serving in hand; a first conversation is served whole
+        self._last_poll_end: float | None = None
+        self._warn = _RateLimitedWarnings()
 
     def start(self) -> "InteractionServer":
         """Bind to primary_address:primary_port, or the first free port of port_range."""
@@ -125,9 +240,11 @@ class InteractionServer:
             log.warning("interaction server listens on %s, beyond loopback: anyone who reaches it can read the "
                         "reconstruction and stop the run", p.primary_address)
         self._context = zmq.Context()
-        sock = self._context.socket(zmq.REP)
+        sock = self._context.socket(zmq.ROUTER)  # REQ clients; no message can leave it unable to serve
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 16 * MAX_REQUEST_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.RCVHWM, QUEUE_MESSAGES)
+        sock.setsockopt(zmq.SNDHWM, QUEUE_MESSAGES)
         sock.ipv6 = ":" in host
         self._socket = sock
         for port in ports:
@@ -153,38 +270,83 @@ class InteractionServer:
 
     def close(self) -> None:
         if self._socket is not None:
+            self._warn.flush()
             self._socket.close(linger=0)
             self._context.term()
             self._socket = self._context = None
 
     def poll(self) -> int:
-        """Serve every waiting request (and those of the same conversation); returns how many."""
-        served, timeout = 0, 0
-        while self._socket.poll(timeout):
-            self._serve_one()
-            served, timeout = served + 1, CONVERSATION_MS
-        return served
+        """Serve waiting requests, and a conversation's next ones, within the budget; returns messages handled.
+
+        The first waiting message is always handled.  Further ones are while
+        the poll has serving time in hand (``SERVE_SHARE`` of the time since
+        the last poll, saved up to ``CONVERSATION_MS``) and fewer than
+        ``MAX_REQUESTS_PER_POLL`` were; a conversation's next request is waited
+        for only that long.
+        """
+        import zmq
+
+        start = time.perf_counter()
+        if self._last_poll_end is not None:
+            worked = start - self._last_poll_end
+            self.work_seconds += worked
+            self._credit = min(self._credit + SERVE_SHARE * worked, CONVERSATION_MS / 1000)
+        deadline, handled = start + self._credit, 0
+        try:
+            while handled < MAX_REQUESTS_PER_POLL:
+                wait = 0 if handled == 0 else deadline - time.perf_counter()
+                if wait < 0 or not self._socket.poll(int(wait * 1000)):
+                    break
+                self._serve_one()
+                handled += 1
+        except zmq.ZMQError as err:  # the socket itself failed: the run goes on without this poll
+            self._warn(f"serving stopped for this pause: {err}")
+        end = time.perf_counter()
+        self.serve_seconds += end - start
+        self._credit -= end - start
+        self._last_poll_end = end
+        return handled
 
     # -- one request ----------------------------------------------------------------------------
 
     def _serve_one(self) -> None:
+        """Take one message and answer it if it can be answered."""
         import zmq
 
-        frames = self._socket.recv_multipart(zmq.NOBLOCK)
         try:
-            header, arrays = self._answer(frames)
+            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:  # ZeroMQ dropped what poll() saw
+            return
+        try:
+            envelope, body = self._split(frames)
+        except _Dropped as why:
+            self._warn(f"dropped a message: {why}")
+            return
+        try:
+            header, arrays = self._answer(body)
             reply = [json.dumps(header, allow_nan=False).encode()]
             reply += [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
         except UsageError as err:
             reply = [self._error(str(err))]
         except Exception as err:  # a bug in a handler must not end the reconstruction
-            log.exception("interaction request failed")
             reply = [self._error(f"internal error: {type(err).__name__}: {err}")]
-        self._socket.send_multipart(reply)
+        try:
+            self._socket.send_multipart(envelope + reply, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as err:  # the client left or does not read its replies: the reply is dropped
+            self._warn(f"reply not sent: {err}")
 
     @staticmethod
-    def _error(message: str) -> bytes:
-        log.info("interaction request refused: %s", message)
+    def _split(frames: list) -> tuple[list, list]:
+        """(routing envelope up to and with the empty delimiter, request frames) of a ROUTER message."""
+        for k, frame in enumerate(frames[1:MAX_ENVELOPE_FRAMES + 1], start=1):
+            if not frame:
+                return frames[:k + 1], frames[k + 1:]
+        raise _Dropped(f"{len(frames) - 1} frames without the empty delimiter that REQ sockets send "
+                       f"(a request is one frame of JSON, sent from a REQ socket or after an empty frame)")
+
+    def _error(self, message: str) -> bytes:
+        message = _clean(message)
+        self._warn(f"request refused: {message}")
         return json.dumps({"ok": False, "error": message}).encode()
 
     def _answer(self, frames: list) -> tuple[dict, list]:
@@ -192,16 +354,20 @@ class InteractionServer:
             raise RequestRefused(f"a request is one frame of JSON, got {len(frames)} frames")
         if len(frames[0]) > MAX_REQUEST_BYTES:
             raise RequestRefused(f"request of {len(frames[0])} bytes is over the limit of {MAX_REQUEST_BYTES}")
+        depth = json_depth(frames[0])
+        if depth > MAX_JSON_DEPTH:
+            raise RequestRefused(f"request is nested {depth} deep, over the limit of {MAX_JSON_DEPTH}")
         try:
-            message = json.loads(frames[0].decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError) as err:
-            raise RequestRefused(f"request is not JSON: {err}") from None
+            message = json.loads(frames[0].decode("utf-8"), parse_constant=_reject_constant,
+                                 parse_float=_finite_float)
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise RequestRefused(f"request is not JSON the server accepts: {err}") from None
         if not isinstance(message, dict) or not isinstance(message.get("request"), str):
             raise RequestRefused('request must be a JSON object with "request": "status" | "get" | "stop" | "set"')
         handler = {"status": self._status, "get": self._get, "stop": self._stop, "set": self._set}.get(
             message["request"])
         if handler is None:
-            raise RequestRefused(f"unknown request {message['request']!r}: expected status, get, stop or set")
+            raise RequestRefused(f"unknown request {_short(message['request'])}: expected status, get, stop or set")
         return handler(message)
 
     def _status(self, message) -> tuple[dict, list]:
@@ -222,8 +388,8 @@ class InteractionServer:
 
     def _get(self, message) -> tuple[dict, list]:
         which, ident = message.get("array"), message.get("id")
-        if which not in ARRAYS:
-            raise RequestRefused(f"get: array {which!r} is not one of {', '.join(ARRAYS)}")
+        if not isinstance(which, str) or which not in ARRAYS:
+            raise RequestRefused(f"get: array {_short(which)} is not one of {', '.join(ARRAYS)}")
         if which == "error":
             info = self.runtime["iter_info"]
             array = np.array([entry["error"] for entry in info], dtype=np.float64).reshape(len(info), len(ERROR_KEYS))
@@ -231,10 +397,14 @@ class InteractionServer:
             available = {"object": {k: s.data for k, s in self.model.objects.items()},
                          "probe": {k: s.data for k, s in self.model.probes.items()},
                          "positions": {s.label: s.positions for s in self.model.scans}}[which]
+            if ident is not None and not isinstance(ident, str):
+                raise RequestRefused(f"get {which}: id must be a string (a storage ID or scan label), "
+                                     f"got {type(ident).__name__}")
             if ident is None and len(available) == 1:
                 ident = next(iter(available))
             if ident not in available:
-                raise RequestRefused(f"get {which}: id {ident!r} is not one of {', '.join(map(repr, available))}")
+                raise RequestRefused(f"get {which}: id {_short(ident)} is not one of "
+                                     f"{', '.join(map(repr, available))}")
             array = np.asarray(available[ident])
         return {"ok": True, "array": {"name": which, "id": ident, "dtype": array.dtype.str,
                                       "shape": list(array.shape)}}, [array]
@@ -247,7 +417,7 @@ class InteractionServer:
         path, value = message.get("path"), message.get("value")
         parts = path.split(".") if isinstance(path, str) else []
         if len(parts) != 3 or parts[0] != "engines":
-            raise RequestRefused(f"set: path {path!r} must be engines.<label>.<key>")
+            raise RequestRefused(f"set: path {_short(path)} must be engines.<label>.<key>")
         _, label, key = parts
         engines = self.run.params.engines
         if label not in engines:
@@ -259,7 +429,7 @@ class InteractionServer:
         node = nodes.get(f"engine.{name}.{key}") or nodes.get(f"engine.common.{key}")
         if node is None:
             raise RequestRefused(f"set {path}: {key!r} is not a parameter of engine {name!r}")
-        value = check_value(node, value, path)
+        value = self._checked(node, key, value, path)
         if self.model.ranks.size > 1:
             self.pending.append((path, value))
             log.info("interaction: %s = %r queued for all %d ranks", path, value, self.model.ranks.size)
@@ -267,6 +437,26 @@ class InteractionServer:
         engines[label][key] = value
         log.info("interaction: %s = %r", path, value)
         return {"ok": True, "path": path, "value": value, "state": "applied"}, []
+
+    @staticmethod
+    def _checked(node, key: str, value, path: str):
+        """``value`` validated by the parameter's own type and limits, then as a finite number within
+        :data:`RUNTIME_LIMITS`; RequestRefused says which rule it broke."""
+        low, high = RUNTIME_LIMITS[key]
+        beyond = f"beyond the runtime limits {low} .. {high} of a set request"
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+            raise RequestRefused(f"{path} = {_short(value)}: {beyond}")  # before a float() that may overflow
+        try:
+            value = check_value(node, value, path)
+        except ParameterError as err:
+            raise RequestRefused(str(err)) from None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RequestRefused(f"{path} = {_short(value)}: expected a number")
+        if not math.isfinite(value):
+            raise RequestRefused(f"{path} = {value!r}: not a finite number")
+        if not low <= value <= high:
+            raise RequestRefused(f"{path} = {_short(value)}: {beyond}")
+        return value
 
 
 def share_changes(run, ranks, server: InteractionServer | None) -> None:
