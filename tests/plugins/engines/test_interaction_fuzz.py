@@ -306,9 +306,11 @@ def test_a_client_polling_every_tenth_of_a_second_does_not_starve_the_run(built)
         time.sleep(1.0)
         solo_rate = (s.blocks - solo_blocks) / (time.perf_counter() - start)
 
-        first_block, start, replies = s.blocks, time.perf_counter(), 0
+        replies = 0
         with ia.InteractionClient(s.address, timeout=WAIT) as client:
-            for _ in range(15):
+            for k in range(18):
+                if k == 3:  # the serving time the server starts with is spent: measure from here
+                    first_block, start = s.blocks, time.perf_counter()
                 client.status()
                 replies += 1
                 time.sleep(0.1)
@@ -316,7 +318,7 @@ def test_a_client_polling_every_tenth_of_a_second_does_not_starve_the_run(built)
         polls = len(s.poll_seconds)
     finally:
         s.close()
-    assert replies == 15 and s.failure is None
+    assert replies == 18 and s.failure is None
     # the run went on while the client talked (before the fix: one block in 1.5 s)
     assert polled_rate > 0.7 * solo_rate, (polled_rate, solo_rate)
     # and the server's own account: serving took at most a tenth of the time, beyond the credit it starts with
@@ -332,6 +334,7 @@ def test_a_flood_of_requests_is_served_a_budget_at_a_time(built, caplog):
             sock.send_multipart([b"", b'{"request": "status"}'], flags=zmq.NOBLOCK)
         for _ in range(200):  # all answered, a budget per pause
             sock.recv_multipart()
+        assert s.served, "no pause ended while the flood was served"
         assert s.alive() and max(s.served) <= ia.MAX_REQUESTS_PER_POLL
         assert max(s.poll_seconds) < ia.CONVERSATION_MS / 1000 + 0.2
     finally:
@@ -368,7 +371,7 @@ json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=F
     max_size=20)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-keys = st.sampled_from(["status", "get", "set", "stop_", "exec", ""]) | st.text(max_size=8)
+keys = st.sampled_from(["get", "set"]) | st.sampled_from(["status", "stop_", "exec", ""]) | st.text(max_size=8)
 paths = st.sampled_from(["engines.e1.numiter", "engines.e1.alpha", "engines.e1.probe_inertia", "engines.e2.numiter",
                          "engines.e1.numiter_contiguous", "engines.e2.probe_update_start", "engines.e1"]) | json_values
 requests = st.fixed_dictionaries({"request": keys}, optional={
