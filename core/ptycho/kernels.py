@@ -62,6 +62,24 @@ def pods(probe, obj, corners, out):
                         ou[j] = pr[j] * ob[j]
 
 
+@jit
+def mix_probe_modes(stack, mixing, n_obj):
+    """In place: stack[n, k*O + o] = sum_p stack[n, p*O + o] mixing[p, k] (a change of probe-mode basis)."""
+    n_probe, h, w = mixing.shape[0], stack.shape[2], stack.shape[3]
+    for n in numba.prange(stack.shape[0]):
+        old = np.empty(n_probe, stack.dtype)
+        for o in range(n_obj):
+            for i in range(h):
+                for j in range(w):
+                    for p in range(n_probe):
+                        old[p] = stack[n, p * n_obj + o, i, j]
+                    for k in range(n_probe):
+                        total = stack.dtype.type(0)
+                        for p in range(n_probe):
+                            total += old[p] * mixing[p, k]
+                        stack[n, k * n_obj + o, i, j] = total
+
+
 # -- detector plane: row helpers the engines' own kernels inline ---------------------------------
 #
 # The model intensity of frame n is I_n = scale[n] x sum over pods |field|^2 + background (incoherent

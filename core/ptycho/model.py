@@ -266,6 +266,8 @@ def mode_powers(model: "PtychoModel") -> dict:
 def orthogonalise_probes(model: "PtychoModel", *stacks: dict) -> dict:
     """Make every probe's modes orthogonal (strongest first); mix the engines' per-scan pod ``stacks``
     (label -> (frames, pods, H, W)) the same way so they stay consistent.  Returns :func:`mode_powers`."""
+    from difframe.ptycho import kernels
+
     for pid, st in model.probes.items():
         if st.data.shape[0] < 2:
             continue
@@ -276,8 +278,7 @@ def orthogonalise_probes(model: "PtychoModel", *stacks: dict) -> dict:
                 continue
             n_obj = model.objects[scan.object_id].data.shape[0]
             for stack in stacks:
-                for sl in model.chunks(scan, stack[scan.label].shape[1]):
-                    mix_modes(stack[scan.label][sl], mixing, axis=1, n_obj=n_obj)
+                kernels.mix_probe_modes(stack[scan.label], mixing.astype(stack[scan.label].dtype), n_obj)
     return mode_powers(model)
 
 

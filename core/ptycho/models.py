@@ -190,7 +190,8 @@ def shape_beam(base: np.ndarray, p: Mapping, ctx: ModelContext, rng: np.random.G
 
 def add_diversity(field: np.ndarray, p: Mapping | None, num_modes: int, rng: np.random.Generator,
                   what: str) -> np.ndarray:
-    """Grow ``field`` to ``num_modes`` modes: copies of mode 0 with relative ``power`` and ``noise``."""
+    """Grow ``field`` to ``num_modes`` modes of relative ``power``: mode 0 times a ``noise`` screen, or,
+    without one, times low-order polynomials (see :func:`_hermite_factor`)."""
     if field.shape[0] >= num_modes:
         return field[:num_modes]
     p = p or {}
@@ -203,11 +204,35 @@ def add_diversity(field: np.ndarray, p: Mapping | None, num_modes: int, rng: np.
         raise ParameterError(f"{what}.diversity.power: {powers.size} values for {extra} extra modes")
     modes = [field]
     for k in range(extra):
-        mode = field[0] * np.sqrt(powers[k])
         if p.get("noise") is not None:
-            mode = mode * noise_screen(rng, field.shape[-2:], p["noise"], f"{what}.diversity.noise")
+            mode = field[0] * noise_screen(rng, field.shape[-2:], p["noise"], f"{what}.diversity.noise")
+        else:
+            mode = field[0] * _hermite_factor(field[0], k + 1)
+        mode *= np.sqrt(powers[k] * _power(field[0]) / max(_power(mode), 1e-300))
         modes.append(mode[None])
     return np.concatenate(modes)
+
+
+def _power(field: np.ndarray) -> float:
+    return float(np.sum(np.abs(field) ** 2))
+
+
+def _hermite_factor(field: np.ndarray, order: int) -> np.ndarray:
+    """The ``order``-th low-order polynomial (x, y, xy, x^2 - y^2, ...) about ``field``'s intensity centre,
+    in units of its rms width: mode 0 times it is a Hermite-Gauss-like mode, different in shape from mode 0.
+
+    Without a noise screen, extra modes used to be scaled copies of mode 0, which no engine can tell apart
+    (orthogonalised, they vanish); these give partially coherent illumination a start to grow from.
+    """
+    weight = np.abs(field) ** 2
+    total = max(weight.sum(), 1e-300)
+    y, x = np.indices(field.shape, dtype=float)
+    cy, cx = (weight * y).sum() / total, (weight * x).sum() / total
+    sy = np.sqrt(max((weight * (y - cy) ** 2).sum() / total, 1e-12))
+    sx = np.sqrt(max((weight * (x - cx) ** 2).sum() / total, 1e-12))
+    u, v = (x - cx) / sx, (y - cy) / sy
+    terms = [u, v, u * v, u**2 - v**2, u**2 + v**2 - 2]
+    return terms[(order - 1) % len(terms)]
 
 
 def set_photons(field: np.ndarray, photons: float | None) -> np.ndarray:

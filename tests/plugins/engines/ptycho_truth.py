@@ -65,6 +65,12 @@ def engine_params(spec_parameters, **overrides):
     return p
 
 
+def amplitude_guess(prep, psize):
+    """The true probe's modulus, scaled to the measured power: a realistic, phase-less start."""
+    guess = np.abs(true_probe(psize))
+    return guess * np.sqrt(prep.data.sum(axis=(1, 2)).mean() / (guess**2).sum())
+
+
 def start_model(prep, probe_guess, data_type="single", object_modes=1):
     """Model with a flat object and the given probe guess."""
     return pm.build_model({prep.label: prep}, {prep.label: (None, 1.0, None, 1.0)},

@@ -7,13 +7,7 @@ import pytest
 
 from difframe.plugins.engines import dm, ml
 
-from ptycho_truth import SHAPE, engine_params, object_error, simulate, start_model, true_probe
-
-
-def amplitude_guess(prep, psize):
-    """The true probe's modulus, scaled to the measured power: a realistic, phase-less start."""
-    guess = np.abs(true_probe(psize))
-    return guess * np.sqrt(prep.data.sum(axis=(1, 2)).mean() / (guess**2).sum())
+from ptycho_truth import SHAPE, amplitude_guess, engine_params, object_error, simulate, start_model
 
 
 @pytest.fixture(scope="module")
