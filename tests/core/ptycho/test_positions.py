@@ -249,11 +249,13 @@ def _refined_positions(ranks):
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec beside the interpreter")
-def test_two_ranks_give_one_rank_positions():
-    out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, __file__], capture_output=True, text=True,
-                         timeout=120)
+def test_two_ranks_give_one_rank_positions(tmp_path):
+    out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, __file__, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    reports = [json.loads(line) for line in out.stdout.splitlines()]
+    # one file per rank: two ranks printing long lines to one pipe may interleave them
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
+    assert len(reports) == 2
     assert sorted(r["held"] for r in reports) == [12, 13]
     alone, held = _refined_positions(parallel.Ranks())
     assert held == 25
@@ -262,5 +264,6 @@ def test_two_ranks_give_one_rank_positions():
 
 
 if __name__ == "__main__":
-    positions, held = _refined_positions(parallel.world())
-    print(json.dumps({"held": held, "positions": positions.tolist()}), flush=True)
+    ranks = parallel.world()
+    positions, held = _refined_positions(ranks)
+    (Path(sys.argv[1]) / f"rank{ranks.rank}.json").write_text(json.dumps({"held": held, "positions": positions.tolist()}))
