@@ -53,9 +53,10 @@ PARAMETERS = {
     "fourier_relax_factor": Parameter(
         type="float", default=0.01, lowlim=0.0,
         help="If rms error of model vs diffraction data is smaller than this fraction, Fourier constraint is met",
-        doc="Set this value higher for noisy data\n\ndifframe, as ptypy: a frame whose mean squared amplitude "
-            "error is below 0.25 x fourier_relax_factor^2 x the brightest frame's mean intensity per pixel is "
-            "left alone; otherwise its amplitudes are moved toward the data just far enough to reach that bound. "
+        doc="Set this value higher for noisy data\n\ndifframe: a frame whose mean squared amplitude error is "
+            "below fourier_relax_factor^2 x its mean intensity is left alone (ptypy's bound is 0.25 x factor^2 x "
+            "the brightest frame's mean); otherwise its amplitudes are moved toward the data just far enough "
+            "to reach that bound. "
             "Any bound leaves DM's fixed point that far from the data: on noiseless simulations 0 is the most "
             "accurate, on Poisson data the default helps (benchmarks/ptycho_textbook.py measures both)."),
     "floating_intensities": Parameter(
@@ -109,8 +110,10 @@ class DifferenceMap:
                 self.detector[scan.label][sl] = scan.propagator.forward(ex[sl])
             valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape)
             count = np.maximum(valid.sum(axis=(-2, -1)), 1)
-            self.frame_data[scan.label] = {"count": count.astype(float),
-                                           "mean": np.where(valid, scan.intensity, 0).sum(axis=(-2, -1)) / count}
+            self.frame_data[scan.label] = {
+                "count": count.astype(float),
+                "bound": relax2 * np.where(valid, scan.intensity, 0).sum(axis=(-2, -1)) / count,
+            }
             if self.p.floating_intensities and scan.scale is None:
                 scan.scale = np.ones(scan.num_frames, m.rdtype)
             # one chunk buffer reused every iteration: a fresh one would cost a page fault per 4 kB each time
@@ -118,11 +121,6 @@ class DifferenceMap:
             key = (pods, *scan.shape)
             if len(self.buffers.get(key, ())) < step:
                 self.buffers[key] = np.empty((step, *key), m.cdtype)
-        # ptypy's bound: a quarter of relax^2 times the brightest frame's mean intensity per pixel (all ranks)
-        brightest = np.array([-max((fd["mean"].max(initial=0.0) for fd in self.frame_data.values()), default=0.0)])
-        m.ranks.min_arrays(brightest)
-        for scan in m.scans:
-            self.frame_data[scan.label]["bound"] = np.full(scan.num_frames, 0.25 * relax2 * -brightest[0])
         power, self.points = m.total_measured()
         self.mean_power = power / max(self.points, 1)
         self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
