@@ -24,7 +24,7 @@ import numpy as np
 from difframe import Run
 from difframe.plugins.recipes.sim import simulate
 from difframe.ptycho import model as pm
-from difframe.ptycho.quality import aligned_error
+from difframe.ptycho.quality import truth_errors
 from difframe.ptycho.ptyr import read_ptyr
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ptycho_sim.toml"
@@ -52,21 +52,9 @@ def errors(path: Path, truth: dict) -> tuple[float, float]:
     rec = read_ptyr(path)
     (ost,), (pst,) = rec.objects.values(), rec.probes.values()
     obj, probe = np.asarray(ost["data"])[0], np.asarray(pst["data"])[0]
-    shape = probe.shape
     storage = pm.Storage(obj, np.asarray(ost["_psize"]), np.asarray(ost["_origin"]), 6.2)
-    corners = pm.corners_of(np.asarray(rec.positions["sim"]), storage, shape)
-    offset = corners - truth["view_corners"]
-    if np.ptp(offset, axis=0).any():
-        raise SystemExit("reconstruction and truth windows are not one offset apart")
-    (dy, dx), t_obj, t_probe = offset[0], truth["object"][0], truth["probe"][0]
-    placed = np.zeros_like(obj)  # the truth on the reconstruction's pixel grid
-    h, w = min(obj.shape[0] - dy, t_obj.shape[0]), min(obj.shape[1] - dx, t_obj.shape[1])
-    placed[dy:dy + h, dx:dx + w] = t_obj[:h, :w]
-    light = np.zeros(obj.shape)
-    pm.scatter_add(light, np.broadcast_to(np.abs(t_probe) ** 2, (len(corners), *shape)), corners)
-    obj_err, _ = aligned_error(obj, placed, light > 0.1 * light.max())
-    probe_err, _ = aligned_error(probe, t_probe)
-    return obj_err, probe_err
+    corners = pm.corners_of(np.asarray(rec.positions["sim"]), storage, probe.shape)
+    return truth_errors(obj, probe, corners, truth)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from difframe.plugins.recipes.sim import simulate
 from difframe.ptycho import model as pm
 from difframe.ptycho import workflow
 from difframe.ptycho.ptyr import read_ptyr
-from difframe.ptycho.quality import aligned_error
+from difframe.ptycho.quality import truth_errors
 
 
 def parameters(photons: float, engines: dict, home: Path, dm_extra: dict | None = None,
@@ -70,21 +70,6 @@ def parameters(photons: float, engines: dict, home: Path, dm_extra: dict | None 
             eng[label].update(dm_extra or {})
     return {"run": "textbook", "data_type": "single", "scans": {"sim": scan}, "engines": eng,
             "io": {"paths": {"home": str(home)}, "autosave": {"active": False}}, "plotclient": {"dump": False}}
-
-
-def errors(obj: np.ndarray, probe: np.ndarray, corners: np.ndarray, truth: dict) -> tuple[float, float]:
-    """(object error, probe error) of single-mode ``obj``/``probe`` whose windows sit at ``corners``."""
-    shape = probe.shape
-    offset = corners - truth["view_corners"]
-    if np.ptp(offset, axis=0).any():
-        raise SystemExit("reconstruction and truth windows are not one offset apart")
-    (dy, dx), t_obj, t_probe = offset[0], truth["object"][0], truth["probe"][0]
-    placed = np.zeros_like(obj)  # the truth on the reconstruction's pixel grid
-    h, w = min(obj.shape[0] - dy, t_obj.shape[0]), min(obj.shape[1] - dx, t_obj.shape[1])
-    placed[dy:dy + h, dx:dx + w] = t_obj[:h, :w]
-    light = np.zeros(obj.shape)
-    pm.scatter_add(light, np.broadcast_to(np.abs(t_probe) ** 2, (len(corners), *shape)), corners)
-    return aligned_error(obj, placed, light > 0.1 * light.max())[0], aligned_error(probe, t_probe)[0]
 
 
 def textbook_dm(intensity, probe, obj, corners, p, iterations: int):
@@ -159,7 +144,7 @@ def main() -> None:
         obj, probe = textbook_dm(scan.intensity, model.probes["sim"].data[0], model.objects["sim"].data[0],
                                  scan.corners, p, n)
         t_book = time.perf_counter() - start
-        book = errors(obj, probe, scan.corners, truth)
+        book = truth_errors(obj, probe, scan.corners, truth)
         print(f"  {'textbook DM ' + str(n):22s} object error {book[0]:.4f}   probe error {book[1]:.4f}   "
               f"{t_book:6.1f} s")
         del model, scan
@@ -173,7 +158,7 @@ def main() -> None:
             obj, probe = np.asarray(ost["data"])[0], np.asarray(pst["data"])[0]
             storage = pm.Storage(obj, np.asarray(ost["_psize"]), np.asarray(ost["_origin"]), 6.2)
             corners = pm.corners_of(np.asarray(rec.positions["sim"]), storage, probe.shape)
-            err = errors(obj, probe, corners, truth)
+            err = truth_errors(obj, probe, corners, truth)
             print(f"  {name:22s} object error {err[0]:.4f}   probe error {err[1]:.4f}   {elapsed:6.1f} s (whole run)"
                   f"   ratio to textbook: object {err[0] / book[0]:.2f}, probe {err[1] / book[1]:.2f}")
     print("target: ratios <= 1 (difframe at least as accurate as the textbook DM with the same settings)")

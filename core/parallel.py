@@ -46,25 +46,21 @@ class Ranks:
 
     def sum_arrays(self, *arrays: np.ndarray) -> None:
         """Replace each (contiguous) array by its element-wise sum over all ranks, in place."""
-        if self.comm is None:
-            return
-        from mpi4py import MPI
-
-        for a in arrays:
-            if not a.flags.c_contiguous:
-                raise ValueError("sum_arrays needs C-contiguous arrays")
-            self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
+        self._allreduce(arrays, "SUM", "sum_arrays")
 
     def min_arrays(self, *arrays: np.ndarray) -> None:
         """Replace each (contiguous) array by its element-wise minimum over all ranks, in place."""
+        self._allreduce(arrays, "MIN", "min_arrays")
+
+    def _allreduce(self, arrays, op: str, name: str) -> None:
         if self.comm is None:
             return
         from mpi4py import MPI
 
         for a in arrays:
             if not a.flags.c_contiguous:
-                raise ValueError("min_arrays needs C-contiguous arrays")
-            self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.MIN)
+                raise ValueError(f"{name} needs C-contiguous arrays")
+            self.comm.Allreduce(MPI.IN_PLACE, a, op=getattr(MPI, op))
 
     def broadcast_arrays(self, *arrays: np.ndarray) -> None:
         """Overwrite each (contiguous) array with rank 0's, in place."""

@@ -65,9 +65,12 @@ class ScanViews:
     propagator: object = None  # FarField(centred=False) or NearField
     meta: dict = field(default_factory=dict)
     first: int = 0  # the held frames are positions[first:first + n]
-    # model terms for real experiments (see fit_background / fit_scales); None: not modelled
+    # model terms for real experiments (difframe.ptycho.terms); None: not modelled
     background: np.ndarray | None = None  # (H, W) incoherent counts per frame, FFT order, >= 0
     scale: np.ndarray | None = None  # (n,) intensity factor of each held frame (beam flux, exposure)
+    # what the kernels take when a term is not modelled, made once
+    _zeros: np.ndarray | None = field(default=None, repr=False)
+    _ones: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def num_frames(self) -> int:
@@ -81,7 +84,7 @@ class ScanViews:
         """The background the kernels take: the fitted map, or zeros when the scan has none."""
         if self.background is not None:
             return self.background
-        if getattr(self, "_zeros", None) is None or self._zeros.shape != self.shape:
+        if self._zeros is None or self._zeros.shape != self.shape:
             self._zeros = np.zeros(self.shape, self.intensity.dtype)
         return self._zeros
 
@@ -89,7 +92,7 @@ class ScanViews:
         """Per-frame intensity factors the kernels take: the fitted ones, or ones when the scan has none."""
         if self.scale is not None:
             return self.scale
-        if getattr(self, "_ones", None) is None or len(self._ones) != self.num_frames:
+        if self._ones is None or len(self._ones) != self.num_frames:
             self._ones = np.ones(self.num_frames, self.intensity.dtype)
         return self._ones
 
@@ -202,10 +205,7 @@ def newton_background(scan: ScanViews, sums: np.ndarray, ranks) -> None:
     """
     total = sums.sum(axis=0, dtype=np.float64)
     ranks.sum_arrays(total)
-    grad, curv = total[0], total[1]
-    step = np.divide(grad, curv, out=np.zeros_like(grad), where=curv > 0)
-    bg = scan.background
-    np.maximum(bg - step, 0.5 * bg, out=bg, casting="unsafe")
+    _newton_step(scan.background, total[0], total[1])
 
 
 def newton_scales(scan: ScanViews, sums: np.ndarray, ranks) -> None:
@@ -214,12 +214,16 @@ def newton_scales(scan: ScanViews, sums: np.ndarray, ranks) -> None:
     Scales and the probe's power are one degree of freedom: the scales are
     kept at mean 1 over all frames (all ranks), so the probe carries the flux.
     """
-    grad, curv = sums[:, 0], sums[:, 1]
-    step = np.divide(grad, curv, out=np.zeros_like(grad), where=curv > 0)
     s = scan.scale
-    np.maximum(s - step, 0.5 * s, out=s, casting="unsafe")
+    _newton_step(s, sums[:, 0], sums[:, 1])
     total, count = ranks.sum(float(s.sum(dtype=np.float64)), len(s))
     s /= s.dtype.type(total / max(count, 1))
+
+
+def _newton_step(values: np.ndarray, grad: np.ndarray, curv: np.ndarray) -> None:
+    """values -= grad / curv in place where the curvature is positive, no value falling below half itself."""
+    step = np.divide(grad, curv, out=np.zeros_like(grad), where=curv > 0)
+    np.maximum(values - step, 0.5 * values, out=values, casting="unsafe")
 
 
 def background_sums(scan: ScanViews, fit: bool) -> np.ndarray:
@@ -247,11 +251,9 @@ def orthogonal_modes(probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mixing[:, order], np.maximum(powers[order], 0.0)
 
 
-def mix_modes(stack: np.ndarray, mixing: np.ndarray, axis: int, n_obj: int = 1) -> None:
-    """In place: the probe-mode index of ``stack`` (pods p * n_obj + o on ``axis``) mixed by ``mixing``."""
-    shape = stack.shape
-    view = stack.reshape(*shape[:axis], mixing.shape[0], n_obj, *shape[axis + 1:])
-    view[...] = np.moveaxis(np.tensordot(view, mixing.astype(stack.dtype), axes=([axis], [0])), -1, axis)
+def mix_modes(modes: np.ndarray, mixing: np.ndarray) -> None:
+    """In place: modes[k] = sum_p modes[p] mixing[p, k] for probe-shaped ``modes`` (P, H, W)."""
+    modes[...] = np.tensordot(mixing.T.astype(modes.dtype), modes, axes=1)
 
 
 def mode_powers(model: "PtychoModel") -> dict:
@@ -263,21 +265,25 @@ def mode_powers(model: "PtychoModel") -> dict:
     return {f"mode_power_{k}": float(p / max(power.sum(), 1e-300)) for k, p in enumerate(power)}
 
 
-def orthogonalise_probes(model: "PtychoModel", *stacks: dict) -> dict:
-    """Make every probe's modes orthogonal (strongest first); mix the engines' per-scan pod ``stacks``
-    (label -> (frames, pods, H, W)) the same way so they stay consistent.  Returns :func:`mode_powers`."""
+def orthogonalise_probes(model: "PtychoModel", pod_stacks: tuple = (), probe_arrays: tuple = ()) -> dict:
+    """Make every probe's modes orthogonal (strongest first) and mix what an engine keeps alike, so it
+    stays consistent: ``pod_stacks`` (label -> (frames, pods, H, W), e.g. DM's exit waves) and
+    ``probe_arrays`` (probe id -> (P, H, W), e.g. ML's gradients and search directions; the likelihood does
+    not change under a unitary mixing of the modes, so they transform with them).  Returns :func:`mode_powers`.
+    """
     from difframe.ptycho import kernels
 
     for pid, st in model.probes.items():
         if st.data.shape[0] < 2:
             continue
         mixing, _ = orthogonal_modes(st.data)
-        mix_modes(st.data, mixing, axis=0)
+        for arrays in (st.data, *(a[pid] for a in probe_arrays)):
+            mix_modes(arrays, mixing)
         for scan in model.scans:
             if scan.probe_id != pid:
                 continue
             n_obj = model.objects[scan.object_id].data.shape[0]
-            for stack in stacks:
+            for stack in pod_stacks:
                 kernels.mix_probe_modes(stack[scan.label], mixing.astype(stack[scan.label].dtype), n_obj)
     return mode_powers(model)
 

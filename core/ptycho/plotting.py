@@ -19,7 +19,7 @@ from difframe.fileio import atomic_path
 
 log = logging.getLogger("difframe.ptycho.plotting")
 
-ERROR_LABELS = ("Fourier error", "likelihood", "exit-wave change")
+ERROR_LABELS = ("Fourier error", "deviance per pixel", "exit-wave change")
 _FFMPEG_FORMATS = {".mpg": "mpeg", ".mpeg": "mpeg", ".mp4": "mp4", ".avi": "avi", ".mkv": "matroska"}
 
 

@@ -59,6 +59,28 @@ def aligned_error(recon: np.ndarray, truth: np.ndarray, region: np.ndarray | Non
     return best
 
 
+def truth_errors(obj: np.ndarray, probe: np.ndarray, corners: np.ndarray, truth: dict) -> tuple[float, float]:
+    """(object error, probe error) of a single-mode ``obj`` (Ho, Wo) and ``probe`` (H, W) whose windows sit at
+    ``corners`` against a simulation's ``truth`` (the ``sim`` recipe's meta["truth"]: object, probe,
+    view_corners).
+
+    The truth is placed on the reconstruction's pixel grid by the one offset between the two sets of windows;
+    the object is compared where the true probe lights it (over 10 % of the peak summed intensity).
+    """
+    offset = np.asarray(corners) - truth["view_corners"]
+    if np.ptp(offset, axis=0).any():
+        raise DataError("reconstruction and truth windows are not one offset apart")
+    (dy, dx), t_obj, t_probe = offset[0], truth["object"][0], truth["probe"][0]
+    placed = np.zeros_like(obj)  # the truth on the reconstruction's pixel grid
+    h, w = min(obj.shape[0] - dy, t_obj.shape[0]), min(obj.shape[1] - dx, t_obj.shape[1])
+    placed[dy:dy + h, dx:dx + w] = t_obj[:h, :w]
+    light = np.zeros(obj.shape)
+    from difframe.ptycho.model import scatter_add
+
+    scatter_add(light, np.broadcast_to(np.abs(t_probe) ** 2, (len(corners), *probe.shape)), corners)
+    return aligned_error(obj, placed, light > 0.1 * light.max())[0], aligned_error(probe, t_probe)[0]
+
+
 def star_contrast(obj: np.ndarray, psize: float, radii: tuple[float, float], spokes: int,
                   search_px: int = 20) -> dict:
     """Phase contrast of a Siemens star: median phase of its spokes minus that of its gaps.

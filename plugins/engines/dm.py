@@ -131,7 +131,7 @@ class DifferenceMap:
         for _ in range(n):
             metrics = self._fourier_update()
             metrics["overlap_loops"] = self._overlap_update()
-            metrics.update(pm.orthogonalise_probes(self.model, self.exits, self.detector)
+            metrics.update(pm.orthogonalise_probes(self.model, pod_stacks=(self.exits, self.detector))
                            if self.p.orthogonal_modes else pm.mode_powers(self.model))
             self.iteration += 1
             out.append(metrics)

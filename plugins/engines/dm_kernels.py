@@ -16,7 +16,7 @@ import math
 import numba
 import numpy as np
 
-from difframe.ptycho.kernels import jit, row_deviance, row_intensity, row_likelihood, weight_rows
+from difframe.ptycho.kernels import add_row, jit, row_deviance, row_intensity, row_likelihood, weight_rows
 
 POISSON = 1
 
@@ -83,10 +83,8 @@ def dm_fourier(fpo, phi, intensity, weights, scale, background, alpha, count, bo
             if fit_bg or fit_scale:
                 row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
                 if fit_bg:
-                    g, c = bg_sums[tid, 0, i], bg_sums[tid, 1, i]
-                    for j in range(w):
-                        g[j] += d1[j]
-                        c[j] += d2[j]
+                    add_row(bg_sums[tid, 0, i], d1)
+                    add_row(bg_sums[tid, 1, i], d2)
                 if fit_scale:
                     gs, hs = zero, zero
                     for j in range(w):

@@ -181,18 +181,9 @@ class MaximumLikelihood:
         return metrics
 
     def _orthogonalise(self) -> dict:
-        """Orthogonal probe modes; the conjugate-gradient memory is mixed alike (the likelihood does not
-        change under a unitary mixing of the modes, so its gradients and directions transform with them)."""
-        m = self.model
-        for pid, st in m.probes.items():
-            if st.data.shape[0] < 2:
-                continue
-            mixing, _ = pm.orthogonal_modes(st.data)
-            pm.mix_modes(st.data, mixing, axis=0)
-            memory = [*(self.prev[1:3] if self.prev else ()), *(self.directions[1:] if self.directions else ())]
-            for grads in memory:
-                pm.mix_modes(grads[pid], mixing, axis=0)
-        return pm.mode_powers(m)
+        """Orthogonal probe modes; the conjugate-gradient memory (probe gradients, directions) is mixed alike."""
+        memory = [*(self.prev[1:3] if self.prev else ()), *(self.directions[1:] if self.directions else ())]
+        return pm.orthogonalise_probes(self.model, probe_arrays=tuple(memory))
 
     def _gradients(self):
         """Likelihood, amplitude error and the gradients with respect to object and probe, chunk by chunk."""

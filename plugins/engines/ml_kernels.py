@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from difframe.ptycho.kernels import jit, row_deviance, row_intensity, row_likelihood, weight_rows
+from difframe.ptycho.kernels import add_row, jit, row_deviance, row_intensity, row_likelihood, weight_rows
 
 
 @jit
@@ -87,10 +87,8 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, background,
             l_sum += row_likelihood(kind, c, model, bg, meas, wt, renorm, tiny, d1, d2)
             d_sum += row_deviance(c, model, bg, meas, wt, tiny)
             if fit_bg:
-                g, cv = bg_sums[tid, 0, i], bg_sums[tid, 1, i]
-                for j in range(w):
-                    g[j] += d1[j]
-                    cv[j] += d2[j]
+                add_row(bg_sums[tid, 0, i], d1)
+                add_row(bg_sums[tid, 1, i], d2)
             for j in range(w):
                 d1[j] *= cr
             for k in range(fields.shape[1]):
