@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("difframe.commands.run", "run a reconstruction or fit from parameter files"),
     "list-plugins": ("difframe.commands.list_plugins", "show installed plugins, their kinds and status"),
     "params": ("difframe.commands.params", "document the parameter tree (or one subtree)"),
+    "watch": ("difframe.commands.watch", "show a running reconstruction live: object, probe modes, error curves"),
     "plot": ("difframe.commands.plot", "draw a .ptyr reconstruction: object, probe modes, error curves"),
     "inspect": ("difframe.commands.inspect", "show a detector frame's shape, dtype and header metadata"),
     "tds": ("difframe.commands.tds", "TDS elastic constants as tds2el ran them: harvest, fit, structure, simulate"),

@@ -9,7 +9,9 @@ Protocol (REQ/REP).  A request is ONE frame of JSON, an object with
 ``"request"`` naming one of:
 
 * ``status`` -> run name, engine, iteration, last metrics, the engines'
-  settable parameters, the arrays that can be fetched;
+  settable parameters, the arrays that can be fetched, each storage's pixel
+  size and origin [m] (``geometry``) and where each engine began
+  (``engine_runs``: [name, first iteration over the run]);
 * ``get`` with ``"array"`` (``object``, ``probe``, ``positions``, ``error``) and
   ``"id"`` (storage ID or scan label; optional when there is only one) ->
   the array;
@@ -54,6 +56,9 @@ import ipaddress
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -88,6 +93,8 @@ MAX_ENVELOPE_FRAMES = 8
 QUEUE_MESSAGES = 32
 WARNINGS_PER_WINDOW, WARNING_WINDOW_S = 5, 10.0
 ARRAYS = ("object", "probe", "positions", "error")
+#: seconds the spawned live view waits for a reply: a first block on real data may take minutes
+LIVE_VIEW_TIMEOUT = 600
 _SHOWN_CHARS = 400  # an error message is cut to this many characters (its head and its tail)
 
 
@@ -228,6 +235,8 @@ class InteractionServer:
         self._credit = CONVERSATION_MS / 1000  # seconds of serving in hand; a first conversation is served whole
         self._last_poll_end: float | None = None
         self._warn = _RateLimitedWarnings()
+        self._engine_runs: list[list] = []  # [name, first iteration], extended as iter_info grows
+        self._runs_seen = 0
 
     def start(self) -> "InteractionServer":
         """Bind to primary_address:primary_port, or the first free port of port_range."""
@@ -384,7 +393,21 @@ class InteractionServer:
                         for label, ep in self.run.params.engines.items()},
             "arrays": {"object": list(model.objects), "probe": list(model.probes),
                        "positions": [s.label for s in model.scans], "error": list(ERROR_KEYS)},
+            "geometry": {kind: {k: {"psize": [float(v) for v in st.psize], "origin": [float(v) for v in st.origin]}
+                                for k, st in storages.items()}
+                         for kind, storages in (("object", model.objects), ("probe", model.probes))},
+            "engine_runs": self._engine_starts(),
         }, []
+
+    def _engine_starts(self) -> list[list]:
+        """[engine name, first iteration] of each engine's stretch of iter_info; only new records are read,
+        so a status costs the same late in a long run."""
+        info = self.runtime["iter_info"]
+        for entry in info[self._runs_seen:]:
+            if not self._engine_runs or entry["iteration"] == 1 or entry["engine"] != self._engine_runs[-1][0]:
+                self._engine_runs.append([entry["engine"], entry["iterations"]])
+        self._runs_seen = len(info)
+        return self._engine_runs
 
     def _get(self, message) -> tuple[dict, list]:
         which, ident = message.get("array"), message.get("id")
@@ -489,6 +512,33 @@ def serving(run, model, runtime: dict):
         server.close()
 
 
+def display_available() -> bool:
+    """Whether a window can be shown: always on macOS and Windows, with X11 or Wayland elsewhere."""
+    if os.environ.get("MPLBACKEND", "").lower() in ("agg", "cairo", "pdf", "pgf", "ps", "svg", "template"):
+        return False
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def start_live_view(run, server: InteractionServer | None, ranks) -> subprocess.Popen | None:
+    """``plotclient.active``: ``difframe watch`` on ``server`` as its own process (rank 0), when there is a
+    server to watch and a display; otherwise one log line saying why not.  A slow client cannot slow the run
+    (the server's serving budget), and the window outlives the run until it is closed."""
+    if not run.params.plotclient.active or not ranks.is_root:
+        return None
+    if server is None:
+        log.info("plotclient.active: no live view, the run has no interaction server (give an interaction "
+                 "section, e.g. [interaction] in TOML, to watch it)")
+        return None
+    if not display_available():
+        log.info("plotclient.active: no live view, no display; `difframe watch %s --png DIR` draws it headless",
+                 server.address)
+        return None
+    command = [sys.executable, "-m", "difframe.cli", "watch", server.address, "--timeout", str(LIVE_VIEW_TIMEOUT)]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    log.info("plotclient.active: live view started (difframe watch %s, process %d)", server.address, process.pid)
+    return process
+
+
 class InteractionClient:
     """Talks to an :class:`InteractionServer`; every wait is bounded by ``timeout`` seconds."""
 
@@ -522,12 +572,21 @@ class InteractionClient:
     def __exit__(self, *exc):
         self.close()
 
-    def request(self, message: dict) -> tuple[dict, list[np.ndarray]]:
-        """Send one request; returns (header, arrays).  RequestRefused on an error reply."""
+    def request(self, message: dict, idle=None) -> tuple[dict, list[np.ndarray]]:
+        """Send one request; returns (header, arrays).  RequestRefused on an error reply.
+
+        ``idle()``, when given, is called about every 0.1 s while the reply is
+        awaited (a window keeps answering its user while the run computes).
+        """
         import zmq
 
+        deadline = time.monotonic() + self.timeout
         try:
             self._socket.send(json.dumps(message, allow_nan=False).encode())
+            while idle is not None and not self._socket.poll(100):
+                if time.monotonic() >= deadline:
+                    raise zmq.Again()
+                idle()
             frames = self._socket.recv_multipart()
         except zmq.Again:
             self._socket.close(linger=0)  # a REQ socket that missed its reply cannot send again
@@ -544,8 +603,36 @@ class InteractionClient:
             arrays.append(np.frombuffer(frames[1], dtype=dtype).reshape(header["array"]["shape"]))
         return header, arrays
 
-    def status(self) -> dict:
-        return self.request({"request": "status"})[0]
+    def status(self, idle=None) -> dict:
+        return self.request({"request": "status"}, idle)[0]
+
+    def snapshot(self, status: dict, idle=None) -> dict:
+        """Every object and probe of ``status["arrays"]`` and the error history, as the pictures of
+        :mod:`difframe.ptycho.plotting` take them: ``{"objects", "probes", "iter_info", "scanned"}``.
+
+        ``iter_info`` has one record per iteration (``iterations`` over the run,
+        ``engine``, ``error``); ``scanned`` the scan positions in object pixels.
+        Each array is one request, so a run may move on between them.
+        """
+        def fetch(which, ident=None):
+            message = {"request": "get", "array": which, **({} if ident is None else {"id": ident})}
+            return self.request(message, idle)[1][0]
+
+        arrays, geometry = status["arrays"], status.get("geometry", {})
+        objects = {k: fetch("object", k) for k in arrays["object"]}
+        probes = {k: fetch("probe", k) for k in arrays["probe"]}
+        errors = fetch("error")
+        starts = [(int(first), name) for name, first in status.get("engine_runs", [])]
+        iter_info = []
+        for i, row in enumerate(errors, start=1):
+            engine = next((name for first, name in reversed(starts) if first <= i), status.get("engine"))
+            iter_info.append({"iterations": i, "engine": engine, "error": row})
+        scanned = {}
+        if len(objects) == 1 and "object" in geometry:  # positions are per scan; one object frame holds them all
+            (oid, g), = geometry["object"].items()
+            pos = np.concatenate([fetch("positions", label) for label in arrays["positions"]])
+            scanned[oid] = (pos - np.asarray(g["origin"])) / np.asarray(g["psize"])
+        return {"objects": objects, "probes": probes, "iter_info": iter_info, "scanned": scanned}
 
     def get(self, array: str, ident: str | None = None) -> np.ndarray:
         message = {"request": "get", "array": array}

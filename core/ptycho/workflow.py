@@ -256,6 +256,7 @@ def run_ptycho(run) -> dict:
     init_background(run, model)
     outputs = _Outputs(run, model)
     with interaction.serving(run, model, outputs.runtime) as outputs.server:
+        interaction.start_live_view(run, outputs.server, model.ranks)
         name, total = run_engines(run, model, outputs)
     results: dict = {}
     terms = model.fitted_terms()

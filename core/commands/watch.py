@@ -1,0 +1,160 @@
+"""``difframe watch``: the live view of a running reconstruction, through its interaction server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+HELP = "show a running reconstruction live: object, probe modes, error curves"
+DESCRIPTION = """\
+Connect to the interaction server of a running ptychography run (the run must
+have an `interaction` section; it logs the address it listens on) and show the
+object amplitude and phase, the probe modes and the error curves as the run
+goes: in a matplotlib window, or, with --png DIR, as one PNG per new state
+(headless).  The run is asked for its state every --poll seconds; it answers
+between blocks of engine.numiter_contiguous iterations.  The watch ends when
+the run stops answering for --timeout seconds (a window stays open until it is
+closed).  Watching never slows the run by more than the server's serving share.
+
+examples:
+  difframe watch                                   the default address tcp://127.0.0.2:5570
+  difframe watch tcp://127.0.0.2:5571 --png live   one picture per new state into live/
+  difframe watch --png live --every 20 --count 5   every 20 iterations, 5 pictures, then stop"""
+
+DEFAULT_ADDRESS = "tcp://127.0.0.2:5570"
+#: matplotlib backends that draw no window
+_HEADLESS_BACKENDS = ("agg", "cairo", "pdf", "pgf", "ps", "svg", "template")
+
+log = logging.getLogger("difframe.watch")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("address", nargs="?", default=DEFAULT_ADDRESS, metavar="ADDRESS",
+                        help=f"the run's interaction server, tcp://HOST:PORT (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--png", metavar="DIR", help="write PNGs into DIR instead of opening a window")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="draw when the run has done at least N iterations since the last picture (default 1)")
+    parser.add_argument("--count", type=int, metavar="K", help="stop after K pictures (default: until the run ends)")
+    parser.add_argument("--poll", type=float, default=0.5, metavar="S", help="seconds between requests (default 0.5)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="seconds the run may leave a request unanswered before the watch ends (default 30)")
+
+
+def main(args) -> int:
+    from difframe.errors import DifframeError, UsageError
+    from difframe.ptycho.interaction import InteractionClient
+
+    for name in ("every", "count", "poll", "timeout"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name} {value}: must be positive")
+    view = PngView(Path(args.png)) if args.png else WindowView()
+    drawn = shown = None  # iteration of the last picture; of the last state seen
+    with InteractionClient(args.address, timeout=args.timeout) as client:
+        while view.open and (args.count is None or view.pictures < args.count):
+            try:
+                status = client.status(view.idle)
+                if drawn is None or status["iteration"] >= drawn + args.every:
+                    snap = client.snapshot(status, view.idle)
+                    view.show(status, snap)
+                    drawn = status["iteration"]
+                shown = status["iteration"]
+            except TimeoutError:
+                if shown is None:
+                    raise DifframeError(f"no run answers at {args.address} within {args.timeout} s: is it running "
+                                        f"with an interaction section? It logs the address it listens on") from None
+                print(f"{status['run']}: no answer for {args.timeout} s after iteration {shown}; "
+                      f"the run has ended (or is busy longer than --timeout)")
+                view.finish(f"{status['run']}: ended after iteration {shown}")
+                break
+            view.idle(args.poll)
+    print(f"{view.pictures} picture(s)" + (f" in {args.png}" if args.png else ""))
+    return 0
+
+
+def render(status: dict, snap: dict):
+    """The picture of ``difframe plot`` for one state of a run, as an (H, W, 4) uint8 array and its Figure."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from difframe.ptycho.plotting import draw
+
+    engine = status.get("engine") or "starting"
+    fig = draw(snap["objects"], snap["probes"], snap["iter_info"],
+               f"{status['run']}: {engine}, iteration {status['iteration']} (live)", snap["scanned"])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy(), fig
+
+
+class PngView:
+    """One PNG per picture, ``DIR/<run>_<iteration>.png`` (written atomically)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.pictures, self.open = folder, 0, True
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def show(self, status: dict, snap: dict) -> None:
+        from difframe.fileio import atomic_path
+
+        _, fig = render(status, snap)
+        path = self.folder / f"{status['run']}_{status['iteration']:04d}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+        self.pictures += 1
+        log.info("wrote %s", path)
+
+    def idle(self, seconds: float = 0.0) -> None:
+        time.sleep(seconds)
+
+    def finish(self, title: str) -> None:
+        pass
+
+
+class WindowView:
+    """A matplotlib window showing the latest picture; closing it ends the watch."""
+
+    def __init__(self):
+        from difframe.errors import UsageError
+
+        import matplotlib.pyplot as plt
+
+        backend = plt.get_backend().lower()
+        if backend in _HEADLESS_BACKENDS:
+            raise UsageError(f"no window can be opened (matplotlib backend {backend!r}, no display?): "
+                             f"use --png DIR to write pictures instead")
+        self.plt, self.pictures, self.image = plt, 0, None
+        self.figure = plt.figure("difframe watch")
+        self.axes = self.figure.add_axes((0, 0, 1, 1))
+        self.axes.set_axis_off()
+        self.axes.set_title("waiting for the run", y=0.5)
+        plt.show(block=False)
+
+    @property
+    def open(self) -> bool:
+        return self.plt.fignum_exists(self.figure.number)
+
+    def show(self, status: dict, snap: dict) -> None:
+        rgba, _ = render(status, snap)
+        if self.image is None or self.image.get_array().shape != rgba.shape:
+            self.axes.clear()
+            self.axes.set_axis_off()
+            self.image = self.axes.imshow(rgba)
+            self.figure.set_size_inches(rgba.shape[1] / 100, rgba.shape[0] / 100)
+        else:
+            self.image.set_data(rgba)
+        self.pictures += 1
+
+    def idle(self, seconds: float = 0.0) -> None:
+        """Let the window answer its user for ``seconds``."""
+        if self.open:
+            self.plt.pause(max(seconds, 0.01))
+        else:
+            time.sleep(seconds)
+
+    def finish(self, title: str) -> None:
+        """Keep the last picture on screen until the window is closed."""
+        self.figure.canvas.manager.set_window_title(title)
+        while self.open:
+            self.plt.pause(0.2)
