@@ -671,7 +671,12 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
         group.create_dataset("data", data=volume.data)
         group.create_dataset("counts", data=volume.counts)
         for name in ("x", "y", "z"):
-            group.create_dataset(name, data=volume.axis)
+            group.create_dataset(name, data=volume.axis).attrs["units"] = Q_UNIT
+        from difframe import nexus
+
+        entry = nexus.entry(f, "entry", "DO_ELASTIC = 0: every valid pixel binned in the crystal frame")
+        entry["volume"] = group  # a hard link: silx/PyMca open on it, readers of /volume see no change
+        entry.attrs["default"] = "volume"
     return path
 
 
@@ -694,6 +699,12 @@ def write_harvest(result: Harvest, path: str | Path) -> Path:
         spots.create_dataset("centroid", data=result.centroid)
         spots.create_dataset("count", data=result.counts.astype(np.int64))
         f.create_dataset("excluded_frames", data=result.excluded_frames.astype(np.int32))
+        from difframe import nexus
+
+        nexus.nxdata(nexus.entry(f, "entry", "TDS harvest"), "points_qxqy",  # silx/PyMca open on this scatter
+                     ("intensity", points["intensity"], "counts / normalisation"),
+                     [(f"Q{c}", result.Q[:, d].astype(np.float32), Q_UNIT) for d, c in enumerate("xy")],
+                     scatter=True, default=True, title="harvested points over Qx, Qy (crystal frame)")
     return path
 
 
