@@ -11,6 +11,8 @@ Layout (typed HDF5, see :mod:`difframe.ptycho.h5typed`)::
     content/pars/                    (param) the full resolved parameter tree
     content/runtime/                 (param) {run, start, iter_info/<NNNNN>/{iteration, iterations, [numiter,]
                                      engine, duration, error[3], metrics}}
+    entry/                           NeXus NXentry (the root's default): object_<ID>/{phase, amplitude, y, x}
+                                     (NXdata, the first the default picture), probe_<ID>/{amplitude, phase, y, x}
 
 Storage keys are the labels of the scans that own them.  ``error`` keeps
 ptypy's triple (Fourier error, likelihood, exit-wave change).  What ptypy's
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from difframe import nexus
 from difframe.errors import DataError
 from difframe.fileio import atomic_path
 from difframe.param import Param
@@ -98,6 +101,32 @@ def write_ptyr(path, model, params, runtime: dict, description: str = "difframe 
             dict.update(content, {key: {label: np.asarray(v) for label, v in maps.items()}})
     with atomic_path(path) as tmp:
         h5typed.write(tmp, {"header": {"kind": KIND, "description": description}, "content": content})
+        _nexus_entry(tmp, model, description)
+
+
+def _nexus_entry(path, model, description: str) -> None:
+    """``entry/`` (NXentry) beside ptypy's layout: each object's phase and amplitude and each probe's modes
+    as NXdata over y, x in metres, the first object's phase the file's default picture (silx, PyMca).
+    ptypy reads only ``header`` and ``content``, so the extra group changes nothing for it."""
+    import h5py
+
+    def axes(storage):
+        shape = np.shape(storage.data)[-2:]
+        psize = np.broadcast_to(np.asarray(storage.psize, dtype=float), (2,))
+        origin = np.broadcast_to(np.asarray(storage.origin, dtype=float), (2,))
+        return [(name, origin[d] + psize[d] * np.arange(shape[d]), "m") for d, name in enumerate(("y", "x"))]
+
+    with h5py.File(path, "a") as f:
+        entry = nexus.entry(f, "entry", description)
+        for n, (oid, st) in enumerate(model.objects.items()):
+            mode0 = np.asarray(st.data)[0]
+            nexus.nxdata(entry, f"object_{oid}", ("phase", np.angle(mode0).astype(np.float32), "rad"), axes(st),
+                         auxiliary=[("amplitude", np.abs(mode0).astype(np.float32), None)], default=n == 0,
+                         title=f"object {oid}, phase of layer 0")
+        for pid, st in model.probes.items():
+            nexus.nxdata(entry, f"probe_{pid}", ("amplitude", np.abs(np.asarray(st.data)).astype(np.float32), None), [None, *axes(st)],
+                         auxiliary=[("phase", np.angle(np.asarray(st.data)).astype(np.float32), "rad")],
+                         title=f"probe {pid}, amplitude of each mode")
 
 
 @dataclass

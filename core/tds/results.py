@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difframe import nexus
 from difframe.fileio import atomic_path
 from difframe.tds.fit import FitResult
 
@@ -43,7 +44,7 @@ def report(result: FitResult) -> str:
     lines = ["Elastic constants [GPa] (TDS fit)", f"{'':6s}{'value':>12s}{'sigma':>11s}"]
     for name, value, sigma, fitted in zip(result.names, result.values, result.sigma, result.fitted):
         lines.append(f"{name:6s}{value:12.4f}{sigma:11.4f}" + ("" if fitted else "   fixed (sets the scale)"))
-    lines.append(f"ratios (TDS determines only these): " + ", ".join(f"{k} = {v:.5f}" for k, v in result.ratios.items()))
+    lines.append("ratios (TDS determines only these): " + ", ".join(f"{k} = {v:.5f}" for k, v in result.ratios.items()))
     if result.geometry:
         lines.append("geometry corrections (A_variables; deg, Angstrom, px):")
         lines.append(f"{'':14s}{'correction':>12s}{'sigma':>11s}{'corrected':>13s}")
@@ -106,7 +107,21 @@ def write_hdf5(result: FitResult, path) -> Path:
         if result.hkl is not None:
             s["hkl"] = result.hkl
         f["cost_history"] = np.asarray(result.history, dtype=float)
+        _nexus_entry(f, result)
     return Path(path)
+
+
+def _nexus_entry(f, result: FitResult) -> None:
+    """``entry/`` (the root's default) so that silx and PyMca open on the fitted Voigt matrix (with its sigma
+    as errors) and can show the cost history; datasets are hard links to the ones above."""
+    entry = nexus.entry(f, "entry", f"TDS elastic constants fit ({result.message})")
+    index = ("Voigt index (1 = xx, 2 = yy, 3 = zz, 4 = yz, 5 = xz, 6 = xy)",)
+    nexus.nxdata(entry, "voigt", ("voigt", f["voigt"], "GPa", "elastic constant C_ij"),
+                 [("row", np.arange(1, 7), "", *index), ("column", np.arange(1, 7), "", *index)],
+                 errors=f["voigt_sigma"], default=True, title="fitted Voigt matrix C_ij [GPa]")
+    nexus.nxdata(entry, "cost", ("cost", f["cost_history"], "", "least-squares cost"),
+                 [("evaluation", np.arange(len(f["cost_history"])), "", "cost evaluation")],
+                 title="cost during the fit")
 
 
 def write_all(result: FitResult, directory) -> dict[str, Path]:
