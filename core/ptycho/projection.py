@@ -1,0 +1,201 @@
+"""Projection engines' shared machinery: the Fourier projection and the overlap update (numba + numpy).
+
+DM and RAAR (plugins/engines/dm.py, raar.py) are both built from two
+projections of the exit waves psi: P_F onto the measured moduli and P_O onto
+waves that one probe and one object explain.  With DM's detector-plane copy
+Phi = F psi and F(PO) of the current probe x object, one kernel does both
+engines' Fourier step:
+
+    psi <- psi + mix [P_F((1 + alpha) PO - alpha psi) - PO] + (1 - mix) (PO - psi)
+
+``mix`` = 1 is the difference map, ``alpha`` = 1 and ``mix`` = beta is RAAR
+(Luke 2005): beta/2 (R_F R_O + I) psi + (1 - beta) P_O psi, with R = 2P - I.
+The change is linear, so it is formed at the detector, added to Phi and
+transformed back once.  :func:`object_update` and :func:`probe_update` are
+the overlap projection (with inertia terms) both engines iterate.  numpy
+references: tests/plugins/engines/test_engine_kernels.py, test_raar.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from difframe.ptycho import model as pm
+from difframe.ptycho.kernels import add_row, jit, row_deviance, row_intensity, row_likelihood, weight_rows
+
+POISSON = 1
+
+
+@numba.njit(inline="always")
+def _row_relaxed_intensity(fpo, phi, n, i, a1, a, out):
+    """out[j] = sum over pods of |(1 + alpha) F(PO) - alpha Phi|^2 (a1 = 1 + alpha, a = alpha)."""
+    for j in range(out.shape[0]):
+        out[j] = 0
+    for k in range(fpo.shape[1]):
+        f, q = fpo[n, k, i], phi[n, k, i]
+        for j in range(out.shape[0]):
+            r = a1 * f[j] - a * q[j]
+            out[j] += r.real * r.real + r.imag * r.imag
+
+
+@jit
+def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, mix, count, bound, tiny,
+                       err, dev, bg_sums, scale_sums):
+    """The projection engines' Fourier step on detector-plane waves, frame by frame.
+
+    In: ``fpo`` = F(PO) of the current probe and object, ``phi`` = F psi.  The
+    relaxed wave r = (1 + alpha) F(PO) - alpha Phi is projected onto the data
+    with the model I = scale x |r|^2 + background: each amplitude is multiplied
+    by sqrt(I_target / I_model), I_target moved from the model toward the
+    measured counts just far enough to bring the frame's mean squared amplitude
+    error within ``bound[n]`` (all the way when bound is 0); pixels with
+    weight 0 keep the model.  Out: ``fpo`` holds the change
+    mix (P_F(r) - F(PO)) + (1 - mix) (F(PO) - Phi), which is also added to
+    ``phi``; err[n] = the relaxed wave's mean squared amplitude error; dev[n]
+    = the Poisson deviance of the current PO model (sum over valid pixels).
+    With ``bg_sums`` (threads, 2, H, W) the Poisson gradient and curvature of
+    the deviance with respect to the background are added per thread, with
+    ``scale_sums`` (N, 2) those with respect to each frame's scale (empty
+    arrays: not fitted).
+    """
+    h, w = fpo.shape[2], fpo.shape[3]
+    real = intensity.dtype.type
+    one, zero, eps = real(1), real(0), real(1e-10)
+    a1, a = real(1 + alpha), real(alpha)
+    m1, m0 = real(mix), real(1 - mix)
+    wrow = weight_rows(weights, fpo.shape[0])
+    fit_bg = bg_sums.shape[0] > 0
+    fit_scale = scale_sums.shape[0] > 0
+    for n in numba.prange(fpo.shape[0]):
+        tid = numba.get_thread_id()
+        s = real(scale[n])
+        model = np.empty(w, intensity.dtype)
+        relaxed = np.empty(w, intensity.dtype)
+        d1 = np.empty(w, intensity.dtype)
+        d2 = np.empty(w, intensity.dtype)
+        e_sum = 0.0
+        d_sum = 0.0
+        g_scale = 0.0
+        h_scale = 0.0
+        for i in range(h):
+            row_intensity(fpo, n, i, model)
+            _row_relaxed_intensity(fpo, phi, n, i, a1, a, relaxed)
+            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
+            e_row = zero
+            for j in range(w):
+                d = np.sqrt(s * relaxed[j] + bg[j]) - np.sqrt(meas[j])
+                e_row += d * d if wt[j] > zero else zero
+            e_sum += e_row
+            d_sum += row_deviance(s, model, bg, meas, wt, tiny)
+            if fit_bg or fit_scale:
+                row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
+                if fit_bg:
+                    add_row(bg_sums[tid, 0, i], d1)
+                    add_row(bg_sums[tid, 1, i], d2)
+                if fit_scale:
+                    gs, hs = zero, zero
+                    for j in range(w):
+                        gs += d1[j] * model[j]
+                        hs += d2[j] * model[j] * model[j]
+                    g_scale += gs
+                    h_scale += hs
+        e_sum /= count[n]
+        err[n] = e_sum
+        dev[n] = d_sum
+        if fit_scale:
+            scale_sums[n, 0] = g_scale
+            scale_sums[n, 1] = h_scale
+        renorm = real(math.sqrt(bound[n] / e_sum) if e_sum > bound[n] else 1.0)
+        for i in range(h):
+            _row_relaxed_intensity(fpo, phi, n, i, a1, a, relaxed)
+            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
+            for j in range(w):  # relaxed becomes the factor that takes each amplitude where it must go
+                amp, am = np.sqrt(meas[j]), np.sqrt(s * relaxed[j] + bg[j])
+                relaxed[j] = (amp + (am - amp) * renorm) / (am + eps) if wt[j] > zero else one
+            for k in range(fpo.shape[1]):
+                f, q = fpo[n, k, i], phi[n, k, i]
+                for j in range(w):
+                    change = m1 * (relaxed[j] * (a1 * f[j] - a * q[j]) - f[j]) + m0 * (f[j] - q[j])
+                    q[j] += change
+                    f[j] = change
+
+
+@jit
+def add_exit_change(back, exits, change):
+    """exits += back (the exit-wave change at the sample); change[n] = |back|^2 of frame n."""
+    for n in numba.prange(back.shape[0]):
+        total = 0.0
+        for k in range(back.shape[1]):
+            for i in range(back.shape[2]):
+                bk, ex = back[n, k, i], exits[n, k, i]
+                row = bk.real.dtype.type(0)
+                for j in range(back.shape[3]):
+                    ex[j] += bk[j]
+                    row += bk[j].real * bk[j].real + bk[j].imag * bk[j].imag
+                total += row
+        change[n] = total
+
+
+# -- the overlap projection ----------------------------------------------------------------------
+
+
+def object_update(model: pm.PtychoModel, exits: dict, inertia: float, smooth_std, clip) -> None:
+    """Every object from the exit waves (label -> (N, pods, H, W)) at the current probes, with an inertia
+    term ``inertia`` x (the object, blurred by ``smooth_std`` pixels when given) counted once over the ranks."""
+    from difframe.ptycho import kernels
+
+    m = model
+    sums = {}
+    for oid, st in m.objects.items():
+        if not m.ranks.is_root:
+            sums[oid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
+            continue
+        base = pm.gaussian_smooth(st.data, smooth_std) if smooth_std else st.data
+        sums[oid] = (inertia * base, np.full(st.data.shape[-2:], inertia, m.rdtype))
+    for scan in m.scans:
+        probe = m.probes[scan.probe_id].data
+        pconj = np.conj(probe) * scan.object_power
+        pden = pm.intensity(probe[None])[0] * scan.object_power
+        kernels.add_object_update(*sums[scan.object_id], pconj, pden, exits[scan.label], scan.corners)
+    for oid, (num, den) in sums.items():
+        m.ranks.sum_arrays(num, den)
+        num /= den
+        pm.clip_amplitude(num, clip)
+        m.objects[oid].data[...] = num
+
+
+def probe_update(model: pm.PtychoModel, exits: dict, inertia: float, supports: dict) -> float:
+    """Every probe from the exit waves at the current objects, with an inertia term ``inertia`` x frames x
+    the mean object power; the probe is cut to ``supports[id]`` (None: no support).  Returns the largest
+    relative probe change."""
+    from difframe.ptycho import kernels
+
+    m = model
+    frames = {pid: 0 for pid in m.probes}
+    for scan in m.scans:
+        frames[scan.probe_id] += len(scan.positions)  # all ranks' frames
+    sums = {}
+    for pid, st in m.probes.items():
+        if not m.ranks.is_root:
+            sums[pid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
+            continue
+        obj_power = np.mean([np.mean(np.abs(m.objects[s.object_id].data) ** 2) for s in m.scans
+                             if s.probe_id == pid])
+        weight = inertia * frames[pid] * obj_power
+        sums[pid] = (weight * st.data, np.full(st.data.shape[-2:], weight, m.rdtype))
+    for scan in m.scans:
+        kernels.add_probe_update(*sums[scan.probe_id], m.objects[scan.object_id].data, exits[scan.label],
+                                 scan.corners, weight=scan.probe_power)
+    change = 0.0
+    for pid, (num, den) in sums.items():
+        m.ranks.sum_arrays(num, den)
+        num /= den
+        if supports[pid] is not None:
+            num *= supports[pid]
+        old = m.probes[pid].data
+        change = max(change, float(np.linalg.norm(num - old) / max(np.linalg.norm(num), 1e-30)))
+        old[...] = num
+    return change
