@@ -30,7 +30,7 @@ import numpy as np
 from difframe.errors import DataError
 from difframe.ptycho.beamline import cone_beam
 from difframe.ptycho.h5typed import open_file
-from difframe.ptycho.prepare import FrameSource, RawScan, load_all
+from difframe.ptycho.raw import FrameSource, RawScan, load_all
 
 JOULE_PER_KEV = 1.602176634e-16
 DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])

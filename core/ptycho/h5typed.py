@@ -23,7 +23,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from difframe import h5safe
 from difframe.errors import DataError
+from difframe.h5safe import read_dataset
+from difframe.limits import array_bytes, check_allocation, human
 from difframe.param import Param
 
 SLASH_ESCAPE = "_SLASH_"
@@ -120,47 +123,83 @@ def write(path: str | os.PathLike, content: Mapping[str, Any], *, mode: str = "w
 
 
 def read_node(node: Any, *, source: str = "") -> Any:
-    """Python value of one typed node; DataError naming the node for refused types."""
-    import h5py
+    """Python value of one typed node; DataError naming the node for refused types, unreadable or oversized data.
 
-    where = f"{source}:{node.name}" if source else node.name
-    if node is None:
-        raise DataError(f"{where}: dangling link (the linked file is missing)")
-    kind = node_type(node)
-    if kind in REFUSED_TYPES:
-        raise DataError(f"{where}: node is stored as {kind!r} (a Python pickle); difframe never unpickles data")
-    if isinstance(node, h5py.Group):
-        if kind in (None, "dict", "param", "ordered_dict"):
-            out = {}
-            for key in node:
-                child = node.get(key)
-                if child is None:
-                    raise DataError(f"{where}/{key}: dangling link (the linked file is missing)")
-                name = key.replace(SLASH_ESCAPE, "/") if child.attrs.get("escaped") is not None else key
-                out[name] = read_node(child, source=source)
-            return Param(out) if kind == "param" else out
-        if kind in ("list", "tuple"):
-            items = [read_node(node[k], source=source) for k in sorted(node)]
-            return tuple(items) if kind == "tuple" else items
-        raise DataError(f"{where}: unknown group type {kind!r}")
-    if kind in (None, "array"):
-        return node[()]
-    if kind == "arraylist":
-        return list(node[()])
-    if kind == "arraytuple":  # a tuple of arrays (ptypy's storage grids) stays arrays, not nested lists
-        value = node[()]
-        return tuple(value.tolist()) if value.ndim == 1 else tuple(value)
-    if kind in ("string", "unicode"):
-        value = node[()]
-        if isinstance(value, np.ndarray):
-            value = value.item() if value.size == 1 else value
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-    if kind == "scalar":
-        value = node[()]
-        return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.size == 1) else value
-    if kind == "None":
-        return None
-    raise DataError(f"{where}: unknown node type {kind!r}")
+    Files opened with :func:`open_file` are free of link cycles; the datasets a
+    tree holds are read only while their sum stays within the memory budget.
+    """
+    return _Reader(source).node(node)
+
+
+class _Reader:
+    """One read of a typed tree, with the bytes read so far (many small arrays may add up)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.read_bytes = 0.0
+
+    def where(self, node: Any) -> str:
+        return f"{self.source}:{node.name}" if self.source else node.name
+
+    def data(self, node: Any) -> Any:
+        size = array_bytes(node.shape or (), node.dtype.itemsize)
+        check_allocation(self.read_bytes + size, f"{self.where(node)} (shape {node.shape}, {node.dtype}, "
+                                                 f"after {human(self.read_bytes)} read from the same tree)")
+        self.read_bytes += size
+        return read_dataset(node, self.source or node.file.filename)
+
+    def node(self, node: Any) -> Any:
+        import h5py
+
+        where = self.where(node)
+        kind = node_type(node)
+        if kind in REFUSED_TYPES:
+            raise DataError(f"{where}: node is stored as {kind!r} (a Python pickle); difframe never unpickles data")
+        if isinstance(node, h5py.Group):
+            if kind in (None, "dict", "param", "ordered_dict"):
+                out = {}
+                for key in node:
+                    child = self.child(node, key)
+                    name = key.replace(SLASH_ESCAPE, "/") if child.attrs.get("escaped") is not None else key
+                    out[name] = self.node(child)
+                return Param(out) if kind == "param" else out
+            if kind in ("list", "tuple"):
+                items = [self.node(self.child(node, k)) for k in sorted(node)]
+                return tuple(items) if kind == "tuple" else items
+            raise DataError(f"{where}: unknown group type {kind!r}")
+        if kind in (None, "array"):
+            return self.data(node)
+        if kind == "arraylist":
+            return list(self.data(node))
+        if kind == "arraytuple":  # a tuple of arrays (ptypy's storage grids) stays arrays, not nested lists
+            value = self.data(node)
+            return tuple(value.tolist()) if value.ndim == 1 else tuple(value)
+        if kind in ("string", "unicode"):
+            value = self.data(node)
+            if isinstance(value, np.ndarray):
+                value = value.item() if value.size == 1 else value
+            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        if kind == "scalar":
+            value = self.data(node)
+            return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.size == 1) else value
+        if kind == "None":
+            return None
+        raise DataError(f"{where}: unknown node type {kind!r}")
+
+    def child(self, group: Any, key: str) -> Any:
+        """``group[key]``; DataError naming it when its link leads nowhere."""
+        try:
+            child = group.get(key)
+        except (KeyError, RuntimeError, OSError, ValueError) as err:
+            child, reason = None, str(err)
+        else:
+            reason = "the linked file is missing"
+        if child is None:
+            link = group.get(key, getlink=True)
+            target = f" to {link.filename}:{link.path}" if hasattr(link, "filename") else (
+                f" to {link.path}" if hasattr(link, "path") else "")
+            raise DataError(f"{self.where(group)}/{key}: dangling link{target} ({reason})")
+        return child
 
 
 def read_array(node: Any, *, source: str = "") -> np.ndarray:
@@ -179,26 +218,17 @@ def read_array(node: Any, *, source: str = "") -> np.ndarray:
 
 
 def open_file(path: str | os.PathLike, what: str = "HDF5") -> Any:
-    """Open an HDF5 file for reading; a DataError naming the file if it is missing or not HDF5."""
-    import h5py
-
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such {what} file")
-    try:
-        return h5py.File(path, "r")
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not an HDF5 file, so not {what} ({err})") from None
+    """Open an HDF5 file for reading, its links audited (:func:`difframe.h5safe.open_file`); DataError naming the
+    file if it is missing, not HDF5, or links where it must not."""
+    return h5safe.open_file(path, what)
 
 
 def read(path: str | os.PathLike, *keys: str) -> dict[str, Any]:
     """Read a typed HDF5 file (or only the top-level/slash-separated ``keys``) into a dict."""
     with open_file(path) as f:
-        out = {}
+        out, reader = {}, _Reader(str(path))
         for key in keys or list(f):
             if key not in f:
                 raise DataError(f"{path}: no node {key!r}")
-            node = f.get(key)
-            if node is None:
-                raise DataError(f"{path}:/{key}: dangling link (the linked file is missing)")
-            out[key.split("/")[-1]] = read_node(node, source=str(path))
+            out[key.split("/")[-1]] = reader.node(reader.child(f, key))
         return out

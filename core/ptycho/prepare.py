@@ -1,7 +1,7 @@
 """Data preparation shared by every ptychography recipe.
 
-A recipe only loads what it has (a :class:`RawScan`: frames, mask, positions
-and whatever geometry its source knows); :func:`prepare` then applies the
+A recipe only loads what it has (a :class:`~difframe.ptycho.raw.RawScan`:
+frames, mask, positions and whatever geometry its source knows); :func:`prepare` then applies the
 ``scan.data`` parameters the same way for all of them, in ptypy's order:
 frame selection (``num_frames``, ``positions_theory``, ``min_frames``),
 ``orientation``, centre (``center`` / ``auto_center``; near-field frames
@@ -18,58 +18,32 @@ a recipe that gives its frames as a :class:`FrameSource` reads (or simulates)
 nothing else.  The steps that look at all frames (the auto centre's summed
 intensity, the NaN check) reduce over the ranks, so every rank gets the answer
 one process would.
+
+Refused up front, naming the source: positions that are NaN or infinite,
+frames with NaN or negative counts on valid pixels
+(:func:`~difframe.ptycho.raw.load_share`), a scan whose valid pixels hold no
+count at all, and a share or crop that would not fit the memory budget
+(:mod:`difframe.limits`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from difframe.errors import DataError, ParameterError, UsageError
+from difframe.limits import array_bytes, check_allocation
 from difframe.optics import wavelength_to_energy
 from difframe.parallel import Ranks
 from difframe.param import Param
 from difframe.ptycho.data import PreparedData
+from difframe.ptycho.ptyd import write_ptyd
+from difframe.ptycho.raw import FrameSource, RawScan, load_share
 
 log = logging.getLogger("difframe.ptycho.prepare")
-
-
-@dataclass
-class FrameSource:
-    """Frames read (or simulated) on demand, so that a rank loads only its share.
-
-    ``shape`` (N, H, W) of the whole stack; ``read(start, stop)`` returns
-    frames ``start .. stop - 1`` and their (n, H, W) masks, or None for the
-    masks when the RawScan's (H, W) mask (or none) holds for every frame.
-    """
-
-    shape: tuple[int, int, int]
-    read: Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
-
-
-@dataclass
-class RawScan:
-    """What a recipe read from its source; ``None`` means "the source does not say".
-
-    ``frames`` (N, H, W) counts, in memory or as a :class:`FrameSource`;
-    ``mask`` (H, W) or, for frames in memory, (N, H, W), True = valid;
-    ``positions`` (N, 2) metres (y, x); ``psize_m`` (y, x) metres; ``center``
-    (row, col) of the beam in ``frames``.
-    """
-
-    frames: np.ndarray | FrameSource
-    mask: np.ndarray | None = None
-    positions: np.ndarray | None = None
-    energy_kev: float | None = None
-    distance_m: float | None = None
-    psize_m: tuple[float, float] | None = None
-    center: tuple[float, float] | None = None
-    propagation: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def orientation_flags(orientation: Any) -> tuple[bool, bool, bool]:
@@ -218,37 +192,19 @@ def select_frames(raw: RawScan, data_p: Param, context_positions: np.ndarray | N
     if positions is None:
         raise DataError(f"scan {label}: the data carry no positions and the scan has no pattern (scan.xy)")
     positions = np.asarray(positions, dtype=float)
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise DataError(f"{raw.meta.get('source') or f'scan {label}'}: positions have shape {positions.shape}, "
+                        f"expected (N, 2)")
+    bad = ~np.isfinite(positions[:count]).all(axis=1)
+    if bad.any():
+        raise DataError(f"{raw.meta.get('source') or f'scan {label}'}: positions of frames "
+                        f"{np.flatnonzero(bad)[:10].tolist()} are NaN or infinite")
     if len(positions) < count:
         raise DataError(f"scan {label}: {count} frames but only {len(positions)} positions")
     min_frames = data_p.get("min_frames") or 1
     if count < min_frames:
         raise DataError(f"scan {label}: {count} frames, fewer than scan.data.min_frames={min_frames}")
     return count, positions[:count]
-
-
-def load_share(raw: RawScan, share: slice, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Frames ``share`` of ``raw`` and their mask ((H, W) or (n, H, W)); DataError naming NaN frames."""
-    if isinstance(raw.frames, FrameSource):
-        frames, masks = raw.frames.read(share.start, share.stop)
-    else:
-        frames = raw.frames[share]
-        masks = raw.mask[share] if raw.mask is not None and raw.mask.ndim == 3 else None
-    frames = np.asarray(frames)
-    if masks is None:
-        masks = np.ones(frames.shape[1:], bool) if raw.mask is None else np.asarray(raw.mask, bool)
-    if frames.dtype.kind in "fc":
-        bad = ~np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
-        if bad.any():
-            source = raw.meta.get("source") or f"scan {label}"
-            raise DataError(f"{source}: frames {(share.start + np.flatnonzero(bad))[:10].tolist()} "
-                            f"contain NaN or infinity")
-    return frames, np.asarray(masks, bool)
-
-
-def load_all(raw: RawScan, label: str) -> RawScan:
-    """``raw`` with all its frames read into memory, and its mask per frame only where the source has one."""
-    frames, mask = load_share(raw, slice(0, raw.frames.shape[0]), label)
-    return RawScan(**{**raw.__dict__, "frames": frames, "mask": mask if mask.ndim == 3 else raw.mask})
 
 
 def common_mask(mask: np.ndarray, ranks: Ranks) -> np.ndarray:
@@ -293,6 +249,10 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
         failure = err
     ranks.raise_first(failure)  # one rank's unreadable or NaN frames stop all ranks here, not in a collective
     mask = common_mask(mask, ranks)
+    (total,) = ranks.sum(float(np.sum(frames, where=np.broadcast_to(mask, frames.shape), dtype=np.float64)))
+    if not total > 0:
+        raise DataError(f"{raw.meta.get('source') or f'scan {label}'}: the {count} frames hold no counts on their "
+                        f"valid pixels; there is nothing to reconstruct")
 
     center = _pair(raw.center, "data source center")
     frames, center = orient(frames, center, data_p.get("orientation"))
@@ -319,6 +279,9 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     shape = _pair(data_p.get("shape"), "scan.data.shape")
     if shape is not None:
         window = (int(shape[0]) * factor, int(shape[1]) * factor)
+        check_allocation(array_bytes((len(frames), *window), frames.dtype.itemsize + 1),
+                         f"scans.{label}.data.shape = {data_p.get('shape')} (rebin {factor}): the cropped frames",
+                         ParameterError)
         frames, new_center = crop_pad(frames, window, center)
         mask, _ = crop_pad(mask, window, center, fill=False)
         center = new_center
@@ -342,8 +305,6 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
                             first=share.start, ranks=ranks)
     dfile, mode = data_p.get("dfile"), data_p.get("save")
     if save and dfile and mode and not getattr(context, "dry_run", False):
-        from difframe.ptycho.ptyd import write_ptyd
-
         write_ptyd(Path(dfile), prepared, save=mode, chunk_format=data_p.get("chunk_format") or ".chunk%02d",
                    info=Param(data_p).to_dict())
     return prepared

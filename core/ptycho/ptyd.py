@@ -28,10 +28,12 @@ import numpy as np
 
 from difframe.errors import DataError, ParameterError
 from difframe.fileio import atomic_path
+from difframe.h5safe import read_dataset
+from difframe.limits import array_bytes, check_allocation
 from difframe.parallel import Ranks
 from difframe.ptycho import h5typed
 from difframe.ptycho.data import PreparedData
-from difframe.ptycho.prepare import FrameSource, RawScan, load_all
+from difframe.ptycho.raw import FrameSource, RawScan, load_all
 
 log = logging.getLogger("difframe.ptycho.ptyd")
 
@@ -209,6 +211,7 @@ def open_ptyd(path: str | os.PathLike) -> Iterator[RawScan]:
             raise DataError(f"{path}: frames are {frame_shape} but meta/shape says {tuple(np.ravel(meta_shape))}")
         counts = [len(c["data"]) for c in parts]
         total = sum(counts)
+        check_allocation(array_bytes((total,), 16), f"{path}: the order of {total} frames")
         indices = [c["indices"] for c in parts]
         order = (np.arange(total) if any(i is None for i in indices)
                  else np.argsort(np.concatenate(indices), kind="stable"))
@@ -225,9 +228,9 @@ def open_ptyd(path: str | os.PathLike) -> Iterator[RawScan]:
                 mine = np.flatnonzero((rows >= lo) & (rows < hi))
                 if mine.size:
                     local = rows[mine] - lo
-                    data[mine] = _rows(part["data"], local)
+                    data[mine] = _rows(part["data"], local, path)
                     if weighted:
-                        weights[mine] = _rows(part["weights"], local) > 0
+                        weights[mine] = _rows(part["weights"], local, path) > 0
             return data, weights
 
         psize = meta.get("psize")
@@ -260,12 +263,12 @@ def _weight2d(meta: dict, frame_shape: tuple, path: Path) -> np.ndarray | None:
     return weight2d > 0
 
 
-def _rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
+def _rows(dataset: Any, rows: np.ndarray, path: Path) -> np.ndarray:
     """``dataset[rows]`` for any order of ``rows``: one slice when they run in order, else sorted reads."""
     if np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-        return dataset[int(rows[0]):int(rows[0]) + len(rows)]
+        return read_dataset(dataset, str(path), np.s_[int(rows[0]):int(rows[0]) + len(rows)], rows=len(rows))
     unique, back = np.unique(rows, return_inverse=True)
-    return dataset[unique][back]
+    return read_dataset(dataset, str(path), unique, rows=len(unique))[back]
 
 
 def _number(value: Any) -> float | None:
@@ -291,10 +294,15 @@ def _open_chunk(f: Any, num: int, path: Path) -> dict[str, Any]:
     if indices is not None and indices.shape != (n,):
         raise DataError(f"{path}: chunk {num} has {len(indices)} indices for {n} frames")
     positions = h5typed.read_array(node["positions"], source=str(path)).astype(float) if "positions" in node else None
-    if positions is not None and (positions.shape != (n, 2) or not np.isfinite(positions).all()):
-        if positions.size:
-            raise DataError(f"{path}: chunk {num} positions have shape {positions.shape}, expected ({n}, 2)")
+    if positions is not None and positions.size == 0:  # ptypy's placeholder when the scan has none
         positions = None
+    if positions is not None:
+        if positions.shape != (n, 2):
+            raise DataError(f"{path}:{node.name}/positions has shape {positions.shape}, expected ({n}, 2)")
+        bad = ~np.isfinite(positions).all(axis=1)
+        if bad.any():
+            raise DataError(f"{path}:{node.name}/positions: rows {np.flatnonzero(bad)[:10].tolist()} are NaN or "
+                            f"infinite")
     weights = node["weights"] if "weights" in node else None
     if weights is not None and weights.size == 0:
         weights = None

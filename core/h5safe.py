@@ -1,0 +1,236 @@
+"""Opening HDF5 files a user (or anyone who can hand them a file) supplies, without letting the file steer reading.
+
+An HDF5 file can point elsewhere: external links, external raw-data files and
+virtual-dataset sources name other files (``/etc/passwd``, ``/proc/self/mem``,
+a FIFO), soft and hard links can form cycles that make a tree reader recurse
+for ever, and a few kilobytes can declare terabytes.  :func:`open_file`
+therefore audits the whole link graph once, from the link information alone
+(``get(name, getlink=True)``) before anything is dereferenced:
+
+- a file another file points to must be a regular file inside the first file's
+  folder or a folder listed in ``DIFFRAME_HDF5_LINK_DIRS`` (``os.pathsep``
+  separated) or passed by the caller; it is found the way the HDF5 library
+  finds it (``HDF5_EXT_PREFIX``, the linking file's folder, the working folder)
+  and audited in turn;
+- soft links that never end, and groups that contain themselves or an ancestor
+  (through hard, soft or external links), are refused naming the file and node;
+- at most :data:`MAX_LINKS` links are walked.
+
+:func:`read_dataset` then reads a dataset (or a selection) only after checking
+its size against the memory budget (:mod:`difframe.limits`), and turns the
+library's errors (a corrupt compressed chunk) into a DataError naming file and
+node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from typing import Any, Iterable
+
+import numpy as np
+
+from difframe.errors import DataError
+from difframe.limits import array_bytes, check_allocation
+
+log = logging.getLogger("difframe.hdf5")
+
+ENV_LINK_DIRS = "DIFFRAME_HDF5_LINK_DIRS"
+MAX_LINKS = 1_000_000
+MAX_SOFT_STEPS = 64
+
+
+def allowed_dirs(path: str | os.PathLike, extra: Iterable[str | os.PathLike] = ()) -> tuple[str, ...]:
+    """Real paths of the folders files linked from ``path`` may be in: its own, ``extra``, ``DIFFRAME_HDF5_LINK_DIRS``."""
+    dirs = [os.path.dirname(os.path.abspath(path)), *map(os.fspath, extra)]
+    dirs += [d for d in os.environ.get(ENV_LINK_DIRS, "").split(os.pathsep) if d.strip()]
+    return tuple(dict.fromkeys(os.path.realpath(d) for d in dirs))
+
+
+def _inside(real: str, dirs: tuple[str, ...]) -> bool:
+    return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep) for d in dirs)
+
+
+def linked_file(name: str, parent: str, env: str = "HDF5_EXT_PREFIX") -> str | None:
+    """The file the HDF5 library opens for a link to ``name`` from file ``parent`` (None: it finds none).
+
+    The library's order: an absolute name as it is, then (with only the last
+    component of an absolute name) each folder of ``env``, the parent file's
+    folder, the working folder.
+    """
+    candidates = []
+    rest = name
+    if os.path.isabs(name):
+        candidates.append(name)
+        rest = os.path.basename(name)
+    candidates += [os.path.join(d, rest) for d in os.environ.get(env, "").split(os.pathsep) if d]
+    candidates += [os.path.join(os.path.dirname(os.path.abspath(parent)), rest), rest]
+    return next((c for c in candidates if os.path.lexists(c)), None)
+
+
+class _Audit:
+    """One walk over the link graph of a file and of every file it links to."""
+
+    def __init__(self, dirs: tuple[str, ...]):
+        self.dirs = dirs
+        self.files: set[str] = set()  # real paths already audited
+        self.links = 0
+
+    def check_target(self, where: str, kind: str, name: str, parent: str, env: str) -> str | None:
+        """Real path of a linked file if allowed (None when it does not exist); DataError otherwise."""
+        found = linked_file(name, parent, env)
+        if found is None:
+            return None
+        real = os.path.realpath(found)
+        if not _inside(real, self.dirs):
+            raise DataError(f"{where}: {kind} to {name!r} ({real}) leaves the allowed folders "
+                            f"{', '.join(self.dirs)}; add its folder to {ENV_LINK_DIRS} to follow it")
+        if not os.path.isfile(real):
+            raise DataError(f"{where}: {kind} to {name!r} ({real}) is not a regular file")
+        return real
+
+    def file(self, f: Any, source: str) -> None:
+        """Audit the open h5py file ``f`` (shown as ``source``) and the files it links to."""
+        import h5py
+
+        real = os.path.realpath(f.filename)
+        if real in self.files:
+            return
+        self.files.add(real)
+        stack = [(f["/"], (f["/"].id,))]
+        seen = {f["/"].id}
+        while stack:
+            group, ancestors = stack.pop()
+            for key in group:
+                self.links += 1
+                if self.links > MAX_LINKS:
+                    raise DataError(f"{source}: more than {MAX_LINKS} links, refused as unreasonable")
+                name = posixpath.join(group.name, key)
+                where = f"{source}:{name}"
+                try:
+                    link = group.get(key, getlink=True)
+                except (KeyError, RuntimeError, OSError, ValueError) as err:
+                    raise DataError(f"{where}: unreadable link ({err})") from None
+                if isinstance(link, h5py.SoftLink):
+                    self.soft(f, group.name, link.path, where)
+                elif isinstance(link, h5py.ExternalLink):
+                    self.external(f, link, where)
+                node = _deref(group, key)
+                if node is None:
+                    continue  # dangling: reading it fails later, naming it
+                if isinstance(node, h5py.Group):
+                    if node.id in ancestors:
+                        target = f" ({_describe(link)})" if not isinstance(link, h5py.HardLink) else ""
+                        raise DataError(f"{where}: link cycle, the group{target} contains itself")
+                    if isinstance(link, h5py.HardLink) and node.id not in seen:
+                        seen.add(node.id)
+                        stack.append((node, ancestors + (node.id,)))
+                elif isinstance(node, h5py.Dataset):
+                    self.dataset(f, node, where)
+
+    def soft(self, f: Any, base: str, target: str, where: str) -> None:
+        """Follow a soft link's path component by component; DataError when it loops."""
+        import h5py
+
+        pending = [c for c in posixpath.join(base, target).split("/") if c]
+        current = "/"
+        steps = 0
+        while pending:
+            part = pending.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                current = posixpath.dirname(current.rstrip("/")) or "/"
+                continue
+            group = f.get(current)
+            if not isinstance(group, h5py.Group) or part not in group:
+                return  # dangling, or through an external link the file audit covers
+            link = group.get(part, getlink=True)
+            if isinstance(link, h5py.SoftLink):
+                steps += 1
+                if steps > MAX_SOFT_STEPS:
+                    raise DataError(f"{where}: soft link to {target!r} never ends (a cycle of soft links)")
+                pending = [c for c in posixpath.join(current, link.path).split("/") if c] + pending
+                current = "/"
+            elif isinstance(link, h5py.ExternalLink):
+                return
+            else:
+                current = posixpath.join(current, part)
+
+    def external(self, f: Any, link: Any, where: str) -> None:
+        import h5py
+
+        real = self.check_target(where, "external link", link.filename, f.filename, "HDF5_EXT_PREFIX")
+        if real is None or real in self.files:
+            return
+        try:
+            with h5py.File(real, "r") as other:
+                self.file(other, real)
+        except OSError as err:
+            raise DataError(f"{where}: external link to {link.filename!r}: not a readable HDF5 file ({err})") from None
+
+    def dataset(self, f: Any, node: Any, where: str) -> None:
+        """Raw data kept in other files (external storage, virtual sources) must be allowed files too."""
+        plist = node.id.get_create_plist()
+        for i in range(plist.get_external_count()):
+            name = plist.get_external(i)[0]
+            name = name.decode() if isinstance(name, bytes) else name
+            real = self.check_target(where, "external raw data", name, os.path.join(os.getcwd(), "x"),
+                                     "HDF5_EXTFILE_PREFIX")
+            if real is None:
+                raise DataError(f"{where}: its external raw data file {name!r} does not exist")
+        if node.is_virtual:
+            for source in node.virtual_sources():
+                if source.file_name != ".":
+                    self.check_target(where, "virtual dataset source", source.file_name, f.filename,
+                                      "HDF5_VDS_PREFIX")
+
+
+def _describe(link: Any) -> str:
+    path = getattr(link, "path", "")
+    filename = getattr(link, "filename", None)
+    return f"link to {filename}:{path}" if filename else f"soft link to {path}"
+
+
+def _deref(group: Any, key: str) -> Any:
+    try:
+        return group.get(key)
+    except (KeyError, RuntimeError, OSError, ValueError):
+        return None
+
+
+def open_file(path: str | os.PathLike, what: str = "HDF5", link_dirs: Iterable[str | os.PathLike] = ()) -> Any:
+    """An audited h5py file open for reading; DataError naming the file (and node) on any refusal.
+
+    ``link_dirs``: folders besides the file's own that linked files may be in.
+    """
+    import h5py
+
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such {what} file (or not a regular file)")
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not an HDF5 file, so not {what} ({err})") from None
+    try:
+        _Audit(allowed_dirs(path, link_dirs)).file(f, str(path))
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def read_dataset(node: Any, source: str, selection: Any = (), rows: int | None = None) -> np.ndarray:
+    """``node[selection]`` after checking its size against the memory budget; DataError naming file and node.
+
+    ``rows``: the number of first-axis rows the selection reads (the whole
+    dataset when None and ``selection`` is ``()``).
+    """
+    shape = node.shape if rows is None else (rows, *node.shape[1:])
+    where = f"{source}:{node.name}"
+    check_allocation(array_bytes(shape, node.dtype.itemsize), f"{where} (shape {tuple(shape)}, {node.dtype})")
+    try:
+        return node[selection]
+    except (OSError, RuntimeError, ValueError, TypeError) as err:
+        raise DataError(f"{where}: cannot read ({err})") from None
