@@ -154,6 +154,16 @@ class Geometry:
         """R_gonio for frame(s) n (fractional allowed): (3, 3) or (N, 3, 3)."""
         return gonio_rotation(self.omega + self.omega_offset, self.alpha, self.beta, self.kappa, self.phi_of_frame(n))
 
+    @property
+    def scan_axis_crystal(self) -> np.ndarray:
+        """Unit scan axis a in the crystal frame: Q_c at phi_n + delta is Rot(a, delta) Q_c(phi_n).
+
+        Why constant: phi is innermost, so R_gonio(phi + delta) = R_gonio(phi) R_phi-axis(delta)
+        and the crystal sees the phi axis R_y(beta) z fixed, turned back by U^T (and reversed:
+        a crystal-fixed vector moves against the lab's view of it).
+        """
+        return -(self.U.T @ axis_rotation(1, self.beta)[:, 2])
+
     def lab_to_crystal(self, n) -> np.ndarray:
         """(R_gonio(n) U)^T for frame(s) n: Q_c = M Q_lab."""
         return np.swapaxes(self.gonio(n) @ self.U, -1, -2)

@@ -38,12 +38,13 @@ import numpy as np
 
 from difframe.crystal.geometry import A_VARIABLE_NAMES
 from difframe.errors import DataError, UsageError
-from difframe.tds.model import VOIGT_NAMES, NumpyModel, check_stability
+from difframe.tds.model import VOIGT_NAMES, Exposure, ExposureModel, NumpyModel, check_stability, exposure_substeps
 from difframe.tds.model_cl import make_model
 
 log = logging.getLogger("difframe.tds.fit")
 
 WEIGHTINGS = ("poisson", "uniform")
+EXPOSURE_MODES = ("auto", "on", "off")
 #: a relative singular value below this means the fit cannot determine the constants
 SINGULAR = 1e-7
 MIN_POINTS_PER_SPOT = 3
@@ -68,6 +69,9 @@ class FitSettings:
     temperature: float = 300.0
     density: float | None = None
     a_variables: object = None  # 14 [value, min, max] (A_VARIABLE_NAMES order) or {name: [value, min, max]}
+    exposure: str = "auto"  # average the model over each frame's exposure: "auto", "on" or "off"
+    substeps: int | None = None  # sub-steps per point (None: chosen per point)
+    exposure_width: float | None = None  # [deg]; None: |angular_step|
 
 
 def constant_name(key: str) -> str:
@@ -419,6 +423,66 @@ def geometry_corrections(harvest, geometry, setting) -> GeometryCorrections | No
     return corrections
 
 
+def choose_exposure(points: Points, c_start: np.ndarray, settings: FitSettings, geometry, header_increment=None,
+                    options=None) -> Exposure | None:
+    """The exposure the model averages over, or None for the frame centres (docs/tds-fit.md, Exposure).
+
+    "auto" integrates when it matters: when averaging over the exposure moves the
+    model at CGUESS by more than the noise, sum_k (Delta y_k / sigma_k)^2 > 1 with
+    Delta y_k = y_k Delta T_k / T_k and Poisson sigma_k (the fit's weights).
+    """
+    mode = settings.exposure
+    if mode not in EXPOSURE_MODES:
+        raise UsageError(f"exposure = {mode!r} is not one of {', '.join(EXPOSURE_MODES)}")
+    if settings.substeps is not None and (isinstance(settings.substeps, bool) or int(settings.substeps) < 1):
+        raise UsageError(f"exposure_substeps = {settings.substeps!r}: need at least 1 sub-step per frame "
+                         "(1 evaluates the frame centre); leave it unset to choose them per point")
+    width = settings.exposure_width
+    if width is not None and not (np.isfinite(width) and width > 0):
+        raise UsageError(f"exposure_width = {width!r} must be a positive angle [deg]")
+    if mode == "off":
+        return None
+    if geometry is None:
+        if mode == "on":
+            raise UsageError("exposure = 'on' needs the experiment geometry (conf_file: the scan axis and "
+                             "angular_step) to turn each point through its frame's exposure")
+        log.info("exposure: no geometry given, the model is evaluated at the frame centres")
+        return None
+    source = "exposure_width"
+    if width is None:
+        width, source = abs(float(geometry.angular_step)), "angular_step"
+    if header_increment is not None and np.isfinite(header_increment) and \
+            not np.isclose(abs(float(header_increment)), width, rtol=1e-4, atol=1e-6):
+        log.warning("the exposure width %s = %.6g deg disagrees with Angle_increment = %.6g deg in the frames' "
+                    "headers; the model averages over %.6g deg", source, width, float(header_increment), width)
+    axis = geometry.scan_axis_crystal
+    if settings.substeps is not None:
+        substeps = np.full(len(points.y), int(settings.substeps), dtype=np.int64)
+    else:
+        substeps = exposure_substeps(points.Q, points.q, axis, width)
+    exposure = Exposure(axis, width, substeps)
+    if mode == "auto":
+        moved = np.flatnonzero(substeps > 1)  # one sub-step is the frame centre: no change there
+        shift = 0.0
+        if len(moved):  # T at CGUESS through a one-element basis, C itself
+            Q, q, one = points.Q[moved], points.q[moved], np.ones(1)
+            centre = NumpyModel(Q, q, c_start[None], **(options or {})).evaluate(one, False)[0]
+            spread = ExposureModel(Q, q, c_start[None], Exposure(axis, width, substeps[moved]),
+                                   **(options or {})).evaluate(one, False)[0]
+            y = points.y[moved]
+            floor = max(1e-2 * float(np.median(np.abs(points.y))), np.finfo(float).tiny)
+            shift = float(np.sum((y * (spread / centre - 1)) ** 2 / np.maximum(y, floor)))
+        if shift <= 1.0:
+            log.info("exposure: averaging over the %.4g deg frames changes the model by less than the noise "
+                     "(chi^2 shift %.3g): frame centres used", width, shift)
+            return None
+        log.info("exposure: averaging over the %.4g deg frames changes the model by more than the noise "
+                 "(chi^2 shift %.3g)", width, shift)
+    log.info("exposure: model averaged over %.4g deg per frame, %.2f sub-steps per point on average (most %d)",
+             width, float(substeps.mean()) if len(substeps) else 0.0, int(substeps.max(initial=1)))
+    return exposure
+
+
 def check_scale_determined(problem: ProjectedProblem) -> None:
     """Refuse a fit whose Jacobian is singular at the start, explaining the scale degeneracy."""
     J = problem.jacobian(problem.x0)
@@ -517,15 +581,21 @@ def fit(harvest, structure, cguess, settings: FitSettings, minimise, minimiser_p
     :class:`difframe.crystal.geometry.Geometry`, the harvest's) is needed for
     ``settings.a_variables``.
     """
-    problem, points = build_problem(harvest, structure, cguess, settings, geometry)
+    problem, points = build_problem(harvest, structure, cguess, settings, geometry,
+                                    harvest.get("angle_increment"))
     params = {"ftol": settings.ftol, "max_iterations": settings.max_iterations, **dict(minimiser_params or {})}
     outcome = minimise(problem, params)
     return finish(problem, outcome.x, settings, cost=outcome.cost, converged=outcome.converged,
                   message=outcome.message, hkl=harvest.get("hkl"), n_harvest_spots=len(harvest["G"]))
 
 
-def build_problem(harvest, structure, cguess, settings: FitSettings, geometry=None) -> tuple[ProjectedProblem, Points]:
-    """Points, constants and model assembled into the projected least-squares problem (start checked)."""
+def build_problem(harvest, structure, cguess, settings: FitSettings, geometry=None,
+                  header_increment: float | None = None) -> tuple[ProjectedProblem, Points]:
+    """Points, constants and model assembled into the projected least-squares problem (start checked).
+
+    ``header_increment``: the frames' Angle_increment [deg] from their headers, when known (checked
+    against the exposure width).
+    """
     check = getattr(structure, "check_constants", None)  # names the symmetry relation of a constant not free
     if check is not None:
         check(list(dict(cguess or {})), "CGUESS")
@@ -542,17 +612,26 @@ def build_problem(harvest, structure, cguess, settings: FitSettings, geometry=No
                                  nred=settings.nred, weighting=settings.weighting,
                                  frame=harvest.get("frame"), pixel=harvest.get("pixel"))
     options = dict(quantum_bose=settings.quantum_bose, temperature=settings.temperature, density=settings.density)
+    exposure = choose_exposure(points, np.tensordot(constants.values, basis, axes=1), settings, geometry,
+                               header_increment, options)
+    options["exposure"] = exposure
     model = make_model(points.Q, points.q, basis, backend=settings.backend, **options)
+
+    def numpy_model(Q, q):
+        if exposure is None:
+            return NumpyModel(Q, q, basis)
+        return ExposureModel(Q, q, basis, exposure)
+
     if corrections is None:
         problem = ProjectedProblem(points, constants, model)
-        exact = problem if model.backend == "numpy" else \
-            ProjectedProblem(points, constants, NumpyModel(points.Q, points.q, basis))
+        exact = problem if model.backend == "numpy" else ProjectedProblem(points, constants,
+                                                                          numpy_model(points.Q, points.q))
     else:  # the backend that works (no repeated fall-back warnings), on recomputed points
         hkl = np.asarray(harvest["hkl"])[points.spots]
         problem = GeometryProblem(points, constants, geometry, corrections, hkl,
                                   lambda Q, q: make_model(Q, q, basis, backend=model.backend, **options))
         exact = problem if model.backend == "numpy" else GeometryProblem(
-            points, constants, geometry, corrections, hkl, lambda Q, q: NumpyModel(Q, q, basis, **options))
+            points, constants, geometry, corrections, hkl, numpy_model)
     check_scale_determined(exact)  # float32 (OpenCL) blurs a null space to ~1e-6: checked once in float64
     log.info("fitting %d parameters (%s) to %d points in %d spots (%s model)", len(problem.x0),
              ", ".join(problem.names), len(points.y), len(points.spots), model.backend)

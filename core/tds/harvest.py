@@ -253,6 +253,13 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
                "mask_file": options.mask_file or "", "normalisation_file": options.normalisation_file or "",
                "centering_file": options.centering_file or ""},
     )
+    increment = first.metadata.get("angle_increment_deg") if hasattr(first, "metadata") else None
+    if increment is not None:
+        result.attrs["angle_increment_deg"] = float(increment)
+        if not np.isclose(abs(float(increment)), abs(geometry.angular_step), rtol=1e-4, atol=1e-6):
+            log.warning("angular_step = %.6g deg (conf_file) disagrees with Angle_increment = %.6g deg in the "
+                        "header of %s; phi of each frame and its exposure follow angular_step",
+                        geometry.angular_step, float(increment), files[0])
     log.info("harvest: %d points around %d spots; %d frames excluded by the threshold",
              len(result.Q), len(hkl), len(excluded))
     return result

@@ -17,6 +17,8 @@ classical limit, so classical and quantum T agree at high temperature.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from difframe.errors import DataError, UsageError
@@ -218,3 +220,102 @@ class NumpyModel:
         if self.quantum:
             return quantum(self.Q, self.q, C, basis, temperature=self.temperature, density=self.density)
         return classical(self.Q, self.q, C, basis)
+
+
+# -- exposure integration -------------------------------------------------------------------
+
+#: quadrature error allowed per point when the sub-steps are chosen per point (relative to T)
+EXPOSURE_TOL = 1e-4
+#: most sub-steps a point gets when they are chosen per point (a path through the Bragg peak needs more)
+MAX_SUBSTEPS = 12
+
+
+def rotate_about(vectors: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Rodrigues: ``vectors`` (N, 3) turned by ``angle`` [rad] (N,) or scalar about unit ``axis`` (3,)."""
+    angle = np.asarray(angle, dtype=float)
+    c, s = np.cos(angle)[..., None], np.sin(angle)[..., None]
+    return vectors * c + np.cross(axis, vectors) * s + np.outer(vectors @ axis, axis) * (1 - c)
+
+
+def exposure_substeps(Q: np.ndarray, q: np.ndarray, axis: np.ndarray, width: float,
+                      tol: float = EXPOSURE_TOL, most: int = MAX_SUBSTEPS) -> np.ndarray:
+    """Gauss-Legendre sub-steps each point needs so that its exposure average is good to ``tol``.
+
+    Why per point: during the exposure Q moves by about |axis x Q| * width, and
+    T ~ 1/|q|^2 is as smooth as its complex poles are far from the path:
+    linearising q(t) = q + t (axis x Q), the poles sit at t0 +- i beta/|v| (t0
+    the closest approach, beta the distance there).  Gauss-Legendre with K
+    nodes then errs by about rho^(-2K), rho the Bernstein ellipse through the
+    pole; points far from the peak or slow need one node, the few near it more.
+    """
+    Q, q = _check_points(Q, q)
+    half = 0.5 * np.radians(abs(float(width)))
+    v = np.cross(axis, Q)
+    vv = np.einsum("ni,ni->n", v, v)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t0 = np.where(vv > 0, -np.einsum("ni,ni->n", q, v) / vv, 0.0)
+        beta = np.linalg.norm(q + t0[:, None] * v, axis=1)
+        z = (t0 + 1j * beta / np.sqrt(vv)) / half
+    root = np.sqrt(z * z - 1)
+    rho = np.maximum(np.abs(z + root), np.abs(z - root))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.ceil(np.log(4.0 / tol) / (2 * np.log(rho)))
+    return np.where(np.isfinite(k), k, 1).clip(1, most).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """A frame's angular exposure, as the model averages over it.
+
+    ``axis``: unit scan axis in the crystal frame, so that Q_c at phi_n + delta is
+    Rot(axis, delta) Q_c(phi_n) (:meth:`difframe.crystal.geometry.Geometry.scan_axis_crystal`);
+    ``width``: the exposure [deg] (angular_step); ``substeps``: Gauss-Legendre nodes per point (N,).
+    """
+
+    axis: np.ndarray
+    width: float
+    substeps: np.ndarray
+
+    def nodes(self, Q: np.ndarray, q: np.ndarray):
+        """Points at every sub-step: Q (M, 3), q (M, 3), weights (M,) summing to 1 per point, and the
+        first node of each point (N,) (nodes of one point are consecutive)."""
+        Q, q = _check_points(Q, q)
+        k = np.broadcast_to(np.asarray(self.substeps, dtype=np.int64), (len(Q),))
+        if len(k) and k.min() < 1:
+            raise UsageError(f"exposure sub-steps must be at least 1, got {int(k.min())}")
+        starts = np.concatenate([[0], np.cumsum(k)[:-1]]).astype(np.int64)
+        total = int(k.sum())
+        Qe, qe, we = np.empty((total, 3)), np.empty((total, 3)), np.empty(total)
+        half = 0.5 * np.radians(float(self.width))
+        for count in np.unique(k):
+            idx = np.flatnonzero(k == count)
+            x, w = np.polynomial.legendre.leggauss(int(count))
+            for j in range(int(count)):
+                turned = rotate_about(Q[idx], self.axis, half * x[j])
+                Qe[starts[idx] + j] = turned
+                qe[starts[idx] + j] = q[idx] + (turned - Q[idx])
+                we[starts[idx] + j] = 0.5 * w[j]
+        return Qe, qe, we, starts
+
+
+class ExposureModel:
+    """The numpy model averaged over each point's exposure (Gauss-Legendre sub-steps along the scan)."""
+
+    backend = "numpy"
+
+    def __init__(self, Q, q, basis, exposure: Exposure, **options):
+        Qe, qe, self.weights, self.starts = exposure.nodes(Q, q)
+        self.inner = NumpyModel(Qe, qe, basis, **options)
+        self.basis = self.inner.basis
+        self.exposure = exposure
+
+    def voigt(self, p: np.ndarray) -> np.ndarray:
+        return self.inner.voigt(p)
+
+    def evaluate(self, p: np.ndarray, jacobian: bool = True):
+        """Exposure-averaged (T (N,), J (N, n_free) or None)."""
+        T, J = self.inner.evaluate(p, jacobian)
+        T = np.add.reduceat(self.weights * T, self.starts)
+        if J is not None:
+            J = np.add.reduceat(self.weights[:, None] * J, self.starts, axis=0)
+        return T, J

@@ -17,7 +17,7 @@ from importlib import resources
 import numpy as np
 
 from difframe.errors import UsageError
-from difframe.tds.model import NumpyModel, christoffel_matrix, quadratic_form_matrix
+from difframe.tds.model import Exposure, ExposureModel, NumpyModel, christoffel_matrix, quadratic_form_matrix
 
 log = logging.getLogger("difframe.tds.model")
 
@@ -26,7 +26,7 @@ BACKENDS = ("auto", "numpy", "opencl")
 
 @functools.lru_cache(maxsize=1)
 def _program():
-    """(context, queue, kernel) on the first OpenCL device (PYOPENCL_CTX chooses), built once."""
+    """(context, queue, program) on the first OpenCL device (PYOPENCL_CTX chooses), built once."""
     import pyopencl as cl
 
     context = cl.create_some_context(interactive=False)
@@ -34,25 +34,41 @@ def _program():
     source = resources.files("difframe.tds").joinpath("tds_model.cl").read_text()
     program = cl.Program(context, source).build()
     log.info("OpenCL TDS model on %s", ", ".join(d.name.strip() for d in context.devices))
-    return context, queue, cl.Kernel(program, "tds_model")
+    return context, queue, program
 
 
 class OpenCLModel:
-    """T and dT/dp on an OpenCL device; points stay on the device between evaluations."""
+    """T and dT/dp on an OpenCL device; points stay on the device between evaluations.
+
+    With an :class:`~difframe.tds.model.Exposure` the sub-step nodes live on the
+    device and kernel ``tds_model_exposure`` averages them per point.
+    """
 
     backend = "opencl"
 
-    def __init__(self, Q, q, basis):
+    def __init__(self, Q, q, basis, exposure: Exposure | None = None):
         import pyopencl as cl
 
         self._cl = cl
-        self.context, self.queue, self._kernel = _program()
+        self.context, self.queue, program = _program()
         self.basis = np.asarray(basis, dtype=float)
         self.n_points = len(Q)
         self.n_free = len(self.basis)
         flags = cl.mem_flags
-        self._Q = cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(Q, np.float32))
-        self._q = cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(q, np.float32))
+
+        def buffer(array, dtype):
+            return cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR,
+                             hostbuf=np.ascontiguousarray(array, dtype))
+
+        self._extra = ()
+        if exposure is None:
+            self._kernel = cl.Kernel(program, "tds_model")
+        else:
+            self._kernel = cl.Kernel(program, "tds_model_exposure")
+            Q, q, weights, starts = exposure.nodes(Q, q)
+            self._extra = (buffer(weights, np.float32), buffer(np.append(starts, len(Q)), np.int32))
+        self._Q = buffer(Q, np.float32)
+        self._q = buffer(q, np.float32)
         B = quadratic_form_matrix(self.basis).astype(np.float32)
         self._B = cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=B)
         self._M = cl.Buffer(self.context, flags.READ_ONLY, size=81 * 4)
@@ -67,7 +83,7 @@ class OpenCLModel:
         cl = self._cl
         M = christoffel_matrix(self.voigt(p)).astype(np.float32)
         cl.enqueue_copy(self.queue, self._M, M)
-        self._kernel(self.queue, (self.n_points,), None, self._Q, self._q, self._M, self._B,
+        self._kernel(self.queue, (self.n_points,), None, self._Q, self._q, *self._extra, self._M, self._B,
                      np.int32(self.n_free), np.int32(jacobian), self._T, self._J)
         T = np.empty(self.n_points, np.float32)
         cl.enqueue_copy(self.queue, T, self._T)
@@ -79,23 +95,31 @@ class OpenCLModel:
 
 
 def make_model(Q, q, basis, *, backend: str = "auto", quantum_bose: bool = False, temperature: float = 300.0,
-               density: float | None = None):
+               density: float | None = None, exposure: Exposure | None = None):
     """The model evaluator for ``backend``: "opencl", "numpy" or "auto" (OpenCL when a device works).
 
     "auto" falls back to numpy with a warning saying why; an explicit "opencl"
-    that cannot run is a UsageError.
+    that cannot run is a UsageError.  With ``exposure`` every point's model is
+    averaged over its frame's exposure.
     """
     if backend not in BACKENDS:
         raise UsageError(f"TDS model backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    options = dict(quantum_bose=quantum_bose, temperature=temperature, density=density)
+
+    def numpy_model():
+        if exposure is None or len(Q) == 0:
+            return NumpyModel(Q, q, basis, **options)
+        return ExposureModel(Q, q, basis, exposure, **options)
+
     if quantum_bose or backend == "numpy" or len(Q) == 0:
         if quantum_bose and backend == "opencl":
             log.warning("the quantum Bose model runs in numpy (it needs an eigen-decomposition per point)")
-        return NumpyModel(Q, q, basis, quantum_bose=quantum_bose, temperature=temperature, density=density)
+        return numpy_model()
     try:
-        return OpenCLModel(Q, q, basis)
+        return OpenCLModel(Q, q, basis, exposure)
     except Exception as exc:  # no pyopencl, no platform, no device, build failure: all mean "use numpy"
         reason = f"{type(exc).__name__}: {exc}".strip()
         if backend == "opencl":
             raise UsageError(f"the OpenCL TDS model cannot run here ({reason}); use backend 'numpy' or 'auto'") from exc
         log.warning("OpenCL is not available (%s); the TDS model runs in numpy", reason)
-        return NumpyModel(Q, q, basis)
+        return numpy_model()

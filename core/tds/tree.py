@@ -131,5 +131,13 @@ NODES = {
     "tds.fix": P(type="str", default="auto",
                  help="constant held at its CGUESS value to set the scale ('auto': the first free one)",
                  doc="TDS fixes only ratios of constants (TDS.md section 2); 'bulk' fixes the Voigt bulk modulus."),
+    "tds.exposure": P(type="str", default="auto", choices=("auto", "on", "off"),
+                      help="average the model over each frame's exposure (auto: when it matters)",
+                      doc="docs/tds-fit.md, Exposure: 'auto' integrates when the average over the frame moves the "
+                      "model by more than the noise."),
+    "tds.exposure_substeps": P(type=("int", "NoneType"), default=None, lowlim=1,
+                               help="sub-steps per frame for the exposure average (None: chosen per point)"),
+    "tds.exposure_width": P(type=("float", "NoneType"), default=None, lowlim=0.0,
+                            help="exposure per frame [deg] (None: angular_step)"),
     **_geometry_nodes(),
 }

@@ -25,7 +25,8 @@ RECIPE = "tds_harvest"
 #: tds subtree name -> tds_fit engine parameter
 ENGINE_PARAMETERS = {"CGUESS": "cguess", "ftol": "ftol", "nred": "nred", "Temperature": "temperature",
                      "density": "density", "minimiser": "minimiser", "quantum_bose": "quantum", "fix": "fix",
-                     "A_variables": "a_variables"}
+                     "A_variables": "a_variables", "exposure": "exposure", "exposure_substeps": "exposure_substeps",
+                     "exposure_width": "exposure_width"}
 
 
 def _get(tds, name: str, default: Any = None) -> Any:
@@ -217,6 +218,7 @@ def _fit(run, tds, result, structure, geometry, output_dir: Path) -> dict:
     context = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
                "frame": result.frame, "pixel": result.pixel, "geometry": geometry,
                "centering_file": result.attrs.get("centering_file") or "",
+               "angle_increment": result.attrs.get("angle_increment_deg"),
                "structure": structure, "manager": run.plugins, "output_dir": str(output_dir)}
     engine = spec.factory(params, context)
     engine.initialize()
