@@ -15,14 +15,17 @@ import bz2
 import contextlib
 import gzip
 import logging
+import os
 import re
+import stat
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from difframe.errors import DataError
+from difframe.errors import DataError, UsageError
 
 log = logging.getLogger("difframe.detector")
 
@@ -59,10 +62,9 @@ class Frame:
 
 @contextlib.contextmanager
 def quiet_fabio():
-    """Silence fabio's own log lines while a reader turns its failures into one DataError.
+    """Silence fabio's own log lines (the harvest wraps its whole loop; fabio still writes test files).
 
-    Cheap when already quiet (a harvest wraps its whole loop), since every level
-    change clears the logging caches.
+    Cheap when already quiet, since every level change clears the logging caches.
     """
     logger = logging.getLogger("fabio")
     level = logger.level
@@ -76,46 +78,171 @@ def quiet_fabio():
         logger.setLevel(level)
 
 
-def read_fabio_image(image_class, path: Path, label: str, sniff):
-    """``image_class().read(path)`` with fabio's many failure modes turned into one DataError.
-
-    ``label`` names the format in messages; ``sniff`` tells a file of another
-    format (wrong content) from a truncated or corrupt one of this format.
-    """
-    try:
-        with quiet_fabio():
-            image = image_class().read(str(path))
-            data = image.data
-    except FileNotFoundError:
-        raise DataError(f"{label} frame {path} does not exist") from None
-    except Exception as exc:  # fabio raises AssertionError, EOFError, AttributeError... on broken files
-        if not sniff(read_head(path)):
-            raise DataError(f"{path} is not a {label} file (its first bytes are not a {label} header)") from None
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise DataError(f"{label} frame {path} is truncated or corrupt ({detail})") from None
-    if data is None or data.ndim != 2:
-        raise DataError(f"{label} frame {path} holds no 2-D image")
-    return image
-
-
 def empty_metadata() -> dict:
     return {key: None for key in METADATA_FIELDS}
 
 
-def read_head(path: str | Path, size: int = HEAD_BYTES) -> bytes:
-    """The first ``size`` bytes of ``path`` after gzip/bzip2 decompression."""
+# -- guarded reading (docs/security.md, "Detector files") ------------------------------------
+
+#: default cap on the decoded size of one frame; ``DIFFRAME_MAX_FRAME_BYTES`` changes it
+DEFAULT_MAX_FRAME_BYTES = 512 * 2**20
+#: the longest (decompressed) header a reader looks through for the start of the data
+MAX_HEADER_BYTES = 2**20
+#: what a CBF whose binary section fails its Content-MD5 does (``DIFFRAME_BAD_CHECKSUM``)
+CHECKSUM_POLICIES = ("error", "drop")
+
+
+def max_frame_bytes() -> int:
+    """The decoded-size cap of one frame: ``DIFFRAME_MAX_FRAME_BYTES`` (bytes) or the default."""
+    text = os.environ.get("DIFFRAME_MAX_FRAME_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_FRAME_BYTES
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"DIFFRAME_MAX_FRAME_BYTES={text!r} must be a positive number of bytes")
+    return int(text)
+
+
+def checksum_policy() -> str:
+    """``error`` (default) or ``drop``, from ``DIFFRAME_BAD_CHECKSUM``."""
+    policy = os.environ.get("DIFFRAME_BAD_CHECKSUM", "error").strip().lower() or "error"
+    if policy not in CHECKSUM_POLICIES:
+        raise UsageError(f"DIFFRAME_BAD_CHECKSUM={policy!r} must be one of {', '.join(CHECKSUM_POLICIES)}")
+    return policy
+
+
+def check_frame_size(path, shape: tuple[int, ...], dtype, keys: str) -> None:
+    """Refuse a declared frame shape that is empty or decodes beyond :func:`max_frame_bytes`.
+
+    Called before anything of that size is read or allocated; ``keys`` names the
+    header entries that declared it.
+    """
+    if len(shape) != 2 or min(shape) < 1:
+        raise DataError(f"detector frame {path}: its header ({keys}) declares a frame of shape "
+                        f"{' x '.join(map(str, shape))}, not a 2-D image")
+    size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    limit = max_frame_bytes()
+    if size > limit:
+        raise DataError(f"detector frame {path}: its header ({keys}) declares {shape[0]} x {shape[1]} "
+                        f"{np.dtype(dtype).name} = {size} bytes, more than the {limit} bytes allowed per frame "
+                        "(DIFFRAME_MAX_FRAME_BYTES)")
+
+
+def open_regular(path: str | Path):
+    """``path`` opened for binary reading if it is a regular file, else one DataError naming it.
+
+    FIFOs, devices and sockets (or links to them, such as ``/dev/zero``) are refused
+    before they are opened; the file is opened non-blocking and checked again, so
+    swapping it for a FIFO in between cannot block the reader either.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as stream:
-            magic = stream.read(3)
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"detector frame {path} does not exist") from None
     except OSError as exc:
         raise DataError(f"cannot open detector frame {path}: {exc.strerror or exc}") from None
-    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else open
+    _require_regular(path, info.st_mode)
     try:
-        with opener(path, "rb") as stream:
-            return stream.read(size)
-    except (OSError, EOFError, ValueError) as exc:
-        raise DataError(f"detector frame {path} is truncated or corrupt: {exc}") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise DataError(f"cannot open detector frame {path}: {exc.strerror or exc}") from None
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)
+    except DataError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    target = os.path.realpath(path)
+    via = f" (a link to {target})" if target != os.path.abspath(path) else ""
+    raise DataError(f"detector frame {path}{via} is {kind}; frames are read from regular files only")
+
+
+class FrameFile:
+    """A detector file for bounded reading: a regular file, gzip/bzip2 decompressed on the fly.
+
+    Readers ask for what the header declares (``read``) or search a marker within a
+    limit (``read_until``), so a decompression bomb or a file without end is never
+    read beyond what the frame needs.  Decompression errors become DataErrors.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._raw = open_regular(self.path)
+        magic = self._raw.read(3)
+        self._raw.seek(0)
+        if magic[:2] == b"\x1f\x8b":
+            self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
+        elif magic == b"BZh":
+            self._stream = bz2.BZ2File(self._raw, mode="rb")
+        else:
+            self._stream = self._raw
+        self._pending = b""
+        self.offset = 0  # decompressed bytes handed out so far
+
+    def __enter__(self) -> "FrameFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stream.close()
+        self._raw.close()
+
+    def _chunk(self, size: int) -> bytes:
+        try:
+            return self._stream.read(size)
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
+            raise DataError(f"detector frame {self.path} is truncated or corrupt ({exc})") from None
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end of the data)."""
+        parts, have = [self._pending[:size]], min(size, len(self._pending))
+        self._pending = self._pending[size:]
+        while have < size:
+            chunk = self._chunk(min(size - have, 2**22))
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        self.offset += len(data)
+        return data
+
+    def read_until(self, marker: bytes, limit: int, what: str) -> bytes:
+        """The bytes up to and including ``marker``, looked for in the next ``limit`` bytes."""
+        buffer = bytearray(self._pending)
+        self._pending = b""
+        start = 0
+        while True:
+            found = buffer.find(marker, start)
+            if found >= 0:
+                end = found + len(marker)
+                self._pending = bytes(buffer[end:])
+                self.offset += end
+                return bytes(buffer[:end])
+            if len(buffer) >= limit:
+                raise DataError(f"detector frame {self.path}: no {what} within its first {limit} bytes")
+            start = max(0, len(buffer) - len(marker) + 1)
+            chunk = self._chunk(min(65536, limit - len(buffer) + len(marker)))
+            if not chunk:
+                raise DataError(f"detector frame {self.path} is truncated inside its header "
+                                f"({len(buffer) + self.offset} bytes, no {what})")
+            buffer += chunk
+
+
+def read_head(path: str | Path, size: int = HEAD_BYTES) -> bytes:
+    """The first ``size`` bytes of ``path`` after gzip/bzip2 decompression (regular files only)."""
+    with FrameFile(path) as stream:
+        return stream.read(size)
 
 
 def format_suffix(path: str | Path) -> str:
