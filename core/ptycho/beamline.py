@@ -27,8 +27,9 @@ import numpy as np
 from scipy.constants import physical_constants
 
 from difframe.errors import DataError, ParameterError
+from difframe.h5safe import read_dataset
 from difframe.ptycho.h5typed import open_file
-from difframe.ptycho.prepare import FrameSource, RawScan
+from difframe.ptycho.raw import FrameSource, RawScan
 
 log = logging.getLogger("difframe.ptycho.beamline")
 
@@ -225,7 +226,7 @@ def _geometry_value(f, value: Any, quantity: str, param: str, where: str, sizes=
         return got
     node = _dataset(f, value, param, f"{' or '.join(map(str, sizes))} number(s)",
                     lambda shape: int(np.prod(shape)) in sizes, where)
-    got = np.asarray(node[()], dtype=float).ravel() * _units_factor(node, quantity, where)
+    got = np.asarray(read_dataset(node, where), dtype=float).ravel() * _units_factor(node, quantity, where)
     if not (np.isfinite(got).all() and (got > 0).all()):
         raise DataError(f"{where}:{node.name} ({param}): expected a positive number, got {got.tolist()}")
     return got
@@ -276,13 +277,13 @@ def open_hdf5(p: Mapping, prefix: str = "scan.data.recipe.hdf5") -> Iterator[Raw
             raise ParameterError(f"{prefix}: slow and fast positions go together; only "
                                  f"{'slow' if fast is None else 'fast'} is set")
         if pos is not None:
-            both = _dataset(f, pos, f"{prefix}.positions",
-                            f"({n}, 2) positions (slow, fast), one row per frame of {frames.name}",
-                            lambda shape: shape == (n, 2), where)[()]
+            both = read_dataset(_dataset(f, pos, f"{prefix}.positions",
+                                         f"({n}, 2) positions (slow, fast), one row per frame of {frames.name}",
+                                         lambda shape: shape == (n, 2), where), where)
             positions = beam_positions(both[:, 0], both[:, 1], p, where)
         elif slow is not None:
-            columns = [_dataset(f, path_, f"{prefix}.{key}", f"{per_frame} of {frames.name}",
-                                lambda shape: shape in ((n,), (n, 1)), where)[()]
+            columns = [read_dataset(_dataset(f, path_, f"{prefix}.{key}", f"{per_frame} of {frames.name}",
+                                             lambda shape: shape in ((n,), (n, 1)), where), where)
                        for key, path_ in (("slow", slow), ("fast", fast))]
             positions = beam_positions(columns[0], columns[1], p, where)
         if positions is not None:
@@ -293,16 +294,16 @@ def open_hdf5(p: Mapping, prefix: str = "scan.data.recipe.hdf5") -> Iterator[Raw
 
         mask = None
         if p.get("mask") is not None:
-            values = _dataset(f, p["mask"], f"{prefix}.mask", f"an {frame_shape} map", image, where)[()]
+            values = read_dataset(_dataset(f, p["mask"], f"{prefix}.mask", f"an {frame_shape} map", image, where), where)
             mask = valid_from(values, p.get("mask_valid") or "zero")
         dark = flat = monitor = None
         if p.get("dark") is not None:
-            dark = _dataset(f, p["dark"], f"{prefix}.dark", f"an {frame_shape} map", image, where)[()]
+            dark = read_dataset(_dataset(f, p["dark"], f"{prefix}.dark", f"an {frame_shape} map", image, where), where)
         if p.get("flat") is not None:
-            flat = _dataset(f, p["flat"], f"{prefix}.flat", f"an {frame_shape} map", image, where)[()]
+            flat = read_dataset(_dataset(f, p["flat"], f"{prefix}.flat", f"an {frame_shape} map", image, where), where)
         if p.get("normalisation") is not None:
-            monitor = _dataset(f, p["normalisation"], f"{prefix}.normalisation", per_frame,
-                               lambda shape: shape in ((n,), (n, 1)), where)[()]
+            monitor = read_dataset(_dataset(f, p["normalisation"], f"{prefix}.normalisation", per_frame,
+                                            lambda shape: shape in ((n,), (n, 1)), where), where)
         names = {key: f"{where}:/{p.get(key)}" for key in ("dark", "flat", "normalisation")}
         corr, mask = make_corrections(dark, flat, monitor, p.get("normalisation_reference"), mask, keep, names)
 

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from difframe.errors import DataError
+from difframe.h5safe import read_dataset
 from difframe.ptycho.beamline import cone_beam
 from difframe.ptycho.h5typed import open_file
 from difframe.ptycho.raw import FrameSource, RawScan, load_all
@@ -39,7 +40,7 @@ DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
 def _scalar(f: Any, path: str, where: str) -> float | None:
     if path not in f:
         return None
-    value = np.asarray(f[path][()], dtype=float).ravel()
+    value = np.asarray(read_dataset(f[path], where), dtype=float).ravel()
     if value.size != 1 or not np.isfinite(value[0]) or value[0] <= 0:
         raise DataError(f"{where}:/{path}: expected one positive number, got {value.tolist()}")
     return float(value[0])
@@ -72,15 +73,18 @@ def open_cxi(path: str | os.PathLike, *, entry: str = "entry_1",
             if masks.shape not in (frames.shape, frames.shape[1:]):
                 raise DataError(f"{where}:/{det}/mask has shape {masks.shape}, frames are {frames.shape}")
             if masks.shape == frames.shape[1:]:
-                mask, masks = masks[()] == 0, None
+                mask, masks = read_dataset(masks, where) == 0, None
 
         def read(start: int, stop: int):
-            return frames[start:stop], None if masks is None else masks[start:stop] == 0
+            rows = np.s_[start:stop]
+            return (read_dataset(frames, where, rows, rows=stop - start),
+                    None if masks is None else read_dataset(masks, where, rows, rows=stop - start) == 0)
 
         distance = _scalar(f, f"{det}/distance", where)
         px = _scalar(f, f"{det}/x_pixel_size", where)
         py = _scalar(f, f"{det}/y_pixel_size", where)
-        basis = np.asarray(f[f"{det}/basis_vectors"][()], float) if f"{det}/basis_vectors" in f else DEFAULT_BASIS
+        basis = (np.asarray(read_dataset(f[f"{det}/basis_vectors"], where), float) if f"{det}/basis_vectors" in f
+                 else DEFAULT_BASIS)
         if basis.shape != (3, 2) or not np.all(np.linalg.norm(basis, axis=0) > 0):
             raise DataError(f"{where}:/{det}/basis_vectors has shape {basis.shape} or a zero vector, expected (3, 2)")
         source = f"{entry}/instrument_1/source_1"
@@ -89,10 +93,12 @@ def open_cxi(path: str | os.PathLike, *, entry: str = "entry_1",
         trans_path = f"{entry}/sample_1/geometry_1/translation"
         positions = None
         if trans_path in f:
-            translation = np.asarray(f[trans_path][()], dtype=float)
-            if translation.shape != (len(frames), 3) or not np.isfinite(translation).all():
-                raise DataError(f"{where}:/{trans_path} has shape {translation.shape} (or non-finite values), "
-                                f"expected ({len(frames)}, 3) finite metres")
+            translation = np.asarray(read_dataset(f[trans_path], where), dtype=float)
+            if translation.shape != (len(frames), 3):
+                raise DataError(f"{where}:/{trans_path} has shape {translation.shape}, expected ({len(frames)}, 3)")
+            bad = ~np.isfinite(translation).all(axis=1)
+            if bad.any():
+                raise DataError(f"{where}:/{trans_path}: rows {np.flatnonzero(bad)[:10].tolist()} are NaN or infinite")
             positions = positions_from_translation(translation, basis)
         energy_kev = energy_j / JOULE_PER_KEV if energy_j else (1.2398419843320026e-9 / wavelength if wavelength else None)
         psize = None if px is None or py is None else (py, px)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from difframe.errors import DataError
+from difframe.limits import array_bytes, check_allocation
+from difframe.optics import farfield_object_psize
 from difframe.parallel import Ranks
 
 PROPAGATIONS = ("farfield", "nearfield")
@@ -138,3 +140,19 @@ class PreparedData:
             raise DataError(f"{where}: psize_m must be positive, got {self.psize_m}")
         if self.propagation not in PROPAGATIONS:
             raise DataError(f"{where}: propagation {self.propagation!r} is not one of {PROPAGATIONS}")
+        self.check_object_frame()
+
+    def check_object_frame(self) -> None:
+        """Refuse positions and pixel sizes whose object frame (one complex64 layer, the least any engine keeps)
+        would not fit the memory budget: one stray position at 1 m asks for petabytes."""
+        if self.propagation == "nearfield":
+            pixel = np.asarray(self.psize_m)
+        else:
+            pixel = farfield_object_psize(self.wavelength_m, self.distance_m, self.shape, self.psize_m)
+        span = np.ptp(self.positions, axis=0) if self.num_frames else np.zeros(2)
+        sides = span / pixel + np.asarray(self.shape) + 8
+        source = self.meta.get("source")
+        check_allocation(array_bytes(sides, 8),
+                         f"scan {self.label!r}{f' ({source})' if source else ''}: the object frame of "
+                         f"{sides[0]:.4g} x {sides[1]:.4g} pixels (positions spanning {span[0]:.3g} x {span[1]:.3g} m "
+                         f"at an object pixel of {pixel[0]:.3g} x {pixel[1]:.3g} m)")

@@ -71,7 +71,10 @@ def load_share(raw: RawScan, share: slice, label: str) -> tuple[np.ndarray, np.n
         shape = (share.stop - share.start, *raw.frames.shape[1:])
         check_allocation(array_bytes(shape, LOAD_BYTES_PER_PIXEL),
                          f"{source}: frames {share.start}..{share.stop - 1} of shape {tuple(shape[1:])}")
-        frames, masks = raw.frames.read(share.start, share.stop)
+        try:
+            frames, masks = raw.frames.read(share.start, share.stop)
+        except (OSError, RuntimeError) as err:  # a reader's library error (HDF5: a corrupt chunk)
+            raise DataError(f"{source}: cannot read frames {share.start}..{share.stop - 1} ({err})") from None
     else:
         frames = raw.frames[share]
         masks = raw.mask[share] if raw.mask is not None and raw.mask.ndim == 3 else None

@@ -14,7 +14,12 @@ log = logging.getLogger("difframe.models.recon")
 
 
 def load(recon, group, context):
-    """(layers, H, W) complex array of storage ``recon.ID`` in ``content/<group>`` of ``recon.rfile``."""
+    """(layers, H, W) complex array of storage ``recon.ID`` in ``content/<group>`` of ``recon.rfile``.
+
+    Refused, naming the file and node: a pixel size that is not positive, a
+    resampling over the memory budget, and a field that cannot hold one view
+    of the scan's frames (a probe or object smaller than a frame).
+    """
     import glob
     import os
 
@@ -22,6 +27,7 @@ def load(recon, group, context):
     from scipy import ndimage
 
     from difframe.errors import DataError, ParameterError
+    from difframe.limits import array_bytes, check_allocation
     from difframe.ptycho import h5typed
 
     recon = recon or {}
@@ -41,21 +47,35 @@ def load(recon, group, context):
         if sid not in storages or "data" not in storages[sid]:
             raise DataError(f"{path}: no {group} storage {sid!r} (storages: {ids})")
         node = storages[sid]
-        data = np.asarray(h5typed.read_node(node["data"], source=path))
-        psize = h5typed.read_node(node["_psize"], source=path) if "_psize" in node else None
+        where = f"{path}:{node.name}"
+        data = h5typed.read_array(node["data"], source=path)
+        psize = h5typed.read_array(node["_psize"], source=path) if "_psize" in node else None
     if data.ndim == 2:
         data = data[None]
+    if data.ndim != 3 or 0 in data.shape:
+        raise DataError(f"{where}/data has shape {data.shape}, expected (layers, H, W)")
     layer = recon.get("layer")
     if layer is not None:
         if not 0 <= int(layer) < len(data):
             raise ParameterError(f"{group}.recon.layer: {layer} not in 0..{len(data) - 1} of {path}:{sid}")
         data = data[int(layer)][None]
     if psize is not None:
+        if psize.size not in (1, 2) or not (np.isfinite(psize).all() and (psize > 0).all()):
+            raise DataError(f"{where}/_psize = {psize.tolist()}: expected one or two positive pixel sizes [m]")
         ratio = np.broadcast_to(np.ravel(psize), (2,)) / np.asarray(context.psize)
         if not np.allclose(ratio, 1, rtol=1e-3):
+            resampled = (len(data), *(np.asarray(data.shape[1:]) * ratio))
+            check_allocation(array_bytes(resampled, 3 * 16),
+                             f"{where}: resampling its {data.shape[1]} x {data.shape[2]} pixels of "
+                             f"{np.ravel(psize).tolist()} m to the scan's {list(context.psize)} m "
+                             f"(to {resampled[1]:.4g} x {resampled[2]:.4g})")
             log.info("%s: resampling %s %s by %s to the scan's pixel size", path, group, sid, ratio)
             zoom = (1, *ratio)
             data = ndimage.zoom(data.real, zoom, order=1) + 1j * ndimage.zoom(data.imag, zoom, order=1)
+    view = context.shape if group == "probe" else (context.data.shape if context.data is not None else None)
+    if view is not None and any(n + 1 < v for n, v in zip(data.shape[1:], view)):
+        raise DataError(f"{where}: a {data.shape[1]} x {data.shape[2]} {group} (at the scan's pixel size) cannot "
+                        f"hold a {view[0]} x {view[1]} view of the scan's frames")
     log.info("loaded %s %s (%d layers) from %s", group, sid, len(data), path)
     return data
 
