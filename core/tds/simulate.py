@@ -6,8 +6,11 @@ normalisation file, a conf_file and an input.par, plus ``truth.json`` with the
 constants and the spots, so that ``difframe tds DIR/input.par`` has a known answer.
 
 Intensity of pixel (row, col) of frame n, in the geometry of
-:mod:`difframe.crystal.geometry` evaluated at the exposure centre phi_n, with
-Q_c its crystal-frame vector, G the nearest reciprocal-lattice vector and q = Q_c - G:
+:mod:`difframe.crystal.geometry`, integrated over the exposure phi_n - step/2 ..
+phi_n + step/2 as a detector does (the mean over ``scan.exposure_substeps``
+equal sub-frames at their centres; by default enough that Q moves by at most
+sigma, the Bragg peak's width, per sub-frame), with Q_c the pixel's
+crystal-frame vector, G the nearest reciprocal-lattice vector and q = Q_c - G:
 
     I = norm_n * (background + A(G) * (tds_scale * T(Q_c; C) / s(q) + bragg * exp(-|q|^2 / 2 sigma^2)))
 
@@ -17,7 +20,8 @@ Q_c its crystal-frame vector, G the nearest reciprocal-lattice vector and q = Q_
 * s(q) = (sin x / x)^2 with x = pi |q| / |b*|min when ``dispersion`` is on (acoustic
   branches softening towards the zone boundary like a chain), else 1;
 * sigma = DeltaQ_min |b*|max / 6, so the Bragg peak is negligible where the harvest looks;
-* counts are Poisson; the dead columns of a module gap read -1, as Pilatus frames do.
+* counts are Poisson (``intensity.noise = false``: the mean, rounded); the dead
+  columns of a module gap read -1, as Pilatus frames do.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ class SimulationSpec:
     max_hkl: int
     max_spots: int
     options: dict[str, Any]
+    exposure_substeps: int | None = None  # sub-frames per exposure (None: from the Bragg peak width)
+    noise: bool = True
 
     @classmethod
     def from_mapping(cls, spec: Mapping[str, Any], source: str = "simulation") -> "SimulationSpec":
@@ -115,6 +121,10 @@ class SimulationSpec:
         frames = scan.get("frames", 90)
         if not isinstance(frames, int) or frames < 1:
             raise UsageError(f"{source}: scan.frames = {frames!r} must be a positive integer")
+        substeps = scan.get("exposure_substeps")
+        if substeps is not None and (not isinstance(substeps, int) or isinstance(substeps, bool) or substeps < 1):
+            raise UsageError(f"{source}: scan.exposure_substeps = {substeps!r} must be an integer >= 1 "
+                             "(1: the exposure centre only)")
         try:
             return cls(
                 name=str(crystal.get("name", "crystal")),
@@ -140,6 +150,8 @@ class SimulationSpec:
                 max_hkl=int(scan.get("max_hkl", 6)),
                 max_spots=int(scan.get("max_spots", 12)),
                 options=dict(table("options")),
+                exposure_substeps=substeps,
+                noise=bool(inten.get("noise", True)),
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{source}: {exc}") from None
@@ -170,10 +182,12 @@ def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulat
 
     files = []
     q_lab = geo.q_lab_image(sim.shape)
+    substeps = sim.exposure_substeps or exposure_substeps(sim, options, q_lab)
+    log.info("simulating the exposure of each frame by %d sub-frames", substeps)
     for start in range(0, sim.frames, FRAME_CHUNK):
         frames = np.arange(start, min(start + FRAME_CHUNK, sim.frames))
-        expected = _expected_counts(sim, options, c_voigt, q_lab, frames) * norm[frames, None, None]
-        counts = rng.poisson(expected).astype(np.int32)
+        expected = _expected_counts(sim, options, c_voigt, q_lab, frames, substeps) * norm[frames, None, None]
+        counts = (rng.poisson(expected) if sim.noise else np.rint(expected)).astype(np.int32)
         counts[:, dead] = -1
         for n, image in zip(frames, counts):
             path = outdir / f"{sim.prefix}{n + 1:04d}.cbf"
@@ -208,7 +222,8 @@ def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulat
         "constants": {n: sim.constants[n] for n in free},
         "voigt": c_voigt.tolist(), "dispersion": sim.dispersion,
         "spots": {k: np.asarray(v).tolist() for k, v in spots.items()},
-        "frames": [f.name for f in files], "normalisation": norm.tolist(),
+        "frames": [f.name for f in files], "normalisation": norm.tolist(), "exposure_substeps": substeps,
+        "noise": sim.noise,
     }
     _write_text(outdir / "truth.json", json.dumps(truth, indent=1) + "\n")
     return truth
@@ -250,8 +265,23 @@ def _predict_spots(sim: SimulationSpec, options: Mapping[str, Any]) -> dict[str,
     return {k: v[inside][keep] for k, v in pred.items()}
 
 
-def _expected_counts(sim, options, c_voigt, q_lab, frames) -> np.ndarray:
-    """Mean counts (before normalisation) of ``frames``: (len(frames), rows, cols)."""
+def exposure_substeps(sim, options, q_lab) -> int:
+    """Sub-frames per exposure so that no pixel's Q moves by more than sigma (the Bragg peak's width) in one."""
+    sigma = float(options["DeltaQ_min"]) * sim.geometry.lattice.max_reciprocal / 6.0
+    travel = float(np.linalg.norm(q_lab, axis=-1).max()) * np.radians(abs(sim.geometry.angular_step))
+    return max(1, int(np.ceil(travel / sigma))) if sigma > 0 else 1
+
+
+def _expected_counts(sim, options, c_voigt, q_lab, frames, substeps: int = 1) -> np.ndarray:
+    """Mean counts (before normalisation) of ``frames`` integrated over their exposure: (len(frames), rows, cols)."""
+    total = 0.0
+    for j in range(substeps):  # equal sub-frames, each at its centre (fractional frame index)
+        total = total + _counts_at(sim, options, c_voigt, q_lab, frames + (j + 0.5) / substeps - 0.5)
+    return total / substeps
+
+
+def _counts_at(sim, options, c_voigt, q_lab, frames) -> np.ndarray:
+    """Mean counts at the (fractional) frame positions ``frames``: (len(frames), rows, cols)."""
     from difframe.tds.model import tds_intensity
 
     geo = sim.geometry
