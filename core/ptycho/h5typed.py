@@ -19,6 +19,7 @@ file chooses.  Keys containing ``/`` are escaped as ``_SLASH_`` with an
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import Any, Mapping
 
 import numpy as np
@@ -198,7 +199,8 @@ class _Reader:
             link = group.get(key, getlink=True)
             target = f" to {link.filename}:{link.path}" if hasattr(link, "filename") else (
                 f" to {link.path}" if hasattr(link, "path") else "")
-            raise DataError(f"{self.where(group)}/{key}: dangling link{target} ({reason})")
+            where = f"{self.source}:" if self.source else ""
+            raise DataError(f"{where}{posixpath.join(group.name, key)}: dangling link{target} ({reason})")
         return child
 
 
