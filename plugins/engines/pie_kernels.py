@@ -1,0 +1,161 @@
+"""The PIE family's sequential epoch, fused in numba (FFTs inside the loop through rocket-fft).
+
+One call visits the frames of one scan in the given order and, for each,
+forms the pods psi = P_p O_o of its window, propagates them (far field:
+unitary FFT; near field: the scan's transfer function), projects the
+detector-plane waves onto the measured moduli with the model intensity
+scale x sum |Psi|^2 + background, propagates the change back and updates
+object and probe at once from their old values:
+
+    O_o += alpha  sum_p conj(P_p) dpsi_po / D_O,   D_O = (1 - r_O) |P|^2 + r_O max |P|^2
+    P_p += beta   sum_o conj(O_o) dpsi_po / D_P,   D_P = (1 - r_P) |O|^2 + r_P max |O|^2
+
+|P|^2 = sum_p |P_p|^2 and |O|^2 = sum_o |O_o|^2 over the window; r = 1 is
+ePIE (Maiden & Rodenburg 2009), r < 1 rPIE's regularised denominator
+(Maiden, Johnson & Li 2017).  No Python runs between frames.  The numpy
+statement of the same maths is in tests/plugins/engines/test_pie.py.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import rocket_fft
+import scipy.fft
+
+from difframe.ptycho.kernels import FAST, row_deviance, row_intensity, row_likelihood, weight_rows
+
+POISSON = 1
+#: the package that makes scipy.fft callable inside numba functions (importing it registers it)
+FFT_IN_NUMBA = rocket_fft.__name__
+
+
+@numba.njit(inline="always")
+def _forward(psi, transfer):
+    if transfer.shape[0] == 0:
+        return scipy.fft.fft2(psi, axes=(-2, -1), norm="ortho")
+    spec = scipy.fft.fft2(psi, axes=(-2, -1))
+    for k in range(spec.shape[0]):
+        spec[k] *= transfer
+    return scipy.fft.ifft2(spec, axes=(-2, -1), overwrite_x=True)
+
+
+@numba.njit(inline="always")
+def _backward(field, transfer):
+    if transfer.shape[0] == 0:
+        return scipy.fft.ifft2(field, axes=(-2, -1), norm="ortho", overwrite_x=True)
+    spec = scipy.fft.fft2(field, axes=(-2, -1), overwrite_x=True)
+    for k in range(spec.shape[0]):
+        spec[k] *= np.conj(transfer)
+    return scipy.fft.ifft2(spec, axes=(-2, -1), overwrite_x=True)
+
+
+@numba.njit(cache=True, fastmath=FAST, nogil=True)
+def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer,
+              alpha, beta, reg_object, reg_probe, update_object, update_probe, tiny,
+              err, dev, change, bg_sums, scale_sums):
+    """One sequential pass over the frames ``order`` of a scan; object and probe are updated in place.
+
+    Per frame n (the model before its update): err[n] = mean squared
+    amplitude error over valid pixels, dev[n] = Poisson deviance (sum over
+    valid pixels), change[n] = sum |dpsi|^2; with ``bg_sums`` (2, H, W) the
+    Poisson gradient and curvature with respect to the background are added,
+    with ``scale_sums`` (N, 2) those with respect to the frame's scale (empty
+    arrays: not fitted).  ``transfer`` (H, W) is the near-field transfer
+    function, empty in far field.
+    """
+    n_probe, h, w = probe.shape[0], probe.shape[1], probe.shape[2]
+    n_obj = obj.shape[0]
+    pods = n_probe * n_obj
+    real = intensity.dtype.type
+    one, zero = real(1), real(0)
+    a_o, a_p = real(alpha), real(beta)
+    r_o, r_p = real(reg_object), real(reg_probe)
+    wrow = weight_rows(weights, intensity.shape[0])
+    fit_bg = bg_sums.shape[0] > 0
+    fit_scale = scale_sums.shape[0] > 0
+    psi = np.empty((pods, h, w), probe.dtype)
+    p2 = np.empty((h, w), intensity.dtype)
+    o2 = np.empty((h, w), intensity.dtype)
+    model = np.empty(w, intensity.dtype)
+    d1 = np.empty(w, intensity.dtype)
+    d2 = np.empty(w, intensity.dtype)
+    pc = np.empty(n_probe, probe.dtype)
+    oc = np.empty(n_obj, probe.dtype)
+    for t in range(order.shape[0]):
+        n = order[t]
+        y, x = corners[n, 0], corners[n, 1]
+        p_max, o_max = zero, zero
+        for i in range(h):
+            for j in range(w):
+                sp, so = zero, zero
+                for p in range(n_probe):
+                    v = probe[p, i, j]
+                    sp += v.real * v.real + v.imag * v.imag
+                for o in range(n_obj):
+                    v = obj[o, y + i, x + j]
+                    so += v.real * v.real + v.imag * v.imag
+                    for p in range(n_probe):
+                        psi[p * n_obj + o, i, j] = probe[p, i, j] * v
+                p2[i, j] = sp
+                o2[i, j] = so
+                p_max = max(p_max, sp)
+                o_max = max(o_max, so)
+        field = _forward(psi, transfer)
+        s = real(scale[n])
+        e_sum, d_sum, g_scale, h_scale, valid = 0.0, 0.0, 0.0, 0.0, 0.0
+        fields = field.reshape((1, pods, h, w))
+        for i in range(h):
+            row_intensity(fields, 0, i, model)
+            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
+            d_sum += row_deviance(s, model, bg, meas, wt, tiny)
+            if fit_bg or fit_scale:
+                row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
+                for j in range(w):
+                    if fit_bg:
+                        bg_sums[0, i, j] += d1[j]
+                        bg_sums[1, i, j] += d2[j]
+                    g_scale += d1[j] * model[j]
+                    h_scale += d2[j] * model[j] * model[j]
+            for j in range(w):  # model becomes the factor that takes each amplitude onto the data
+                amp, am = np.sqrt(meas[j]), np.sqrt(s * model[j] + bg[j])
+                if wt[j] > zero:
+                    e_sum += (am - amp) * (am - amp)
+                    valid += 1.0
+                    model[j] = amp / max(am, real(tiny)) - one
+                else:
+                    model[j] = zero
+            for k in range(pods):
+                f = field[k, i]
+                for j in range(w):
+                    f[j] *= model[j]
+        err[n] = e_sum / max(valid, 1.0)
+        dev[n] = d_sum
+        if fit_scale:
+            scale_sums[n, 0] = g_scale
+            scale_sums[n, 1] = h_scale
+        dpsi = _backward(field, transfer)
+        c_sum = 0.0
+        for i in range(h):
+            for j in range(w):
+                step_o = a_o / ((one - r_o) * p2[i, j] + r_o * p_max + real(tiny))
+                step_p = a_p / ((one - r_p) * o2[i, j] + r_p * o_max + real(tiny))
+                for p in range(n_probe):
+                    pc[p] = np.conj(probe[p, i, j])
+                for o in range(n_obj):
+                    oc[o] = np.conj(obj[o, y + i, x + j])
+                for o in range(n_obj):
+                    total = obj.dtype.type(0)
+                    for p in range(n_probe):
+                        d = dpsi[p * n_obj + o, i, j]
+                        c_sum += d.real * d.real + d.imag * d.imag
+                        total += pc[p] * d
+                    if update_object:
+                        obj[o, y + i, x + j] += step_o * total
+                if update_probe:
+                    for p in range(n_probe):
+                        total = probe.dtype.type(0)
+                        for o in range(n_obj):
+                            total += oc[o] * dpsi[p * n_obj + o, i, j]
+                        probe[p, i, j] += step_p * total
+        change[n] = c_sum
