@@ -96,8 +96,17 @@ def configure_logging(level: int) -> None:
     logger.setLevel(levels[max(0, min(3, level))])
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+
+
+class _Formatter(logging.Formatter):
+    """Progress lines (``difframe.progress`` at INFO) read as plain sentences; other records say who logs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "difframe.progress" and record.levelno == logging.INFO:
+            return record.getMessage()
+        return super().format(record)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from difframe import parallel
+from difframe import parallel, progress
 from difframe.errors import DataError, UsageError
 from difframe.manager import PluginManager
 from difframe.param import Param
@@ -66,6 +67,8 @@ class Run:
         self.tree = ParamTree.build(self.plugins)
         self.params: Param = self.tree.resolve(merge_sources([*sources, *overrides]))
         logging.getLogger("difframe").setLevel(_LOG_LEVELS[self.params.verbose_level])
+        #: progress bars and the lines saying what the run does (rank 0 only; silent at verbose_level 0)
+        self.progress = progress.configure(self.params.verbose_level, parallel.world().is_root)
         self.stop_requested = False
         self._positions: dict[str, np.ndarray | None] = {}
 
@@ -150,21 +153,30 @@ class Run:
     def run(self) -> dict:
         """Execute the run; returns output name -> path (or the dry-run report)."""
         self.hook.difframe_run_started(run=self)
+        start = time.perf_counter()
         try:
-            if self.params.dry_run:
-                results = self.dry_run()
-            elif self.params.get("tds") is not None:
-                from difframe.tds.workflow import run_tds
-
-                results = run_tds(self)
-            elif self.params.scans:
-                from difframe.ptycho.workflow import run_ptycho
-
-                results = run_ptycho(self)
-            else:
-                raise UsageError("nothing to run: give at least one scans.<label> (ptychography) or a tds subtree")
+            with self.progress.session():
+                results = self._run()
         except BaseException as exc:
             self.hook.difframe_run_failed(run=self, error=exc)
             raise
+        if not self.params.dry_run:
+            written = [str(v) for v in results.values() if isinstance(v, (str, os.PathLike))
+                       and os.path.exists(v)]
+            self.progress.say("run %s done in %.1f s%s", self.run_name, time.perf_counter() - start,
+                              "; wrote " + ", ".join(written) if written else "")
         self.hook.difframe_run_finished(run=self, results=results)
         return results
+
+    def _run(self) -> dict:
+        if self.params.dry_run:
+            return self.dry_run()
+        if self.params.get("tds") is not None:
+            from difframe.tds.workflow import run_tds
+
+            return run_tds(self)
+        if self.params.scans:
+            from difframe.ptycho.workflow import run_ptycho
+
+            return run_ptycho(self)
+        raise UsageError("nothing to run: give at least one scans.<label> (ptychography) or a tds subtree")

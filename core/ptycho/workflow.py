@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difframe import parallel
+from difframe import parallel, runlock
 from difframe.errors import DataError, DifframeError, ParameterError, UsageError
 from difframe.ptycho import interaction
 from difframe.ptycho import model as pm
@@ -57,12 +57,16 @@ def prepare_scans(run, ranks: parallel.Ranks | None = None) -> dict:
         spec = run.plugins.get("recipe", name)
         log.info("scan %s: preparing data with recipe %s", label, name)
         context = run.scan_context(label, ranks)
-        failure = None
+        failure, start = None, time.perf_counter()
         try:
             prepared[label] = spec.prepare(scan, context)
         except DifframeError as err:
             failure = err
         ranks.raise_first(failure)
+        run.progress.say("scan %s: %d frames of %s prepared by recipe %s in %.1f s", label,
+                         prepared[label].num_frames,
+                         " x ".join(str(n) for n in prepared[label].data.shape[1:]), name,
+                         time.perf_counter() - start)
     return prepared
 
 
@@ -159,10 +163,8 @@ class _Outputs:
             corners = pm.corners_of(scan.positions, self.model.objects[scan.object_id], scan.shape)
             scanned.setdefault(scan.object_id, []).append(corners + np.asarray(scan.shape) // 2)
         scanned = {oid: np.concatenate(c) for oid, c in scanned.items()}
-        plotting.save_png(path, {k: s.data for k, s in self.model.objects.items()},
-                          {k: s.data for k, s in self.model.probes.items()}, self.runtime["iter_info"],
-                          f"{self.run.run_name}: {name}, iteration {iterations}", scanned)
-        self.frames.append(path)
+        self.frames.append(plotting.save_png(path, self.model.objects, self.model.probes, self.runtime["iter_info"],
+                                             f"{self.run.run_name}: {name}, iteration {iterations}", scanned))
         return path
 
 
@@ -204,6 +206,15 @@ def refine_positions(ep, model: pm.PtychoModel, done: int, previous: int, record
                  scan.label, stats["rms_shift_px"], stats["max_shift_px"], float(np.sqrt(np.mean(moved**2))))
 
 
+def shown_metric(metrics: dict) -> dict:
+    """The data-fit figure a progress line shows: the Poisson ``deviance`` the engines report (per
+    valid pixel, about 1 at the noise limit), else the Fourier error."""
+    for key in ("deviance", "fourier_error"):
+        if key in metrics:
+            return {key: float(metrics[key])}
+    return {}
+
+
 def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int]:
     """Run ``engines.<label>`` in order on ``model``; returns (last engine name, total iterations)."""
     total, name = 0, "none"
@@ -219,24 +230,26 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
         engine.initialize()
         run.hook.difframe_engine_started(run=run, engine=label)
         done = 0
-        while done < ep.numiter and not model.ranks.any(run.stop_requested):
-            n = min(max(1, ep.numiter_contiguous), ep.numiter - done)
-            start = time.perf_counter()
-            metrics = engine.iterate(n)
-            duration = (time.perf_counter() - start) / max(len(metrics), 1)
-            before = total
-            for k, m in enumerate(metrics, start=done + 1):
-                total += 1
-                outputs.record(label, name, total, duration, m, in_engine=k, numiter=ep.numiter)
-                run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
-            refine_positions(ep, model, done + len(metrics), done, recorded)
-            done += len(metrics)
-            log.info("%s %s: iteration %d, %s", label, name, total,
-                     ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))
-            outputs.block_done(name, before, total)
-            if outputs.server is not None:
-                outputs.server.poll()
-            interaction.share_changes(run, model.ranks, outputs.server)
+        with run.progress.bar(name if label.lower() == name.lower() else f"{name} ({label})", ep.numiter) as bar:
+            while done < ep.numiter and not model.ranks.any(run.stop_requested):
+                n = min(max(1, ep.numiter_contiguous), ep.numiter - done)
+                start = time.perf_counter()
+                metrics = engine.iterate(n)
+                duration = (time.perf_counter() - start) / max(len(metrics), 1)
+                before = total
+                for k, m in enumerate(metrics, start=done + 1):
+                    total += 1
+                    outputs.record(label, name, total, duration, m, in_engine=k, numiter=ep.numiter)
+                    run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
+                refine_positions(ep, model, done + len(metrics), done, recorded)
+                done += len(metrics)
+                log.debug("%s %s: iteration %d, %s", label, name, total,
+                          ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))
+                bar.update(len(metrics), **shown_metric(metrics[-1]))
+                outputs.block_done(name, before, total)
+                if outputs.server is not None:
+                    outputs.server.poll()
+                interaction.share_changes(run, model.ranks, outputs.server)
         summary = engine.finalize()
         run.hook.difframe_engine_finished(run=run, engine=label, summary=summary)
     return name, total
@@ -251,11 +264,34 @@ def run_ptycho(run) -> dict:
     if not run.params.engines:
         raise UsageError("no engines given: add engines.<label> with name = \"DM\" or \"ML\"")
     ranks = parallel.world()
+    with runlock.holding(run.home, run.run_name, output_globs(run), ranks):
+        return _reconstruct(run, ranks)
+
+
+def output_globs(run) -> list[Path]:
+    """Globs of every file ``io.paths`` lets this run write (its recons, autosaves, plots and movie)."""
+    paths = run.params.io.paths
+    globs = []
+    for which in ("recons", "autosave", "plots", "movie"):
+        path = Path(runlock.template_glob(str(paths[which]), {"run": run.run_name}))
+        globs.append(path if path.is_absolute() else run.home / path)
+    return globs
+
+
+def _reconstruct(run, ranks) -> dict:
+    scans = ", ".join(f"{label} ({scan.data.source or 'file'})" for label, scan in run.params.scans.items())
+    engines = " then ".join(f"{ep.name} x {ep.numiter}" for ep in run.params.engines.values())
+    run.progress.say("run %s: ptychography of scan %s with %s on %d process%s; results in %s", run.run_name,
+                     scans, engines, ranks.size, "es" if ranks.size > 1 else "",
+                     output_path(run, "recons", "ENGINE", 0).parent)
     model = build_run_model(run, prepare_scans(run, ranks))  # the prepared frames are freed once copied in
     model.keep_share(ranks)
     init_background(run, model)
     outputs = _Outputs(run, model)
     with interaction.serving(run, model, outputs.runtime) as outputs.server:
+        if outputs.server is not None:
+            run.progress.say("interaction server at %s (watch it live: difframe watch %s)", outputs.server.address,
+                             outputs.server.address)
         interaction.start_live_view(run, outputs.server, model.ranks)
         name, total = run_engines(run, model, outputs)
     results: dict = {}

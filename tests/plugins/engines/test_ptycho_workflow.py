@@ -154,3 +154,91 @@ def test_plot_command_draws_a_ptyr_and_names_a_bad_one(tmp_path, scan, capsys):
     assert main(["plot", str(tmp_path / "bad.ptyr")]) == 1
     assert "bad.ptyr" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+
+
+# ------------------------------------------------------------- progress, locks, stale temporaries
+
+
+def test_progress_lines_off_a_terminal_carry_engine_iteration_and_the_deviance_on_file(tmp_path, scan, caplog,
+                                                                                     monkeypatch):
+    import re
+
+    from difframe import progress
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)  # a line at every block instead of every 10 s
+    prep, probe, truth, guess = scan
+    caplog.set_level("INFO", logger="difframe.progress")
+    engines = {"e1": {"name": "DM", "numiter": 4, "numiter_contiguous": 2},
+               "e2": {"name": "ML", "numiter": 3, "numiter_contiguous": 3}}
+    results = make_run(tmp_path, Recorder(prep), guess, plotclient={"dump": False}, engines=engines).run()
+    lines = [r.getMessage() for r in caplog.records if r.name == "difframe.progress"]
+    assert lines[0].startswith("run t: ptychography of scan a (truth) with DM x 4 then ML x 3")
+    assert str(tmp_path / "recons" / "t") in lines[0]
+    assert lines[-1].startswith("run t done in") and str(results["reconstruction"]) in lines[-1]
+    deviance = [i["metrics"]["deviance"] for i in read_ptyr(results["reconstruction"]).iter_info]
+    seen = []
+    for line in lines:
+        m = re.fullmatch(r"(DM \(e1\)|ML \(e2\)): (\d+)/([34]) \[.*<.*, +[\d.]+(?:it/s|s/it), deviance=(\S+)\]",
+                         line)
+        if m:
+            engine, k = m.group(1)[:2], int(m.group(2))
+            seen.append((engine, k, int(m.group(3))))
+            total = k + (4 if engine == "ML" else 0)
+            assert float(m.group(4)) == pytest.approx(deviance[total - 1], rel=1e-2)  # shown to 3 digits
+    # one line per block, none repeated: blocks end at 2, 4 (DM, 2 per block) and 3 (ML)
+    assert seen == [("DM", 2, 4), ("DM", 4, 4), ("ML", 3, 3)]
+
+
+def test_quiet_run_reports_no_progress(tmp_path, scan, caplog):
+    prep, probe, truth, guess = scan
+    caplog.set_level("DEBUG")
+    make_run(tmp_path, Recorder(prep), guess, plotclient={"dump": False}, verbose_level=0,
+             engines={"e1": {"name": "DM", "numiter": 2}}).run()
+    assert not [r for r in caplog.records if r.name == "difframe.progress"]
+
+
+def _pid_of_a_finished_process() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_second_run_refuses_while_a_live_run_holds_the_lock_and_takes_over_a_dead_ones(tmp_path, scan):
+    import json
+    import os
+    import socket
+
+    from difframe.errors import UsageError
+
+    prep, probe, truth, guess = scan
+    lock = tmp_path / ".difframe-t.lock"
+    short = {"plotclient": {"dump": False}, "engines": {"e1": {"name": "DM", "numiter": 2}}}
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "run": "t",
+                                "started": "2026-01-01T00:00:00", "command": "difframe run first.toml"}))
+    with pytest.raises(UsageError, match=rf"run 't' is already running .*pid {os.getppid()} .*first.toml"):
+        make_run(tmp_path, Recorder(prep), guess, **short).run()
+    assert not (tmp_path / "recons").exists() and lock.exists()
+    # another run name writes other files: it runs
+    other = make_run(tmp_path, Recorder(prep), guess, **short, run="u").run()
+    assert other["reconstruction"].name == "u_DM_0002.ptyr"
+    # the holder died without releasing: taken over, and released at the end
+    lock.write_text(json.dumps({"pid": _pid_of_a_finished_process(), "host": socket.gethostname(), "run": "t"}))
+    assert make_run(tmp_path, Recorder(prep), guess, **short).run()["reconstruction"].exists()
+    assert not lock.exists()
+
+
+def test_stale_part_files_of_the_runs_outputs_are_removed_at_the_next_start(tmp_path, scan):
+    prep, probe, truth, guess = scan
+    stale = [tmp_path / "recons/t/.t_DM_0002.ptyr.k3j9x_1.part", tmp_path / "dumps/t/.t_DM_0004.ptyr.abc.part",
+             tmp_path / "plots/t/.t_DM_0002.png.q1.part"]
+    kept = [tmp_path / "recons/t/.notes.txt.zz.part",  # not a file this run writes
+            tmp_path / "recons/u/.u_DM_0002.ptyr.x.part"]  # another run's
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    make_run(tmp_path, Recorder(prep), guess, plotclient={"dump": False},
+             engines={"e1": {"name": "DM", "numiter": 2}}).run()
+    assert [p.exists() for p in stale] == [False] * 3 and all(p.exists() for p in kept)
