@@ -156,10 +156,10 @@ NODES = {
         help='Switch to dump plots as image files',
     ),
     'plotclient.dump_interval': P(
-        type=('int',),
-        default=None,
+        type=('int', 'NoneType'),
+        default=0,
         help='Iteration interval for dumping plots',
-        doc='If None, no image will be saved. If 0, only a final image will be saved.',
+        doc='If None, no image will be saved. If 0, only a final image will be saved.\n\nThe reference\'s default is None; difframe\'s is 0, so that every run leaves a picture of its result (plotclient.dump = False or dump_interval = None: none).',
     ),
     'plotclient.make_movie': P(
         type=('bool',),

@@ -84,7 +84,12 @@ def test_dm_then_ml_writes_ptyr_autosaves_plots_movie_and_fires_hooks(tmp_path, 
     from PIL import Image
 
     movie = Image.open(results["movie"])
-    assert movie.format == "GIF" and movie.n_frames == 3
+    assert movie.format == "GIF" and movie.n_frames == 4  # the last picture opens the movie, then all in order
+    frames = []
+    for n in (0, 3):
+        movie.seek(n)
+        frames.append(np.asarray(movie.convert("RGB")))
+    np.testing.assert_array_equal(frames[0], frames[1])
 
 
 def test_stop_request_ends_after_the_current_block(tmp_path, scan):
