@@ -70,11 +70,14 @@ def linked_file(name: str, parent: str, env: str = "HDF5_EXT_PREFIX") -> str | N
 
 
 class _Audit:
-    """One walk over the link graph of a file and of every file it links to."""
+    """One depth-first walk over every link reachable from a file's root, into linked files too.
+
+    Each group is entered once; a link to a group still being walked (an
+    ancestor, however the link reaches it) is a cycle.
+    """
 
     def __init__(self, dirs: tuple[str, ...]):
         self.dirs = dirs
-        self.files: set[str] = set()  # real paths already audited
         self.links = 0
 
     def check_target(self, where: str, kind: str, name: str, parent: str, env: str) -> str | None:
@@ -90,44 +93,48 @@ class _Audit:
             raise DataError(f"{where}: {kind} to {name!r} ({real}) is not a regular file")
         return real
 
-    def file(self, f: Any, source: str) -> None:
-        """Audit the open h5py file ``f`` (shown as ``source``) and the files it links to."""
+    def walk(self, f: Any, source: str) -> None:
+        """Audit the open h5py file ``f`` (named ``source`` in messages) and what its links reach."""
         import h5py
 
-        real = os.path.realpath(f.filename)
-        if real in self.files:
-            return
-        self.files.add(real)
-        stack = [(f["/"], (f["/"].id,))]
-        seen = {f["/"].id}
+        top = f.id
+        root = f["/"]
+        walking = {root.id: "/"}  # groups on the current path -> their name
+        done = set()
+        stack = [(root, iter(root))]
         while stack:
-            group, ancestors = stack.pop()
-            for key in group:
-                self.links += 1
-                if self.links > MAX_LINKS:
-                    raise DataError(f"{source}: more than {MAX_LINKS} links, refused as unreasonable")
-                name = posixpath.join(group.name, key)
-                where = f"{source}:{name}"
-                try:
-                    link = group.get(key, getlink=True)
-                except (KeyError, RuntimeError, OSError, ValueError) as err:
-                    raise DataError(f"{where}: unreadable link ({err})") from None
-                if isinstance(link, h5py.SoftLink):
-                    self.soft(f, group.name, link.path, where)
-                elif isinstance(link, h5py.ExternalLink):
-                    self.external(f, link, where)
-                node = _deref(group, key)
-                if node is None:
-                    continue  # dangling: reading it fails later, naming it
-                if isinstance(node, h5py.Group):
-                    if node.id in ancestors:
-                        target = f" ({_describe(link)})" if not isinstance(link, h5py.HardLink) else ""
-                        raise DataError(f"{where}: link cycle, the group{target} contains itself")
-                    if isinstance(link, h5py.HardLink) and node.id not in seen:
-                        seen.add(node.id)
-                        stack.append((node, ancestors + (node.id,)))
-                elif isinstance(node, h5py.Dataset):
-                    self.dataset(f, node, where)
+            group, keys = stack[-1]
+            key = next(keys, None)
+            if key is None:
+                stack.pop()
+                done.add(group.id)
+                del walking[group.id]
+                continue
+            self.links += 1
+            if self.links > MAX_LINKS:
+                raise DataError(f"{source}: more than {MAX_LINKS} links, refused as unreasonable")
+            name = posixpath.join(group.name, key)
+            where = f"{source if group.file.id == top else group.file.filename}:{name}"
+            try:
+                link = group.get(key, getlink=True)
+            except (KeyError, RuntimeError, OSError, ValueError) as err:
+                raise DataError(f"{where}: unreadable link ({err})") from None
+            if isinstance(link, h5py.SoftLink):
+                self.soft(group.file, group.name, link.path, where)
+            elif isinstance(link, h5py.ExternalLink):
+                self.check_target(where, "external link", link.filename, group.file.filename, "HDF5_EXT_PREFIX")
+            node = _deref(group, key)
+            if isinstance(node, h5py.Group):
+                if node.id in walking:
+                    kind = _describe(link) if not isinstance(link, h5py.HardLink) else "hard link"
+                    raise DataError(f"{where}: link cycle, a {kind} back to {walking[node.id]}, a group holding "
+                                    f"the link")
+                if node.id not in done:
+                    walking[node.id] = name
+                    stack.append((node, iter(node)))
+            elif isinstance(node, h5py.Dataset):
+                self.dataset(node, where)
+            # None: a dangling link; reading it fails later, naming it
 
     def soft(self, f: Any, base: str, target: str, where: str) -> None:
         """Follow a soft link's path component by component; DataError when it loops."""
@@ -145,7 +152,7 @@ class _Audit:
                 continue
             group = f.get(current)
             if not isinstance(group, h5py.Group) or part not in group:
-                return  # dangling, or through an external link the file audit covers
+                return  # dangling, or through an external link the walk checks where it meets it
             link = group.get(part, getlink=True)
             if isinstance(link, h5py.SoftLink):
                 steps += 1
@@ -158,19 +165,7 @@ class _Audit:
             else:
                 current = posixpath.join(current, part)
 
-    def external(self, f: Any, link: Any, where: str) -> None:
-        import h5py
-
-        real = self.check_target(where, "external link", link.filename, f.filename, "HDF5_EXT_PREFIX")
-        if real is None or real in self.files:
-            return
-        try:
-            with h5py.File(real, "r") as other:
-                self.file(other, real)
-        except OSError as err:
-            raise DataError(f"{where}: external link to {link.filename!r}: not a readable HDF5 file ({err})") from None
-
-    def dataset(self, f: Any, node: Any, where: str) -> None:
+    def dataset(self, node: Any, where: str) -> None:
         """Raw data kept in other files (external storage, virtual sources) must be allowed files too."""
         plist = node.id.get_create_plist()
         for i in range(plist.get_external_count()):
@@ -183,7 +178,7 @@ class _Audit:
         if node.is_virtual:
             for source in node.virtual_sources():
                 if source.file_name != ".":
-                    self.check_target(where, "virtual dataset source", source.file_name, f.filename,
+                    self.check_target(where, "virtual dataset source", source.file_name, node.file.filename,
                                       "HDF5_VDS_PREFIX")
 
 
@@ -214,7 +209,7 @@ def open_file(path: str | os.PathLike, what: str = "HDF5", link_dirs: Iterable[s
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not an HDF5 file, so not {what} ({err})") from None
     try:
-        _Audit(allowed_dirs(path, link_dirs)).file(f, str(path))
+        _Audit(allowed_dirs(path, link_dirs)).walk(f, str(path))
     except BaseException:
         f.close()
         raise

@@ -138,6 +138,7 @@ class _Reader:
     def __init__(self, source: str):
         self.source = source
         self.read_bytes = 0.0
+        self.nodes = 0  # groups shared by hard links are read once per link: a small file can nest 2**30 reads
 
     def where(self, node: Any) -> str:
         return f"{self.source}:{node.name}" if self.source else node.name
@@ -153,6 +154,10 @@ class _Reader:
         import h5py
 
         where = self.where(node)
+        self.nodes += 1
+        if self.nodes > h5safe.MAX_LINKS:
+            raise DataError(f"{where}: more than {h5safe.MAX_LINKS} nodes read from one tree (groups shared many "
+                            f"times over), refused as unreasonable")
         kind = node_type(node)
         if kind in REFUSED_TYPES:
             raise DataError(f"{where}: node is stored as {kind!r} (a Python pickle); difframe never unpickles data")
