@@ -8,6 +8,7 @@ simulation's constants, every constant's error, and the fit times and their rati
 measured in the same run.
 
 Run: .venv/bin/python benchmarks/tds_exposure.py [widths, e.g. 0.1,0.5,1] [crystals, e.g. rutile,aragonite]
+[points for the timing, 0: none]
 """
 
 import sys
@@ -89,7 +90,23 @@ def recover(data, structure, values, cguess, geometry, exposure: str, backend: s
     return max(abs(e) for e in errors.values()), errors, seconds, result
 
 
-def main(widths=(0.1, 0.5, 1.0), crystals=("rutile", "aragonite")):
+def timing(data, structure, values, cguess, geometry, n_points: int):
+    """Fit times with and without the exposure average on ``n_points`` (the harvest tiled, Q jittered by 1e-4)."""
+    rng = np.random.default_rng(0)
+    reps = -(-n_points // len(data["Q"]))
+    tiled = {k: (np.concatenate([v] * reps)[:n_points] if k in ("Q", "intensity", "spot", "frame", "pixel") else v)
+             for k, v in data.items()}
+    tiled["Q"] = tiled["Q"] * (1 + 1e-4 * rng.standard_normal(tiled["Q"].shape))
+    print(f"fit time on {n_points} points (harvest tiled {reps}x):")
+    for backend in ("numpy", "opencl"):
+        runs = {mode: recover(tiled, structure, values, cguess, geometry, mode, backend) for mode in ("off", "on")}
+        off, on = runs["off"], runs["on"]
+        per_off, per_on = off[2] / len(off[3].history), on[2] / len(on[3].history)
+        print(f"  {backend:7s} off {off[2]:6.2f} s ({len(off[3].history)} Jacobians), on {on[2]:6.2f} s "
+              f"({len(on[3].history)}): ratio {on[2] / off[2]:.2f}, per Jacobian {per_on / per_off:.2f}")
+
+
+def main(widths=(0.1, 0.5, 1.0), crystals=("rutile", "aragonite"), n_timing=200_000):
     print(f"{'crystal':10s} {'width':>6s} {'points':>7s} {'excl.':>6s} {'off: worst':>11s} {'on: worst':>10s} "
           f"{'t_off':>6s} {'t_on':>6s} {'ratio':>6s}")
     for crystal in crystals:
@@ -103,9 +120,11 @@ def main(widths=(0.1, 0.5, 1.0), crystals=("rutile", "aragonite")):
                   f"{100 * off[0]:10.3f}% {100 * on[0]:9.3f}% {off[2]:6.2f} {on[2]:6.2f} {on[2] / off[2]:6.2f}")
             for label, run in (("off", off), ("on", on)):
                 print(f"    {label:3s} " + " ".join(f"{n} {100 * e:+.3f}%" for n, e in run[1].items()))
+            if n_timing and width == max(widths):
+                timing(data, structure, values, cguess, geometry, n_timing)
 
 
 if __name__ == "__main__":
     widths = tuple(float(w) for w in sys.argv[1].split(",")) if len(sys.argv) > 1 else (0.1, 0.5, 1.0)
     crystals = tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("rutile", "aragonite")
-    main(widths, crystals)
+    main(widths, crystals, int(float(sys.argv[3])) if len(sys.argv) > 3 else 200_000)

@@ -45,6 +45,8 @@ log = logging.getLogger("difframe.tds.fit")
 
 WEIGHTINGS = ("poisson", "uniform")
 EXPOSURE_MODES = ("auto", "on", "off")
+#: points of the harvest that exposure = "auto" examines at most
+AUTO_SAMPLE = 20000
 #: a relative singular value below this means the fit cannot determine the constants
 SINGULAR = 1e-7
 MIN_POINTS_PER_SPOT = 3
@@ -463,15 +465,17 @@ def choose_exposure(points: Points, c_start: np.ndarray, settings: FitSettings, 
     exposure = Exposure(axis, width, substeps)
     if mode == "auto":
         moved = np.flatnonzero(substeps > 1)  # one sub-step is the frame centre: no change there
+        stride = -(-len(moved) // AUTO_SAMPLE)  # a sample is enough for a yes/no (and keeps start-up cheap)
         shift = 0.0
         if len(moved):  # T at CGUESS through a one-element basis, C itself
+            moved = moved[::stride]
             Q, q, one = points.Q[moved], points.q[moved], np.ones(1)
             centre = NumpyModel(Q, q, c_start[None], **(options or {})).evaluate(one, False)[0]
             spread = ExposureModel(Q, q, c_start[None], Exposure(axis, width, substeps[moved]),
                                    **(options or {})).evaluate(one, False)[0]
             y = points.y[moved]
             floor = max(1e-2 * float(np.median(np.abs(points.y))), np.finfo(float).tiny)
-            shift = float(np.sum((y * (spread / centre - 1)) ** 2 / np.maximum(y, floor)))
+            shift = stride * float(np.sum((y * (spread / centre - 1)) ** 2 / np.maximum(y, floor)))
         if shift <= 1.0:
             log.info("exposure: averaging over the %.4g deg frames changes the model by less than the noise "
                      "(chi^2 shift %.3g): frame centres used", width, shift)

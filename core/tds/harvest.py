@@ -12,9 +12,13 @@ the rank has a core to spare (the per-frame selection costs about a sixth of it)
 
 Selection (TDS.md section 5): a point of frame n at pixel p belongs to spot s when
 DeltaQ_min |b|max < |Q_c - G_s| < DeltaQ_max |b|max, the pixel is unmasked and not
-negative.  Its intensity is divided by the frame's normalisation.  A frame in which
-any pixel within DeltaQ_max of a spot exceeds ``threshold`` gives no points; its
-pixels above the threshold feed the intensity-weighted centroid of that spot.  With
+negative.  Its intensity is divided by the frame's normalisation.  A *spot pixel* of
+spot s in frame n is an unmasked pixel within DeltaQ_max of s in that frame (any
+value; masked pixels never count).  When a spot pixel exceeds ``threshold``, the
+frame gives no points at all (``threshold_rule = "frame"``, tds2el's rule and the
+default) or no points of that spot only (``"spot"``); both rules' counts are
+logged and kept in the attributes.  The pixels above the threshold feed the
+intensity-weighted centroid of their spot.  With
 re-centring (``centering_file``) a spot's centre is the centroid measured by an
 earlier harvest and the stored Q is shifted by (G - centroid).
 
@@ -47,6 +51,7 @@ FRAME_CONVENTION = (
     "Q = B h with 2 pi"
 )
 Q_UNIT = "1/Angstrom"
+THRESHOLD_RULES = ("frame", "spot")
 
 
 @dataclass
@@ -61,7 +66,7 @@ class Harvest:
     hkl: np.ndarray  # (S, 3)
     G: np.ndarray  # (S, 3) crystal frame [1/Angstrom]
     centroid: np.ndarray  # (S, 3) weighted centre of the above-threshold pixels, NaN if none
-    excluded_frames: np.ndarray  # (K,) frames dropped for exceeding the threshold
+    excluded_frames: np.ndarray  # (K,) frames with a spot pixel above the threshold (dropped by the frame rule)
     attrs: dict = field(default_factory=dict)
 
     @property
@@ -77,6 +82,7 @@ class HarvestOptions:
     delta_q_min: float = 0.0  # DeltaQ_min, in units of |b|max
     delta_q_max: float = 0.15  # DeltaQ_max, in units of |b|max
     threshold: float | None = None  # threshold [counts]; None: no exclusion
+    threshold_rule: str = "frame"  # a hot spot pixel drops its frame for every spot (tds2el) or, "spot", for its spot
     spots: np.ndarray | None = None  # collectSpots (S, 3)
     generators: str | None = None  # ascii_generators, for replicas
     replicas: bool = False  # REPLICA_COLLECTION
@@ -229,16 +235,17 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     frames = _frame_source(block, files, reader, first.data if rank == 0 else None, first.data.nbytes,
                            comm)  # reading starts during the set-up
     with contextlib.closing(frames), quiet_fabio():
-        hkl, G, points, per_frame, centroid_sums, over = _select(geometry, files, options, plugins, shape, block,
-                                                                 frames, comm)
+        hkl, G, points, per_frame, centroid_sums, over, kept = _select(geometry, files, options, plugins, shape,
+                                                                       block, frames, comm)
     if comm is not None and size > 1:  # blocks are contiguous and gathered in rank order: frame order
         points = {k: _gather(comm, v) for k, v in points.items()}
         per_frame = _reduce(comm, per_frame)
         centroid_sums = _reduce(comm, centroid_sums)
         over = _reduce(comm, over.astype(np.int64))
+        kept = _reduce(comm, kept)
         if rank != 0:
             return None
-    excluded = np.flatnonzero(over)
+    excluded = np.flatnonzero(over.any(axis=1))
     totals = centroid_sums.sum(axis=0)  # (S, 4), summed in frame order: deterministic
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(totals[:, :1] > 0, totals[:, 1:] / totals[:, :1], np.nan)
@@ -260,6 +267,8 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
             log.warning("angular_step = %.6g deg (conf_file) disagrees with Angle_increment = %.6g deg in the "
                         "header of %s; phi of each frame and its exposure follow angular_step",
                         geometry.angular_step, float(increment), files[0])
+    if options.threshold is not None:
+        _report_threshold(result, over, kept, options.threshold_rule)
     log.info("harvest: %d points around %d spots; %d frames excluded by the threshold",
              len(result.Q), len(hkl), len(excluded))
     return result
@@ -297,10 +306,25 @@ def _select(geometry, files, options, plugins, shape, block, frames, comm):
     log.info("harvest: %d frames of %d x %d, %d spots, %d candidate pixels, r = %.4g..%.4g 1/A",
              len(files), shape[0], shape[1], len(hkl), len(candidates), r_min, r_max)
 
-    points, per_frame, centroid_sums, over = _harvest_frames(block, files, frames, shape, visits, candidates,
-                                                             q_cand, rotations, centres, G, r_min, r_max, norm,
-                                                             options.threshold)
-    return hkl, G, points, per_frame, centroid_sums, over
+    if options.threshold_rule not in THRESHOLD_RULES:
+        raise UsageError(f"threshold_rule = {options.threshold_rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
+    points, per_frame, centroid_sums, over, kept = _harvest_frames(
+        block, files, frames, shape, visits, candidates, q_cand, rotations, centres, G, r_min, r_max, norm,
+        options.threshold, options.threshold_rule)
+    return hkl, G, points, per_frame, centroid_sums, over, kept
+
+
+def _report_threshold(result: Harvest, over: np.ndarray, kept: np.ndarray, rule: str) -> None:
+    """Log and record (root attributes) what each threshold rule keeps, whichever was applied."""
+    frames = over.shape[0]
+    whole = int((~over.any(axis=1)).sum())  # frames the per-frame rule keeps
+    pairs = int(over.sum())  # (frame, spot) pairs the per-spot rule drops
+    result.attrs.update({"threshold_rule": rule, "threshold_frames": frames,
+                         "threshold_frame_rule_frames_kept": whole, "threshold_frame_rule_points": int(kept[0]),
+                         "threshold_spot_rule_pairs_dropped": pairs, "threshold_spot_rule_points": int(kept[1])})
+    log.info("threshold: the per-frame rule (tds2el) keeps %d of %d frames, %d points; the per-spot rule drops "
+             "%d (frame, spot) pairs of %d frames and keeps %d points; applied: per-%s", whole, frames, int(kept[0]),
+             pairs, frames - whole, int(kept[1]), rule)
 
 
 def _check_spots_fall_on_detector(seen, hkl, requested, n_frames, options) -> None:
@@ -451,9 +475,10 @@ def _spare_core(comm) -> bool:
 
 
 def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rotations, centres, G, r_min, r_max,
-                    norm, threshold):
+                    norm, threshold, rule="frame"):
     """Points of the frames in ``block`` (this rank's share), in (frame, spot, pixel) order, and the number
-    of points of each frame (F,), which is all the frame column needs.
+    of points of each frame (F,), which is all the frame column needs; also which spots are hot in which
+    frame (F, S) and the points each threshold rule keeps (2,: frame rule, spot rule).
 
     Per chunk of frames, the (spot, pixel) rows visited in any of them form a dense
     (frame, row) table: one matrix product per frame rotates the rows, one gather
@@ -462,7 +487,8 @@ def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rot
     """
     centroid_sums = np.zeros((len(files), len(G), 4))  # per frame and spot: sum I, sum I*Q
     per_frame = np.zeros(len(files), np.int64)
-    over = np.zeros(len(files), bool)
+    over = np.zeros((len(files), len(G)), bool)  # a spot pixel of spot s exceeds the threshold in frame n
+    kept = np.zeros(2, np.int64)
     spans = np.empty(0, np.int64)
     if len(block):
         spans = np.minimum(visits.last, block[-1]) - np.maximum(visits.first, block[0]) + 1
@@ -497,10 +523,14 @@ def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rot
             hot = inside & (values > threshold)
             if hot.any():  # those frames give no points; their hot pixels locate the peaks
                 f, r = np.nonzero(hot)
-                over[numbers[f]] = True
+                over[numbers[f], spot[r]] = True
                 weights = values[f, r].astype(float)[:, None]
                 np.add.at(centroid_sums, (numbers[f], spot[r]), np.concatenate([weights, weights * q_c[f, r]], 1))
-        keep = inside & (dist2 > r_min * r_min) & (values >= 0) & ~over[numbers][:, None]
+        valid = inside & (dist2 > r_min * r_min) & (values >= 0)
+        by_frame = valid & ~over[numbers].any(axis=1)[:, None]
+        by_spot = valid & ~over[numbers[:, None], spot[None, :]]
+        kept += [int(by_frame.sum()), int(by_spot.sum())]
+        keep = by_frame if rule == "frame" else by_spot
         per_frame[numbers] = keep.sum(axis=1)
         done = slice(filled, filled + int(per_frame[numbers].sum()))
         (offset + G[spot]).reshape(-1, 3).compress(keep.ravel(), axis=0, out=out["Q"][done])
@@ -512,7 +542,7 @@ def _harvest_frames(block, files, frames, shape, visits, candidates, q_cand, rot
         if count * 10 // len(block) > c0 * 10 // len(block) or count == len(block):  # about every tenth
             log.info("harvest: %d/%d frames, %d points, %.1f frames/s", count, len(block), filled,
                      count / max(time.perf_counter() - start, 1e-9))
-    return {k: v[:filled] for k, v in out.items()}, per_frame, centroid_sums, over
+    return {k: v[:filled] for k, v in out.items()}, per_frame, centroid_sums, over, kept
 
 
 def _rotate(q, matrix, out, rows: int = 16384):

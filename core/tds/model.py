@@ -238,7 +238,7 @@ def rotate_about(vectors: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np
 
 
 def exposure_substeps(Q: np.ndarray, q: np.ndarray, axis: np.ndarray, width: float,
-                      tol: float = EXPOSURE_TOL, most: int = MAX_SUBSTEPS) -> np.ndarray:
+                      tol: float | None = None, most: int = MAX_SUBSTEPS) -> np.ndarray:
     """Gauss-Legendre sub-steps each point needs so that its exposure average is good to ``tol``.
 
     Why per point: during the exposure Q moves by about |axis x Q| * width, and
@@ -249,6 +249,7 @@ def exposure_substeps(Q: np.ndarray, q: np.ndarray, axis: np.ndarray, width: flo
     pole; points far from the peak or slow need one node, the few near it more.
     """
     Q, q = _check_points(Q, q)
+    tol = EXPOSURE_TOL if tol is None else tol
     half = 0.5 * np.radians(abs(float(width)))
     v = np.cross(axis, Q)
     vv = np.einsum("ni,ni->n", v, v)

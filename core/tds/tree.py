@@ -94,6 +94,12 @@ NODES = {
                        help="frames where a spot's pixel exceeds this are kept out of the fit",
                        doc="Their brightest pixels give an intensity-weighted centroid of the peak, which a "
                        "second harvest with centering_file uses to re-centre Q."),
+    "tds.threshold_rule": P(type="str", default="frame", choices=("frame", "spot"),
+                            help="what a spot pixel above threshold drops: its frame for every spot (tds2el) or "
+                            "only its spot",
+                            doc="A spot pixel is an unmasked pixel within DeltaQ_max of the spot in that frame; "
+                            "masked pixels never count.  The harvest logs how many frames and points each rule "
+                            "keeps (docs/tds-usage.md, section 4)."),
     "tds.collectSpots": P(type=("list", "NoneType"), default=None, help="[[h, k, l], ...] spots to harvest around"),
     "tds.file_maxima": P(type=_FILE, default=None,
                          help="tagged maxima file whose accepted hkl replace collectSpots (read only if safe)"),

@@ -97,6 +97,7 @@ def harvest_options(tds, spots=None):
         delta_q_min=float(_get(tds, "DeltaQ_min", 0.0)),
         delta_q_max=float(_get(tds, "DeltaQ_max", 0.15)),
         threshold=None if threshold is None else float(threshold),
+        threshold_rule=str(_get(tds, "threshold_rule", "frame")),
         spots=spot_list(tds) if spots is None else spots,
         generators=_get(tds, "ascii_generators"),
         replicas=bool(_get(tds, "REPLICA_COLLECTION", False)),

@@ -39,8 +39,9 @@ def scan(tmp_path_factory):
             "norm": hs.write_normalisation(folder, files)}
 
 
-def brute_force(geometry, files, hkl, options, mask, norm, centres=None):
-    """Every (frame, spot, pixel) that the selection rules keep, from full-frame rotations."""
+def brute_force(geometry, files, hkl, options, mask, norm, centres=None, rule="frame"):
+    """Every (frame, spot, pixel) that the selection rules keep, from full-frame rotations, and the frames
+    with a spot pixel above the threshold (``rule``: they lose every spot, or "spot": that spot)."""
     import fabio
 
     q_lab = geometry.q_lab_image(hs.SHAPE).reshape(-1, 3)
@@ -56,11 +57,12 @@ def brute_force(geometry, files, hkl, options, mask, norm, centres=None):
         for s in range(len(hkl)):
             d = np.linalg.norm(q_c - centres[s], axis=1)
             if options.threshold is not None and np.any((d < r_max) & mask & (values > options.threshold)):
-                excluded.add(n)
+                excluded.add((n, s))
             for p in np.flatnonzero((d > r_min) & (d < r_max) & mask & (values >= 0)):
                 rows.append((n, s, p, *(G[s] + q_c[p] - centres[s]), values[p] / norm[n]))
-    rows = [r for r in rows if r[0] not in excluded]
-    return np.array(sorted(rows)), sorted(excluded)
+    frames = {n for n, _ in excluded}
+    rows = [r for r in rows if ((r[0], r[1]) not in excluded if rule == "spot" else r[0] not in frames)]
+    return np.array(sorted(rows)), sorted(frames)
 
 
 def test_harvest_matches_brute_force(scan, plugins):
@@ -89,6 +91,43 @@ def test_harvest_matches_brute_force(scan, plugins):
     expected = (weights[:, None] * (q_lab @ geometry.lab_to_crystal(8).T)).sum(0) / weights.sum()
     np.testing.assert_allclose(result.centroid[1], expected, atol=1e-12)
     assert np.isnan(result.centroid[[0, 2, 3]]).all()
+
+
+def test_per_spot_threshold_rule_drops_only_the_hot_spot(scan, plugins, tmp_path):
+    import dataclasses
+
+    import fabio
+
+    geometry = hs.geometry()
+    frame_rule = HarvestOptions(delta_q_min=0.05, delta_q_max=0.3, threshold=5e5, spots=np.array(hs.SPOTS),
+                                mask_file=str(scan["mask"]))
+    spot_rule = dataclasses.replace(frame_rule, threshold_rule="spot")
+    by_frame = harvest(geometry, scan["files"], frame_rule, plugins)
+    by_spot = harvest(geometry, scan["files"], spot_rule, plugins)
+    mask = fabio.open(str(scan["mask"])).data.ravel() != 0
+    reference, excluded = brute_force(geometry, scan["files"], np.array(hs.SPOTS), spot_rule, mask,
+                                      np.ones(hs.N_FRAMES), rule="spot")
+    assert excluded == [8] and by_spot.excluded_frames.tolist() == [8]
+    flat = by_spot.pixel[:, 0] * hs.SHAPE[1] + by_spot.pixel[:, 1]
+    np.testing.assert_array_equal(np.stack([by_spot.frame, by_spot.spot, flat], 1), reference[:, :3])
+    in_8 = by_spot.frame == 8
+    assert in_8.any() and 1 not in by_spot.spot[in_8]  # frame 8 still gives the other spots' points
+    assert 8 not in by_frame.frame
+    for result in (by_frame, by_spot):  # both rules' counts, whichever was applied
+        assert result.attrs["threshold_frame_rule_points"] == len(by_frame.Q)
+        assert result.attrs["threshold_spot_rule_points"] == len(by_spot.Q) > len(by_frame.Q)
+        assert result.attrs["threshold_frame_rule_frames_kept"] == hs.N_FRAMES - 1
+        assert result.attrs["threshold_spot_rule_pairs_dropped"] == 1
+    assert by_spot.attrs["threshold_rule"] == "spot" and by_frame.attrs["threshold_rule"] == "frame"
+    # masked pixels never count as spot pixels: masking the saturated blob keeps frame 8 whole
+    blind = fabio.open(str(scan["mask"])).data.copy()
+    blind[43:48, 41:46] = 0
+    path = tmp_path / "blind.edf"
+    fabio.edfimage.EdfImage(data=blind).write(str(path))
+    unmasked = harvest(geometry, scan["files"], dataclasses.replace(frame_rule, mask_file=str(path)), plugins)
+    assert unmasked.excluded_frames.size == 0 and 8 in unmasked.frame
+    with pytest.raises(UsageError, match="threshold_rule = 'pixel'"):
+        harvest(geometry, scan["files"], dataclasses.replace(frame_rule, threshold_rule="pixel"), plugins)
 
 
 @pytest.mark.parametrize("change", [
