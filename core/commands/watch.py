@@ -57,8 +57,9 @@ def main(args) -> int:
                 status = client.status(view.idle)
                 if drawn is None or status["iteration"] >= drawn + args.every:
                     snap = client.snapshot(status, view.idle)
-                    view.show(status, snap)
-                    drawn = status["iteration"]
+                    if snap["iteration"] == status["iteration"]:  # else the run moved on meanwhile: ask again
+                        view.show(status, snap)
+                        drawn = status["iteration"]
                 shown = status["iteration"]
             except TimeoutError:
                 if shown is None:
@@ -73,19 +74,13 @@ def main(args) -> int:
     return 0
 
 
-def render(status: dict, snap: dict):
-    """The picture of ``difframe plot`` for one state of a run, as an (H, W, 4) uint8 array and its Figure."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
+def figure(status: dict, snap: dict):
+    """The picture of ``difframe plot`` for one state of a run (a matplotlib Figure)."""
     from difframe.ptycho.plotting import draw
 
     engine = status.get("engine") or "starting"
-    fig = draw(snap["objects"], snap["probes"], snap["iter_info"],
-               f"{status['run']}: {engine}, iteration {status['iteration']} (live)", snap["scanned"])
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba()).copy(), fig
+    return draw(snap["objects"], snap["probes"], snap["iter_info"],
+                f"{status['run']}: {engine}, iteration {status['iteration']} (live)", snap["scanned"])
 
 
 class PngView:
@@ -98,7 +93,7 @@ class PngView:
     def show(self, status: dict, snap: dict) -> None:
         from difframe.fileio import atomic_path
 
-        _, fig = render(status, snap)
+        fig = figure(status, snap)
         path = self.folder / f"{status['run']}_{status['iteration']:04d}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
@@ -136,7 +131,12 @@ class WindowView:
         return self.plt.fignum_exists(self.figure.number)
 
     def show(self, status: dict, snap: dict) -> None:
-        rgba, _ = render(status, snap)
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure(status, snap))  # drawn off screen, shown as one image: the window
+        canvas.draw()                                    # shows what --png would write
+        rgba = np.asarray(canvas.buffer_rgba()).copy()
         if self.image is None or self.image.get_array().shape != rgba.shape:
             self.axes.clear()
             self.axes.set_axis_off()

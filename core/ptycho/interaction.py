@@ -608,11 +608,13 @@ class InteractionClient:
 
     def snapshot(self, status: dict, idle=None) -> dict:
         """Every object and probe of ``status["arrays"]`` and the error history, as the pictures of
-        :mod:`difframe.ptycho.plotting` take them: ``{"objects", "probes", "iter_info", "scanned"}``.
+        :mod:`difframe.ptycho.plotting` take them: ``{"objects", "probes", "iter_info", "scanned", "iteration"}``.
 
-        ``iter_info`` has one record per iteration (``iterations`` over the run,
-        ``engine``, ``error``); ``scanned`` the scan positions in object pixels.
-        Each array is one request, so a run may move on between them.
+        ``iter_info`` has one record per iteration (``iteration`` within the
+        engine, ``iterations`` over the run, ``engine``, ``error``); ``scanned`` the scan positions in object pixels.
+        Each array is one request, so a run may move on between them:
+        ``iteration`` (the length of the error history, fetched last) equals
+        ``status["iteration"]`` only when all were served in the same pause.
         """
         def fetch(which, ident=None):
             message = {"request": "get", "array": which, **({} if ident is None else {"id": ident})}
@@ -621,18 +623,19 @@ class InteractionClient:
         arrays, geometry = status["arrays"], status.get("geometry", {})
         objects = {k: fetch("object", k) for k in arrays["object"]}
         probes = {k: fetch("probe", k) for k in arrays["probe"]}
-        errors = fetch("error")
-        starts = [(int(first), name) for name, first in status.get("engine_runs", [])]
-        iter_info = []
-        for i, row in enumerate(errors, start=1):
-            engine = next((name for first, name in reversed(starts) if first <= i), status.get("engine"))
-            iter_info.append({"iterations": i, "engine": engine, "error": row})
         scanned = {}
         if len(objects) == 1 and "object" in geometry:  # positions are per scan; one object frame holds them all
             (oid, g), = geometry["object"].items()
             pos = np.concatenate([fetch("positions", label) for label in arrays["positions"]])
             scanned[oid] = (pos - np.asarray(g["origin"])) / np.asarray(g["psize"])
-        return {"objects": objects, "probes": probes, "iter_info": iter_info, "scanned": scanned}
+        errors = fetch("error")  # last: its length tells whether the run moved on meanwhile
+        starts = [(int(first), name) for name, first in status.get("engine_runs", [])]
+        iter_info = []
+        for i, row in enumerate(errors, start=1):
+            first, engine = next(((f, n) for f, n in reversed(starts) if f <= i), (1, status.get("engine")))
+            iter_info.append({"iteration": i - first + 1, "iterations": i, "engine": engine, "error": row})
+        return {"objects": objects, "probes": probes, "iter_info": iter_info, "scanned": scanned,
+                "iteration": len(errors)}
 
     def get(self, array: str, ident: str | None = None) -> np.ndarray:
         message = {"request": "get", "array": array}

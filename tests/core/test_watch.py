@@ -1,0 +1,165 @@
+"""``difframe watch`` against a real running reconstruction, headless; ``plotclient.active``'s spawn decision.
+
+The run goes in a thread with its interaction server on loopback; the watcher is
+the real command in its own process.  Every wait has a timeout.  Each PNG the
+watcher writes must be, pixel for pixel, the picture of the object, probe and
+errors the run held at the iteration the PNG names (and not at a later one).
+"""
+
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from difframe import Run
+from difframe.commands import watch
+from difframe.ptycho import interaction
+
+HOST = "127.0.0.2"
+WAIT = 120.0  # seconds any step of a test waits at most
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def sim_params(home, port, **plotclient):
+    """A small simulated far-field scan, DM for long enough to be watched."""
+    return {
+        "run": "w",
+        "io": {"paths": {"home": str(home)}, "autosave": {"active": False}},
+        "plotclient": {"dump": False, **plotclient},
+        "interaction": {"primary_address": f"tcp://{HOST}", "primary_port": port},
+        "scans": {"s": {
+            "data": {"source": "sim", "shape": 32, "simulation": {
+                "sample": {"model": "image", "process": {"ref_index": "0.5+0.1j"}}}},
+            "geometry": {"energy": 6.2, "distance": 7.19, "psize": 172e-6 * 2},
+            "xy": {"type": "spiral", "spiral": {"dr": 0.9e-6, "r_out": 3e-6}},
+            "illumination": {"photons": 10**7, "aperture": {"form": "circ", "size": 3e-6}},
+        }},
+        "engines": {"dm": {"name": "DM", "numiter": 10**6, "numiter_contiguous": 2}},
+    }
+
+
+def record_served_states(monkeypatch) -> dict:
+    """iteration -> copy of what the run held when its server was polled (a server answers only in polls).
+
+    Each block also pauses 0.2 s, so the run does tens of iterations, not thousands, while it is watched
+    (its final file records every one).
+    """
+    states = {}
+    poll = interaction.InteractionServer.poll
+
+    def recording_poll(self):
+        time.sleep(0.2)
+        model, info = self.model, self.runtime["iter_info"]
+        (oid, st), = model.objects.items()
+        states[len(info)] = {
+            "objects": {oid: st.data.copy()}, "probes": {k: p.data.copy() for k, p in model.probes.items()},
+            "iter_info": [{"iteration": e["iteration"], "iterations": e["iterations"], "engine": e["engine"],
+                           "error": e["error"].copy()} for e in info],
+            "scanned": {oid: np.concatenate([(s.positions - st.origin) / st.psize for s in model.scans])}}
+        return poll(self)
+
+    monkeypatch.setattr(interaction.InteractionServer, "poll", recording_poll)
+    return states
+
+
+def picture_of(state, iteration, folder):
+    """The watcher's PNG of a recorded state, drawn the same way (``watch.PngView``)."""
+    status = {"run": "w", "engine": "DM", "iteration": iteration}
+    watch.PngView(folder).show(status, state)
+    return np.asarray(Image.open(folder / f"w_{iteration:04d}.png"))
+
+
+def test_watch_png_shows_the_running_reconstruction(tmp_path, monkeypatch):
+    port = free_port()
+    states = record_served_states(monkeypatch)
+    run = Run(sim_params(tmp_path / "home", port, active=False))
+    failure = []
+
+    def reconstruct():
+        try:
+            run.run()
+        except BaseException as err:  # reported by the main thread
+            failure.append(err)
+
+    watcher = subprocess.Popen(  # started first: it waits for the server, as a spawned live view does
+        [sys.executable, "-m", "difframe.cli", "watch", f"tcp://{HOST}:{port}", "--png", str(tmp_path / "live"),
+         "--every", "4", "--count", "2", "--poll", "0.05", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = threading.Thread(target=reconstruct, daemon=True)
+    worker.start()
+    try:
+        out, err = watcher.communicate(timeout=WAIT)
+    finally:
+        watcher.kill()
+        run.request_stop()
+        worker.join(WAIT)
+    assert not worker.is_alive() and not failure, failure
+    assert watcher.returncode == 0, err
+    assert "2 picture(s)" in out
+    pngs = sorted((tmp_path / "live").glob("w_*.png"))
+    iterations = [int(p.stem.split("_")[1]) for p in pngs]
+    assert len(pngs) == 2 and iterations[1] >= iterations[0] + 4, iterations
+    redrawn = tmp_path / "redrawn"
+    for png, it in zip(pngs, iterations):
+        assert np.array_equal(np.asarray(Image.open(png)), picture_of(states[it], it, redrawn)), png.name
+    first, later = iterations[0], max(states)
+    assert not np.array_equal(np.asarray(Image.open(pngs[0])), picture_of(states[later], first, redrawn))
+
+
+def test_watch_without_a_run_fails_with_one_message():
+    watched = subprocess.run([sys.executable, "-m", "difframe.cli", "watch", f"tcp://{HOST}:{free_port()}",
+                              "--png", "unused", "--timeout", "0.5"], capture_output=True, text=True, timeout=WAIT)
+    assert watched.returncode == 1
+    assert watched.stderr.count("\n") == 1 and "no run answers at tcp://127.0.0.2" in watched.stderr
+
+
+class _Ranks:
+    is_root = True
+
+
+class _Server:
+    address = "tcp://127.0.0.2:5999"
+
+
+@pytest.mark.parametrize("display, server, spawned, says", [
+    ({"DISPLAY": ":0"}, _Server(), True, "live view started (difframe watch tcp://127.0.0.2:5999"),
+    ({}, _Server(), False, "no live view, no display"),
+    ({"DISPLAY": ":0"}, None, False, "no live view, the run has no interaction server"),
+])
+def test_plotclient_active_spawns_difframe_watch_only_with_a_display_and_a_server(
+        monkeypatch, caplog, tmp_path, display, server, spawned, says):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in display.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "platform", "linux")
+    started = []
+
+    class Popen:
+        def __init__(self, command, **kw):
+            started.append(command)
+            self.pid = 4242
+
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+    run = Run(sim_params(tmp_path, 5999))
+    with caplog.at_level(logging.INFO, logger="difframe.interaction"):
+        interaction.start_live_view(run, server, _Ranks())
+    assert started == ([[sys.executable, "-m", "difframe.cli", "watch", _Server.address, "--timeout",
+                         str(interaction.LIVE_VIEW_TIMEOUT)]] if spawned else [])
+    lines = [r.getMessage() for r in caplog.records if r.name == "difframe.interaction"]
+    assert len(lines) == 1 and says in lines[0], lines
+    monkeypatch.setattr(sys, "platform", "linux")
+    run = Run({**sim_params(tmp_path, 5999), "plotclient": {"active": False}})
+    caplog.clear()
+    assert interaction.start_live_view(run, server, _Ranks()) is None and not caplog.records
