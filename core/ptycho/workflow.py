@@ -26,7 +26,7 @@ from difframe.errors import DataError, DifframeError, ParameterError, UsageError
 from difframe.ptycho import interaction
 from difframe.ptycho import model as pm
 from difframe.ptycho import plotting
-from difframe.ptycho.ptyr import iter_info_entry, write_ptyr
+from difframe.ptycho.ptyr import Autosaves, iter_info_entry, write_ptyr
 
 log = logging.getLogger("difframe.ptycho")
 
@@ -128,6 +128,7 @@ class _Outputs:
         self.runtime = {"run": run.run_name, "start": time.strftime("%Y-%m-%dT%H:%M:%S"), "iter_info": []}
         self.frames: list[Path] = []
         self.autosave: Path | None = None
+        self.autosaves: Autosaves | None = None  # made at the first autosave, on rank 0
         self.server: interaction.InteractionServer | None = None  # polled after every block
 
     def record(self, label, name, iteration, duration, metrics, *, in_engine: int, numiter: int):
@@ -150,7 +151,8 @@ class _Outputs:
             return
         if autosave:
             self.autosave = output_path(self.run, "autosave", name, after)
-            write_ptyr(self.autosave, self.model, p, self.runtime, "difframe autosave", terms)
+            self.autosaves = self.autosaves or Autosaves()
+            self.autosaves.save(self.autosave, self.model, p, self.runtime, "difframe autosave", terms)
             log.info("autosaved %s", self.autosave)
         interval = p.plotclient.dump_interval
         if p.plotclient.dump and interval and after // interval > before // interval:
@@ -293,7 +295,11 @@ def _reconstruct(run, ranks) -> dict:
             run.progress.say("interaction server at %s (watch it live: difframe watch %s)", outputs.server.address,
                              outputs.server.address)
         interaction.start_live_view(run, outputs.server, model.ranks)
-        name, total = run_engines(run, model, outputs)
+        try:
+            name, total = run_engines(run, model, outputs)
+        finally:
+            if outputs.autosaves is not None:
+                outputs.autosaves.close()
     results: dict = {}
     terms = model.fitted_terms()
     if not model.ranks.is_root:

@@ -247,3 +247,41 @@ def test_stale_part_files_of_the_runs_outputs_are_removed_at_the_next_start(tmp_
     make_run(tmp_path, Recorder(prep), guess, plotclient={"dump": False},
              engines={"e1": {"name": "DM", "numiter": 2}}).run()
     assert [p.exists() for p in stale] == [False] * 3 and all(p.exists() for p in kept)
+
+
+
+def _typed_layout(path) -> dict:
+    """node name -> (ptypy type attribute, shape, dtype) of every node of a typed HDF5 file."""
+    import h5py
+
+    nodes = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda name, node: nodes.__setitem__(
+            name, (node.attrs.get("type"), getattr(node, "shape", None), getattr(node, "dtype", None))))
+    return nodes
+
+
+def test_autosaves_hold_the_whole_history_in_the_layout_of_the_final_file(tmp_path, scan):
+    import h5py
+
+    prep, probe, truth, guess = scan
+    results = make_run(tmp_path, Recorder(prep), guess, plotclient={"dump": False}).run()
+    final = read_ptyr(results["reconstruction"])
+    saves = {int(p.stem[-4:]): p for p in (tmp_path / "dumps/t").glob("*.ptyr")}
+    assert sorted(saves) == [4, 9, 12]  # history appended at 4, 9 and 12, never rewritten
+    for count, path in saves.items():
+        history = read_ptyr(path).iter_info
+        assert len(history) == count
+        for got, want in zip(history, final.iter_info):
+            assert got.keys() == want.keys()
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+    # the last autosave holds the final state: the same typed nodes as write_ptyr's file, the same values
+    last, whole = _typed_layout(saves[12]), _typed_layout(results["reconstruction"])
+    only_final = {k for k in whole if k.startswith("content/runtime/probe_mode_powers")}
+    assert last.keys() == whole.keys() - only_final
+    assert all(last[k] == whole[k] for k in last)
+    with h5py.File(saves[12]) as a, h5py.File(results["reconstruction"]) as b:
+        for key in ("content/obj/a/data", "content/probe/a/data", "content/positions/a", "entry/object_a/phase"):
+            np.testing.assert_array_equal(a[key][()], b[key][()])
+        assert a["header/description"][()] == b"difframe autosave"
