@@ -72,7 +72,8 @@ def load(recon, group, context):
             log.info("%s: resampling %s %s by %s to the scan's pixel size", path, group, sid, ratio)
             zoom = (1, *ratio)
             data = ndimage.zoom(data.real, zoom, order=1) + 1j * ndimage.zoom(data.imag, zoom, order=1)
-    view = context.shape if group == "probe" else (context.data.shape if context.data is not None else None)
+    scan = getattr(context, "data", None)  # the frames a view holds; when simulating, the probe's own shape
+    view = scan.shape if scan is not None else getattr(context, "shape", None) if group == "probe" else None
     if view is not None and any(n + 1 < v for n, v in zip(data.shape[1:], view)):
         raise DataError(f"{where}: a {data.shape[1]} x {data.shape[2]} {group} (at the scan's pixel size) cannot "
                         f"hold a {view[0]} x {view[1]} view of the scan's frames")
