@@ -213,6 +213,41 @@ class ParamTree:
             raise UsageError(f"no parameter {path!r}" + (f"; did you mean {close!r}?" if close else ""))
         return {p: n for p, n in self.nodes.items() if not path or p == path or p.startswith(path + ".")}
 
+    def find(self, path: str) -> str:
+        """The documented node ``path`` names, so that a reader finds it however it was written.
+
+        Itself; the same path in another case (``engine.dm``); the template of
+        a labelled copy (``engines.dm`` -> ``engine.DM``, ``scans.a.xy`` ->
+        ``scan.xy``); the one node whose path ends with it (``DM`` ->
+        ``engine.DM``).  UsageError naming the candidates, or the closest
+        spelling, when there is not exactly one.
+        """
+        if not path or path in self.nodes:
+            return path
+        lower = {p.lower(): p for p in self.nodes}
+        key = path.lower()
+        head, _, rest = key.partition(".")
+        label, _, tail = rest.partition(".")
+        if head == "engines" and label:  # label may be an engine's name (engines.dm) or any label (engines.e1.alpha)
+            exact = f"engine.{label}.{tail}" if tail else f"engine.{label}"
+            found = [exact] if exact in lower else sorted(
+                {p for p in lower if tail and p.startswith("engine.") and p.split(".", 2)[2:] == [tail]})
+        elif head == "scans" and label:
+            found = [f"scan.{tail}" if tail else "scan"]
+        else:
+            found = [key] if key in lower else [p for p in lower if p.endswith("." + key)]
+        found = [p for p in found if p in lower]
+        originals = [p for p in found if not p.startswith("scan.data.simulation.")]
+        found = originals or found  # the simulation's copies are documented by their originals
+        if len(found) == 1:
+            return lower[found[0]]
+        if found:
+            names = [lower[p] for p in found]
+            raise UsageError(f"{path!r} names {len(names)} parameters: " + ", ".join(names[:8]) +
+                             (", ..." if len(names) > 8 else "") + "; give more of the dotted path")
+        close = self.suggest(path)
+        raise UsageError(f"no parameter {path!r}" + (f"; did you mean {close!r}?" if close else ""))
+
     def suggest(self, path: str) -> str | None:
         """The documented node a wrong ``path`` most likely means, or None.
 

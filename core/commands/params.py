@@ -14,6 +14,8 @@ help and doc, including the parameters contributed by installed plugins.
 examples:
   difframe params scan.xy                 the scan-pattern parameters
   difframe params engine.DM               the difference-map engine's parameters
+  difframe params DM                      the same: a path's last parts, in any case, or a
+                                          labelled copy (engines.dm, scans.a.xy) find their node
   difframe params --json                  the whole tree as one JSON object (dotted path -> node)"""
 
 
@@ -29,10 +31,13 @@ def main(args) -> int:
 
     tree = ParamTree.build(PluginManager(strict=args.strict_plugins))
     if args.json:
-        json.dump(tree.to_json(args.path), sys.stdout, indent=1)
+        json.dump(tree.to_json(tree.find(args.path)), sys.stdout, indent=1)
         print()
         return 0
-    for path, node in tree.subtree(args.path).items():
+    path = tree.find(args.path)
+    if path != args.path:
+        print(f"({args.path!r} is documented as {path!r})", file=sys.stderr)
+    for node in tree.subtree(path).values():
         print(format_node(node))
     return 0
 

@@ -241,3 +241,28 @@ def test_simulation_overrides_keep_only_what_is_given(tree):
         tree.resolve({"scan": {"data": {"simulation": {"illumination": {"aperture": {"sise": 1}}}}}})
     with pytest.raises(ParameterError, match=r"simulation.xy.spiral.dr = -1.0: expected float"):
         tree.resolve({"scan": {"data": {"simulation": {"xy": {"spiral": {"dr": -1.0}}}}}})
+
+
+@pytest.mark.parametrize("written, documented", [
+    ("engine.DM", "engine.DM"), ("engines.dm", "engine.DM"), ("engine.dm", "engine.DM"), ("DM", "engine.DM"),
+    ("engines.e1.numiter_contiguous", "engine.common.numiter_contiguous"), ("scans.a.xy.spiral", "scan.xy.spiral"),
+    ("spiral", "scan.xy.spiral"), ("ref_index", "scan.sample.process.ref_index"), ("", ""),
+])
+def test_params_finds_a_node_however_it_is_written(tree, written, documented):
+    assert tree.find(written) == documented
+
+
+def test_params_lookup_that_is_not_one_node_names_the_candidates(tree):
+    with pytest.raises(UsageError, match=r"'alpha' names \d+ parameters: .*engine\.DM\.alpha"):
+        tree.find("alpha")
+    with pytest.raises(UsageError, match=r"no parameter 'engine\.DN'; did you mean 'engine\.DM'"):
+        tree.find("engine.DN")
+
+
+def test_params_command_shows_engine_dm_for_engines_dm(capsys):
+    from difframe.cli import main
+
+    assert main(["params", "engines.dm"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(".engine.DM (Param)") and ".engine.DM.alpha" in out and "engine.ML" not in out
+    assert "'engines.dm' is documented as 'engine.DM'" in err
