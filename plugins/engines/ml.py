@@ -28,10 +28,10 @@ PARAMETERS = {
     "type": Parameter(
         type="str", default="gaussian", choices=("gaussian", "poisson", "euclid"),
         help="Likelihood model. One of 'gaussian', 'poisson' or 'euclid'",
-        doc="The reference adds \"[only 'gaussian' is implemented for now]\", which was ptypy's state and does not "
-            "hold here. difframe implements all three: 'gaussian' (weighted "
+        doc="difframe implements all three: 'gaussian' (weighted "
             "least squares on intensities, weights 1/(I + 1/intensity_renormalization)), 'poisson' (negative "
-            "Poisson log-likelihood of the counts) and 'euclid' (least squares on amplitudes)."
+            "Poisson log-likelihood of the counts) and 'euclid' (least squares on amplitudes). The reference's "
+            "note that only the first is implemented described ptypy at the time."
             + _GARBLED.format(kind="str")),
     "floating_intensities": Parameter(
         type="bool", default=False,
