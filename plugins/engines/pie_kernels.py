@@ -50,7 +50,7 @@ def _backward(field, transfer):
     return scipy.fft.ifft2(spec, axes=(-2, -1), overwrite_x=True)
 
 
-@numba.njit(cache=True, fastmath=FAST, nogil=True)
+@numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer,
               alpha, beta, reg_object, reg_probe, update_object, update_probe, tiny,
               err, dev, change, bg_sums, scale_sums):
