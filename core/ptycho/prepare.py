@@ -41,6 +41,7 @@ from difframe.parallel import Ranks
 from difframe.param import Param
 from difframe.ptycho.data import PreparedData
 from difframe.ptycho.ptyd import write_ptyd
+from difframe.reftree import NODES
 from difframe.ptycho.raw import FrameSource, RawScan, load_share
 
 log = logging.getLogger("difframe.ptycho.prepare")
@@ -138,13 +139,15 @@ def _pair(value: Any, name: str) -> tuple[Any, Any] | None:
     return (arr[0].item(), arr[1].item())
 
 
-def _settle(name: str, from_source: Any, from_params: Any, use_meta: bool, label: str) -> Any:
-    """Pick the source's or the parameters' value of one geometry quantity."""
+def _settle(name: str, from_source: Any, from_params: Any, use_meta: bool, label: str, default: Any = None) -> Any:
+    """Pick the source's or the parameters' value of one geometry quantity; a conflict is logged only when the
+    parameter is not its ``default`` (scan.geometry's values: nobody gave them)."""
     if from_source is None:
         return from_params
     if from_params is None:
         return from_source
-    if not np.allclose(np.asarray(from_source, float), np.asarray(from_params, float), rtol=1e-9, atol=0):
+    given = default is None or not np.allclose(np.asarray(from_params, float), default, rtol=1e-9, atol=0)
+    if given and not np.allclose(np.asarray(from_source, float), np.asarray(from_params, float), rtol=1e-9, atol=0):
         winner = "data source" if use_meta else "parameters"
         log.info("scan %s: %s differs between data source (%s) and parameters (%s); using the %s "
                     "(scan.if_conflict_use_meta=%s)", label, name, from_source, from_params, winner, use_meta)
@@ -289,12 +292,14 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     mask = rebin(mask.astype(np.int32), factor) == factor * factor
     center = ((center[0] - (factor - 1) / 2) / factor, (center[1] - (factor - 1) / 2) / factor)
 
-    energy = _settle("energy", raw.energy_kev, given["energy"], use_meta, label)
-    distance = _settle("distance", raw.distance_m, given["distance"], use_meta, label)
-    psize = _settle("psize", psize, given["psize"], use_meta, label)
+    geometry = {k: NODES[f"scan.geometry.{k}"].default for k in ("energy", "distance", "psize")}
+    energy = _settle("energy", raw.energy_kev, given["energy"], use_meta, label, geometry["energy"])
+    distance = _settle("distance", raw.distance_m, given["distance"], use_meta, label, geometry["distance"])
+    psize = _settle("psize", psize, given["psize"], use_meta, label, geometry["psize"])
     for name, value in (("energy", energy), ("distance", distance), ("psize", psize)):
         if value is None:
-            raise ParameterError(f"scans.{label}.data.{name}: the data source does not give it; set it")
+            raise ParameterError(f"scans.{label}.geometry.{name}" + (" (and .lam)" if name == "energy" else "") +
+                                 f" is None and the data source does not give the {name}: set it")
     psize = (psize[0] * factor, psize[1] * factor)
 
     meta = dict(raw.meta)

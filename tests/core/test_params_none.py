@@ -69,7 +69,7 @@ def test_dm_without_support_leaves_the_probe_corners_free(tree):
     from difframe.ptycho.data import PreparedData
 
     rng = np.random.default_rng(0)
-    shape, psize = (16, 16), (1e-7, 1e-7)
+    shape = (16, 16)
     pos = np.stack(np.meshgrid(np.arange(3), np.arange(3), indexing="ij"), -1).reshape(-1, 2) * 4e-7
     prep = PreparedData(label="s", data=rng.poisson(50.0, (9, *shape)).astype(np.float32),
                         mask=np.ones(shape, bool), positions=pos, energy_kev=6.2, distance_m=1.0,
@@ -140,10 +140,62 @@ def test_cli_override_none_reaches_the_resolved_engine(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["params"]["engines"]["e1"]["probe_support"] is None
 
 
-@pytest.mark.parametrize("wrong, meant", [("engines.dm", "engine.DM"), ("engine.ml", "engine.ML"),
-                                          ("engines.e1.alpha", "engine.DM.alpha"),
-                                          ("engines.e1.probe_support", "engine.common.probe_support"),
-                                          ("scans.a.xy", "scan.xy"), ("scan.xx", "scan.xy")])
-def test_params_lookup_suggests_the_template_of_a_labelled_copy(capsys, wrong, meant):
+@pytest.mark.parametrize("written, shown", [("engines.dm", "engine.DM"), ("engine.ml", "engine.ML"),
+                                             ("engines.e1.probe_support", "engine.common.probe_support"),
+                                             ("scans.a.xy", "scan.xy")])
+def test_params_shows_the_template_of_a_labelled_copy(capsys, written, shown):
+    assert main(["params", written]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f".{shown} (") and f"{written!r} is documented as {shown!r}" in err
+
+
+@pytest.mark.parametrize("wrong, message", [("scan.xx", "no parameter 'scan.xx'; did you mean 'scan.xy'?"),
+                                            ("engines.e1.alpha", "'engines.e1.alpha' names ")])
+def test_params_lookup_that_finds_no_single_node_says_so(capsys, wrong, message):
     assert main(["params", wrong]) == 2
-    assert f"no parameter {wrong!r}; did you mean {meant!r}?" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def _raw(energy_kev=8.0):
+    """Frames whose source says 8 keV, 2 m and 75 um pixels."""
+    from difframe.ptycho.prepare import RawScan
+
+    frames = np.zeros((4, 20, 30), np.float32)
+    frames[:, 5, 7] = 10.0
+    return RawScan(frames=frames, positions=np.arange(8.0).reshape(4, 2) * 1e-6, energy_kev=energy_kev,
+                   distance_m=2.0, psize_m=(75e-6, 75e-6), center=(5, 7))
+
+
+def _scan(tree, **geometry):
+    return tree.resolve({"scans": {"s1": {"geometry": geometry}}}).scans.s1
+
+
+CTX = {"label": "s1", "positions": None, "plugins": None, "params": None, "data_type": "single", "dry_run": False}
+
+
+def test_geometry_conflicts_are_logged_only_for_values_someone_gave(tree, caplog):
+    from types import SimpleNamespace
+
+    from difframe.ptycho.prepare import prepare
+
+    with caplog.at_level("INFO", logger="difframe.ptycho.prepare"):
+        out = prepare(_raw(), _scan(tree), SimpleNamespace(**CTX), save=False)
+    assert (out.energy_kev, out.distance_m) == (8.0, 2.0)  # the source's, over scan.geometry's defaults
+    assert not [r for r in caplog.records if "differs" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="difframe.ptycho.prepare"):
+        prepare(_raw(), _scan(tree, energy=9.0), SimpleNamespace(**CTX), save=False)
+    said = [r.getMessage() for r in caplog.records if "differs" in r.getMessage()]
+    assert len(said) == 1 and "energy differs between data source (8.0) and parameters (9.0)" in said[0]
+
+
+def test_energy_none_without_a_wavelength_or_a_source_value_names_both_nodes(tree):
+    from types import SimpleNamespace
+
+    from difframe.ptycho.prepare import prepare
+
+    with pytest.raises(ParameterError, match=r"^scans\.s1\.geometry\.energy \(and \.lam\) is None and the data "
+                                             r"source does not give the energy: set it$"):
+        prepare(_raw(energy_kev=None), _scan(tree, energy=None), SimpleNamespace(**CTX), save=False)
+    out = prepare(_raw(energy_kev=None), _scan(tree, energy=None, lam=1e-10), SimpleNamespace(**CTX), save=False)
+    assert out.energy_kev == pytest.approx(12.398419843320026)  # hc / 1 Angstrom
