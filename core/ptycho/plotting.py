@@ -95,14 +95,14 @@ def complex_rgb(field: np.ndarray, top: float | None = None) -> np.ndarray:
 
 
 def limits(pic: Picture) -> dict:
-    """Colour limits of a picture: amplitude and phase per object, brightest amplitude per probe."""
+    """Colour limits of a picture: amplitude and phase per object, full-brightness amplitude per probe."""
     out = {"amplitude": {}, "phase": {}, "probe": {}}
     for oid, (mode0, _) in pic.objects.items():
         out["amplitude"][oid] = tuple(np.percentile(np.abs(mode0), [1, 99]))
         lo, hi = np.percentile(np.angle(mode0), [1, 99])
         out["phase"][oid] = (-np.pi, np.pi) if hi - lo > CYCLIC_SPAN else (lo, hi)
-    for pid, (probe, _) in pic.probes.items():
-        out["probe"][pid] = float(np.abs(probe).max())
+    for pid, (probe, _) in pic.probes.items():  # a few hot pixels must not darken the whole probe
+        out["probe"][pid] = float(np.percentile(np.abs(probe), 99.5))
     return out
 
 
