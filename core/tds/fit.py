@@ -540,6 +540,7 @@ class FitResult:
     history: list[float] = field(default_factory=list)
     hkl: np.ndarray | None = None
     geometry: dict[str, dict] = field(default_factory=dict)  # refined correction -> value, sigma, corrected
+    extra: dict[str, dict] = field(default_factory=dict)  # "exposure", "threshold": how the data were modelled
 
     @property
     def fixed(self) -> list[str]:
@@ -691,4 +692,14 @@ def finish(problem: ProjectedProblem, x, settings: FitSettings, *, cost, converg
         message=str(message), n_points=len(points.y), n_spots=len(points.spots), reduced_chi2=chi2,
         reference=reference, backend=problem.model.backend, history=list(problem.history),
         hkl=None if hkl is None else np.asarray(hkl), geometry=geometry,
+        extra={"exposure": exposure_summary(getattr(problem.model, "exposure", None))},
     )
+
+
+def exposure_summary(exposure: Exposure | None) -> dict:
+    """What fit_results.json says about the exposure average."""
+    if exposure is None:
+        return {"averaged": False}
+    k = np.asarray(exposure.substeps)
+    return {"averaged": True, "width_deg": float(exposure.width), "substeps_mean": float(k.mean()) if k.size else 0.0,
+            "substeps_max": int(k.max(initial=1)), "axis_crystal": [float(x) for x in exposure.axis]}

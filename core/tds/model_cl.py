@@ -61,6 +61,7 @@ class OpenCLModel:
                              hostbuf=np.ascontiguousarray(array, dtype))
 
         self._extra = ()
+        self.exposure = exposure
         if exposure is None:
             self._kernel = cl.Kernel(program, "tds_model")
         else:

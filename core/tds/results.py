@@ -36,6 +36,7 @@ def to_json(result: FitResult) -> dict:
         "backend": result.backend,
         "units": "GPa",
         "geometry": result.geometry,
+        **result.extra,
     }
 
 

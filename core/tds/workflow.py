@@ -220,6 +220,7 @@ def _fit(run, tds, result, structure, geometry, output_dir: Path) -> dict:
                "frame": result.frame, "pixel": result.pixel, "geometry": geometry,
                "centering_file": result.attrs.get("centering_file") or "",
                "angle_increment": result.attrs.get("angle_increment_deg"),
+               "threshold": {k: v for k, v in result.attrs.items() if k.startswith("threshold_")},
                "structure": structure, "manager": run.plugins, "output_dir": str(output_dir)}
     engine = spec.factory(params, context)
     engine.initialize()

@@ -9,7 +9,9 @@ writes parametri.txt, fit_results.json and fit_results.h5 there.  Refining the
 ``a_variables`` geometry corrections also needs ``frame``, ``pixel``, the
 harvest's ``geometry`` and its ``centering_file`` (empty unless re-centred).
 The ``geometry`` also gives the scan axis and frame width for the exposure
-average; ``angle_increment`` (the frames' header, deg) is checked against it.
+average; ``angle_increment`` (the frames' header, deg) is checked against it;
+``threshold`` (the harvest's counts of what each threshold rule keeps) is
+copied into fit_results.json.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ class TDSFit:
         self.result = fit.finish(self.problem, self.x, self.settings(), cost=outcome.cost,
                                  converged=outcome.converged, message=outcome.message, hkl=self.harvest["hkl"],
                                  n_harvest_spots=len(self.harvest["G"]))
+        threshold = _get(self.context, "threshold")
+        if threshold:
+            self.result.extra["threshold"] = dict(threshold)
         summary = {"result": self.result, "text": results.report(self.result), "files": {}}
         output_dir = _get(self.context, "output_dir")
         if output_dir is not None:

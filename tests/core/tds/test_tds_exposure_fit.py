@@ -56,6 +56,8 @@ def test_exposure_average_removes_the_bias_of_frame_centres(stack, caplog):
     assert _worst(centre) > 0.005  # the bias issue 12 reports: several tenths of a percent and more
     assert _worst(averaged) < 0.001
     assert averaged.reduced_chi2 < 0.05 * centre.reduced_chi2
+    assert centre.extra["exposure"] == {"averaged": False}
+    assert averaged.extra["exposure"]["width_deg"] == 1.0 and averaged.extra["exposure"]["substeps_max"] > 1
 
 
 def test_header_increment_disagreeing_with_the_exposure_is_named(stack, caplog):

@@ -40,7 +40,8 @@ def test_engine_fits_and_writes_results(harvest, tmp_path):
     spec = manager.get("engine", "tds_fit")
     assert spec.family == "tds"
     engine = spec.factory({"cguess": CGUESS, "minimiser": "trust_region"},
-                          dict(harvest, manager=manager, output_dir=tmp_path))
+                          dict(harvest, manager=manager, output_dir=tmp_path,
+                               threshold={"threshold_rule": "spot", "threshold_spot_rule_points": 12000}))
     engine.initialize()
     first = engine.iterate(3)
     assert first and all(set(m) == {"cost"} for m in first)
@@ -65,6 +66,8 @@ def test_engine_fits_and_writes_results(harvest, tmp_path):
     assert doc["fixed"] == ["C11"] and not k["C11"]["free"] and k["C33"]["free"]
     assert doc["ratios"]["C33/C11"] == pytest.approx(61.60 / 59.40, rel=5e-3)
     assert doc["points"] == 12000 and doc["spots"] == 8 and doc["converged"] is True
+    assert doc["exposure"] == {"averaged": False}  # no geometry: frame centres
+    assert doc["threshold"] == {"threshold_rule": "spot", "threshold_spot_rule_points": 12000}
     text = (tmp_path / "parametri.txt").read_text()
     assert "C33" in text and "fixed" in text and text.strip() == summary["text"].strip()
     with h5py.File(tmp_path / "fit_results.h5") as f:
