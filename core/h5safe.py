@@ -9,9 +9,9 @@ therefore audits the whole link graph once, from the link information alone
 
 - a file another file points to must be a regular file inside the first file's
   folder or a folder listed in ``DIFFRAME_HDF5_LINK_DIRS`` (``os.pathsep``
-  separated) or passed by the caller; it is found the way the HDF5 library
-  finds it (``HDF5_EXT_PREFIX``, the linking file's folder, the working folder)
-  and audited in turn;
+  separated); it is found the way the HDF5 library finds it
+  (``HDF5_EXT_PREFIX``, the linking file's folder, the working folder) and the
+  walk goes on into it;
 - soft links that never end, and groups that contain themselves or an ancestor
   (through hard, soft or external links), are refused naming the file and node;
 - at most :data:`MAX_LINKS` links are walked.
@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +41,9 @@ MAX_LINKS = 1_000_000
 MAX_SOFT_STEPS = 64
 
 
-def allowed_dirs(path: str | os.PathLike, extra: Iterable[str | os.PathLike] = ()) -> tuple[str, ...]:
-    """Real paths of the folders files linked from ``path`` may be in: its own, ``extra``, ``DIFFRAME_HDF5_LINK_DIRS``."""
-    dirs = [os.path.dirname(os.path.abspath(path)), *map(os.fspath, extra)]
+def allowed_dirs(path: str | os.PathLike) -> tuple[str, ...]:
+    """Real paths of the folders files linked from ``path`` may be in: its own and ``DIFFRAME_HDF5_LINK_DIRS``."""
+    dirs = [os.path.dirname(os.path.abspath(path))]
     dirs += [d for d in os.environ.get(ENV_LINK_DIRS, "").split(os.pathsep) if d.strip()]
     return tuple(dict.fromkeys(os.path.realpath(d) for d in dirs))
 
@@ -195,11 +195,8 @@ def _deref(group: Any, key: str) -> Any:
         return None
 
 
-def open_file(path: str | os.PathLike, what: str = "HDF5", link_dirs: Iterable[str | os.PathLike] = ()) -> Any:
-    """An audited h5py file open for reading; DataError naming the file (and node) on any refusal.
-
-    ``link_dirs``: folders besides the file's own that linked files may be in.
-    """
+def open_file(path: str | os.PathLike, what: str = "HDF5") -> Any:
+    """An audited h5py file open for reading; DataError naming the file (and node) on any refusal."""
     import h5py
 
     if not os.path.isfile(path):
@@ -209,7 +206,7 @@ def open_file(path: str | os.PathLike, what: str = "HDF5", link_dirs: Iterable[s
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not an HDF5 file, so not {what} ({err})") from None
     try:
-        _Audit(allowed_dirs(path, link_dirs)).walk(f, str(path))
+        _Audit(allowed_dirs(path)).walk(f, str(path))
     except BaseException:
         f.close()
         raise

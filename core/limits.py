@@ -77,7 +77,7 @@ def check_allocation(nbytes: float, what: str, error: type[Exception] = DataErro
         size, limit = ("an unbounded amount" if not nbytes < float("inf") else human(nbytes)), human(budget)
         if size == limit:  # just over: the rounded forms alike would read as no excess
             size, limit = f"{nbytes:.0f} bytes", f"{budget} bytes"
-        origin = f"{ENV_MEMORY}" if os.environ.get(ENV_MEMORY) else f"the available memory; set {ENV_MEMORY} to change it"
+        origin = ENV_MEMORY if os.environ.get(ENV_MEMORY) else f"the available memory; set {ENV_MEMORY} to change it"
         raise error(f"{what} needs {size} of memory, over the budget of {limit} ({origin})")
 
 

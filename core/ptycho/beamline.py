@@ -294,7 +294,8 @@ def open_hdf5(p: Mapping, prefix: str = "scan.data.recipe.hdf5") -> Iterator[Raw
 
         mask = None
         if p.get("mask") is not None:
-            values = read_dataset(_dataset(f, p["mask"], f"{prefix}.mask", f"an {frame_shape} map", image, where), where)
+            values = read_dataset(_dataset(f, p["mask"], f"{prefix}.mask", f"an {frame_shape} map", image, where),
+                                  where)
             mask = valid_from(values, p.get("mask_valid") or "zero")
         dark = flat = monitor = None
         if p.get("dark") is not None:

@@ -187,7 +187,8 @@ class _Reader:
             return value.decode("utf-8") if isinstance(value, bytes) else str(value)
         if kind == "scalar":
             value = self.data(node)
-            return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.size == 1) else value
+            single = isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.size == 1)
+            return value.item() if single else value
         if kind == "None":
             return None
         raise DataError(f"{where}: unknown node type {kind!r}")

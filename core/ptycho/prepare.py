@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from difframe.errors import DataError, ParameterError, UsageError
+from difframe.errors import DataError, DifframeError, ParameterError, UsageError
 from difframe.limits import array_bytes, check_allocation
 from difframe.optics import wavelength_to_energy
 from difframe.parallel import Ranks
@@ -278,36 +278,42 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     if center is None:  # near field: the frame's middle
         center = (frames.shape[1] // 2, frames.shape[2] // 2)
 
-    factor = int(data_p.get("rebin") or 1)
-    shape = _pair(data_p.get("shape"), "scan.data.shape")
-    if shape is not None:
-        window = (int(shape[0]) * factor, int(shape[1]) * factor)
-        check_allocation(array_bytes((len(frames), *window), frames.dtype.itemsize + 1),
-                         f"scans.{label}.data.shape = {data_p.get('shape')} (rebin {factor}): the cropped frames",
-                         ParameterError)
-        frames, new_center = crop_pad(frames, window, center)
-        mask, _ = crop_pad(mask, window, center, fill=False)
-        center = new_center
-    frames = rebin(frames, factor)
-    mask = rebin(mask.astype(np.int32), factor) == factor * factor
-    center = ((center[0] - (factor - 1) / 2) / factor, (center[1] - (factor - 1) / 2) / factor)
+    failure = None
+    try:  # a budget, read on each rank, may refuse on one only: all ranks raise together
+        factor = int(data_p.get("rebin") or 1)
+        shape = _pair(data_p.get("shape"), "scan.data.shape")
+        if shape is not None:
+            window = (int(shape[0]) * factor, int(shape[1]) * factor)
+            check_allocation(array_bytes((len(frames), *window), frames.dtype.itemsize + 1),
+                             f"scans.{label}.data.shape = {data_p.get('shape')} (rebin {factor}): the cropped frames",
+                             ParameterError)
+            frames, new_center = crop_pad(frames, window, center)
+            mask, _ = crop_pad(mask, window, center, fill=False)
+            center = new_center
+        frames = rebin(frames, factor)
+        mask = rebin(mask.astype(np.int32), factor) == factor * factor
+        center = ((center[0] - (factor - 1) / 2) / factor, (center[1] - (factor - 1) / 2) / factor)
 
-    geometry = {k: NODES[f"scan.geometry.{k}"].default for k in ("energy", "distance", "psize")}
-    energy = _settle("energy", raw.energy_kev, given["energy"], use_meta, label, geometry["energy"])
-    distance = _settle("distance", raw.distance_m, given["distance"], use_meta, label, geometry["distance"])
-    psize = _settle("psize", psize, given["psize"], use_meta, label, geometry["psize"])
-    for name, value in (("energy", energy), ("distance", distance), ("psize", psize)):
-        if value is None:
-            raise ParameterError(f"scans.{label}.geometry.{name}" + (" (and .lam)" if name == "energy" else "") +
-                                 f" is None and the data source does not give the {name}: set it")
-    psize = (psize[0] * factor, psize[1] * factor)
+        geometry = {k: NODES[f"scan.geometry.{k}"].default for k in ("energy", "distance", "psize")}
+        energy = _settle("energy", raw.energy_kev, given["energy"], use_meta, label, geometry["energy"])
+        distance = _settle("distance", raw.distance_m, given["distance"], use_meta, label, geometry["distance"])
+        psize = _settle("psize", psize, given["psize"], use_meta, label, geometry["psize"])
+        for name, value in (("energy", energy), ("distance", distance), ("psize", psize)):
+            if value is None:
+                lam = " (and .lam)" if name == "energy" else ""
+                raise ParameterError(f"scans.{label}.geometry.{name}{lam} is None and the data source does not give "
+                                     f"the {name}: set it")
+        psize = (psize[0] * factor, psize[1] * factor)
 
-    meta = dict(raw.meta)
-    meta["preparation"] = {k: data_p.get(k) for k in
-                           ("shape", "center", "auto_center", "rebin", "orientation", "num_frames", "min_frames")}
-    prepared = PreparedData(label=label, data=frames, mask=mask, positions=positions, energy_kev=energy,
-                            distance_m=distance, psize_m=psize, center=center, propagation=propagation, meta=meta,
-                            first=share.start, ranks=ranks)
+        meta = dict(raw.meta)
+        meta["preparation"] = {k: data_p.get(k) for k in
+                               ("shape", "center", "auto_center", "rebin", "orientation", "num_frames", "min_frames")}
+        prepared = PreparedData(label=label, data=frames, mask=mask, positions=positions, energy_kev=energy,
+                                distance_m=distance, psize_m=psize, center=center, propagation=propagation, meta=meta,
+                                first=share.start, ranks=ranks)
+    except DifframeError as err:
+        failure = err
+    ranks.raise_first(failure)
     dfile, mode = data_p.get("dfile"), data_p.get("save")
     if save and dfile and mode and not getattr(context, "dry_run", False):
         write_ptyd(Path(dfile), prepared, save=mode, chunk_format=data_p.get("chunk_format") or ".chunk%02d",

@@ -107,7 +107,8 @@ def test_one_position_at_one_metre_is_refused_by_the_object_frame(tmp_path):
         f["chunks/0/positions"][2] = (1.0, 1.0)
     # lambda z / (N psize): 2.0e-10 m x 7.19 m / (16 x 172 um) = 5.22e-7 m per object pixel along y
     with pytest.raises(DataError, match=rf"scan 'moon' \({path}\): the object frame of 1.914e\+06 x 1.436e\+06 "
-                                        r"pixels \(positions spanning 1 x 1 m at an object pixel of 5.22e-07 x 6.97e-07"):
+                                        r"pixels \(positions spanning 1 x 1 m at an object pixel of "
+                                        r"5.22e-07 x 6.97e-07"):
         read_back(path)
 
 
