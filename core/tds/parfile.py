@@ -14,25 +14,52 @@ code:
 
 Anything else (imports, other attribute access, dunder names, lambdas, function
 or class definitions, loops, other calls) is refused with a UsageError naming the
-file and the line.  Sizes are capped so a file cannot exhaust memory.
+file and the line.  A budget (:data:`LIMITS`) bounds the work and memory any file
+can ask for: integer size, items in a value, comprehension iterations, nesting
+depth, file size and lines, and total operations; each refusal names the file, the
+line and the limit.  Messages never quote a file that did not parse as Python, so
+naming ``/etc/passwd`` as a conf_file does not echo it.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import logging
+import math
 import operator
+import os
+import re
+import stat
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from difframe.errors import DataError, UsageError
 
-__all__ = ["Variable", "parse_parfile", "read_parfile", "ALLOWED_CALLS"]
+__all__ = ["Variable", "ParValues", "parse_parfile", "read_parfile", "ALLOWED_CALLS", "LIMITS"]
 
 log = logging.getLogger("difframe.tds.parfile")
 
-MAX_ITEMS = 1_000_000  # the longest list, range or string a file may build
+MAX_ITEMS = 1_000_000  # items in one value: list/dict entries, nested ones included, characters, 64-bit words
+MAX_INT_BITS = 4096  # the largest integer (tds2el files need a few dozen bits)
+MAX_ITERATIONS = 100_000  # comprehension iterations in one file (tds2el files need a few dozen)
+MAX_DEPTH = 100  # nesting of one expression (brackets, operators, calls)
+MAX_FILE_BYTES = 1_000_000
+MAX_LINES = 10_000
+MAX_OPERATIONS = 5_000_000  # evaluation steps, an item created or compared counting one (about 10 s at most)
+
+#: the budget, by name, as docs/security.md lists it
+LIMITS = {"items": MAX_ITEMS, "integer bits": MAX_INT_BITS, "comprehension iterations": MAX_ITERATIONS,
+          "nesting depth": MAX_DEPTH, "file bytes": MAX_FILE_BYTES, "lines": MAX_LINES,
+          "operations": MAX_OPERATIONS}
+
+
+class ParValues(dict):
+    """Name -> value in file order, with ``lines``: name -> line of its (last) assignment."""
+
+    lines: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -59,7 +86,7 @@ def _variable(value, vmin, vmax):
     values = []
     for what, v in (("value", value), ("min", vmin), ("max", vmax)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"minimiser.Variable {what} must be a number, got {v!r}")
+            raise TypeError(f"minimiser.Variable {what} must be a number, got {_short(v)}")
         values.append(float(v))
     if not values[1] <= values[0] <= values[2]:
         raise ValueError(f"minimiser.Variable({values[0]}, {values[1]}, {values[2]}): need min <= value <= max")
@@ -96,13 +123,22 @@ _COMPARE = {
 }
 
 
-class _TooLarge(ValueError):
-    """A list, range or string beyond :data:`MAX_ITEMS`."""
+class _OverBudget(ValueError):
+    """A value or an amount of work beyond one of the :data:`LIMITS`."""
 
 
 def _check_size(n: int) -> None:
     if n > MAX_ITEMS:
-        raise _TooLarge(f"the result would hold {n} items (at most {MAX_ITEMS} allowed)")
+        raise _OverBudget(f"the result would hold {n} items (at most {MAX_ITEMS} allowed)")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (values in messages may be large)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value) if not isinstance(value, (list, tuple, dict)) or len(value) <= 20 else \
+        f"<a {type(value).__name__} of {len(value)} items>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _Refused(Exception):
@@ -119,6 +155,41 @@ class _Interpreter:
         self.names: dict[str, Any] = {}
         self.assigned_at: dict[str, int] = {}
         self.lineno = 0
+        self.operations = 0
+        self.iterations = 0
+        self._weights: dict[int, tuple[Any, int]] = {}  # id -> (container, weight); values are never mutated
+
+    # -- the budget -----------------------------------------------------------------
+
+    def charge(self, amount: int) -> None:
+        self.operations += amount
+        if self.operations > MAX_OPERATIONS:
+            raise _OverBudget(f"the file needs more than {MAX_OPERATIONS} operations (the budget of one file)")
+
+    def weight(self, value: Any) -> int:
+        """Items a value holds, nested ones and characters included (a big integer counts its 64-bit words)."""
+        if isinstance(value, (str, bytes)):
+            return len(value)
+        if isinstance(value, int):
+            return value.bit_length() // 64
+        if not isinstance(value, (list, tuple, dict)):
+            return 0
+        cached = self._weights.get(id(value))
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        items = [x for pair in value.items() for x in pair] if isinstance(value, dict) else value
+        total = len(value) + sum(map(self.weight, items))  # children were weighed when made
+        self._weights[id(value)] = (value, total)
+        return total
+
+    def check_value(self, value: Any) -> Any:
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise _OverBudget(f"an integer of {value.bit_length()} bits is too large (at most {MAX_INT_BITS})")
+        weight = self.weight(value)
+        if weight > MAX_ITEMS:
+            raise _OverBudget(f"a value of {weight} items (nested ones and characters counted) is too large "
+                              f"(at most {MAX_ITEMS} allowed)")
+        return value
 
     # -- statements -----------------------------------------------------------------
 
@@ -163,18 +234,23 @@ class _Interpreter:
     # -- expressions ----------------------------------------------------------------
 
     def expr(self, node: ast.expr, local: dict[str, Any]) -> Any:
+        self.lineno = getattr(node, "lineno", self.lineno)
+        self.charge(1)
+        return self.check_value(self._expr(node, local))
+
+    def _expr(self, node: ast.expr, local: dict[str, Any]) -> Any:
         if isinstance(node, ast.Constant):
-            if isinstance(node.value, (str, bytes)):
-                _check_size(len(node.value))
             return node.value
         if isinstance(node, ast.Name):
             return self.name(node, local)
         if isinstance(node, (ast.List, ast.Tuple)):
+            _check_size(len(node.elts))
             items = [self.expr(e, local) for e in node.elts]
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.Dict):
             if any(k is None for k in node.keys):
                 raise _Refused(node, "dict unpacking (**) is not allowed")
+            _check_size(len(node.keys))
             return {self._hashable(k, local): self.expr(v, local) for k, v in zip(node.keys, node.values)}
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = self.expr(node.left, local), self.expr(node.right, local)
@@ -261,14 +337,18 @@ class _Interpreter:
 
     def comprehension(self, node: ast.ListComp | ast.DictComp, local: dict[str, Any]) -> Any:
         results: list[Any] = []
+        total = [0]
 
         def loop(generators: list[ast.comprehension], scope: dict[str, Any]) -> None:
             if not generators:
                 if isinstance(node, ast.ListComp):
-                    results.append(self.expr(node.elt, scope))
+                    item = self.expr(node.elt, scope)
+                    total[0] += 1 + self.weight(item)
                 else:
-                    results.append((self._hashable(node.key, scope), self.expr(node.value, scope)))
-                _check_size(len(results))
+                    item = (self._hashable(node.key, scope), self.expr(node.value, scope))
+                    total[0] += 1 + self.weight(item[0]) + self.weight(item[1])
+                results.append(item)
+                _check_size(total[0])
                 return
             gen = generators[0]
             if gen.is_async:
@@ -279,12 +359,15 @@ class _Interpreter:
                                          f"not a {type(iterable).__name__}")
             names = self._comprehension_targets(gen.target)
             for item in iterable:
+                self.iterations += 1
+                if self.iterations > MAX_ITERATIONS:
+                    raise _OverBudget(f"more than {MAX_ITERATIONS} comprehension iterations in one file")
                 inner = dict(scope)
                 if len(names) == 1:
                     inner[names[0]] = item
                 else:
                     if not isinstance(item, (list, tuple)) or len(item) != len(names):
-                        raise _Refused(gen.target, f"cannot unpack {item!r} into {len(names)} names")
+                        raise _Refused(gen.target, f"cannot unpack {_short(item)} into {len(names)} names")
                     inner.update(zip(names, item))
                 if all(self.expr(cond, inner) for cond in gen.ifs):
                     loop(generators[1:], inner)
@@ -297,23 +380,44 @@ class _Interpreter:
         return [self._target_name(e) for e in elts]
 
     def _apply(self, node: ast.AST, func, *args, shown: str | None = None, **kwargs) -> Any:
-        if func is operator.mul and len(args) == 2:
-            seq, n = (args[0], args[1]) if isinstance(args[0], (list, tuple, str)) else (args[1], args[0])
-            if isinstance(seq, (list, tuple, str)) and isinstance(n, int):
-                _check_size(len(seq) * n)
-        if func is operator.add and len(args) == 2 and all(isinstance(a, (list, tuple, str)) for a in args):
-            _check_size(len(args[0]) + len(args[1]))
-        if func is operator.mod and args and isinstance(args[0], str):
-            raise _Refused(node, "string formatting with % is not allowed")
-        if func is operator.pow and len(args) == 2 and all(isinstance(a, int) for a in args) and abs(args[1]) > 64:
-            raise _Refused(node, f"integer power {args[0]}**{args[1]} is too large")
+        """``func(*args, **kwargs)`` after checking that its result stays within the budget."""
+        self._precheck(node, func, args)
+        weights = sum(self.weight(a) for a in (*args, *kwargs.values()))
+        if func is not operator.getitem:  # comparisons, calls and arithmetic visit their operands
+            self.charge(weights)
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         except _Refused:
             raise
         except (TypeError, ValueError, ZeroDivisionError, KeyError, IndexError, OverflowError) as exc:
             where = f" in {shown}(...)" if shown else ""
-            raise _Refused(node, f"cannot evaluate{where}: {exc}") from None
+            raise _Refused(node, f"cannot evaluate{where}: {str(exc)[:200]}") from None
+        if func is not operator.getitem or isinstance(args[1], slice):
+            self.charge(self.weight(result))
+        return result
+
+    def _precheck(self, node: ast.AST, func, args: tuple) -> None:
+        """Refuse before computing what would exceed the item or integer budget."""
+        if len(args) != 2:
+            return
+        a, b = args
+        ints = all(isinstance(x, int) for x in args)
+        if func is operator.mul:
+            seq, n = (a, b) if isinstance(a, (list, tuple, str)) else (b, a)
+            if isinstance(seq, (list, tuple, str)) and isinstance(n, int):
+                _check_size(self.weight(seq) * n)
+            elif ints and a.bit_length() + b.bit_length() > MAX_INT_BITS:
+                raise _OverBudget(f"a product of {a.bit_length() + b.bit_length()} bits is too large "
+                                  f"(integers have at most {MAX_INT_BITS} bits)")
+        elif func is operator.add and all(isinstance(x, (list, tuple, str)) for x in args):
+            _check_size(self.weight(a) + self.weight(b))
+        elif func is operator.mod and isinstance(a, str):
+            raise _Refused(node, "string formatting with % is not allowed")
+        elif func is operator.pow and ints and b > 0 and abs(a) > 1:
+            bits = math.log2(abs(a)) * b
+            if bits > MAX_INT_BITS:
+                raise _OverBudget(f"integer power of {a.bit_length()}-bit base and exponent {_short(b)} is too "
+                                  f"large (about {bits:.3g} bits; integers have at most {MAX_INT_BITS} bits)")
 
 
 def _dotted(node: ast.expr) -> str:
@@ -333,36 +437,110 @@ def _describe(node: ast.AST) -> str:
     return names.get(type(node), type(node).__name__)
 
 
-def parse_parfile(text: str, filename: str = "<parameters>") -> dict[str, Any]:
+def parse_parfile(text: str, filename: str = "<parameters>") -> ParValues:
     """Evaluate the assignments of a tds2el parameter file; returns name -> value in file order.
 
     ``minimiser.Variable(...)`` values become :class:`Variable`.  Raises UsageError
-    naming ``filename`` and the line for a syntax error or anything not allowed.
+    naming ``filename``, the line and the limit for a syntax error, anything not
+    allowed or anything beyond the budget.
     """
+    _check_extent(text, filename)
     try:
         tree = ast.parse(text, filename=filename)
-    except SyntaxError as exc:
-        raise UsageError(f"{filename}, line {exc.lineno}: syntax error: {exc.msg}"
-                         + (f": {exc.text.strip()}" if exc.text else "")) from None
+    except SyntaxError as exc:  # the file may be anything: name the place, quote none of it
+        raise UsageError(f"{filename}, line {exc.lineno}: syntax error: {_safe_syntax_message(exc.msg)}") from None
+    except (MemoryError, RecursionError):  # the parser's own limits on nesting
+        raise UsageError(f"{filename}, line {_busiest_line(text)}: expression nested too deeply "
+                         f"(at most {MAX_DEPTH} levels)") from None
+    _check_depth(tree, filename)
     interpreter = _Interpreter(filename)
     try:
         interpreter.run(tree.body)
     except _Refused as exc:
-        raise UsageError(f"{filename}, line {getattr(exc.node, 'lineno', '?')}: {exc}") from None
-    except _TooLarge as exc:
+        raise UsageError(f"{filename}, line {getattr(exc.node, 'lineno', '?')}: {str(exc)[:400]}") from None
+    except _OverBudget as exc:
         raise UsageError(f"{filename}, line {interpreter.lineno}: {exc}") from None
     except RecursionError:
-        raise UsageError(f"{filename}: expressions nested too deeply") from None
-    return interpreter.names
+        raise UsageError(f"{filename}, line {interpreter.lineno}: expressions nested too deeply "
+                         f"(at most {MAX_DEPTH} levels)") from None
+    values = ParValues(interpreter.names)
+    values.lines = dict(interpreter.assigned_at)
+    return values
 
 
-def read_parfile(path: str | Path) -> dict[str, Any]:
-    """:func:`parse_parfile` of a file; DataError when it cannot be read."""
+def _check_extent(text: str, filename: str) -> None:
+    """File size, line count and NUL bytes, before the parser sees the text."""
+    if "\0" in text:
+        raise UsageError(f"{filename}, line {_line_at(text, text.index(chr(0)))}: a NUL byte; "
+                         "a parameter file is text")
+    encoded = text.encode("utf-8", "surrogatepass")
+    size = len(encoded)
+    if size > MAX_FILE_BYTES:
+        line = _line_at(encoded, MAX_FILE_BYTES)
+        raise UsageError(f"{filename}, line {line}: the file is {size} bytes or more, more than the "
+                         f"{MAX_FILE_BYTES} a parameter file may have")
+    lines = text.count("\n") + (not text.endswith("\n"))
+    if lines > MAX_LINES:
+        raise UsageError(f"{filename}, line {MAX_LINES + 1}: more than {MAX_LINES} lines, the most a parameter "
+                         "file may have")
+
+
+def _line_at(text: str | bytes, offset: int) -> int:
+    return text.count("\n" if isinstance(text, str) else b"\n", 0, offset) + 1
+
+
+def _safe_syntax_message(message: str) -> str:
+    """The parser's message without the pieces of the file it quotes (a bracket is kept: ``'{' was never closed``)."""
+    message = re.sub(r"'(?![\[\](){}]')[^']*'", "a token", message)
+    return re.sub(r"\s*\(U\+[0-9A-Fa-f]+\)", "", message)
+
+
+def _busiest_line(text: str) -> int | str:
+    """The line with the most operators and brackets (where the parser gave up on nesting)."""
+    counts: dict[int, int] = {}
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.OP:
+                counts[token.start[0]] = counts.get(token.start[0], 0) + 1
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return max(counts, key=counts.get) if counts else "?"
+
+
+def _check_depth(tree: ast.AST, filename: str) -> None:
+    """Refuse a syntax tree deeper than :data:`MAX_DEPTH` below its statements (walked without recursion)."""
+    stack = [(tree, 0, "?")]
+    while stack:
+        node, depth, line = stack.pop()
+        line = getattr(node, "lineno", line)
+        if depth > MAX_DEPTH:
+            raise UsageError(f"{filename}, line {line}: expression nested too deeply (at most {MAX_DEPTH} levels)")
+        stack.extend((child, depth + 1, line) for child in ast.iter_child_nodes(node))
+
+
+def read_parfile(path: str | Path) -> ParValues:
+    """:func:`parse_parfile` of a file; DataError when it cannot be read (regular files only, at most
+    :data:`MAX_FILE_BYTES`; what is read is never quoted)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"parameter file {path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise DataError(f"parameter file {path} is not a regular file")
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"parameter file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read parameter file {path}: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read parameter file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise UsageError(f"{path}, line {_line_at(raw, MAX_FILE_BYTES)}: the file is more than "
+                         f"{MAX_FILE_BYTES} bytes, the most a parameter file may have")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read parameter file {path}: it is not UTF-8 text (line "
+                        f"{_line_at(raw, exc.start)})") from None
     return parse_parfile(text, str(path))
