@@ -5,7 +5,9 @@ The conf_file is read first and input.par overrides it.  Relative paths are take
 relative to the folder of input.par (where tds2el was run).  Geometry names go to
 ``geometry``; ``minimiser.Variable`` values become ``[value, min, max]`` lists;
 tds2el's 0/1 flags become the booleans or integers the tree expects.  Names the
-tree does not know (alignment-only settings) are logged and dropped.
+tree does not know (alignment-only settings, helper variables) are logged and
+dropped, except a name in input.par close to an option's (a typo), which is an error
+with a did-you-mean.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def read_tds_config(input_par: str | Path) -> dict[str, Any]:
     input_par = Path(input_par)
     base = input_par.resolve().parent
     main = read_parfile(input_par)
+    _refuse_near_misses(main, input_par)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     conf = main.get("conf_file")
@@ -54,6 +57,57 @@ def read_tds_config(input_par: str | Path) -> dict[str, Any]:
             mapping[key] = str(base / mapping[key])
     mapping.setdefault("output_directory", str(base))
     return mapping
+
+
+def _allowed_edits(option: str) -> int:
+    """Edits a typo of ``option`` may have: two for long names, one for 3-5 letters, none (case only) below."""
+    return 2 if len(option) >= 6 else 1 if len(option) >= 3 else 0
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of ``a`` and ``b``, or ``limit + 1`` once it is certain to exceed ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            row.append(min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(row) > limit:
+            return limit + 1
+        previous = row
+    return previous[-1]
+
+
+def known_names() -> set[str]:
+    """Every name input.par may set: the tds options and the geometry names."""
+    return set(GEOMETRY_FIELDS) | {key[4:] for key in NODES if key.startswith("tds.") and key.count(".") == 1}
+
+
+def did_you_mean(name: str, known: set[str]) -> str | None:
+    """The option ``name`` is a typo of (case ignored, see :func:`_allowed_edits`), or None."""
+    best = None, 3
+    for option in sorted(known):
+        limit = _allowed_edits(option)
+        distance = _edits(name.lower(), option.lower(), limit)
+        if distance <= limit and distance < best[1]:
+            best = option, distance
+    return best[0]
+
+
+def _refuse_near_misses(main, input_par: Path) -> None:
+    """An unknown name of input.par close to an option is a typo: an error naming the line and the option.
+
+    Other unknown names stay warnings (tds2el files use helper variables).
+    """
+    known = known_names()
+    for name in main:
+        if name in known:
+            continue
+        option = did_you_mean(name, known)
+        if option is not None:
+            raise UsageError(f"{input_par}, line {main.lines.get(name, '?')}: {name!r} is not a tds option; "
+                             f"did you mean {option!r}?")
 
 
 def to_tds_mapping(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> dict[str, Any]:
