@@ -135,7 +135,7 @@ NODES = {
         type=('bool',),
         default=True,
         help='Live plotting switch',
-        doc='If True, a plotting client will be spawned and connected at initialization. This option should be set to False when ptypy is run on a cluster.',
+        doc='If True, a plotting client will be spawned and connected at initialization. This option should be set to False when ptypy is run on a cluster.\n\ndifframe spawns `difframe watch ADDRESS` (a window with object, probe modes and error curves) as its own process when the run has an interaction server (an `interaction` section: the reference\'s default, None, has none) and a display; otherwise it says so in one log line. `difframe watch ADDRESS --png DIR` shows a run headless.',
     ),
     'plotclient.interval': P(
         type=('int',),
@@ -183,7 +183,7 @@ NODES = {
         type=('bool',),
         default=True,
         help='Give priority to metadata relative to input parameters',
-        doc='[useful?]',
+        doc="[useful?]\n\nWhen the data source (file metadata) and the parameters give different energy, distance, pixel size or centre, True uses the source's and False the parameters'. A conflict is logged only for a value someone gave: a scan.geometry value still at its default (the reference's 6.2 keV, 7.19 m, 172 um) counts as not given, although with False it is still the one used.",
     ),
     'scan.data': P(
         type=('Param',),
@@ -294,7 +294,7 @@ NODES = {
         default='data',
         choices=('data', 'common', 'all'),
         help='Determines what will be loaded in parallel',
-        doc="Choose among [None, 'data', 'common', 'all']\n\nThe doc lists None, so None is accepted besides the reference's str.",
+        doc="Choose among [None, 'data', 'common', 'all']\n\nThe doc lists None, so None is accepted besides the reference's str.\n\nNot read: difframe always loads as 'all' does. Under mpiexec every rank reads its own block of frames and the small common arrays (mask, metadata) itself, so there is nothing left for the other choices to change; they are accepted for ptypy parameter files.",
     ),
     'scan.data.positions_theory': P(
         type=('ndarray',),
@@ -366,7 +366,7 @@ NODES = {
         default=6.2,
         lowlim=0.0,
         help='Energy (in keV)',
-        doc="If None, use the wavelength instead.\n\nThe doc gives None a meaning, so None is accepted besides the reference's float.",
+        doc="If None, use the wavelength instead.\n\nThe doc gives None a meaning, so None is accepted besides the reference's float. scan.data.energy, when given, takes precedence; with energy and lam both None the data source must give the energy, else the run stops naming this node.",
     ),
     'scan.geometry.lam': P(
         type=('float',),
@@ -652,13 +652,13 @@ NODES = {
         type=('float', 'NoneType'),
         default=1e-06,
         help='Maximum thickness of sample',
-        doc="if None, the absolute values of loaded source array will be used\n\nThe doc gives None a meaning, so None is accepted besides the reference's float.",
+        doc="if None, the absolute values of loaded source array will be used\n\nThe doc gives None a meaning, so None is accepted besides the reference's float. With `formula`, the image's magnitude scaled to [0, 1] times `thickness` is the projected thickness, and with None the image's absolute values themselves are (in metres). Without `formula`, None keeps the loaded image as it is: there is no thickness to project over.",
     ),
     'scan.sample.process.ref_index': P(
         type=('complex', 'NoneType'),
         default=(0.5+0j),
         help='Assigned refractive index',
-        doc="If None, treat source array as projection of refractive index. If a refractive index is provided the array's absolute value will be used to scale the refractive index.\n\nThe doc gives None a meaning, so None is accepted besides the reference's complex. The reference limit (>0.0) on a complex number is evidently garbled and is not enforced.",
+        doc="If None, treat source array as projection of refractive index. If a refractive index is provided the array's absolute value will be used to scale the refractive index.\n\nThe doc gives None a meaning, so None is accepted besides the reference's complex. The reference limit (>0.0) on a complex number is evidently garbled and is not enforced.\n\ndifframe reads the value as the complex phase in radians (real: phase shift, imaginary: attenuation) reached where the image is brightest: T = exp(i ref_index A), A the magnitude scaled to [0, 1]. Read literally as n - 1 over `thickness` = 1 um, the default 0.5 would wind the phase by some 10^4 rad; a physical index comes from `formula`. None takes the image's absolute values themselves as that projected phase: T = exp(i |image|).",
     ),
     'scan.sample.process.smoothing': P(
         type=('int',),

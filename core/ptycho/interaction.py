@@ -533,7 +533,8 @@ def start_live_view(run, server: InteractionServer | None, ranks) -> subprocess.
         log.info("plotclient.active: no live view, no display; `difframe watch %s --png DIR` draws it headless",
                  server.address)
         return None
-    command = [sys.executable, "-m", "difframe.cli", "watch", server.address, "--timeout", str(LIVE_VIEW_TIMEOUT)]
+    command = [sys.executable, "-m", "difframe.cli", "watch", server.address, "--every",
+               str(run.params.plotclient.interval), "--timeout", str(LIVE_VIEW_TIMEOUT)]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     log.info("plotclient.active: live view started (difframe watch %s, process %d)", server.address, process.pid)
     return process

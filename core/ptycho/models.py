@@ -252,36 +252,46 @@ def project(field: np.ndarray, p: Mapping, ctx: ModelContext) -> np.ndarray:
     """Transmission from the image's magnitude A (scaled to [0, 1]) as a projected thickness.
 
     ``formula`` (+ ``density``): refractive index n = 1 - delta + i beta from
-    xraydb at the scan's energy, T = exp(i k (n - 1) thickness A); otherwise
-    ``ref_index`` is the complex phase (radians) reached where A = 1:
-    T = exp(i ref_index A).  Without ``formula``, a field that already has a
-    phase is a transmission and is kept, as is any field when ``thickness`` is
-    None; a uniform field carries no thickness map and is kept too.
+    xraydb at the scan's energy, T = exp(i k (n - 1) t) with t = ``thickness``
+    A, or, when ``thickness`` is None, t = |image| itself in metres.  Without
+    ``formula`` the image is kept when ``thickness`` is None (no thickness to
+    project over), when it already has a phase (a transmission) and when it
+    is uniform; else ``ref_index`` is the complex phase (radians) reached where
+    A = 1, T = exp(i ref_index A), and ``ref_index`` None takes the (smoothed)
+    image itself as that projected phase, T = exp(i image).
     """
     from scipy.ndimage import gaussian_filter
 
+    formula = p.get("formula")
     has_phase = bool(np.any(np.imag(field) != 0))
-    if p.get("formula") is None and (p.get("thickness") is None or has_phase):
+    if formula is None and (p.get("thickness") is None or has_phase):
         return field
     amp = np.abs(field)
     if p.get("smoothing"):
         amp = gaussian_filter(amp, (0, p["smoothing"], p["smoothing"]))
+    if formula and p.get("thickness") is None:
+        return np.exp(1j * 2 * np.pi / ctx.wavelength_m * _index_decrement(formula, p, ctx) * amp)
     span = amp.max() - amp.min()
     if not span > 1e-12 * max(amp.max(), 1e-300):
         return field
     a = (amp - amp.min()) / span
-    if p.get("formula"):
-        import xraydb
+    if formula:
+        thickness = float(p["thickness"])
+        return np.exp(1j * 2 * np.pi / ctx.wavelength_m * _index_decrement(formula, p, ctx) * thickness * a)
+    if p.get("ref_index") is None:
+        return np.exp(1j * amp)
+    return np.exp(1j * complex(p["ref_index"]) * a)
 
-        try:
-            delta, beta, _ = xraydb.xray_delta_beta(p["formula"], float(p.get("density") or 1.0),
-                                                    ctx.energy_kev * 1e3)
-        except Exception as err:  # xraydb raises plain exceptions for unknown formulas
-            raise ParameterError(f"sample.process.formula: {p['formula']!r} is not understood by xraydb ({err})") from None
-        thickness = float(p.get("thickness") or 0.0)
-        return np.exp(1j * 2 * np.pi / ctx.wavelength_m * complex(-delta, beta) * thickness * a)
-    ref = complex(p.get("ref_index") if p.get("ref_index") is not None else 0.5)
-    return np.exp(1j * ref * a)
+
+def _index_decrement(formula: str, p: Mapping, ctx: ModelContext) -> complex:
+    """n - 1 = -delta + i beta of ``formula`` at ``density`` and the scan's energy (xraydb)."""
+    import xraydb
+
+    try:
+        delta, beta, _ = xraydb.xray_delta_beta(formula, float(p.get("density") or 1.0), ctx.energy_kev * 1e3)
+    except Exception as err:  # xraydb raises plain exceptions for unknown formulas
+        raise ParameterError(f"sample.process.formula: {formula!r} is not understood by xraydb ({err})") from None
+    return complex(-delta, beta)
 
 
 def process_sample(field: np.ndarray, p: Mapping, ctx: ModelContext, fill: complex) -> np.ndarray:

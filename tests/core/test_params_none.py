@@ -199,3 +199,26 @@ def test_energy_none_without_a_wavelength_or_a_source_value_names_both_nodes(tre
         prepare(_raw(energy_kev=None), _scan(tree, energy=None), SimpleNamespace(**CTX), save=False)
     out = prepare(_raw(energy_kev=None), _scan(tree, energy=None, lam=1e-10), SimpleNamespace(**CTX), save=False)
     assert out.energy_kev == pytest.approx(12.398419843320026)  # hc / 1 Angstrom
+
+
+def test_sample_projection_honours_none_for_thickness_and_ref_index():
+    """thickness None with a formula: the image's absolute values are the thickness [m]; ref_index None: the
+    image is the projected phase itself.  Truth: Henke's Si at 8 keV (delta 7.6e-6, beta 1.7e-7)."""
+    from difframe.ptycho.models import ModelContext, project
+
+    ctx = ModelContext(shape=(16, 16), psize=(1e-7, 1e-7), energy_kev=8.0, distance_m=1.0)
+    image = np.zeros((1, 16, 16))
+    image[0, 4:12, 4:12] = 2e-6  # 2 um of silicon in the middle, none around
+    silicon = project(image, {"formula": "Si", "density": 2.33, "thickness": None, "smoothing": 0}, ctx)[0]
+    k = 2 * np.pi / ctx.wavelength_m
+    assert np.angle(silicon[8, 8]) == pytest.approx(-k * 7.6e-6 * 2e-6, rel=0.03)
+    assert -np.log(abs(silicon[8, 8])) == pytest.approx(k * 1.7e-7 * 2e-6, rel=0.1)
+    assert silicon[0, 0] == pytest.approx(1.0)
+    phases = np.zeros((1, 16, 16))
+    phases[0, 4:12, 4:12] = 0.7
+    phases[0, 6, 6] = 1.9  # radians: kept as they are, not rescaled to a ref_index
+    phase = project(phases, {"ref_index": None, "thickness": 1e-6, "smoothing": 0}, ctx)[0]
+    np.testing.assert_allclose(np.angle(phase), phases[0], atol=1e-12)
+    np.testing.assert_allclose(abs(phase), 1.0)
+    scaled = project(phases, {"ref_index": 0.5, "thickness": 1e-6, "smoothing": 0}, ctx)[0]
+    assert np.angle(scaled[6, 6]) == pytest.approx(0.5) and np.angle(scaled[8, 8]) == pytest.approx(0.5 * 0.7 / 1.9)

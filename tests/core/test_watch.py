@@ -152,11 +152,11 @@ def test_plotclient_active_spawns_difframe_watch_only_with_a_display_and_a_serve
             self.pid = 4242
 
     monkeypatch.setattr(subprocess, "Popen", Popen)
-    run = Run(sim_params(tmp_path, 5999))
+    run = Run(sim_params(tmp_path, 5999, interval=3))
     with caplog.at_level(logging.INFO, logger="difframe.interaction"):
         interaction.start_live_view(run, server, _Ranks())
-    assert started == ([[sys.executable, "-m", "difframe.cli", "watch", _Server.address, "--timeout",
-                         str(interaction.LIVE_VIEW_TIMEOUT)]] if spawned else [])
+    assert started == ([[sys.executable, "-m", "difframe.cli", "watch", _Server.address, "--every", "3",
+                         "--timeout", str(interaction.LIVE_VIEW_TIMEOUT)]] if spawned else [])
     lines = [r.getMessage() for r in caplog.records if r.name == "difframe.interaction"]
     assert len(lines) == 1 and says in lines[0], lines
     monkeypatch.setattr(sys, "platform", "linux")
