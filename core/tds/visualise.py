@@ -5,8 +5,10 @@ minimises ``1/2 |Interp x - y|^2 + beta |grad x|^2`` (tds2el's formula, good for
 over- and under-sampled spots alike) with ``n_iter`` FISTA iterations of step
 1/L, L the largest eigenvalue of ``Interp^T Interp + 2 beta grad^T grad`` from a
 power iteration.  ``Interp`` is trilinear interpolation, a sparse matrix with 8
-entries per point.  Data and model volumes go to HDF5 as NeXus NXdata with
-their q axes (silx view / PyMca open them), and a PNG shows central slices.
+entries per point.  Data, model and residual volumes go to HDF5 as NeXus
+NXdata with their q axes (silx view / PyMca open them), and a PNG shows
+central slices; both keep only the nodes the harvest measured (the shell it
+covered, near its points), since elsewhere the interpolation only fills in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from difframe.tds.fit import scale_and_baseline
 from difframe.tds.model import tds_intensity
 
 log = logging.getLogger("difframe.tds.visualise")
+
+REACH = 2.0  # grid steps from the nearest harvested point within which the interpolation is shown
 
 
 def grid_axes(q: np.ndarray, n: int) -> list[np.ndarray]:
@@ -121,15 +125,34 @@ def model_intensity(harvest, voigt: np.ndarray, scale=None, baseline=None) -> np
     return np.asarray(scale)[spot] * T + np.asarray(baseline)[spot]
 
 
+def measured(q: np.ndarray, axes: list[np.ndarray], reach: float = REACH) -> np.ndarray:
+    """Grid nodes the harvest measured: inside the shell of the points' |q| and within ``reach`` grid
+    steps of a point.  Elsewhere an interpolation would only extrapolate, so it is not shown."""
+    from scipy.spatial import cKDTree
+
+    steps = np.array([a[1] - a[0] for a in axes])
+    nodes = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    radius = np.linalg.norm(nodes, axis=1)
+    norms = np.linalg.norm(q, axis=1)
+    half = 0.5 * steps.max()
+    shell = (radius >= norms.min() - half) & (radius <= norms.max() + half)
+    near = cKDTree(q / steps).query(nodes / steps, distance_upper_bound=reach)[0] <= reach
+    return (shell & near).reshape(tuple(len(a) for a in axes))
+
+
 def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, beta: float = 0.03,
               n_iter: int = 100, spots=None, filename: str = "simtests.h5",
               model_label: str = "model") -> dict[str, Path]:
-    """Write data and model volumes of each spot to ``output_dir/filename`` and a PNG per spot.
+    """Write data, model and residual volumes of each spot to ``output_dir/filename`` and a PNG per spot.
 
-    ``model_label`` says which constants the model used; it titles the model row
-    of the PNG and is kept as the ``constants`` attribute of each model group.
+    Data and model are interpolated the same way from the same points and kept
+    only on :func:`measured` nodes (NaN elsewhere).  ``model_label`` says which
+    constants the model used; it titles the model row of the PNG and is kept as
+    the ``constants`` attribute of each model group.
     """
     import h5py
+
+    from difframe import nexus
 
     Q = np.asarray(harvest["Q"], dtype=float)
     y = np.asarray(harvest["intensity"], dtype=float)
@@ -150,62 +173,77 @@ def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, bet
         q = Q[sel] - G[s]
         axes = grid_axes(q, n)
         data, model = fista_interpolate(q, np.stack([y[sel], model_values[sel]], axis=1), axes, beta, n_iter)
-        volumes[int(s)] = (axes, data, model)
-        log.info("spot %d: %d points interpolated onto %d^3", s, sel.sum(), n)
+        mask = measured(q, axes)
+        data, model = np.where(mask, data, np.nan), np.where(mask, model, np.nan)
+        volumes[int(s)] = (axes, data, model, int(sel.sum()))
+        log.info("spot %d: %d points interpolated onto %d^3 (%.0f %% of the nodes measured)", s, sel.sum(), n,
+                 100 * mask.mean())
     path = output_dir / filename
+    units = "counts / normalisation"
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["NX_class"] = "NXroot"
-        for s, (axes, data, model) in volumes.items():
-            entry = f.create_group(f"spot_{s:04d}")
-            entry.attrs["NX_class"] = "NXentry"
-            entry.attrs["default"] = "data"
+        for s, (axes, data, model, points) in volumes.items():
+            entry = nexus.entry(f, f"spot_{s:04d}", f"spot {s}: {points} harvested points, q = Q - G")
             if hkl is not None:
                 entry.attrs["hkl"] = np.asarray(hkl)[s]
             entry["G"] = G[s]
-            for label, volume in (("data", data), ("model", model)):
-                group = entry.create_group(label)
-                group.attrs.update({"NX_class": "NXdata", "signal": "intensity", "axes": ["qx", "qy", "qz"]})
-                group["intensity"] = volume
+            how = f"FISTA interpolation of {points} points; NaN where nothing was measured"
+            for label, volume, title in (("data", data, f"data ({how})"), ("model", model, f"{model_label} ({how})"),
+                                         ("residual", data - model, "data - model")):
+                group = nexus.nxdata(entry, label, ("intensity", volume, units),
+                                     [(name, ax, "1/Angstrom", f"{name} (q = Q - G, crystal frame)")
+                                      for name, ax in zip(("qx", "qy", "qz"), axes)],
+                                     default=label == "data", title=title)
                 if label == "model":
                     group.attrs["constants"] = model_label
-                for name, ax in zip(("qx", "qy", "qz"), axes):
-                    group[name] = ax
-                    group[name].attrs["units"] = "1/Angstrom (q = Q - G, crystal frame)"
-        if volumes:
+        if volumes:  # each entry made itself the default: the first spot is
             f.attrs["default"] = f"spot_{min(volumes):04d}"
     files["volumes"] = path
-    for s, (axes, data, model) in volumes.items():
-        files[f"png_{s}"] = _slices_png(output_dir / f"spot_{s:04d}.png", axes, data, model,
+    for s, (axes, data, model, points) in volumes.items():
+        files[f"png_{s}"] = _slices_png(output_dir / f"spot_{s:04d}.png", axes, data, model, points,
                                         None if hkl is None else np.asarray(hkl)[s], model_label)
     return files
 
 
-def _slices_png(path: Path, axes, data, model, hkl, model_label: str) -> Path:
-    """Central qx-qy, qx-qz and qy-qz slices: data on the top row, model below, one colour scale."""
+def _slices_png(path: Path, axes, data, model, points: int, hkl, model_label: str) -> Path:
+    """Central qx-qy, qx-qz and qy-qz slices: data, model (one colour scale) and residual rows;
+    grey where nothing was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 7), layout="constrained")
-    panels = fig.subplots(2, 3)
+    fig = Figure(figsize=(11, 9.5), layout="constrained")
+    panels = fig.subplots(3, 3)
     mid = [len(a) // 2 for a in axes]
     cuts = [((0, 1), (slice(None), slice(None), mid[2])), ((0, 2), (slice(None), mid[1], slice(None))),
             ((1, 2), (mid[0], slice(None), slice(None)))]
     names = ("qx", "qy", "qz")
-    low, high = np.percentile(np.concatenate([data.ravel(), model.ravel()]), [1, 99.5])
-    for row, (short, volume) in enumerate((("data", data), ("model", model))):
+    shown = np.concatenate([data[np.isfinite(data)], model[np.isfinite(model)]])
+    low, high = np.percentile(shown, [1, 99.5]) if shown.size else (0.0, 1.0)
+    residual = data - model
+    finite = residual[np.isfinite(residual)]
+    span = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
+    rows = (("data", data, "viridis", low, high, f"data, interpolated from {points} points"),
+            ("model", model, "viridis", low, high, "model, interpolated the same way"),
+            ("residual", residual, "RdBu_r", -span, span, "residual data - model"))
+    for row, (short, volume, cmap, vmin, vmax, what) in enumerate(rows):
+        colours = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
         for col, ((a, b), index) in enumerate(cuts):
             ax = panels[row, col]
             extent = [axes[b][0], axes[b][-1], axes[a][0], axes[a][-1]]
-            image = ax.imshow(volume[index], origin="lower", extent=extent, vmin=low, vmax=high, aspect="auto",
-                              interpolation="nearest")
-            ax.set_xlabel(f"{names[b]} [1/A]")
-            ax.set_ylabel((f"{short.upper()}\n" if col == 0 else "") + f"{names[a]} [1/A]")
-            ax.set_title(f"{short}, {names[3 - a - b]} = 0")
-    fig.colorbar(image, ax=panels, label="intensity (same scale for data and model)")
+            image = ax.imshow(np.ma.masked_invalid(volume[index]), origin="lower", extent=extent, vmin=vmin,
+                              vmax=vmax, aspect="auto", interpolation="nearest", cmap=colours)
+            ax.set_xlabel(f"{names[b]} [1/\u00c5]")
+            ax.set_ylabel((f"{short.upper()}\n" if col == 0 else "") + f"{names[a]} [1/\u00c5]")
+            ax.set_title(f"{what}\n{names[3 - a - b]} = 0", fontsize="small")
+        if row == 1:
+            fig.colorbar(image, ax=panels[:2], label="intensity [counts / normalisation]\n(same scale for data and model)")
+        elif row == 2:
+            fig.colorbar(image, ax=panels[2], label="data - model")
     spot = "spot" + ("" if hkl is None else f" hkl = {tuple(int(v) for v in hkl)}")
-    fig.suptitle(f"{spot}, q = Q - G\ntop: data (harvested points), bottom: {model_label}")
+    fig.suptitle(f"{spot}, q = Q - G; data and {model_label} are FISTA interpolations of the harvested points\n"
+                 f"grey: not measured (outside the harvested shell or over {REACH:g} grid steps from any point)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     return path

@@ -1,4 +1,5 @@
-"""visSim interpolation: trilinear exactness, adjoint gradient, FISTA against a direct solve, readable files."""
+"""visSim interpolation: trilinear exactness, adjoint gradient, FISTA against a direct solve, files showing only
+measured nodes, opened by silx on the data."""
 
 import h5py
 import numpy as np
@@ -8,6 +9,7 @@ from scipy.sparse.linalg import eigsh
 
 from difframe.errors import UsageError
 from difframe.tds import visualise as vis
+from nexus_walk import default_plot, silx_default_signal
 from tdsfit_support import MGO, synthetic_harvest
 
 
@@ -69,23 +71,37 @@ def test_value_sets_interpolated_together_equal_separate_passes():
         np.testing.assert_allclose(both[k], vis.fista_interpolate(q, Y[:, k], axes, 0.03, 25), rtol=1e-12, atol=1e-14)
 
 
-def test_volumes_and_pngs_are_written(tmp_path):
+def test_volumes_pngs_and_the_default_plot_keep_only_measured_nodes(tmp_path):
     data, structure, values = synthetic_harvest(MGO, 3000, np.random.default_rng(34), hkls=[[2, 0, 0], [2, 2, 0]])
+    keep = ~((data["spot"] == 0) & (data["Q"][:, 2] - data["G"][0, 2] > 0))  # spot 0: nothing measured at qz > 0
+    data = {k: (v[keep] if k in ("Q", "intensity", "spot") else v) for k, v in data.items()}
     voigt = structure.full_voigt([values[n] for n in structure.free])
     model = vis.model_intensity(data, voigt)
     assert np.corrcoef(model, data["intensity"])[0, 1] > 0.95  # the model with per-spot scales follows the data
     files = vis.visualise(data, model, tmp_path, n=12, beta=0.03, n_iter=30)
+    plot = default_plot(files["volumes"])  # root -> spot_0000 -> data, as silx opens it
+    assert plot.path == "/spot_0000/data" and plot.signal.shape == (12, 12, 12)
+    assert plot.names == ["qx", "qy", "qz"] and set(plot.units.values()) == {"1/Angstrom"}
+    assert silx_default_signal(files["volumes"]) in (None, "/spot_0000/data/intensity")
     with h5py.File(files["volumes"]) as f:
-        assert f.attrs["default"] == "spot_0000"
-        for s in ("spot_0000", "spot_0001"):
-            for label in ("data", "model"):
-                group = f[s][label]
-                assert group.attrs["NX_class"] == "NXdata" and group.attrs["signal"] == "intensity"
-                assert group["intensity"].shape == (12, 12, 12)
-                assert list(group.attrs["axes"]) == ["qx", "qy", "qz"] and group["qz"].shape == (12,)
         np.testing.assert_array_equal(f["spot_0001"].attrs["hkl"], [2, 2, 0])
-        d, m = f["spot_0000/data/intensity"][()], f["spot_0000/model/intensity"][()]
-        assert np.corrcoef(d.ravel(), m.ravel())[0, 1] > 0.9
+        for s in ("spot_0000", "spot_0001"):
+            d, m, r = (f[s][label]["intensity"][()] for label in ("data", "model", "residual"))
+            np.testing.assert_array_equal(np.isnan(d), np.isnan(m))
+            np.testing.assert_allclose(r, d - m)
+            ok = np.isfinite(d)
+            assert np.corrcoef(d[ok], m[ok])[0, 1] > 0.9
+        axes = [f["spot_0000/data"][name][()] for name in ("qx", "qy", "qz")]
+        d0 = f["spot_0000/data/intensity"][()]
+    nodes = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    q = data["Q"][data["spot"] == 0] - data["G"][0]
+    nearest = np.sqrt(((nodes[..., None, :] - q) ** 2).sum(-1)).min(-1) / (axes[0][1] - axes[0][0])
+    radius = np.linalg.norm(nodes, axis=-1)
+    assert np.all(np.isnan(d0[nearest > 2.01]))  # far from every point: not shown
+    assert np.all(np.isnan(d0[radius > np.linalg.norm(q, axis=1).max() + axes[0][1] - axes[0][0]]))
+    assert np.all(np.isnan(d0[..., -3:]))  # the unmeasured half (qz > 0) is empty, not extrapolated
+    shell = (radius > np.linalg.norm(q, axis=1).min()) & (radius < np.linalg.norm(q, axis=1).max())
+    assert np.all(np.isfinite(d0[(nearest < 0.5) & shell]))
     with Image.open(files["png_1"]) as image:
         assert image.format == "PNG" and image.size[0] > 400
 
@@ -100,7 +116,6 @@ def test_vis_sim_from_cguess_or_fitted_constants(tmp_path):
         assert good["spot_0000/model"].attrs["constants"].startswith("model (CGUESS C11 = 297")
         label = bad["spot_0000/model"].attrs["constants"]
         assert label.startswith("model (fitted") and "C44 = 30 " in label
-        d = good["spot_0000/data/intensity"][()]
-        err_good = np.abs(good["spot_0000/model/intensity"][()] - d).sum()
-        err_bad = np.abs(bad["spot_0000/model/intensity"][()] - d).sum()
+        err_good = np.nansum(np.abs(good["spot_0000/residual/intensity"][()]))
+        err_bad = np.nansum(np.abs(bad["spot_0000/residual/intensity"][()]))
     assert err_good < 0.5 * err_bad  # the true constants describe the data, a wrong C44 does not
