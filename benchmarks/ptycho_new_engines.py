@@ -1,0 +1,149 @@
+"""RAAR and the PIE family (ePIE, rPIE, mPIE) against DM: seconds per iteration and object error, one run.
+
+    .venv/bin/python benchmarks/ptycho_new_engines.py [--iterations 60] [--epochs 30] [--photons 1e8]
+                                                      [--frames 161 1000]
+
+Two parts, every figure measured in this run:
+
+1. Speed: median seconds per iteration (PIE: per epoch, every frame visited
+   once) on far-field frames of 128 x 128 (benchmarks/ptycho_engines.py's
+   problem: 161 frames as ptypy's moonflower, and 1000), after warm-up
+   iterations (kernels compiled or loaded from the cache).  Ratios to DM;
+   target RAAR <= 1.1 x DM.  A plain numpy ePIE (one frame at a time:
+   gather, FFT, modulus, inverse FFT, updates; PtyLab's ePIE is written this
+   way) gives the PIE epoch a yardstick measured on the same frames.
+2. Quality: benchmarks/ptycho_textbook.py's moonflower-like scan with known
+   truth (161 frames of 128 x 128, Poisson counts), every engine from the
+   flow's starting probe and object; object and probe errors after removing
+   a global factor, shift and phase ramp (difframe.ptycho.quality.truth_errors),
+   the engine's total time, and the ratios to DM's error and time.  Target:
+   each engine reaches at least DM's object error in at most DM's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from difframe import Run
+from difframe.plugins.recipes.sim import simulate
+from difframe.ptycho import model as pm
+from difframe.ptycho import workflow
+from difframe.ptycho.quality import truth_errors
+
+from ptycho_engines import problem
+from ptycho_textbook import parameters
+
+ENGINES = ("DM", "RAAR", "ePIE", "rPIE", "mPIE")
+
+
+def engine_params(name: str, iterations: int, home: Path):
+    """engines.<label> of ``name`` as the flow resolves it (engine.common + engine.<name> defaults)."""
+    run = Run(parameters(1e8, {"e": (name, iterations)}, home))
+    return run.plugins.get("engine", name), run.params.engines.e
+
+
+def fresh_model(prep, probe):
+    return pm.build_model({"bench": prep}, {"bench": (None, 1.0, None, 1.0)},
+                          init_probe=lambda *a: probe, init_object=lambda label, shape, *a: np.ones((1, *shape)))
+
+
+def time_per_iteration(spec, params, model, iterations: int, warmup: int = 3) -> float:
+    engine = spec.factory(params, model)
+    engine.initialize()
+    engine.iterate(warmup)
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        engine.iterate(1)
+        times.append(time.perf_counter() - start)
+    engine.finalize()
+    return float(np.median(times))
+
+
+def numpy_epie_epoch(prep, probe, seed: int = 0) -> float:
+    """Seconds of one epoch of a plain numpy ePIE (alpha = beta = 1), frame by frame as PtyLab writes it."""
+    model = fresh_model(prep, probe)
+    (scan,) = model.scans
+    obj, pr = model.objects["bench"].data[0], model.probes["bench"].data[0].copy()
+    amp = np.sqrt(scan.intensity)
+    h, w = pr.shape
+    start = time.perf_counter()
+    for n in np.random.default_rng(seed).permutation(scan.num_frames):
+        y, x = scan.corners[n]
+        win = obj[y:y + h, x:x + w]
+        psi = pr * win
+        f = np.fft.fft2(psi, norm="ortho")
+        f = amp[n] * np.exp(1j * np.angle(f))
+        dpsi = np.fft.ifft2(f, norm="ortho") - psi
+        old = win.copy()
+        obj[y:y + h, x:x + w] = win + np.conj(pr) / (np.abs(pr) ** 2).max() * dpsi
+        pr = pr + np.conj(old) / (np.abs(old) ** 2).max() * dpsi
+    return time.perf_counter() - start
+
+
+def speed(frames_list, home: Path) -> None:
+    print("1. seconds per iteration (PIE: per epoch), far field 128 x 128, complex64")
+    for frames in frames_list:
+        prep, probe = problem(frames, 128, 1)
+        reps = 5 if frames <= 200 else 3
+        t = {}
+        for name in ENGINES:
+            spec, p = engine_params(name, 100, home)
+            t[name] = time_per_iteration(spec, p, fresh_model(prep, probe), reps)
+        t_np = numpy_epie_epoch(prep, probe)
+        print(f"  {frames} frames:")
+        for name in ENGINES:
+            extra = "  (target <= 1.1)" if name == "RAAR" else ""
+            if name.endswith("PIE"):
+                extra = f"  plain numpy ePIE epoch {t_np:.3f} s: ratio {t[name] / t_np:.2f}"
+            print(f"    {name:5s} {t[name]:7.3f} s/it   ratio to DM {t[name] / t['DM']:5.2f}{extra}")
+
+
+def quality(iterations: int, epochs: int, photons: float, home: Path) -> None:
+    print(f"2. moonflower-like scan, 161 frames of 128 x 128, {photons:.0e} photons per frame; "
+          f"DM and RAAR {iterations} iterations, PIE {epochs} epochs")
+    run = Run(parameters(photons, {"e": ("DM", iterations)}, home))
+    truth = simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
+    prepared = workflow.prepare_scans(run)
+    results = {}
+    for name in ENGINES:
+        n = epochs if name.endswith("PIE") else iterations
+        spec, p = engine_params(name, n, home)
+        model = workflow.build_run_model(Run(parameters(photons, {"e": (name, n)}, home)), prepared)
+        engine = spec.factory(p, model)
+        engine.initialize()
+        start = time.perf_counter()
+        engine.iterate(n)
+        elapsed = time.perf_counter() - start
+        engine.finalize()
+        (scan,) = model.scans
+        err = truth_errors(model.objects["sim"].data[0], model.probes["sim"].data[0], scan.corners, truth)
+        results[name] = (err, elapsed)
+    (dm_obj, _), dm_time = results["DM"]
+    for name, ((obj_err, probe_err), elapsed) in results.items():
+        print(f"  {name:5s} object error {obj_err:.4f}  probe error {probe_err:.4f}  {elapsed:6.2f} s   "
+              f"ratio to DM: object error {obj_err / dm_obj:.2f}, time {elapsed / dm_time:.2f}")
+    print("  target: object error ratio <= 1 at time ratio <= 1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=60, help="DM and RAAR iterations (quality)")
+    ap.add_argument("--epochs", type=int, default=30, help="PIE epochs (quality)")
+    ap.add_argument("--photons", type=float, default=1e8, help="photons per frame (quality)")
+    ap.add_argument("--frames", type=int, nargs="*", default=[161, 1000], help="frame counts (speed)")
+    ap.add_argument("--skip-speed", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_speed:
+            speed(args.frames, Path(tmp))
+        quality(args.iterations, args.epochs, args.photons, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
