@@ -496,12 +496,11 @@ def _safe_syntax_message(message: str) -> str:
 
 
 def _busiest_line(text: str) -> int | str:
-    """The line with the most operators and brackets (where the parser gave up on nesting)."""
+    """The line with the most tokens (where the parser gave up on nesting)."""
     counts: dict[int, int] = {}
     try:
         for token in tokenize.generate_tokens(io.StringIO(text).readline):
-            if token.type == tokenize.OP:
-                counts[token.start[0]] = counts.get(token.start[0], 0) + 1
+            counts[token.start[0]] = counts.get(token.start[0], 0) + 1
     except (tokenize.TokenError, SyntaxError):
         pass
     return max(counts, key=counts.get) if counts else "?"

@@ -88,3 +88,20 @@ def test_bad_values_are_caught_by_the_tree_and_missing_conf_by_name(tmp_path):
         read_tds_config(write(tmp_path, main=INPUT.replace("conf/tds2el.par", "nothere.par")))
     with pytest.raises(UsageError, match=r"tds2el.par, line 2: calling 'open'"):
         read_tds_config(write(tmp_path, conf="lmbda = 0.7\nx = open('/etc/passwd')\n"))
+
+
+@pytest.mark.parametrize("typo, option", [("images_prefx", "images_prefix"), ("treshold", "threshold"),
+                                          ("fitspots", "fitSpots"), ("DeltaQmax", "DeltaQ_max"),
+                                          ("lmbd", "lmbda"), ("aa", "AA"), ("CGESS", "CGUESS")])
+def test_a_typo_of_an_option_in_input_par_is_an_error_with_did_you_mean(tmp_path, typo, option):
+    main = INPUT.replace("threshold = 200000.0", f"threshold = 200000.0\n{typo} = 1")
+    with pytest.raises(UsageError, match=rf"input.par, line 8: '{typo}' is not a tds option; did you mean '{option}'\?"):
+        read_tds_config(write(tmp_path, main=main))
+
+
+def test_helper_names_far_from_every_option_stay_warnings(tmp_path, caplog):
+    main = INPUT + "activ1 = 1\nr4 = 2\nspots_wanted = 3\nn = 4\n"
+    tds = read_tds_config(write(tmp_path, main=main))
+    assert tds["threshold"] == 200000.0
+    for name in ("activ1", "r4", "spots_wanted", "n"):
+        assert name in caplog.text and name not in tds

@@ -220,3 +220,122 @@ def test_read_parfile_missing(tmp_path):
     (tmp_path / "bin.par").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DataError, match="bin.par"):
         read_parfile(tmp_path / "bin.par")
+
+
+# -- the budget (issue 10): every probe ends in one UsageError naming file, line and limit ----------------
+
+from difframe.tds import parfile  # noqa: E402  (the limits, for the tests that lower them)
+
+
+def refused(text, pattern):
+    with pytest.raises(UsageError, match=pattern) as info:
+        parse_parfile(text, "conf.par")
+    return str(info.value)
+
+
+def test_integer_growth_is_refused_at_the_line_that_crosses_the_limit():
+    refused("a = 9**64\nb = a**64\nc = b**64\n",
+            rf"conf.par, line 2: integer power .* too large .*at most {parfile.MAX_INT_BITS} bits")
+    # a{k} = 2**(60 * 2**k) has 60 * 2**k + 1 bits; squaring a{k-1} is refused once the factors' bits
+    # add up beyond the limit (7 squarings for 4096 bits: line 8)
+    squares = "a0 = 2**60\n" + "".join(f"a{k} = a{k - 1} * a{k - 1}\n" for k in range(1, 10))
+    first = next(k for k in range(1, 10) if 2 * (60 * 2**(k - 1) + 1) > parfile.MAX_INT_BITS)
+    refused(squares, rf"conf.par, line {first + 1}: a product of {2 * (60 * 2**(first - 1) + 1)} bits is too large")
+    refused("x = 0x" + "f" * 2000 + "\n", r"line 1: an integer of 8000 bits is too large \(at most 4096\)")
+    assert parse_parfile("x = 2**4000 + 1\n")["x"] == 2**4000 + 1
+
+
+def test_values_count_nested_items_so_str_of_a_huge_structure_never_runs():
+    message = refused("a = [0] * 10**6\nb = [a] * 10**6\nc = str(b)\n",
+                      rf"conf.par, line 2: .*items.* \(at most {parfile.MAX_ITEMS} allowed\)")
+    assert "str" not in message
+    refused("a = 'x' * 10**6\nb = a + a\n", r"line 2: the result would hold 2000000 items")
+    assert len(parse_parfile("a = [0] * 10**6\nb = len(a)\n")["a"]) == 10**6  # the documented cap is reachable
+
+
+def test_comprehension_iterations_are_bounded(monkeypatch):
+    monkeypatch.setattr(parfile, "MAX_ITERATIONS", 1000)
+    refused("x = [0 for i in range(10**6) for j in range(10**6)]\n",
+            r"conf.par, line 1: more than 1000 comprehension iterations in one file")
+    refused("ok = 1\nx = [i for i in range(600)]\ny = [i for i in range(600)]\n", r"line 3: more than 1000")
+    assert parse_parfile("x = [i for i in range(1000)]\n")["x"][-1] == 999
+
+
+def test_total_operations_are_bounded(monkeypatch):
+    monkeypatch.setattr(parfile, "MAX_OPERATIONS", 100_000)
+    refused("a = [0] * 10000\nb = [a == list(a) for i in range(1000)]\n",
+            r"conf.par, line 2: the file needs more than 100000 operations")
+
+
+def test_literal_items_are_capped_before_evaluation(monkeypatch):
+    monkeypatch.setattr(parfile, "MAX_ITEMS", 1000)
+    refused("x = [" + "0, " * 2000 + "]\n", r"line 1: the result would hold 2000 items \(at most 1000 allowed\)")
+    refused("x = {" + "".join(f"{i}: 0, " for i in range(1001)) + "}\n", r"line 1: .*1001 items")
+
+
+@pytest.mark.parametrize("expression", ["-" * 100_000 + "1", "not " * 50_000 + "1", "1+" * 20_000 + "1",
+                                        "[" * 150 + "]" * 150, "abs(" * 120 + "1" + ")" * 120])
+def test_deep_nesting_is_a_clear_message_not_a_memory_error(expression):
+    refused(f"ok = 1\nx = {expression}\n",
+            rf"conf.par, line 2: expression nested too deeply \(at most {parfile.MAX_DEPTH} levels\)")
+
+
+def test_file_size_and_line_count(tmp_path):
+    refused("x = 1\n" * 10**6, rf"line \d+: the file is 6000000 bytes or more, more than the {parfile.MAX_FILE_BYTES}")
+    refused("x = [" + "0," * 2_000_000 + "]\n", rf"line 1: .* more than the {parfile.MAX_FILE_BYTES}")
+    refused("\n" * parfile.MAX_LINES + "x = 1\n", rf"line {parfile.MAX_LINES + 1}: more than {parfile.MAX_LINES} lines")
+    big = tmp_path / "big.par"
+    big.write_bytes(b"# padding\n" * (parfile.MAX_FILE_BYTES // 10 + 1))
+    with pytest.raises(UsageError, match=r"big.par, line 100001: the file is more than 1000000 bytes"):
+        read_parfile(big)
+
+
+def test_special_files_are_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "conf.par"
+    os.mkfifo(fifo)
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(error=pytest.raises(DataError, read_parfile, fifo)),
+                              daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "reading a FIFO as a parameter file hangs"
+    assert "conf.par is not a regular file" in str(box["error"].value)
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(DataError, match="/dev/zero is not a regular file"):
+            read_parfile("/dev/zero")
+
+
+SECRET = "root:x:0:0:SECRET-7f3a:/root:/bin/bash"
+
+
+@pytest.mark.parametrize("content", [
+    SECRET + "\nbin:x:1:1::/:/usr/sbin/nologin\n",  # /etc/passwd-like: line 1 does not parse
+    "API_KEY=SECRET-7f3a extra\n",  # .env-like: a syntax error on line 1
+    "x = 1\ny = SECRET-7f3a with spaces\n",  # a syntax error after a valid line
+    "x = '''SECRET-7f3a\n",  # an unterminated string
+    "x = 1 \u2192 SECRET-7f3a\n",  # an invalid character
+    "-----BEGIN KEY-----\nSECRET-7f3a\n",
+])
+def test_errors_never_quote_a_file_that_did_not_parse(tmp_path, content):
+    (tmp_path / "secret").write_text(content)
+    with pytest.raises(UsageError, match=r"secret, line \d+: syntax error") as info:
+        read_parfile(tmp_path / "secret")
+    assert "SECRET" not in str(info.value) and "\u2192" not in str(info.value) and "KEY" not in str(info.value)
+
+
+def test_conf_file_naming_etc_passwd_does_not_echo_it(tmp_path):
+    from pathlib import Path
+
+    from difframe.tds.config import read_tds_config
+
+    (tmp_path / "input.par").write_text("conf_file = '/etc/passwd'\n")
+    passwd = Path("/etc/passwd")
+    if not passwd.is_file():
+        pytest.skip("no /etc/passwd here")
+    first = passwd.read_text().splitlines()[0]
+    with pytest.raises(UsageError, match=r"/etc/passwd, line 1: syntax error") as info:
+        read_tds_config(tmp_path / "input.par")
+    assert first not in str(info.value) and first.split(":")[0] + ":" not in str(info.value)
