@@ -5,6 +5,7 @@ import textwrap
 import pytest
 
 from difframe.errors import DataError, UsageError
+from difframe.tds import parfile
 from difframe.tds.parfile import Variable, parse_parfile, read_parfile
 
 
@@ -223,8 +224,6 @@ def test_read_parfile_missing(tmp_path):
 
 
 # -- the budget (issue 10): every probe ends in one UsageError naming file, line and limit ----------------
-
-from difframe.tds import parfile  # noqa: E402  (the limits, for the tests that lower them)
 
 
 def refused(text, pattern):
