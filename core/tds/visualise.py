@@ -242,7 +242,8 @@ def _slices_png(path: Path, axes, data, model, points: int, hkl, model_label: st
         elif row == 2:
             fig.colorbar(image, ax=panels[2], label="data - model")
     spot = "spot" + ("" if hkl is None else f" hkl = {tuple(int(v) for v in hkl)}")
-    fig.suptitle(f"{spot}, q = Q - G; data and {model_label} are FISTA interpolations of the harvested points\n"
+    fig.suptitle(f"{spot}: {points} harvested points, q = Q - G\n"
+                 f"rows: data, {model_label}, residual; data and model are FISTA interpolations of the points\n"
                  f"grey: not measured (outside the harvested shell or over {REACH:g} grid steps from any point)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
