@@ -10,6 +10,11 @@ Read one detector frame (CBF mini or full, EDF; plain, .gz or .bz2) with the rea
 its first bytes call for, and print its shape, data type and typed metadata
 (SI units; fields the file does not give are null).
 
+Only regular files are read, no further than their header declares; a frame
+over DIFFRAME_MAX_FRAME_BYTES (default 512 MiB decoded) or a CBF failing its
+Content-MD5 is an error (DIFFRAME_BAD_CHECKSUM=drop: a warning, pixels -1).
+See docs/security.md.
+
 examples:
   difframe inspect frame_0001.cbf.gz
   difframe inspect frame_0001.cbf --json
