@@ -116,10 +116,10 @@ def _nexus_entry(f, result: FitResult) -> None:
     """``entry/`` (the root's default) so that silx and PyMca open on the fitted Voigt matrix (with its sigma
     as errors) and can show the cost history; datasets are hard links to the ones above."""
     entry = nexus.entry(f, "entry", f"TDS elastic constants fit ({result.message})")
-    index = ("Voigt index (1 = xx, 2 = yy, 3 = zz, 4 = yz, 5 = xz, 6 = xy)",)
     nexus.nxdata(entry, "voigt", ("voigt", f["voigt"], "GPa", "elastic constant C_ij"),
-                 [("row", np.arange(1, 7), "", *index), ("column", np.arange(1, 7), "", *index)],
-                 errors=f["voigt_sigma"], default=True, title="fitted Voigt matrix C_ij [GPa]")
+                 [("row", np.arange(1, 7), "", "Voigt index i"), ("column", np.arange(1, 7), "", "Voigt index j")],
+                 errors=f["voigt_sigma"], default=True,
+                 title="fitted Voigt matrix C_ij [GPa] (index 1..6: xx, yy, zz, yz, xz, xy)")
     nexus.nxdata(entry, "cost", ("cost", f["cost_history"], "", "least-squares cost"),
                  [("evaluation", np.arange(len(f["cost_history"])), "", "cost evaluation")],
                  title="cost during the fit")
