@@ -11,7 +11,8 @@ from difframe.crystal.geometry import Geometry
 from difframe.errors import UsageError
 from difframe.params import ParamTree
 from difframe.tds.config import geometry_of, read_tds_config
-from difframe.tds.simulate import SimulationSpec, _expected_counts, allowed_reflections, simulate, simulate_from_file
+from difframe.tds.simulate import (SimulationSpec, _expected_counts, allowed_reflections, exposure_substeps, simulate,
+                                   simulate_from_file)
 
 SPEC = {
     "crystal": {"name": "MgO", "cell": [4.212, 4.212, 4.212, 90, 90, 90], "centering": "F",
@@ -110,6 +111,38 @@ def test_expected_counts_follow_the_tds_formula(dispersion):
     soft = np.sinc(small / np.linalg.norm(geo.lattice.B, axis=0).min()) ** 2 if dispersion else 1.0
     expected = 2.0 + amp * 300.0 * _independent_t(q_c, g, np.array(_mgo_voigt())) / soft
     assert np.allclose(counts[rows, cols], expected, rtol=1e-9)
+
+
+def test_frames_integrate_over_their_exposure():
+    """A 0.5 deg frame holds the mean of the two 0.25 deg frames that split its exposure (each integrated with
+    its own sub-frames), not the intensity at its centre."""
+
+    def spec(step, phi):
+        changed = copy.deepcopy(SPEC)
+        changed["geometry"].update(angular_step=step, phi=phi)
+        changed["intensity"] = {"bragg": 0.0, "background": 0.0}
+        return SimulationSpec.from_mapping(changed)
+
+    wide, narrow = spec(0.5, 0.0), spec(0.25, -0.125)
+    options = {"DeltaQ_min": 0.04}
+    geo, c = wide.geometry, np.array(_mgo_voigt())
+    q_lab = geo.q_lab_image(wide.shape)
+    n_wide, n_narrow = exposure_substeps(wide, options, q_lab), exposure_substeps(narrow, options, q_lab)
+    assert n_wide > n_narrow > 1
+    frames = np.array([3, 14, 22, 37])
+    whole = _expected_counts(wide, options, c, q_lab, frames, n_wide)
+    halves = _expected_counts(narrow, options, c, q_lab, np.stack([2 * frames, 2 * frames + 1], 1).ravel(),
+                              n_narrow).reshape(len(frames), 2, *wide.shape).mean(axis=1)
+    centre = _expected_counts(wide, options, c, q_lab, frames, 1)
+    lattice = geo.lattice
+    q_c = np.einsum("nij,hwj->nhwi", geo.lab_to_crystal(frames), q_lab)
+    shell = np.linalg.norm(q_c - lattice.q(np.rint(lattice.hkl(q_c))), axis=-1) / lattice.max_reciprocal
+    harvested = (shell > 0.04) & (shell < 0.15) & (whole > 0)
+    assert harvested.sum() > 200
+    np.testing.assert_allclose(halves[harvested], whole[harvested], rtol=1e-6)
+    assert np.abs(centre[harvested] / whole[harvested] - 1).max() > 0.01
+    with pytest.raises(UsageError, match="scan.exposure_substeps = 0"):
+        SimulationSpec.from_mapping({**SPEC, "scan": {**SPEC["scan"], "exposure_substeps": 0}})
 
 
 def _mgo_voigt():
