@@ -198,3 +198,22 @@ def test_inspect_command_bad_file_exit_1(tmp_path, capsys):
     assert main(["inspect", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "bad.cbf" in err and err.count("\n") == 1
+
+
+def test_cif_header_parser_agrees_with_fabio(real_data):
+    """difframe's bounded CIF tokenizer gives fabio's items and loops on the full imgCIF header."""
+    from difframe.plugins.detectors.cbf import BINARY_SECTION, cif_items
+
+    with gzip.open(real_data / "DLS_I03_smargon_0001.cbf.gz") as stream:
+        head = stream.read(65536)
+    ours = cif_items("x.cbf", head[: head.rfind(b"\n;", 0, head.find(BINARY_SECTION))].decode("latin-1"))
+    theirs = fabio.open(str(real_data / "DLS_I03_smargon_0001.cbf.gz")).header
+    their_loops = {tuple(n.decode() if isinstance(n, bytes) else n for n in names): rows
+                   for names, rows in theirs["loop_"]}
+    assert len(ours["loop_"]) == len(their_loops) > 10
+    for names, rows in ours["loop_"]:
+        expected = [{(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                     for k, v in row.items()} for row in their_loops[tuple(names)]]
+        assert rows == expected, names
+    plain = {k: v for k, v in ours.items() if k != "loop_" and v is not None}
+    assert plain and all(str(theirs[k]).replace("\r\n", "\n").strip() == v for k, v in plain.items())
