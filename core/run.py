@@ -144,10 +144,14 @@ class Run:
     # -- running ----------------------------------------------------------------
 
     def dry_run(self) -> dict:
-        """Everything a dry run reports: the resolved tree and each scan's positions."""
+        """Everything a dry run reports: the resolved tree, each scan's positions and the input files,
+        each opened without loading it (DataError naming a missing or broken one)."""
+        from difframe.inputs import check_inputs
+
         return {
             "params": self.params,
             "positions": {label: self.scan_positions(label) for label in self.params.scans},
+            "inputs": check_inputs(self),
         }
 
     def run(self) -> dict:

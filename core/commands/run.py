@@ -65,13 +65,19 @@ def _print_dry_run(report, as_json: bool) -> None:
 
     params = report["params"].to_dict()
     positions = {label: None if pos is None else np.asarray(pos).tolist() for label, pos in report["positions"].items()}
+    inputs = [{"parameter": where, "file": path} for where, path in report["inputs"]]
     if as_json:
-        json.dump({"params": params, "positions": positions}, sys.stdout, indent=1, default=_json_default)
+        json.dump({"params": params, "positions": positions, "inputs": inputs}, sys.stdout, indent=1,
+                  default=_json_default)
         print()
         return
     print("# resolved parameter tree")
     for path, value in _flatten(params):
         print(f"{path} = {_show(value)}")
+    print()
+    print(f"# input files, each opened (not loaded): {len(inputs)}")
+    for item in inputs:
+        print(f"{item['parameter']}: {item['file']}")
     for label, pos in report["positions"].items():
         print()
         if pos is None:

@@ -17,6 +17,7 @@ input.par and conf_file are relative to the folder of input.par.
 
 examples:
   difframe tds input.par                         exactly as `tds2el input.par`
+  difframe tds input.par --dry-run               check input.par and open every frame and file, run nothing
   mpiexec -n 4 difframe tds input.par            harvest split over 4 MPI ranks
   difframe tds structure "1~,3(z),2(x)"          the elastic-tensor table (A11 | A12 ...)
   difframe tds structure "1~,3(z),2(x)" --json   {"free": [...], "relations": {...}}
@@ -30,6 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("argument", nargs="?", help="generators for `structure`, the spec file for `simulate`")
     parser.add_argument("--json", action="store_true", help="structure: print JSON")
     parser.add_argument("-o", "--output", help="simulate: output folder")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and check input.par, open (not load) every input file, run nothing")
 
 
 def main(args) -> int:
@@ -71,15 +74,25 @@ def _simulate(args) -> int:
 
 def _run(args) -> int:
     from difframe.cli import verbosity
+    from difframe.errors import UsageError
     from difframe.run import Run
     from difframe.tds.config import read_tds_config
 
+    target = Path(args.target)
+    if not target.is_file():  # the same mistake and exit status as `difframe run` with a missing file
+        raise UsageError(f"parameter file {args.target!r} " + ("is not a file" if target.exists() else
+                                                              "does not exist"))
     tds = read_tds_config(args.target)
-    params = {"tds": tds, "run": Path(args.target).stem}
+    params = {"tds": tds, "run": target.stem, "dry_run": bool(args.dry_run)}
     level = verbosity(args)
     if level is not None:
         params["verbose_level"] = level
     results = Run(params, strict_plugins=args.strict_plugins).run()
+    if args.dry_run:
+        print(f"# {args.target}: input files, each opened (not loaded): {len(results['inputs'])}")
+        for where, path in results["inputs"]:
+            print(f"{where}: {_shown(path)}")
+        return 0
     for key in ("hkls", "report"):
         if results.get(key):
             print(results.pop(key))

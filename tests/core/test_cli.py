@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit codes, messages, output formats."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,33 @@ def test_engine_option_replaces_the_files_engines_in_order(capsys, tmp_path):
     assert all(e["numiter"] == 12 for e in engines.values())  # engine.common still applies
     code, _, err = run_cli(capsys, "run", str(params), "--dry-run", "--engine", "XX")
     assert code == 2 and "engines.engine_00.name = 'XX'" in err
+
+
+def test_dry_run_opens_every_input_file_and_names_a_missing_or_broken_one(capsys, tmp_path, real_data):
+    cxi = real_data / "PETRAIII_P25_Near_Field_Ptycho.cxi"
+    node = "scans.p25.data.recipe.cxi.cxifile"
+    base = ["run", str(EXAMPLES / "p25.toml"), "--dry-run"]
+    code, out, err = run_cli(capsys, *base, "-p", f"{node}={str(cxi)!r}")
+    assert code == 0 and f"{node}: {cxi}" in out.splitlines()
+    truncated = tmp_path / "cut.cxi"
+    with open(cxi, "rb") as f:
+        truncated.write_bytes(f.read(4096))  # the superblock survives, the rest is gone
+    for bad, why in ((tmp_path / "gone.cxi", "no such file"), (truncated, r"a broken HDF5 file \(.*truncated"),
+                     (tmp_path, "cannot be read")):
+        code, out, err = run_cli(capsys, *base, "-p", f"{node}={str(bad)!r}")
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert re.match(rf"difframe run: error: {re.escape(node)} = '{re.escape(str(bad))}': {why}", err), err
+    # a model started from a reconstruction: its .ptyr is an input too
+    code, out, err = run_cli(capsys, "run", str(EXAMPLES / "patterns.toml"), "--dry-run",
+                             "-p", 'scans.grid.illumination.model="recon"',
+                             "-p", f"scans.grid.illumination.recon.rfile={str(tmp_path / 'none*.ptyr')!r}")
+    assert code == 1 and "scans.grid.illumination.recon.rfile" in err and "none*.ptyr': no such file" in err
+
+
+def test_a_missing_parameter_file_is_the_same_mistake_for_run_and_tds(capsys, tmp_path):
+    for command, name in (("run", "missing.toml"), ("tds", "missing.par")):
+        code, out, err = run_cli(capsys, command, str(tmp_path / name))
+        assert (code, out) == (2, ""), err
+        assert err.strip() == f"difframe {command}: error: parameter file {str(tmp_path / name)!r} does not exist"
+    code, _, err = run_cli(capsys, "tds", str(tmp_path))
+    assert code == 2 and "is not a file" in err

@@ -35,8 +35,8 @@ def test_dry_run_fires_started_and_finished_and_prints_nothing(capsys):
     run = difframe.Run({"run": "embedded", "dry_run": True, "scans": {"a": {"xy": {"type": "round"}}}},
                        plugins=plugins)
     report = run.run()
-    assert watcher.events == [("started", "embedded"), ("finished", ["params", "positions"])]
-    assert report["positions"]["a"].shape == (276, 2)
+    assert watcher.events == [("started", "embedded"), ("finished", ["inputs", "params", "positions"])]
+    assert report["positions"]["a"].shape == (276, 2) and report["inputs"] == []  # no data file given
     assert capsys.readouterr() == ("", "")
 
 
