@@ -68,7 +68,7 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
     n_obj = obj.shape[0]
     pods = n_probe * n_obj
     real = intensity.dtype.type
-    one, zero = real(1), real(0)
+    one, zero, rtiny = real(1), real(0), real(tiny)
     a_o, a_p = real(alpha), real(beta)
     r_o, r_p = real(reg_object), real(reg_probe)
     wrow = weight_rows(weights, intensity.shape[0])
@@ -80,27 +80,33 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
     model = np.empty(w, intensity.dtype)
     d1 = np.empty(w, intensity.dtype)
     d2 = np.empty(w, intensity.dtype)
-    pc = np.empty(n_probe, probe.dtype)
-    oc = np.empty(n_obj, probe.dtype)
+    step_o = np.empty(w, intensity.dtype)
+    step_p = np.empty(w, intensity.dtype)
+    old = np.empty((n_obj, w), obj.dtype)
+    # every inner loop runs over one contiguous row, so it vectorises; modes are the outer loops
     for t in range(order.shape[0]):
         n = order[t]
         y, x = corners[n, 0], corners[n, 1]
         p_max, o_max = zero, zero
         for i in range(h):
-            for j in range(w):
-                sp, so = zero, zero
+            sp, so = p2[i], o2[i]
+            sp[:] = zero
+            so[:] = zero
+            for p in range(n_probe):
+                pr = probe[p, i]
+                for j in range(w):
+                    sp[j] += pr[j].real * pr[j].real + pr[j].imag * pr[j].imag
+            for o in range(n_obj):
+                ob = obj[o, y + i, x:x + w]
+                for j in range(w):
+                    so[j] += ob[j].real * ob[j].real + ob[j].imag * ob[j].imag
                 for p in range(n_probe):
-                    v = probe[p, i, j]
-                    sp += v.real * v.real + v.imag * v.imag
-                for o in range(n_obj):
-                    v = obj[o, y + i, x + j]
-                    so += v.real * v.real + v.imag * v.imag
-                    for p in range(n_probe):
-                        psi[p * n_obj + o, i, j] = probe[p, i, j] * v
-                p2[i, j] = sp
-                o2[i, j] = so
-                p_max = max(p_max, sp)
-                o_max = max(o_max, so)
+                    pr, ps = probe[p, i], psi[p * n_obj + o, i]
+                    for j in range(w):
+                        ps[j] = pr[j] * ob[j]
+            for j in range(w):
+                p_max = max(p_max, sp[j])
+                o_max = max(o_max, so[j])
         field = _forward(psi, transfer)
         s = real(scale[n])
         e_sum, d_sum, g_scale, h_scale, valid = 0.0, 0.0, 0.0, 0.0, 0.0
@@ -111,20 +117,27 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
             d_sum += row_deviance(s, model, bg, meas, wt, tiny)
             if fit_bg or fit_scale:
                 row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
-                for j in range(w):
-                    if fit_bg:
-                        bg_sums[0, i, j] += d1[j]
-                        bg_sums[1, i, j] += d2[j]
-                    g_scale += d1[j] * model[j]
-                    h_scale += d2[j] * model[j] * model[j]
-            for j in range(w):  # model becomes the factor that takes each amplitude onto the data
+                if fit_bg:
+                    b1, b2 = bg_sums[0, i], bg_sums[1, i]
+                    for j in range(w):
+                        b1[j] += d1[j]
+                        b2[j] += d2[j]
+                if fit_scale:
+                    gs, hs = zero, zero
+                    for j in range(w):
+                        gs += d1[j] * model[j]
+                        hs += d2[j] * model[j] * model[j]
+                    g_scale += gs
+                    h_scale += hs
+            e_row, v_row = zero, zero
+            for j in range(w):  # model becomes the factor - 1 that takes each amplitude onto the data
                 amp, am = np.sqrt(meas[j]), np.sqrt(s * model[j] + bg[j])
-                if wt[j] > zero:
-                    e_sum += (am - amp) * (am - amp)
-                    valid += 1.0
-                    model[j] = amp / max(am, real(tiny)) - one
-                else:
-                    model[j] = zero
+                ok = wt[j] > zero
+                e_row += (am - amp) * (am - amp) if ok else zero
+                v_row += one if ok else zero
+                model[j] = amp / max(am, rtiny) - one if ok else zero
+            e_sum += e_row
+            valid += v_row
             for k in range(pods):
                 f = field[k, i]
                 for j in range(w):
@@ -137,25 +150,30 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
         dpsi = _backward(field, transfer)
         c_sum = 0.0
         for i in range(h):
+            sp, so = p2[i], o2[i]
             for j in range(w):
-                step_o = a_o / ((one - r_o) * p2[i, j] + r_o * p_max + real(tiny))
-                step_p = a_p / ((one - r_p) * o2[i, j] + r_p * o_max + real(tiny))
+                step_o[j] = a_o / ((one - r_o) * sp[j] + r_o * p_max + rtiny)
+                step_p[j] = a_p / ((one - r_p) * so[j] + r_p * o_max + rtiny)
+            for o in range(n_obj):
+                old[o] = obj[o, y + i, x:x + w]
+            for k in range(pods):
+                d = dpsi[k, i]
+                c_row = zero
+                for j in range(w):
+                    c_row += d[j].real * d[j].real + d[j].imag * d[j].imag
+                c_sum += c_row
+            if update_object:
+                for o in range(n_obj):
+                    ob = obj[o, y + i, x:x + w]
+                    for p in range(n_probe):
+                        pr, d = probe[p, i], dpsi[p * n_obj + o, i]
+                        for j in range(w):
+                            ob[j] += step_o[j] * (np.conj(pr[j]) * d[j])
+            if update_probe:
                 for p in range(n_probe):
-                    pc[p] = np.conj(probe[p, i, j])
-                for o in range(n_obj):
-                    oc[o] = np.conj(obj[o, y + i, x + j])
-                for o in range(n_obj):
-                    total = obj.dtype.type(0)
-                    for p in range(n_probe):
-                        d = dpsi[p * n_obj + o, i, j]
-                        c_sum += d.real * d.real + d.imag * d.imag
-                        total += pc[p] * d
-                    if update_object:
-                        obj[o, y + i, x + j] += step_o * total
-                if update_probe:
-                    for p in range(n_probe):
-                        total = probe.dtype.type(0)
-                        for o in range(n_obj):
-                            total += oc[o] * dpsi[p * n_obj + o, i, j]
-                        probe[p, i, j] += step_p * total
+                    pr = probe[p, i]
+                    for o in range(n_obj):
+                        ob, d = old[o], dpsi[p * n_obj + o, i]
+                        for j in range(w):
+                            pr[j] += step_p[j] * (np.conj(ob[j]) * d[j])
         change[n] = c_sum
