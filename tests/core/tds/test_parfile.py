@@ -338,3 +338,10 @@ def test_conf_file_naming_etc_passwd_does_not_echo_it(tmp_path):
     with pytest.raises(UsageError, match=r"/etc/passwd, line 1: syntax error") as info:
         read_tds_config(tmp_path / "input.par")
     assert first not in str(info.value) and first.split(":")[0] + ":" not in str(info.value)
+
+
+def test_values_nested_by_repeated_assignment_are_refused():
+    """Each line is shallow, the value is not: a[k] = [a[k-1]] nests one level per line."""
+    text = "a = 0\n" + "a = [a]\n" * 150
+    refused(text, rf"conf.par, line {parfile.MAX_DEPTH + 2}: a value nested {parfile.MAX_DEPTH + 1} deep is too deep")
+    assert parse_parfile("a = 0\n" + "a = [a]\n" * parfile.MAX_DEPTH)["a"] is not None
