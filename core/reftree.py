@@ -177,7 +177,7 @@ NODES = {
         type=('str',),
         default=None,
         help='Comma seperated string tags describing the data input',
-        doc='[deprecated?]',
+        doc='[deprecated?]\n\nNot read: difframe keeps the tags nowhere (the reference itself marks the node deprecated).',
     ),
     'scan.if_conflict_use_meta': P(
         type=('bool',),
@@ -306,7 +306,7 @@ NODES = {
         type=('str',),
         default=None,
         help='Name of the experiment',
-        doc='If None, a default value will be provided by the recipe.',
+        doc='If None, a default value will be provided by the recipe.\n\nNot read: no recipe of difframe uses an experiment ID; the files it writes are named after `run` and record their data source.',
     ),
     'scan.data.simulation': P(
         type=('Param',),
@@ -392,7 +392,7 @@ NODES = {
         default=None,
         lowlim=0.0,
         help='Pixel size in Sample plane',
-        doc='This parameter is used only for simulations',
+        doc='This parameter is used only for simulations\n\nNot read: the sim recipe, like every far-field scan, takes the object pixel from energy, distance and detector pixel (lambda z / (N psize)); set those to choose it.',
     ),
     'scan.geometry.prop_type': P(
         type=('str',),
@@ -712,21 +712,21 @@ NODES = {
         type=('list',),
         default=None,
         help='Amplitude of relative energy bins if the probe modes have a different energy',
-        doc='The reference limit (>0.0) on a list is not enforced.',
+        doc="The reference limit (>0.0) on a list is not enforced.\n\nNot read: difframe reconstructs monochromatic data, every probe mode at the scan's one energy; a spectrum of energy bins is accepted for ptypy files but changes nothing.",
     ),
     'scan.coherence.object_dispersion': P(
         type=('str',),
         default=None,
         choices=('achromatic', 'linear', 'irregular'),
         help='Energy dispersive response of the object',
-        doc="One of:\n\n - None or 'achromatic': no dispersion\n - 'linear': linear response model\n - 'irregular': no assumption",
+        doc="One of:\n\n - None or 'achromatic': no dispersion\n - 'linear': linear response model\n - 'irregular': no assumption\n\nNot read: difframe reconstructs monochromatic data (every mode at the scan's one energy), which is what None and 'achromatic' mean; 'linear' and 'irregular' are accepted for ptypy files but change nothing.",
     ),
     'scan.coherence.probe_dispersion': P(
         type=('str',),
         default=None,
         choices=('achromatic', 'linear', 'irregular'),
         help='Energy dispersive response of the probe',
-        doc="One of:\n\n - None or 'achromatic': no dispersion\n - 'linear': linear response model\n - 'irregular': no assumption",
+        doc="One of:\n\n - None or 'achromatic': no dispersion\n - 'linear': linear response model\n - 'irregular': no assumption\n\nNot read: difframe reconstructs monochromatic data (every mode at the scan's one energy), which is what None and 'achromatic' mean; 'linear' and 'irregular' are accepted for ptypy files but change nothing.",
     ),
     'scans': P(
         type=('Param',),
