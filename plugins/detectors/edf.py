@@ -76,10 +76,10 @@ def read(path) -> Frame:
             block = stream.read_until(b"}\n", MAX_HEADER_BYTES, "end of the EDF header ('}' and a newline)")
         except DataError:
             if not sniff(read_head(path)):
-                raise DataError(f"{path} is not a EDF file (its first bytes are not a EDF header)") from None
+                raise DataError(f"{path} is not an EDF file (its first bytes are not an EDF header)") from None
             raise
         if not block.lstrip().startswith(b"{"):
-            raise DataError(f"{path} is not a EDF file (its first bytes are not a EDF header)")
+            raise DataError(f"{path} is not an EDF file (its first bytes are not an EDF header)")
         header = _header_entries(block)
         shape, dtype, size = _layout(path, header)
         raw = stream.read(size)
