@@ -350,3 +350,14 @@ def test_inspect_refuses_a_fifo_and_a_bomb_with_one_line(tmp_path, capsys):
         assert finishes(main, ["inspect", str(path)]) == 1
         err = capsys.readouterr().err
         assert path.name in err and err.count("\n") == 1
+
+
+def test_edf_without_a_header_end_or_not_edf_at_all(plugins, tmp_path):
+    endless = tmp_path / "endless.edf.gz"
+    endless.write_bytes(gzip.compress(b"{\nHeaderID = EH:1 ;\nDataType = SignedInteger ;\n" + b"x = y ;\n" * 2**18))
+    with pytest.raises(DataError, match=r"endless.edf.gz: no end of the EDF header .* within its first 1048576 bytes"):
+        finishes(open_frame, endless, plugins)
+    notes = tmp_path / "notes.edf"
+    notes.write_text("a shopping list\n" * 100)
+    with pytest.raises(DataError, match=r"notes.edf is not an EDF file"):
+        open_frame(notes, plugins)
