@@ -94,8 +94,9 @@ def patterns(path: str) -> tuple[re.Pattern, re.Pattern | None, re.Pattern | Non
     dotted = [re.escape(path)]
     if parts[0] == "scan" and len(parts) > 1:
         dotted.append(r"scans\.[\w-]+\." + re.escape(".".join(parts[1:])))
-    if parts[0] == "engine" and len(parts) > 2:
-        dotted.append(r"engines\.[\w-]+\." + re.escape(".".join(parts[2:])))
+    if parts[0] == "engine" and len(parts) > 2:  # engines.<label>.key: of this engine when its name is written too
+        named = "" if parts[1] == "common" else r"(?=[\s\S]*\b%s\b)" % re.escape(parts[1])
+        dotted.append(named + r"[\s\S]*?engines\.[\w-]+\." + re.escape(".".join(parts[2:])))
     strong = re.compile(r"(?<![\w.])(?:" + "|".join(dotted) + r")(?![\w])")
     if len(parts) < 2:
         return strong, re.compile(r"""["']""" + re.escape(parts[0]) + r"""["']\s*:|^\s*""" + re.escape(parts[0])
@@ -104,7 +105,7 @@ def patterns(path: str) -> tuple[re.Pattern, re.Pattern | None, re.Pattern | Non
     written = re.compile(r"""["']""" + re.escape(key) + r"""["']|\b""" + re.escape(key) + r"""\s*=[^=]|\.""" +
                          re.escape(key) + r"\b")
     parent = re.escape(parent) + (f"|{PARENT_ALIASES[parent]}" if parent in PARENT_ALIASES else "")
-    return strong, written, re.compile(r"""(?<![\w])(?:""" + parent + r""")(?![\w])""")
+    return strong, written, re.compile(r"""(?<![\w])(?:""" + parent + r""")(?![\w])""", re.I)
 
 
 def tests_of(path: str, functions, unique_keys=frozenset()) -> list[str]:
