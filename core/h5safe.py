@@ -94,52 +94,69 @@ class _Audit:
         return real
 
     def walk(self, f: Any, source: str) -> None:
-        """Audit the open h5py file ``f`` (named ``source`` in messages) and what its links reach."""
-        import h5py
+        """Audit the open h5py file ``f`` (named ``source`` in messages) and what its links reach.
 
-        top = f.id
-        root = f["/"]
-        walking = {root.id: "/"}  # groups on the current path -> their name
+        Low-level calls (link info, ``h5o.open``) keep it to a few microseconds per link.
+        """
+        from h5py import h5d, h5f, h5g, h5l, h5o
+
+        top = f.filename
+        root = h5o.open(f.id, b"/")
+        walking = {root: "/"}  # groups on the current path -> their name
         done = set()
-        stack = [(root, iter(root))]
+        stack = [(root, "/", top, iter(root))]
         while stack:
-            group, keys = stack[-1]
+            gid, path, filename, keys = stack[-1]
             key = next(keys, None)
             if key is None:
                 stack.pop()
-                done.add(group.id)
-                del walking[group.id]
+                done.add(gid)
+                del walking[gid]
                 continue
             self.links += 1
             if self.links > MAX_LINKS:
                 raise DataError(f"{source}: more than {MAX_LINKS} links, refused as unreasonable")
-            name = posixpath.join(group.name, key)
-            where = f"{source if group.file.id == top else group.file.filename}:{name}"
+            name = posixpath.join(path, key.decode("utf-8", "replace"))
+            where = f"{source if filename == top else filename}:{name}"
             try:
-                link = group.get(key, getlink=True)
+                kind = gid.links.get_info(key).type
+                value = None if kind == h5l.TYPE_HARD else gid.links.get_val(key)
             except (KeyError, RuntimeError, OSError, ValueError) as err:
                 raise DataError(f"{where}: unreadable link ({err})") from None
-            if isinstance(link, h5py.SoftLink):
-                self.soft(group.file, group.name, link.path, where)
-            elif isinstance(link, h5py.ExternalLink):
-                self.check_target(where, "external link", link.filename, group.file.filename, "HDF5_EXT_PREFIX")
-            node = _deref(group, key)
-            if isinstance(node, h5py.Group):
-                if node.id in walking:
-                    kind = _describe(link) if not isinstance(link, h5py.HardLink) else "hard link"
-                    raise DataError(f"{where}: link cycle, a {kind} back to {walking[node.id]}, a group holding "
+            if kind == h5l.TYPE_SOFT:
+                target = value.decode("utf-8", "replace")
+                self.soft(f if filename == top else None, path, target, where, gid)
+                described = f"soft link to {target}"
+            elif kind == h5l.TYPE_EXTERNAL:
+                link_file, link_path = (v.decode("utf-8", "replace") for v in value)
+                self.check_target(where, "external link", link_file, filename, "HDF5_EXT_PREFIX")
+                described = f"link to {link_file}:{link_path}"
+            elif kind == h5l.TYPE_HARD:
+                described = "hard link"
+            else:
+                raise DataError(f"{where}: user-defined link type {kind}, not followed")
+            try:
+                node = h5o.open(gid, key)
+            except (KeyError, RuntimeError, OSError, ValueError):
+                continue  # a dangling link: reading it fails later, naming it
+            if isinstance(node, h5g.GroupID):
+                if node in walking:
+                    raise DataError(f"{where}: link cycle, a {described} back to {walking[node]}, a group holding "
                                     f"the link")
-                if node.id not in done:
-                    walking[node.id] = name
-                    stack.append((node, iter(node)))
-            elif isinstance(node, h5py.Dataset):
-                self.dataset(node, where)
-            # None: a dangling link; reading it fails later, naming it
+                if node not in done:
+                    inside = link_path if kind == h5l.TYPE_EXTERNAL else name  # its name in its own file
+                    walking[node] = name
+                    stack.append((node, inside, h5f.get_name(node).decode("utf-8", "replace"), iter(node)))
+            elif isinstance(node, h5d.DatasetID):
+                self.dataset(node, where, filename)
 
-    def soft(self, f: Any, base: str, target: str, where: str) -> None:
-        """Follow a soft link's path component by component; DataError when it loops."""
+    def soft(self, f: Any, base: str, target: str, where: str, gid: Any) -> None:
+        """Follow a soft link's path component by component (in the file ``f``, or the one of group ``gid``);
+        DataError when it loops."""
         import h5py
 
+        if f is None:
+            f = h5py.Group(gid).file  # a file reached through an external link
         pending = [c for c in posixpath.join(base, target).split("/") if c]
         current = "/"
         steps = 0
@@ -165,9 +182,11 @@ class _Audit:
             else:
                 current = posixpath.join(current, part)
 
-    def dataset(self, node: Any, where: str) -> None:
+    def dataset(self, dataset: Any, where: str, filename: str) -> None:
         """Raw data kept in other files (external storage, virtual sources) must be allowed files too."""
-        plist = node.id.get_create_plist()
+        from h5py import h5d
+
+        plist = dataset.get_create_plist()
         for i in range(plist.get_external_count()):
             name = plist.get_external(i)[0]
             name = name.decode() if isinstance(name, bytes) else name
@@ -175,24 +194,11 @@ class _Audit:
                                      "HDF5_EXTFILE_PREFIX")
             if real is None:
                 raise DataError(f"{where}: its external raw data file {name!r} does not exist")
-        if node.is_virtual:
-            for source in node.virtual_sources():
-                if source.file_name != ".":
-                    self.check_target(where, "virtual dataset source", source.file_name, node.file.filename,
-                                      "HDF5_VDS_PREFIX")
-
-
-def _describe(link: Any) -> str:
-    path = getattr(link, "path", "")
-    filename = getattr(link, "filename", None)
-    return f"link to {filename}:{path}" if filename else f"soft link to {path}"
-
-
-def _deref(group: Any, key: str) -> Any:
-    try:
-        return group.get(key)
-    except (KeyError, RuntimeError, OSError, ValueError):
-        return None
+        if plist.get_layout() == h5d.VIRTUAL:
+            for i in range(plist.get_virtual_count()):
+                source = plist.get_virtual_filename(i)
+                if source != ".":
+                    self.check_target(where, "virtual dataset source", source, filename, "HDF5_VDS_PREFIX")
 
 
 def open_file(path: str | os.PathLike, what: str = "HDF5") -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 from difframe.errors import DataError, UsageError
 
@@ -37,7 +38,20 @@ def parse_size(text: str, name: str = ENV_MEMORY) -> int:
 
 
 def available_memory() -> int:
-    """Bytes the machine can give now without swapping (MemAvailable; free pages where there is no /proc)."""
+    """Bytes the machine can give now without swapping (MemAvailable; free pages where there is no /proc).
+
+    Read at most once a second: a tree of thousands of small datasets checks each.
+    """
+    now = time.monotonic()
+    if now - _measured[0] > 1.0:
+        _measured[:] = [now, _read_available()]
+    return _measured[1]
+
+
+_measured = [-2.0, 0]  # (when, bytes) of the last reading
+
+
+def _read_available() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:

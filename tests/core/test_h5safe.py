@@ -57,6 +57,11 @@ def test_links_inside_the_folder_are_followed_and_audited_in_turn(folder):
         f["meta/inner"] = h5py.ExternalLink("inner.h5", "/v")
     with pytest.raises(DataError, match=f"{inner}:/v/leak: external link to '/etc/passwd'"):
         h5typed.read(path)
+    with h5py.File(inner, "a") as f:
+        del f["v/leak"]
+        f["v/s1"], f["v/s2"] = h5py.SoftLink("/v/s2"), h5py.SoftLink("s1")
+    with pytest.raises(DataError, match=f"{inner}:/v/s1: soft link to '/v/s2' never ends"):
+        h5typed.read(path)
 
 
 def test_a_symlink_or_fifo_in_the_folder_is_no_way_out(folder):
