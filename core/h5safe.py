@@ -14,7 +14,7 @@ therefore audits the whole link graph once, from the link information alone
   walk goes on into it;
 - soft links that never end, and groups that contain themselves or an ancestor
   (through hard, soft or external links), are refused naming the file and node;
-- at most :data:`MAX_LINKS` links are walked.
+- user-defined link types are refused, and at most :data:`MAX_LINKS` links are walked.
 
 :func:`read_dataset` then reads a dataset (or a selection) only after checking
 its size against the memory budget (:mod:`difframe.limits`), and turns the

@@ -182,7 +182,10 @@ def open_ptyd(path: str | os.PathLike) -> Iterator[RawScan]:
     Everything but the frames and weights (meta, positions, indices, shapes)
     is read and checked on opening; the file stays open inside the ``with``.
     Defects named: not HDF5, not a ptyd (no ``chunks``/``meta``), a missing or
-    dangling chunk, arrays whose lengths or frame shapes disagree, NaN frames.
+    dangling chunk, arrays whose lengths or frame shapes disagree, NaN
+    positions, NaN frames, and what :mod:`difframe.h5safe` refuses (chunk
+    links out of the folder, link cycles, reads over the memory budget,
+    corrupt chunks).
     """
     path = Path(path)
     with h5typed.open_file(path, ".ptyd") as f:
