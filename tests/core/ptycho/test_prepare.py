@@ -108,3 +108,26 @@ def test_if_conflict_use_meta_decides_between_source_and_parameters():
     unknown = raw_with_spot(energy_kev=None)
     p = params(); p.geometry.energy = None; p.geometry.lam = 1e-10
     assert prepare(unknown, p, CTX).energy_kev == pytest.approx(12.398419843320026)
+
+
+def test_faulty_positions_counts_and_crops_are_refused_up_front(monkeypatch):
+    positions = np.arange(8, dtype=float).reshape(4, 2) * 1e-6
+    positions[2, 1] = np.inf
+    with pytest.raises(DataError, match=r"scan s1: positions of frames \[2\] are NaN or infinite"):
+        prepare(raw_with_spot(positions=positions), params(), CTX)
+    theory = [[0.0, 0.0], [np.nan, 1e-6]]
+    with pytest.raises(DataError, match=r"positions of frames \[1\] are NaN or infinite"):
+        prepare(raw_with_spot(), params(positions_theory=theory), CTX)
+    negative = raw_with_spot(meta={"source": "in.h5:/frames"})
+    negative.frames[3, 0, 0] = -2.0
+    with pytest.raises(DataError, match=r"in.h5:/frames: frames \[3\] have negative counts on valid pixels"):
+        prepare(negative, params(), CTX)
+    masked = np.ones((20, 30), bool)
+    masked[0, 0] = False  # the same negative pixel masked out (a detector's flag value): accepted
+    assert prepare(RawScan(**{**negative.__dict__, "mask": masked}), params(), CTX).num_frames == 4
+    with pytest.raises(DataError, match=r"scan s1: the 4 frames hold no counts on their valid pixels"):
+        prepare(raw_with_spot(frames=np.zeros((4, 20, 30))), params(), CTX)
+    monkeypatch.setenv("DIFFRAME_MEMORY_LIMIT", "1M")  # 4 frames of 1000 x 1000 float32 + mask: 19 MiB
+    with pytest.raises(ParameterError, match=r"scans.s1.data.shape = 1000 \(rebin 1\): the cropped frames needs "
+                                             r"19.1 MiB of memory, over the budget of 1 MiB"):
+        prepare(raw_with_spot(), params(shape=1000), CTX)
