@@ -7,6 +7,11 @@ is still read by the right reader.
 
 Metadata are typed and in SI units whatever the file wrote: the keys are always
 those of :data:`METADATA_FIELDS`, with ``None`` for what the file does not say.
+
+Files may be hostile (docs/security.md, "Detector files"): readers open them with
+:class:`FrameFile` (regular files only, decompressed on the fly, read no further
+than asked) and check the shape a header declares with :func:`check_frame_size`
+before reading it.
 """
 
 from __future__ import annotations
@@ -62,9 +67,10 @@ class Frame:
 
 @contextlib.contextmanager
 def quiet_fabio():
-    """Silence fabio's own log lines (the harvest wraps its whole loop; fabio still writes test files).
+    """Silence fabio's own log lines around code that may call fabio (the harvest wraps its loop in it).
 
-    Cheap when already quiet, since every level change clears the logging caches.
+    The built-in readers no longer use fabio; third-party readers may.  Cheap when
+    already quiet, since every level change clears the logging caches.
     """
     logger = logging.getLogger("fabio")
     level = logger.level
