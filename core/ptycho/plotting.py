@@ -53,10 +53,12 @@ class PlotFile(type(Path())):
 
 def _field(value) -> tuple[np.ndarray, np.ndarray | None]:
     """(array, pixel size or None) of an array, a storage or a .ptyr storage dict."""
-    if isinstance(value, dict):
+    if isinstance(value, np.ndarray):  # (an ndarray's own .data is its buffer)
+        data, psize = value, None
+    elif isinstance(value, dict):
         data, psize = value["data"], value.get("_psize", value.get("psize"))
     else:
-        data, psize = getattr(value, "data", value), getattr(value, "psize", None)
+        data, psize = value.data, getattr(value, "psize", None)
     psize = None if psize is None else np.broadcast_to(np.asarray(psize, dtype=float).ravel(), (2,))
     return np.asarray(data), psize
 
