@@ -24,6 +24,7 @@ log = logging.getLogger("difframe.progress")
 INTERVAL = 10.0
 
 _PLAIN_FORMAT = "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+_PLAIN_OPEN = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}{postfix}]"  # no total known: no ETA
 
 
 class _LogLines:
@@ -69,7 +70,8 @@ class Bar(_Silent):
         if terminal:
             self._bar = tqdm(file=sys.stderr, **options)
         else:
-            self._bar = tqdm(file=_LogLines(), mininterval=INTERVAL, miniters=1, bar_format=_PLAIN_FORMAT,
+            self._bar = tqdm(file=_LogLines(), mininterval=INTERVAL, miniters=1,
+                             bar_format=_PLAIN_OPEN if total is None else _PLAIN_FORMAT,
                              delay=1e-9, **options)  # no line before the first step
 
     def update(self, n: int = 1, **metrics) -> None:

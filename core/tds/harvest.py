@@ -210,11 +210,13 @@ def read_centroids(path: str | Path, hkl: np.ndarray) -> np.ndarray:
 # -- the harvest ---------------------------------------------------------------------
 
 
-def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plugins=None, comm=None) -> Harvest | None:
+def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plugins=None, comm=None,
+            progress=None) -> Harvest | None:
     """Harvest the points around ``options.spots`` from rotation ``files`` (name order = frame order).
 
     ``comm`` is an mpi4py communicator (None: serial).  Rank 0 returns the
-    :class:`Harvest`; other ranks return None.
+    :class:`Harvest`; other ranks return None.  ``progress`` (a
+    :mod:`difframe.progress` bar) advances by one for each frame of this rank read.
     """
     from difframe.detector import choose_reader, quiet_fabio
 
@@ -234,6 +236,8 @@ def harvest(geometry, files: Sequence[str | Path], options: HarvestOptions, plug
     block = np.array_split(np.arange(len(files)), size)[rank]
     frames = _frame_source(block, files, reader, first.data if rank == 0 else None, first.data.nbytes,
                            comm)  # reading starts during the set-up
+    if progress is not None:
+        frames = _Counted(frames, progress)
     with contextlib.closing(frames), quiet_fabio():
         hkl, G, points, per_frame, centroid_sums, over, kept = _select(geometry, files, options, plugins, shape,
                                                                        block, frames, comm)
@@ -595,6 +599,24 @@ class _ReadAhead:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _Counted:
+    """A frame source that advances a progress bar by one per frame it hands out."""
+
+    def __init__(self, frames, progress):
+        self.frames, self.progress = frames, progress
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = next(self.frames)
+        self.progress.update(1)
+        return data
+
+    def close(self) -> None:
+        self.frames.close()
+
+
 def _gather(comm, array: np.ndarray, everyone: bool = False) -> np.ndarray | None:
     """Concatenate ``array`` from every rank (rank order) on rank 0, or on all ranks, without pickling."""
     from mpi4py import MPI
@@ -636,8 +658,9 @@ class Volume:
 
 
 def harvest_volume(geometry, files: Sequence[str | Path], options: HarvestOptions, plugins=None,
-                   comm=None) -> Volume | None:
-    """Bin every valid pixel of every frame into an N^3 grid spanning the largest |Q| (for a first look)."""
+                   comm=None, progress=None) -> Volume | None:
+    """Bin every valid pixel of every frame into an N^3 grid spanning the largest |Q| (for a first look);
+    ``progress`` (a :mod:`difframe.progress` bar) advances by one per frame of this rank."""
     from difframe.detector import choose_reader
 
     if plugins is None:
@@ -669,6 +692,8 @@ def harvest_volume(geometry, files: Sequence[str | Path], options: HarvestOption
         flat = (cell[:, 0] * n + cell[:, 1]) * n + cell[:, 2]
         sums += np.bincount(flat, weights=values[valid] / norm[frame], minlength=n**3)
         counts += np.bincount(flat, minlength=n**3)
+        if progress is not None:
+            progress.update(1)
         if (i + 1) % max(1, len(block) // 10) == 0:
             log.info("rough harvest: %d/%d frames", i + 1, len(block))
     if comm is not None and size > 1:

@@ -142,7 +142,7 @@ def measured(q: np.ndarray, axes: list[np.ndarray], reach: float = REACH) -> np.
 
 def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, beta: float = 0.03,
               n_iter: int = 100, spots=None, filename: str = "simtests.h5",
-              model_label: str = "model") -> dict[str, Path]:
+              model_label: str = "model", progress=None) -> dict[str, Path]:
     """Write data, model and residual volumes of each spot to ``output_dir/filename`` and a PNG per spot.
 
     Data and model are interpolated the same way from the same points and kept
@@ -178,6 +178,8 @@ def visualise(harvest, model_values: np.ndarray, output_dir, *, n: int = 32, bet
         volumes[int(s)] = (axes, data, model, int(sel.sum()))
         log.info("spot %d: %d points interpolated onto %d^3 (%.0f %% of the nodes measured)", s, sel.sum(), n,
                  100 * mask.mean())
+        if progress is not None:  # a difframe.progress bar, one step per spot
+            progress.update(1)
     path = output_dir / filename
     units = "counts / normalisation"
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -251,7 +253,7 @@ def _slices_png(path: Path, axes, data, model, points: int, hkl, model_label: st
 
 
 def vis_sim(harvest, structure, cguess, path, *, N: int = 32, beta: float = 0.03, n_iter: int = 100,
-            constants=None) -> Path:
+            constants=None, progress=None) -> Path:
     """tds2el's visSim step: volumes of data and of the model at CGUESS (or fitted ``constants``) to ``path``.
 
     ``harvest`` is a mapping or an object with Q, intensity, spot, G, hkl;
@@ -270,5 +272,5 @@ def vis_sim(harvest, structure, cguess, path, *, N: int = 32, beta: float = 0.03
     label = f"model ({origin} " + ", ".join(f"{n} = {v:.4g}" for n, v in zip(start.names, values)) + " GPa)"
     path = Path(path)
     files = visualise(data, model_intensity(data, voigt), path.parent, n=N, beta=beta, n_iter=n_iter,
-                      filename=path.name, model_label=label)
+                      filename=path.name, model_label=label, progress=progress)
     return files["volumes"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from difframe import parallel, runlock
 from difframe.errors import DataError, UsageError
 
 log = logging.getLogger("difframe.tds.workflow")
@@ -116,8 +117,9 @@ def mpi_comm():
     return world().comm
 
 
-def harvest_step(tds, plugins, comm=None):
-    """Harvest the frames and write ``save_to_file`` (rank 0); returns the Harvest (None off rank 0)."""
+def harvest_step(tds, plugins, comm=None, progress=None):
+    """Harvest the frames and write ``save_to_file`` (rank 0); returns the Harvest (None off rank 0).
+    ``progress``: a :mod:`difframe.progress` bar advanced per frame."""
     from difframe.tds.config import geometry_of
     from difframe.tds.harvest import harvest, harvest_volume, write_harvest, write_volume
 
@@ -125,11 +127,11 @@ def harvest_step(tds, plugins, comm=None):
     geometry, files = geometry_of(tds), frame_files(tds)
     target = _path(tds, "save_to_file")
     if options.rough:
-        volume = harvest_volume(geometry, files, options, plugins, comm)
+        volume = harvest_volume(geometry, files, options, plugins, comm, progress)
         if volume is not None and target:
             write_volume(volume, target)
         return volume
-    result = harvest(geometry, files, options, plugins, comm)
+    result = harvest(geometry, files, options, plugins, comm, progress)
     if result is not None and target:
         write_harvest(result, target)
         log.info("harvest written to %s", target)
@@ -157,18 +159,34 @@ def select_spots(result, spots: np.ndarray | None, generators: str | None, repli
 
 
 def run_tds(run) -> dict:
-    """Harvest (unless load_from_file), stop with the tensor structure when CGUESS is missing, fit, visSim."""
+    """Harvest (unless load_from_file), stop with the tensor structure when CGUESS is missing, fit, visSim.
+
+    The run holds the lock of ``output_directory`` (one live run writes its files; stale temporaries cleared).
+    """
+
+    tds = run.params.tds
+    output_dir = Path(_get(tds, "output_directory", "."))
+    comm = mpi_comm()
+    with runlock.holding(output_dir, "tds", [output_dir / "*"], parallel.Ranks(comm)):
+        return _run_tds(run, tds, output_dir, comm)
+
+
+def _run_tds(run, tds, output_dir: Path, comm) -> dict:
     from difframe.crystal.symmetry import elastic_structure
     from difframe.tds.config import geometry_of
     from difframe.tds.harvest import hkl_summary, load_harvest
 
-    tds = run.params.tds
     results: dict[str, Any] = {}
     load_from = _path(tds, "load_from_file")
+    run.progress.say("run %s: TDS %s; results in %s", run.run_name,
+                     "fit of the harvest " + load_from if load_from else "harvest of images_prefix*images_postfix",
+                     output_dir)
     if load_from is None:
-        comm = mpi_comm()
         recipe = run.plugins.get("recipe", RECIPE)
-        result = recipe.prepare(tds, {"plugins": run.plugins, "comm": comm})
+        size = 1 if comm is None else comm.Get_size()
+        frames = -(-len(frame_files(tds)) // size)  # rank 0's block, the one it shows
+        with run.progress.bar("harvest", frames, unit="frame") as bar:
+            result = recipe.prepare(tds, {"plugins": run.plugins, "comm": comm, "progress": bar})
         if comm is not None and comm.Get_rank() != 0:
             return {}
         target = _path(tds, "save_to_file")
@@ -200,14 +218,15 @@ def run_tds(run) -> dict:
     if load_from is not None:
         spots = spot_list(tds)
         result = select_spots(result, spots, generators, bool(_get(tds, "REPLICA", False)), geometry.lattice)
-    output_dir = Path(_get(tds, "output_directory", "."))
     fitted = None
     if _get(tds, "doMinimisation", True):
         fitted = _fit(run, tds, result, structure, geometry, output_dir)
         results.update(fitted["files"])
         results["report"] = fitted["report"]
     if _get(tds, "visSim", False):
-        results.update(_visualise(tds, result, structure, cguess, output_dir, fitted and fitted["constants"]))
+        with run.progress.bar("visSim FISTA", len(np.unique(result.spot)), unit="spot") as bar:
+            results.update(_visualise(tds, result, structure, cguess, output_dir, fitted and fitted["constants"],
+                                      bar))
     return results
 
 
@@ -226,13 +245,15 @@ def _fit(run, tds, result, structure, geometry, output_dir: Path) -> dict:
     engine.initialize()
     run.hook.difframe_engine_started(run=run, engine=ENGINE)
     iteration, block, limit = 0, 20, int(_get(tds, "max_evaluations", 2000))
-    while iteration < limit and not run.stop_requested:
-        metrics = engine.iterate(block)
-        for m in metrics:
-            iteration += 1
-            run.hook.difframe_iteration_finished(run=run, engine=ENGINE, iteration=iteration, metrics=m)
-        if not metrics:
-            break
+    with run.progress.bar("fit", None, unit="step") as bar:  # steps of the minimiser, each with its cost
+        while iteration < limit and not run.stop_requested:
+            metrics = engine.iterate(block)
+            for m in metrics:
+                iteration += 1
+                run.hook.difframe_iteration_finished(run=run, engine=ENGINE, iteration=iteration, metrics=m)
+            if not metrics:
+                break
+            bar.update(len(metrics), **{k: float(v) for k, v in metrics[-1].items()})
     summary = engine.finalize()
     run.hook.difframe_engine_finished(run=run, engine=ENGINE, summary=summary)
     table = summary["result"].constants_table()
@@ -240,11 +261,12 @@ def _fit(run, tds, result, structure, geometry, output_dir: Path) -> dict:
             "report": summary.get("text", ""), "constants": {name: row["value"] for name, row in table.items()}}
 
 
-def _visualise(tds, result, structure, cguess, output_dir: Path, constants=None) -> dict:
+def _visualise(tds, result, structure, cguess, output_dir: Path, constants=None, progress=None) -> dict:
     """visSim: FISTA interpolation of data and model (fitted constants, else CGUESS) around each spot."""
     from difframe.tds import visualise
 
     written = visualise.vis_sim(result, structure, cguess, output_dir / "simtests.h5",
                                 N=int(_get(tds, "testSpot_N", 32)), beta=float(_get(tds, "testSpot_beta", 0.03)),
-                                n_iter=int(_get(tds, "testSpot_Niter", 100)), constants=constants)
+                                n_iter=int(_get(tds, "testSpot_Niter", 100)), constants=constants,
+                                progress=progress)
     return {"visualisation": str(written)}

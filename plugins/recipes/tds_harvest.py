@@ -1,8 +1,8 @@
 """Recipe ``tds_harvest``: rotation frames -> points around selected Bragg spots (family "tds").
 
 ``prepare(params, context)`` takes the run's ``tds`` subtree (tds2el names) and a
-context with ``plugins`` (the run's plugin manager) and ``comm`` (an mpi4py
-communicator or None); it writes ``save_to_file`` on rank 0 and returns the
+context with ``plugins`` (the run's plugin manager), ``comm`` (an mpi4py
+communicator or None) and optionally ``progress`` (a bar advanced per frame); it writes ``save_to_file`` on rank 0 and returns the
 :class:`difframe.tds.harvest.Harvest` there (None on the other ranks).
 """
 
@@ -14,7 +14,7 @@ def prepare(params, context=None):
     from difframe.tds.workflow import harvest_step
 
     context = context or {}
-    return harvest_step(params, context.get("plugins"), context.get("comm"))
+    return harvest_step(params, context.get("plugins"), context.get("comm"), context.get("progress"))
 
 
 @hookimpl

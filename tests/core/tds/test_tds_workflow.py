@@ -186,3 +186,40 @@ def test_frame_numbering_with_a_hole_is_refused(tmp_path):
     check_numbering(stack(["s_1.cbf", "s_10.cbf", "s_2.cbf"]), str(tmp_path / "s_"), ".cbf")  # unpadded: name order
     with pytest.raises(DataError, match=r"s_0003\.cbf is missing: s_0002\.cbf is followed by s_0004\.cbf"):
         check_numbering(stack(["s_0001.cbf", "s_0002.cbf", "s_0004.cbf", "s_0005.cbf"]), str(tmp_path / "s_"), ".cbf")
+
+
+def test_progress_lines_of_harvest_fit_and_vissim(experiment, tmp_path, caplog, monkeypatch):
+    import re
+
+    from difframe import hookimpl, progress
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)  # a line at every step instead of every 10 s
+    caplog.set_level("INFO", logger="difframe.progress")
+    tds = load_input(experiment / "input.par")
+    tds.update(save_to_file=str(tmp_path / "harvest.h5"), output_directory=str(tmp_path))
+    run_tds(tds)
+    lines = [r.getMessage() for r in caplog.records if r.name == "difframe.progress"]
+    assert lines[0] == f"run difframe: TDS harvest of images_prefix*images_postfix; results in {tmp_path}"
+    counts = [int(m.group(1)) for m in map(re.compile(r"harvest: (\d+)/40 \[").match, lines) if m]
+    assert counts == sorted(counts) and counts[-1] == 40 == len(list(experiment.glob("scan_*.cbf")))
+    assert lines[-1].startswith("run difframe done in") and str(tmp_path / "harvest.h5") in lines[-1]
+
+    caplog.clear()
+    costs = []
+
+    class Watcher:
+        @hookimpl
+        def difframe_iteration_finished(self, run, engine, iteration, metrics):
+            costs.append(metrics["cost"])
+
+    tds.update(load_from_file=str(tmp_path / "harvest.h5"), save_to_file=None, fitSpots=True, visSim=1,
+               testSpot_N=8, testSpot_Niter=10, collectSpots=[[0, 0, -1], [1, 1, 1]],
+               CGUESS={"C11": [297.0, 297.0, 297.0], "A12": [95.0, 0.0, 300.0], "A44": [150.0, 1.0, 400.0]})
+    plugins = PluginManager()
+    plugins.add_plugin(Watcher(), name="watcher")
+    run_tds(tds, plugins)
+    lines = [r.getMessage() for r in caplog.records if r.name == "difframe.progress"]
+    fit = [m for m in map(re.compile(r"fit: (\d+) step \[.*cost=(\S+)\]").match, lines) if m]
+    assert fit and int(fit[-1].group(1)) == len(costs)  # every evaluation counted, the last cost shown
+    assert float(fit[-1].group(2)) == pytest.approx(costs[-1], rel=1e-2)
+    assert any(line.startswith("visSim FISTA: 2/2 ") for line in lines)
