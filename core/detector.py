@@ -116,6 +116,11 @@ def checksum_policy() -> str:
     return policy
 
 
+def shown(text: str, chars: int = 32) -> str:
+    """A header value for a message: quoted, cut to ``chars`` (headers may hold anything)."""
+    return repr(text[:chars]) + ("..." if len(text) > chars else "")
+
+
 def check_frame_size(path, shape: tuple[int, ...], dtype, keys: str) -> None:
     """Refuse a declared frame shape that is empty or decodes beyond :func:`max_frame_bytes`.
 

@@ -28,6 +28,7 @@ from difframe.detector import (
     parse_full_cbf_header,
     parse_pilatus_header,
     read_head,
+    shown,
 )
 from difframe.errors import DataError
 from difframe.types import DetectorReaderSpec
@@ -102,21 +103,22 @@ def _layout(path: Path, mime: dict[str, str]) -> tuple[tuple[int, int], str, int
     conversions = re.search(r'conversions\s*=\s*"?([^";\s]+)', mime.get("Content-Type", ""))
     if conversions is None or conversions.group(1).lower() != "x-cbf_byte_offset":
         found = conversions.group(1) if conversions else "none"
-        raise DataError(f"CBF frame {path}: compression {found!r} (Content-Type conversions) is not supported; "
-                        "only x-CBF_BYTE_OFFSET is")
+        raise DataError(f"CBF frame {path}: compression {shown(found)} (Content-Type conversions) is not "
+                        "supported; only x-CBF_BYTE_OFFSET is")
     element = mime.get("X-Binary-Element-Type", "signed 32-bit integer").strip('" ').lower()
     if element not in ELEMENT_TYPES:
-        raise DataError(f"CBF frame {path}: X-Binary-Element-Type {element!r} is not an integer type difframe reads")
+        raise DataError(f"CBF frame {path}: X-Binary-Element-Type {shown(element)} is not an integer type "
+                        "difframe reads")
     dtype, longest = ELEMENT_TYPES[element]
     numbers = {}
     for key in ("X-Binary-Size-Fastest-Dimension", "X-Binary-Size-Second-Dimension", "X-Binary-Size"):
         text = mime.get(key, "").strip()
         if not text.isdigit() or len(text) > 18:
-            raise DataError(f"CBF frame {path}: header key {key} is {text!r}, not a positive integer")
+            raise DataError(f"CBF frame {path}: header key {key} is {shown(text)}, not a positive integer")
         numbers[key] = int(text)
     third = mime.get("X-Binary-Size-Third-Dimension", "1").strip()
     if third != "1":
-        raise DataError(f"CBF frame {path}: X-Binary-Size-Third-Dimension is {third!r}; one 2-D frame is read")
+        raise DataError(f"CBF frame {path}: X-Binary-Size-Third-Dimension is {shown(third)}; one 2-D frame is read")
     shape = (numbers["X-Binary-Size-Second-Dimension"], numbers["X-Binary-Size-Fastest-Dimension"])
     check_frame_size(path, shape, dtype, "X-Binary-Size-Second-Dimension, X-Binary-Size-Fastest-Dimension")
     count = shape[0] * shape[1]
@@ -208,12 +210,12 @@ def _cif_tokens(path, text: str) -> list[str]:
                 raise DataError(f"CBF frame {path}: its header has a text field (';') that is never closed")
             tokens.append("\n".join(body).strip())
             line = lines[number][1:]
-        _line_tokens(path, line, tokens)
+        _line_tokens(path, line, tokens, number)
         number += 1
     return tokens
 
 
-def _line_tokens(path, line: str, tokens: list[str]) -> None:
+def _line_tokens(path, line: str, tokens: list[str], number: int) -> None:
     pos, n = 0, len(line)
     while pos < n:
         char = line[pos]
@@ -226,8 +228,8 @@ def _line_tokens(path, line: str, tokens: list[str]) -> None:
             while True:  # a quote closes a string when whitespace or the line end follows it
                 end = line.find(char, end)
                 if end < 0:
-                    raise DataError(f"CBF frame {path}: its header has an unterminated quoted string: "
-                                    f"{line[pos:pos + 60]!r}")
+                    raise DataError(f"CBF frame {path}: its header has an unterminated quoted string "
+                                    f"(line {number + 1} of the header)")
                 if end + 1 == n or line[end + 1].isspace():
                     break
                 end += 1

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from difframe import hookimpl
-from difframe.detector import MAX_HEADER_BYTES, Frame, FrameFile, check_frame_size, empty_metadata, read_head
+from difframe.detector import (
+    MAX_HEADER_BYTES,
+    Frame,
+    FrameFile,
+    check_frame_size,
+    empty_metadata,
+    read_head,
+    shown,
+)
 from difframe.errors import DataError
 from difframe.types import DetectorReaderSpec
 
@@ -105,7 +113,8 @@ def _header_entries(block: bytes) -> dict[str, str]:
 
 
 def _declared(header: dict[str, str]) -> str:
-    return ", ".join(f"{key} = {header[key]}" for key in ("Dim_1", "Dim_2", "DataType", "Size") if key in header)
+    keys = ("Dim_1", "Dim_2", "DataType", "Size")
+    return ", ".join(f"{key} = {shown(header[key], 20)}" for key in keys if key in header)
 
 
 def _layout(path: Path, header: dict[str, str]) -> tuple[tuple[int, int], np.dtype, int]:
@@ -117,7 +126,7 @@ def _layout(path: Path, header: dict[str, str]) -> tuple[tuple[int, int], np.dty
         if text is None:
             raise DataError(f"EDF frame {path}: its header has no {key}")
         if not text.isdigit() or len(text) > 18:
-            raise DataError(f"EDF frame {path}: header key {name} is {text!r}, not a non-negative integer")
+            raise DataError(f"EDF frame {path}: header key {name} is {shown(text)}, not a non-negative integer")
         return int(text)
 
     compression = lowered.get("compression", ("", "none"))[1].lower()
@@ -125,12 +134,14 @@ def _layout(path: Path, header: dict[str, str]) -> tuple[tuple[int, int], np.dty
         raise DataError(f"EDF frame {path}: Compression = {compression} is not supported (compress the whole "
                         "file with gzip or bzip2 instead)")
     type_key, type_name = lowered.get("datatype", ("DataType", None))
+    if type_name is None:
+        raise DataError(f"EDF frame {path}: its header has no DataType")
     if type_name not in DATA_TYPES:
-        raise DataError(f"EDF frame {path}: header key DataType is {type_name!r}, not one of "
+        raise DataError(f"EDF frame {path}: header key DataType is {shown(type_name)}, not one of "
                         f"{', '.join(sorted(DATA_TYPES))}")
     order = lowered.get("byteorder", ("ByteOrder", "LowByteFirst"))[1]
     if order not in ("LowByteFirst", "HighByteFirst"):
-        raise DataError(f"EDF frame {path}: header key ByteOrder is {order!r}, not LowByteFirst or HighByteFirst")
+        raise DataError(f"EDF frame {path}: header key ByteOrder is {shown(order)}, not LowByteFirst or HighByteFirst")
     dtype = np.dtype(DATA_TYPES[type_name]).newbyteorder("<" if order == "LowByteFirst" else ">")
     if integer("Dim_3", "1") != 1:
         raise DataError(f"EDF frame {path}: header key Dim_3 is {header.get('Dim_3')}; one 2-D frame is read")

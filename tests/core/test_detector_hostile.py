@@ -361,3 +361,15 @@ def test_edf_without_a_header_end_or_not_edf_at_all(plugins, tmp_path):
     notes.write_text("a shopping list\n" * 100)
     with pytest.raises(DataError, match=r"notes.edf is not an EDF file"):
         open_frame(notes, plugins)
+
+
+def test_edf_without_data_type_and_long_header_values_are_cut(plugins, tmp_path):
+    raw = edf_bytes(tmp_path, np.ones((2, 3), np.int32))
+    path = tmp_path / "mask.edf"
+    path.write_bytes(raw.replace(b"\nDataType = SignedInteger ;", b"\n" + b" " * 25))
+    with pytest.raises(DataError, match="mask.edf: its header has no DataType"):
+        open_frame(path, plugins)
+    path.write_bytes(replace_entry(raw, "DataType", "Q" * 200))
+    with pytest.raises(DataError, match=r"DataType is 'Q{32}'\.\.\., not one of") as info:
+        open_frame(path, plugins)
+    assert "Q" * 33 not in str(info.value)

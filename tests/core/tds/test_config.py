@@ -95,7 +95,8 @@ def test_bad_values_are_caught_by_the_tree_and_missing_conf_by_name(tmp_path):
                                           ("lmbd", "lmbda"), ("aa", "AA"), ("CGESS", "CGUESS")])
 def test_a_typo_of_an_option_in_input_par_is_an_error_with_did_you_mean(tmp_path, typo, option):
     main = INPUT.replace("threshold = 200000.0", f"threshold = 200000.0\n{typo} = 1")
-    with pytest.raises(UsageError, match=rf"input.par, line 8: '{typo}' is not a tds option; did you mean '{option}'\?"):
+    message = rf"input.par, line 8: '{typo}' is not a tds option; did you mean '{option}'\?"
+    with pytest.raises(UsageError, match=message):
         read_tds_config(write(tmp_path, main=main))
 
 
