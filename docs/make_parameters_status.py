@@ -91,7 +91,7 @@ def status(path: str, node, sources: dict[str, str]) -> str:
 def patterns(path: str) -> tuple[re.Pattern, re.Pattern | None, re.Pattern | None]:
     """(dotted path and its labelled copies, the leaf key as written in a mapping, the parent's key)."""
     parts = path.split(".")
-    dotted = [re.escape(path)]
+    dotted = [re.sub(r"\w*%d", r"[\\w-]+", re.escape(path))]  # a label template (engine_%d) is any label
     if parts[0] == "scan" and len(parts) > 1:
         dotted.append(r"scans\.[\w-]+\." + re.escape(".".join(parts[1:])))
     if parts[0] == "engine" and len(parts) > 2:  # engines.<label>.key: of this engine when its name is written too
@@ -115,13 +115,16 @@ def tests_of(path: str, functions, unique_keys=frozenset()) -> list[str]:
     if path.rpartition(".")[2] in unique_keys:
         parent = None
     key = path.rpartition(".")[2]
-    functions = [(name, src) for name, src in functions if key in src]
+    every, functions = functions, [(name, src) for name, src in functions if key in src]
     found = [name for name, src in functions if strong.search(src)]
     if len(found) < MAX_TESTS:
         found += [name for name, src in functions if name not in found and written.search(src)
                   and (parent is None or parent.search(src) or parent.search(name))]
-    tests = [n for n in found if "::test_" in n] or found
-    return tests[:MAX_TESTS]
+    tests = [n for n in found if "::test_" in n]
+    for helper in found if not tests else ():  # a helper of the file's tests (a fixture, a run builder): its users
+        file, _, name = helper.partition("::")
+        tests += [n for n, src in every if n.startswith(file + "::test_") and name and re.search(rf"\b{name}\b", src)]
+    return (tests or found)[:MAX_TESTS]
 
 
 def rows(tree, functions, sources) -> list[tuple[str, str, str]]:
