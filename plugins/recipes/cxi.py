@@ -8,7 +8,9 @@ from difframe.errors import ParameterError
 from difframe.types import Parameter, RecipeSpec
 
 PARAMETERS = {
-    "cxifile": Parameter(type="file", default=None, help="Path of the CXI file"),
+    "cxifile": Parameter(type="file", default=None, help="Path of the CXI file",
+                         doc="External links are followed into the file's own folder and the folders of "
+                             "DIFFRAME_HDF5_LINK_DIRS only; see docs/security.md."),
     "entry": Parameter(type="str", default="entry_1", help="CXI entry holding the scan"),
     "focus_distance": Parameter(
         type="float", default=None, lowlim=0.0, help="Focus-to-sample distance for cone-beam data [m]",

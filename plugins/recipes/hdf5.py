@@ -42,7 +42,9 @@ CORRECTIONS_DOC = ("Order of the corrections: dark subtraction (results below 0 
                    "then multiplication by reference / monitor per frame.")
 
 PARAMETERS = {
-    "file": Parameter(type="file", default=None, help="Path of the HDF5 (or NeXus) file"),
+    "file": Parameter(type="file", default=None, help="Path of the HDF5 (or NeXus) file",
+                      doc="External links (an Eiger master's data files) are followed into the file's own folder "
+                          "and the folders of DIFFRAME_HDF5_LINK_DIRS only; see docs/security.md."),
     "intensities": Parameter(type="str", default="entry/data/data", help="Dataset of the frames (N, H, W)",
                              doc="The NeXus default is entry/data/data; a missing path lists the file's 3-D "
                                  "datasets."),
