@@ -269,6 +269,11 @@ class ProjectedProblem:
     def residuals(self, x: np.ndarray) -> np.ndarray:
         return self._evaluate(x)[0]
 
+    def fitted(self, x: np.ndarray):
+        """(weighted residuals, T, A_s, B_s) at ``x``: what the diagnostics compare."""
+        r, T, _, A, B, _ = self._evaluate(x)
+        return r, T, A, B
+
     def linear(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-spot scale A_s and baseline B_s (compact spot order) at ``x``."""
         return self._evaluate(x)[3:5]
@@ -540,7 +545,7 @@ class FitResult:
     history: list[float] = field(default_factory=list)
     hkl: np.ndarray | None = None
     geometry: dict[str, dict] = field(default_factory=dict)  # refined correction -> value, sigma, corrected
-    extra: dict[str, dict] = field(default_factory=dict)  # "exposure", "threshold": how the data were modelled
+    extra: dict = field(default_factory=dict)  # "exposure", "threshold", "spot_diagnostics" for fit_results.json
 
     @property
     def fixed(self) -> list[str]:

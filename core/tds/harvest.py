@@ -325,7 +325,8 @@ def _report_threshold(result: Harvest, over: np.ndarray, kept: np.ndarray, rule:
     pairs = int(over.sum())  # (frame, spot) pairs the per-spot rule drops
     result.attrs.update({"threshold_rule": rule, "threshold_frames": frames,
                          "threshold_frame_rule_frames_kept": whole, "threshold_frame_rule_points": int(kept[0]),
-                         "threshold_spot_rule_pairs_dropped": pairs, "threshold_spot_rule_points": int(kept[1])})
+                         "threshold_spot_rule_pairs_dropped": pairs, "threshold_spot_rule_points": int(kept[1]),
+                         "threshold_hot_frames_per_spot": [int(v) for v in over.sum(axis=0)]})
     log.info("threshold: the per-frame rule (tds2el) keeps %d of %d frames, %d points; the per-spot rule drops "
              "%d (frame, spot) pairs of %d frames and keeps %d points; applied: per-%s", whole, frames, int(kept[0]),
              pairs, frames - whole, int(kept[1]), rule)

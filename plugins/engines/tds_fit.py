@@ -11,12 +11,15 @@ harvest's ``geometry`` and its ``centering_file`` (empty unless re-centred).
 The ``geometry`` also gives the scan axis and frame width for the exposure
 average; ``angle_increment`` (the frames' header, deg) is checked against it;
 ``threshold`` (the harvest's counts of what each threshold rule keeps) is
-copied into fit_results.json.
+copied into fit_results.json.  ``finalize`` adds the per-spot diagnostics of
+:mod:`difframe.tds.diagnostics` to the text, to fit_results.json ("spot_diagnostics") and
+draws spot_profiles.png.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from difframe import hookimpl
 from difframe.errors import UsageError
@@ -139,7 +142,7 @@ class TDSFit:
 
     def finalize(self) -> dict:
         """The FitResult, its text report and, with ``output_dir``, the files written."""
-        from difframe.tds import results
+        from difframe.tds import diagnostics, results
 
         outcome = self.outcome
         if outcome is None:
@@ -147,13 +150,21 @@ class TDSFit:
         self.result = fit.finish(self.problem, self.x, self.settings(), cost=outcome.cost,
                                  converged=outcome.converged, message=outcome.message, hkl=self.harvest["hkl"],
                                  n_harvest_spots=len(self.harvest["G"]))
-        threshold = _get(self.context, "threshold")
+        threshold = dict(_get(self.context, "threshold") or {})
         if threshold:
-            self.result.extra["threshold"] = dict(threshold)
-        summary = {"result": self.result, "text": results.report(self.result), "files": {}}
+            self.result.extra["threshold"] = threshold
+        geometry = _get(self.context, "geometry")
+        hot = threshold.get("threshold_hot_frames_per_spot")
+        rows = diagnostics.spot_diagnostics(
+            self.problem, self.x, self.harvest["hkl"], geometry.lattice.max_reciprocal if geometry else None,
+            hot if hot is not None and len(hot) == len(self.harvest["G"]) else None)
+        self.result.extra["spot_diagnostics"] = rows
+        summary = {"result": self.result, "text": results.report(self.result) + "\n" + diagnostics.table(rows),
+                   "files": {}}
         output_dir = _get(self.context, "output_dir")
         if output_dir is not None:
             summary["files"] = results.write_all(self.result, output_dir)
+            summary["files"]["profiles"] = diagnostics.profiles_png(rows, Path(output_dir) / "spot_profiles.png")
         log.info("%s", results.summary_line(self.result))
         return summary
 

@@ -69,7 +69,10 @@ def test_engine_fits_and_writes_results(harvest, tmp_path):
     assert doc["exposure"] == {"averaged": False}  # no geometry: frame centres
     assert doc["threshold"] == {"threshold_rule": "spot", "threshold_spot_rule_points": 12000}
     text = (tmp_path / "parametri.txt").read_text()
-    assert "C33" in text and "fixed" in text and text.strip() == summary["text"].strip()
+    assert "C33" in text and "fixed" in text and summary["text"].startswith(text.strip())
+    assert "spot diagnostics" in summary["text"] and len(doc["spot_diagnostics"]) == 8
+    assert sum(row["points"] for row in doc["spot_diagnostics"]) == 12000 and not any(r["bragg_tail"] for r in doc["spot_diagnostics"])
+    assert (tmp_path / "spot_profiles.png").read_bytes()[:4] == b"\x89PNG"
     with h5py.File(tmp_path / "fit_results.h5") as f:
         np.testing.assert_allclose(f["voigt"][()], summary["result"].voigt)
         np.testing.assert_array_equal(f["spots/hkl"][()], harvest["hkl"])
