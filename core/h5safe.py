@@ -4,8 +4,8 @@ An HDF5 file can point elsewhere: external links, external raw-data files and
 virtual-dataset sources name other files (``/etc/passwd``, ``/proc/self/mem``,
 a FIFO), soft and hard links can form cycles that make a tree reader recurse
 for ever, and a few kilobytes can declare terabytes.  :func:`open_file`
-therefore audits the whole link graph once, from the link information alone
-(``get(name, getlink=True)``) before anything is dereferenced:
+therefore audits the whole link graph once, each link checked from its link
+information (type, target) before it is followed:
 
 - a file another file points to must be a regular file inside the first file's
   folder or a folder listed in ``DIFFRAME_HDF5_LINK_DIRS`` (``os.pathsep``
@@ -211,11 +211,13 @@ def open_file(path: str | os.PathLike, what: str = "HDF5") -> Any:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not an HDF5 file, so not {what} ({err})") from None
+    audit = _Audit(allowed_dirs(path))
     try:
-        _Audit(allowed_dirs(path)).walk(f, str(path))
+        audit.walk(f, str(path))
     except BaseException:
         f.close()
         raise
+    log.debug("%s: %d links audited", path, audit.links)
     return f
 
 
