@@ -39,11 +39,12 @@ BINARY_SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
 STARTER = b"\x0c\x1a\x04\xd5"  # ends the MIME header of the binary section
 MIME_LIMIT = 65536  # the MIME header is a dozen short lines
 
-#: X-Binary-Element-Type -> dtype, and the longest byte-offset token of one pixel of it
+#: X-Binary-Element-Type -> dtype, and the longest byte-offset token of one pixel of it (a difference of two
+#: values needs one more bit than the type: 8-bit types take at most 3 bytes, 16-bit 7, wider ones 15)
 ELEMENT_TYPES = {
     "signed 8-bit integer": ("int8", 3), "unsigned 8-bit integer": ("uint8", 3),
-    "signed 16-bit integer": ("int16", 3), "unsigned 16-bit integer": ("uint16", 7),
-    "signed 32-bit integer": ("int32", 7), "unsigned 32-bit integer": ("uint32", 15),
+    "signed 16-bit integer": ("int16", 7), "unsigned 16-bit integer": ("uint16", 7),
+    "signed 32-bit integer": ("int32", 15), "unsigned 32-bit integer": ("uint32", 15),
     "signed 64-bit integer": ("int64", 15), "unsigned 64-bit integer": ("uint64", 15),
 }
 
