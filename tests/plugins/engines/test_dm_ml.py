@@ -59,7 +59,7 @@ def test_poisson_likelihood_decreases(simulated, after_dm):
 
 @pytest.mark.parametrize("options", [dict(type="euclid"), dict(scale_precond=True),
                                      dict(smooth_gradient=1.0), dict(smooth_gradient=-3.0),
-                                     dict(reg_del2=False)])
+                                     dict(reg_del2=False), dict(illumination_precond=True)])
 def test_ml_variants_improve_on_dm_start(simulated, after_dm, options):
     prep, probe, truth = simulated
     model = copy.deepcopy(after_dm[0])
@@ -69,6 +69,21 @@ def test_ml_variants_improve_on_dm_start(simulated, after_dm, options):
     metrics = engine.iterate(15)
     assert metrics[-1]["likelihood"] < metrics[0]["likelihood"]
     assert object_error(model, truth, probe) < start
+
+
+def test_illumination_preconditioner_fits_the_data_faster(simulated, after_dm):
+    """Dividing the gradients by the illumination lets the weakly lit rim and the probe keep pace: the same
+    number of Poisson ML iterations from the same DM start ends closer to the data and to the true object."""
+    prep, probe, truth = simulated
+    ends = {}
+    for precond in (False, True):
+        model = copy.deepcopy(after_dm[0])
+        engine = ml.factory(engine_params(ml.PARAMETERS, type="poisson", reg_del2=False,
+                                          illumination_precond=precond), model)
+        engine.initialize()
+        ends[precond] = (engine.iterate(20)[-1]["deviance"], object_error(model, truth, probe))
+    assert ends[True][0] < ends[False][0]
+    assert ends[True][1] < ends[False][1]
 
 
 def test_floating_intensities_recover_frame_scales():

@@ -25,7 +25,7 @@ def reference_engine_nodes(text):
 
 
 #: nodes difframe adds to the reference's engine subtrees
-ADDED = {"engine.DM.floating_intensities"}
+ADDED = {"engine.DM.floating_intensities", "engine.ML.illumination_precond", "engine.ML.illumination_regularisation"}
 
 
 @pytest.fixture(scope="module")
