@@ -8,11 +8,14 @@ the preparation import each other's needs without a cycle.
 :func:`load_share` refuses before reading a share that would not fit the memory
 budget, and after reading frames holding NaN, infinity or negative counts on
 valid pixels, naming the source and the frames; a reader's own failure to read
-(a corrupt chunk) arrives as a DataError naming its file and node.
+(a corrupt chunk) arrives as a DataError naming its file and node.  The values
+-1 and -2 in integer frames are the detectors' flags (Pilatus and Eiger: module
+gaps, bad pixels), not counts: they are masked, not refused.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +24,10 @@ import numpy as np
 from difframe.errors import DataError
 from difframe.limits import array_bytes, check_allocation
 
+log = logging.getLogger("difframe.ptycho.raw")
+
+#: integer values detectors write for pixels without a count (-1 module gap, -2 bad pixel)
+DETECTOR_FLAGS = (-1, -2)
 #: bytes per pixel while a share is loaded: the frames as read (up to 4 bytes), their float32 copy, the mask
 LOAD_BYTES_PER_PIXEL = 9
 
@@ -82,6 +89,12 @@ def load_share(raw: RawScan, share: slice, label: str) -> tuple[np.ndarray, np.n
     if masks is None:
         masks = np.ones(frames.shape[1:], bool) if raw.mask is None else np.asarray(raw.mask, bool)
     masks = np.asarray(masks, bool)
+    if frames.dtype.kind == "i":
+        flagged = np.isin(frames, DETECTOR_FLAGS) & masks
+        if flagged.any():
+            masks = masks & ~flagged
+            log.info("%s: %d pixels of frames %d..%d hold the detector flags -1/-2 (gaps, bad pixels): masked",
+                     source, int(flagged.sum()), share.start, share.stop - 1)
     if frames.dtype.kind in "fc":
         bad = ~np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
         if bad.any():

@@ -125,6 +125,12 @@ def test_faulty_positions_counts_and_crops_are_refused_up_front(monkeypatch):
     masked = np.ones((20, 30), bool)
     masked[0, 0] = False  # the same negative pixel masked out (a detector's flag value): accepted
     assert prepare(RawScan(**{**negative.__dict__, "mask": masked}), params(), CTX).num_frames == 4
+    flagged = raw_with_spot(frames=np.full((4, 20, 30), 3, np.int32))
+    flagged.frames[:, 4, :] = -1  # a module gap in every frame, a bad pixel in one
+    flagged.frames[2, 9, 9] = -2
+    out = prepare(flagged, params(), CTX)
+    assert out.mask.shape == (4, 20, 30) and (~out.mask).sum() == 4 * 30 + 1 and not out.mask[2, 9, 9]
+    assert out.data[out.frame_mask()].min() == 3
     with pytest.raises(DataError, match=r"scan s1: the 4 frames hold no counts on their valid pixels"):
         prepare(raw_with_spot(frames=np.zeros((4, 20, 30))), params(), CTX)
     monkeypatch.setenv("DIFFRAME_MEMORY_LIMIT", "1M")  # 4 frames of 1000 x 1000 float32 + mask: 19 MiB
