@@ -49,9 +49,9 @@ def _holder(path: Path) -> dict | None:
 
 def _describe(record: dict | None, path: Path) -> str:
     if not record:
-        return f"an unreadable lock {path}"
-    return (f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started')}: "
-            f"{record.get('command')!r} (lock file {path})")
+        return f"unreadable lock file {path}"
+    return (f"pid {record.get('pid')} on {record.get('host')} since {record.get('started')}, "
+            f"{record.get('command')!r}; lock file {path}")
 
 
 class RunLock:
@@ -73,9 +73,9 @@ class RunLock:
             except FileExistsError:
                 holder = _holder(self.path)
                 if not self._stale(holder):
-                    raise UsageError(f"run {self.name!r} is already running in {self.path.parent} "
-                                     f"({_describe(holder, self.path)}); wait for it to end, or give another "
-                                     f"run name or io.paths.home (delete the lock file if that run is dead)")
+                    raise UsageError(f"run {self.name!r} is already running in {str(self.path.parent)!r}: "
+                                     f"{_describe(holder, self.path)}. Wait for it to end, give another run name "
+                                     f"or io.paths.home, or delete the lock file if that run is dead")
                 log.warning("taking over the lock of a run that ended without releasing it: %s",
                             _describe(holder, self.path))
                 with contextlib.suppress(FileNotFoundError):
