@@ -163,3 +163,12 @@ def test_plotclient_active_spawns_difframe_watch_only_with_a_display_and_a_serve
     run = Run({**sim_params(tmp_path, 5999), "plotclient": {"active": False}})
     caplog.clear()
     assert interaction.start_live_view(run, server, _Ranks()) is None and not caplog.records
+
+
+def test_watch_without_png_on_a_headless_machine_says_to_use_png(capsys, monkeypatch):
+    from difframe.cli import main
+
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    assert main(["watch", f"tcp://{HOST}:{free_port()}", "--timeout", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no window can be opened (matplotlib backend 'agg'" in err and "--png DIR" in err
