@@ -73,7 +73,8 @@ def simulate_and_harvest(simulation: dict, folder: Path):
                              normalisation_file=str(folder / "normalisation.dat"))
     result = harvest(geometry, files, options)
     data = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
-            "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs.get("angle_increment_deg")}
+            "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs.get("angle_increment_deg"),
+            "delta_q": result.attrs["delta_q"]}
     structure = elastic_structure(simulation["crystal"]["generators"], geometry.lattice.direct)
     values = truth["constants"]
     cguess = {n: [v if n == truth["fixed"] else 1.1 * v, -10 * abs(v) - 1, 10 * abs(v) + 1] for n, v in values.items()}

@@ -74,6 +74,7 @@ class FitSettings:
     exposure: str = "auto"  # average the model over each frame's exposure: "auto", "on" or "off"
     substeps: int | None = None  # sub-steps per point (None: chosen per point)
     exposure_width: float | None = None  # [deg]; None: |angular_step|
+    clear_peak: bool = True  # leave out points whose Q passes within DeltaQ_min of G during the exposure
 
 
 def constant_name(key: str) -> str:
@@ -430,6 +431,36 @@ def geometry_corrections(harvest, geometry, setting) -> GeometryCorrections | No
     return corrections
 
 
+def clear_of_peak(harvest, geometry, settings: FitSettings):
+    """The harvest without the points whose Q passes within DeltaQ_min of their spot during the exposure.
+
+    Why: DeltaQ_min keeps the Bragg peak out at the frame centre, but over a wide
+    frame a pixel's Q sweeps an arc (|axis x Q| x width); where the arc enters
+    the DeltaQ_min ball the pixel has counted the peak and its tails, which the
+    TDS model has no term for.  Needs the harvest's ``delta_q`` and the geometry;
+    off with ``exposure = "off"`` or ``clear_peak = False``.
+    """
+    delta_q = harvest.get("delta_q")
+    if settings.exposure == "off" or not settings.clear_peak or geometry is None or delta_q is None:
+        return harvest
+    Q = np.asarray(harvest["Q"], dtype=float)
+    q = Q - np.asarray(harvest["G"], dtype=float)[np.asarray(harvest["spot"])]
+    width = settings.exposure_width if settings.exposure_width is not None else abs(float(geometry.angular_step))
+    half = 0.5 * np.radians(width)
+    v = np.cross(geometry.scan_axis_crystal, Q)
+    vv = np.maximum(np.einsum("ni,ni->n", v, v), np.finfo(float).tiny)
+    t = np.clip(-np.einsum("ni,ni->n", q, v) / vv, -half, half)  # closest approach on the (straight) arc
+    r_min = float(delta_q[0]) * geometry.lattice.max_reciprocal
+    keep = np.linalg.norm(q + t[:, None] * v, axis=1) >= r_min * (1 - 1e-9)
+    if keep.all():
+        return harvest
+    log.info("exposure: %d of %d points pass within DeltaQ_min = %.4g of their spot during their %.4g deg exposure "
+             "(they saw the Bragg peak) and are left out", (~keep).sum(), len(keep), float(delta_q[0]), width)
+    n = len(Q)
+    return {k: (np.asarray(v)[keep] if k in ("Q", "intensity", "spot", "frame", "pixel") and v is not None
+                and len(v) == n else v) for k, v in harvest.items()}
+
+
 def choose_exposure(points: Points, c_start: np.ndarray, settings: FitSettings, geometry, header_increment=None,
                     options=None) -> Exposure | None:
     """The exposure the model averages over, or None for the frame centres (docs/tds-fit.md, Exposure).
@@ -618,6 +649,7 @@ def build_problem(harvest, structure, cguess, settings: FitSettings, geometry=No
     corrections = geometry_corrections(harvest, geometry, settings.a_variables)
     if not constants.fitted.any() and not (corrections and corrections.open.any()):
         raise UsageError("every CGUESS interval is closed (min == max): nothing to fit")
+    harvest = clear_of_peak(harvest, geometry, settings)
     points = Points.from_harvest(harvest["Q"], harvest["intensity"], harvest["spot"], harvest["G"],
                                  nred=settings.nred, weighting=settings.weighting,
                                  frame=harvest.get("frame"), pixel=harvest.get("pixel"))

@@ -143,6 +143,9 @@ NODES = {
                       "model by more than the noise."),
     "tds.exposure_substeps": P(type=("int", "NoneType"), default=None, lowlim=1,
                                help="sub-steps per frame for the exposure average (None: chosen per point)"),
+    "tds.exposure_clear_peak": P(type="bool", default=True,
+                                 help="leave out points whose Q passes within DeltaQ_min of the spot during their "
+                                 "exposure (not with exposure = 'off')"),
     "tds.exposure_width": P(type=("float", "NoneType"), default=None, lowlim=0.0,
                             help="exposure per frame [deg] (None: angular_step)"),
     **_geometry_nodes(),

@@ -27,7 +27,7 @@ RECIPE = "tds_harvest"
 ENGINE_PARAMETERS = {"CGUESS": "cguess", "ftol": "ftol", "nred": "nred", "Temperature": "temperature",
                      "density": "density", "minimiser": "minimiser", "quantum_bose": "quantum", "fix": "fix",
                      "A_variables": "a_variables", "exposure": "exposure", "exposure_substeps": "exposure_substeps",
-                     "exposure_width": "exposure_width"}
+                     "exposure_width": "exposure_width", "exposure_clear_peak": "exposure_clear_peak"}
 
 
 def _get(tds, name: str, default: Any = None) -> Any:
@@ -239,6 +239,7 @@ def _fit(run, tds, result, structure, geometry, output_dir: Path) -> dict:
                "frame": result.frame, "pixel": result.pixel, "geometry": geometry,
                "centering_file": result.attrs.get("centering_file") or "",
                "angle_increment": result.attrs.get("angle_increment_deg"),
+               "delta_q": result.attrs.get("delta_q"),
                "threshold": {k: v for k, v in result.attrs.items() if k.startswith("threshold_")},
                "structure": structure, "manager": run.plugins, "output_dir": str(output_dir)}
     engine = spec.factory(params, context)

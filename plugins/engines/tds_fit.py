@@ -70,6 +70,10 @@ PARAMETERS = {
         type=("int", "NoneType"), default=None, lowlim=1, help="Sub-steps per frame (None: chosen per point)",
         doc="Unset: each point gets the fewest Gauss-Legendre nodes that average it to 1e-4, from the frame "
             "width, its distance to the spot (at least DeltaQ_min) and its speed across the scan (at most 12)."),
+    "exposure_clear_peak": Parameter(
+        type="bool", default=True, help="Leave out points whose Q passes within DeltaQ_min of G during the exposure",
+        doc="Over a wide frame a pixel's Q sweeps an arc; where it enters the DeltaQ_min ball the pixel counted the "
+            "Bragg peak, which the TDS model has no term for. Needs the harvest's delta_q; not with exposure = 'off'."),
     "exposure_width": Parameter(
         type=("float", "NoneType"), default=None, lowlim=0.0, help="Exposure per frame [deg] (None: angular_step)",
         doc="Warned about when it disagrees with Angle_increment in the frames' headers."),
@@ -103,13 +107,14 @@ class TDSFit:
                                weighting=str(p["weighting"]), backend=str(p["backend"]),
                                quantum_bose=bool(p["quantum"]), temperature=float(p["temperature"]),
                                density=p["density"], a_variables=p["a_variables"], exposure=str(p["exposure"]),
-                               substeps=p["exposure_substeps"], exposure_width=p["exposure_width"])
+                               substeps=p["exposure_substeps"], exposure_width=p["exposure_width"],
+                               clear_peak=bool(p["exposure_clear_peak"]))
 
     def initialize(self) -> None:
         """Check CGUESS, points and the scale convention; pick the minimiser."""
         ctx = self.context
         harvest = {key: _get(ctx, key) for key in ("Q", "intensity", "spot", "G", "hkl", "frame", "pixel",
-                                                   "centering_file")}
+                                                   "centering_file", "delta_q")}
         structure = _get(ctx, "structure")
         if structure is None:
             raise UsageError("tds_fit needs the elastic structure (ascii_generators) in its context")

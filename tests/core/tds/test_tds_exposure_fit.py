@@ -36,7 +36,8 @@ def stack(tmp_path_factory):
                              mask_file=str(folder / "filter.edf"), normalisation_file=str(folder / "normalisation.dat"))
     result = harvest(geometry, [folder / f for f in truth["frames"]], options)
     data = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
-            "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs["angle_increment_deg"]}
+            "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs["angle_increment_deg"],
+            "delta_q": result.attrs["delta_q"]}
     cguess = {n: [v if n == "C11" else 1.1 * v, 1.0, 2000.0] for n, v in RUTILE.items()}
     return data, elastic_structure(SPEC["crystal"]["generators"], geometry.lattice.direct), cguess, geometry, truth
 
@@ -67,3 +68,31 @@ def test_header_increment_disagreeing_with_the_exposure_is_named(stack, caplog):
         fit.build_problem({**data}, structure, cguess, fit.FitSettings(exposure_width=0.8, substeps=2),
                           geometry, header_increment=data["angle_increment"])
     assert "exposure_width = 0.8 deg disagrees with Angle_increment = 1 deg" in caplog.text
+
+
+def test_points_whose_exposure_sweeps_into_the_peak_are_left_out(stack):
+    """Against the goniometer turned through each point's frame: the points left out are those whose Q comes
+    within DeltaQ_min of G at some sub-frame."""
+    data, _, _, geometry, _ = stack
+    kept = fit.clear_of_peak(data, geometry, fit.FitSettings())
+    q_lab = geometry.q_lab(data["pixel"][:, 0], data["pixel"][:, 1])
+    G = data["G"][data["spot"]]
+    closest = np.full(len(G), np.inf)
+    for t in np.linspace(-0.5, 0.5, 201):
+        Q = np.einsum("nij,nj->ni", geometry.lab_to_crystal(data["frame"] + t), q_lab)
+        closest = np.minimum(closest, np.linalg.norm(Q - G, axis=1))
+    r_min = data["delta_q"][0] * geometry.lattice.max_reciprocal
+    swept = closest < r_min
+    assert 0 < swept.sum() < 0.1 * len(G)
+    margin = np.abs(closest / r_min - 1) > 1e-3  # leave the few on the edge to the arc's straightening
+    np.testing.assert_array_equal(np.isin(np.arange(len(G)), np.flatnonzero(swept))[margin],
+                                  ~np.isin(np.arange(len(G)), _rows(data, kept))[margin])
+    assert fit.clear_of_peak(data, geometry, fit.FitSettings(exposure="off")) is data
+    assert fit.clear_of_peak(data, geometry, fit.FitSettings(clear_peak=False)) is data
+
+
+def _rows(data, kept):
+    """Indices of the rows of ``data`` that ``kept`` holds (frame, pixel and spot identify a point)."""
+    key = lambda d: [tuple(r) for r in np.column_stack([d["frame"], d["pixel"], d["spot"]]).tolist()]  # noqa: E731
+    wanted = set(key(kept))
+    return [i for i, k in enumerate(key(data)) if k in wanted]
