@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from difframe.errors import DataError, UsageError
+from difframe.limits import check_allocation
 
 log = logging.getLogger("difframe.detector")
 
@@ -122,7 +123,8 @@ def shown(text: str, chars: int = 32) -> str:
 
 
 def check_frame_size(path, shape: tuple[int, ...], dtype, keys: str) -> None:
-    """Refuse a declared frame shape that is empty or decodes beyond :func:`max_frame_bytes`.
+    """Refuse a declared frame shape that is empty, decodes beyond :func:`max_frame_bytes` or does not fit
+    the memory budget (:mod:`difframe.limits`).
 
     Called before anything of that size is read or allocated; ``keys`` names the
     header entries that declared it.
@@ -132,10 +134,11 @@ def check_frame_size(path, shape: tuple[int, ...], dtype, keys: str) -> None:
                         f"{' x '.join(map(str, shape))}, not a 2-D image")
     size = shape[0] * shape[1] * np.dtype(dtype).itemsize
     limit = max_frame_bytes()
+    declared = f"its header ({keys}) declares {shape[0]} x {shape[1]} {np.dtype(dtype).name}"
     if size > limit:
-        raise DataError(f"detector frame {path}: its header ({keys}) declares {shape[0]} x {shape[1]} "
-                        f"{np.dtype(dtype).name} = {size} bytes, more than the {limit} bytes allowed per frame "
-                        "(DIFFRAME_MAX_FRAME_BYTES)")
+        raise DataError(f"detector frame {path}: {declared} = {size} bytes, more than the {limit} bytes allowed "
+                        "per frame (DIFFRAME_MAX_FRAME_BYTES)")
+    check_allocation(size, f"detector frame {path} ({declared})")
 
 
 def open_regular(path: str | Path):

@@ -192,6 +192,7 @@ def test_bomb_behind_a_small_frame_is_not_decompressed(plugins, tmp_path):
     raw = small_cbf(tmp_path / "plain.cbf", frame)
     path = tmp_path / "frame_0001.cbf.bz2"
     path.write_bytes(bz2.compress(raw) + zeros_bomb(bz2.compress))
+    open_frame(tmp_path / "plain.cbf", plugins)  # numba's import and cache load are not the reader's allocations
     tracemalloc.start()
     try:
         data = finishes(open_frame, path, plugins).data
@@ -218,6 +219,11 @@ def test_frame_cap_follows_the_environment(plugins, tmp_path, monkeypatch):
         open_frame(path, plugins)
     monkeypatch.setenv("DIFFRAME_MAX_FRAME_BYTES", "2400")
     assert open_frame(path, plugins).data.shape == (20, 30)
+    monkeypatch.setenv("DIFFRAME_MEMORY_LIMIT", "2399")  # the shared memory budget (difframe.limits) applies too
+    with pytest.raises(DataError, match=r"frame.cbf \(its header .* declares 20 x 30 int32\) needs 2400 bytes of "
+                                        r"memory, over the budget of 2399 bytes \(DIFFRAME_MEMORY_LIMIT\)"):
+        open_frame(path, plugins)
+    monkeypatch.delenv("DIFFRAME_MEMORY_LIMIT")
     monkeypatch.setenv("DIFFRAME_MAX_FRAME_BYTES", "lots")
     with pytest.raises(UsageError, match="DIFFRAME_MAX_FRAME_BYTES='lots'"):
         open_frame(path, plugins)
