@@ -139,3 +139,21 @@ def test_movie_frames_share_the_last_colour_limits_and_open_on_the_named_state(t
     assert shown[1][left].mean() < 0.8 * shown[2][left].mean()  # a third of the amplitude looks darker
     with pytest.raises(DataError, match="colour limits"):
         plotting.make_movie([Path(frames[0])], tmp_path / "plain.gif")
+
+
+def test_a_ptyr_read_back_is_drawn_with_its_own_pixel_sizes(tmp_path):
+    from difframe.param import Param
+    from difframe.ptycho.ptyr import read_ptyr, write_ptyr
+
+    obj, probe = _object(-0.3, 0.3), _storage(np.ones((1, 16, 16)), np.array([5e-8, 5e-8]))
+    obj.origin, probe.origin, obj.energy_kev, probe.energy_kev = np.zeros(2), np.zeros(2), 6.2, 6.2
+    obj.center = probe.center = np.zeros(2)
+    model = SimpleNamespace(objects={"S": obj}, probes={"S": probe}, scans=[])
+    write_ptyr(tmp_path / "r.ptyr", model, Param({}), {"iter_info": _records()})
+    rec = read_ptyr(tmp_path / "r.ptyr")
+    fig = plotting.draw(rec.objects, rec.probes, rec.iter_info)
+    amplitude, probe_ax = fig.axes[0], next(ax for ax in fig.axes if ax.get_title().startswith("probe S"))
+    assert _bars(amplitude)[0].txt_label.get_text() == "1 \u00b5m"  # 48 px x 131 nm = 6.3 um wide
+    assert _bars(probe_ax)[0].txt_label.get_text() == "100 nm"  # 16 px x 50 nm = 800 nm wide
+    errors = next(ax for ax in fig.axes if ax.get_title().startswith("errors"))
+    assert errors.get_yscale() == "log" and len(errors.lines) == 3  # Fourier error, deviance, the DM -> ML switch
