@@ -225,7 +225,7 @@ NODES = {
         default=None,
         choices=('merge', 'append', 'link'),
         help='Saving mode',
-        doc="Mode to use to save data to file.\nNone: \n'merge': attemts to merge data in single chunk [not implemented]\n'append': appends each chunk in master *.ptyd file\n'link': appends external links in master *.ptyd file and stores chunk separately in the path to the link. Links are relative file paths",
+        doc="Mode to use to save data to file.\nNone: \n'merge': attemts to merge data in single chunk\n'append': appends each chunk in master *.ptyd file\n'link': appends external links in master *.ptyd file and stores chunk separately in the path to the link. Links are relative file paths\n\nNone writes no file. The reference says ptypy lacked 'merge'; difframe implements all three (prepared frames go to `dfile` when it is set).",
     ),
     'scan.data.center': P(
         type=('tuple',),
@@ -567,7 +567,7 @@ NODES = {
         type=('float',),
         default=None,
         help='Lateral shift of modes relative to main mode',
-        doc='[not implemented]',
+        doc="[not implemented]\n\nNot read, as in ptypy: extra modes differ from the main one by `noise`, or without it by Hermite-like variations of its shape, never by a lateral shift.",
     ),
     'scan.sample': P(
         type=('Param',),
@@ -688,7 +688,7 @@ NODES = {
         type=('float',),
         default=None,
         help='Lateral shift of modes relative to main mode',
-        doc='[not implemented]',
+        doc="[not implemented]\n\nNot read, as in ptypy: extra modes differ from the main one by `noise`, or without it by Hermite-like variations of its shape, never by a lateral shift.",
     ),
     'scan.coherence': P(
         type=('Param',),
