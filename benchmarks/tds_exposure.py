@@ -121,7 +121,7 @@ def main(widths=(0.1, 0.5, 1.0), crystals=("rutile", "aragonite"), n_timing=200_
                   f"{100 * off[0]:10.3f}% {100 * on[0]:9.3f}% {off[2]:6.2f} {on[2]:6.2f} {on[2] / off[2]:6.2f}")
             for label, run in (("off", off), ("on", on)):
                 print(f"    {label:3s} " + " ".join(f"{n} {100 * e:+.3f}%" for n, e in run[1].items()))
-            if n_timing and width == max(widths):
+            if n_timing and width >= 0.5 and crystal == crystals[0]:
                 timing(data, structure, values, cguess, geometry, n_timing)
 
 

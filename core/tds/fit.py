@@ -659,10 +659,8 @@ def build_problem(harvest, structure, cguess, settings: FitSettings, geometry=No
     options["exposure"] = exposure
     model = make_model(points.Q, points.q, basis, backend=settings.backend, **options)
 
-    def numpy_model(Q, q):
-        if exposure is None:
-            return NumpyModel(Q, q, basis)
-        return ExposureModel(Q, q, basis, exposure)
+    def numpy_model(Q, q):  # for the float64 check of the start only: the exposure average changes no null space
+        return NumpyModel(Q, q, basis)
 
     if corrections is None:
         problem = ProjectedProblem(points, constants, model)
