@@ -512,6 +512,18 @@ def serving(run, model, runtime: dict):
         server.close()
 
 
+def error_history(errors: np.ndarray, engine_runs: list, engine: str | None) -> list[dict]:
+    """``iter_info``-like records (``iteration`` within the engine, ``iterations`` over the run, ``engine``,
+    ``error``) from a ``get error`` array and a status's ``engine_runs``; rows before any recorded start
+    belong to ``engine``."""
+    starts = [(int(first), name) for name, first in engine_runs]
+    records = []
+    for i, row in enumerate(errors, start=1):
+        first, name = next(((f, n) for f, n in reversed(starts) if f <= i), (1, engine))
+        records.append({"iteration": i - first + 1, "iterations": i, "engine": name, "error": row})
+    return records
+
+
 def display_available() -> bool:
     """Whether a window can be shown: always on macOS and Windows, with X11 or Wayland elsewhere."""
     if os.environ.get("MPLBACKEND", "").lower() in ("agg", "cairo", "pdf", "pgf", "ps", "svg", "template"):
@@ -630,13 +642,8 @@ class InteractionClient:
             pos = np.concatenate([fetch("positions", label) for label in arrays["positions"]])
             scanned[oid] = (pos - np.asarray(g["origin"])) / np.asarray(g["psize"])
         errors = fetch("error")  # last: its length tells whether the run moved on meanwhile
-        starts = [(int(first), name) for name, first in status.get("engine_runs", [])]
-        iter_info = []
-        for i, row in enumerate(errors, start=1):
-            first, engine = next(((f, n) for f, n in reversed(starts) if f <= i), (1, status.get("engine")))
-            iter_info.append({"iteration": i - first + 1, "iterations": i, "engine": engine, "error": row})
-        return {"objects": objects, "probes": probes, "iter_info": iter_info, "scanned": scanned,
-                "iteration": len(errors)}
+        return {"objects": objects, "probes": probes, "scanned": scanned, "iteration": len(errors),
+                "iter_info": error_history(errors, status.get("engine_runs", []), status.get("engine"))}
 
     def get(self, array: str, ident: str | None = None) -> np.ndarray:
         message = {"request": "get", "array": array}

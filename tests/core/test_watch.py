@@ -172,3 +172,24 @@ def test_watch_without_png_on_a_headless_machine_says_to_use_png(capsys, monkeyp
     assert main(["watch", f"tcp://{HOST}:{free_port()}", "--timeout", "0.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no window can be opened (matplotlib backend 'agg'" in err and "--png DIR" in err
+
+
+def test_the_error_history_a_watcher_rebuilds_is_the_runs_own():
+    """engine_runs (status) + the error array (get) give back the run's iter_info: engine, counts, errors."""
+    from difframe.ptycho.ptyr import iter_info_entry
+
+    runtime = {"iter_info": []}
+    server = interaction.InteractionServer(None, None, runtime)
+    chain = [("DM", 3), ("DM", 2), ("ML", 2)]  # two DM engines in a row: a new start, the same name
+    for name, numiter in chain:
+        for k in range(1, numiter + 1):
+            runtime["iter_info"].append(iter_info_entry(k, name, 0.1, {"fourier_error": k * 1.5, "deviance": 2.0},
+                                                        iterations=len(runtime["iter_info"]) + 1))
+        runs = server._engine_starts()  # asked after every engine: only new records are read
+    assert runs == [["DM", 1], ["DM", 4], ["ML", 6]]
+    errors = np.array([e["error"] for e in runtime["iter_info"]])
+    rebuilt = interaction.error_history(errors, runs, "ML")
+    for mine, theirs in zip(rebuilt, runtime["iter_info"], strict=True):
+        assert {k: mine[k] for k in ("iteration", "iterations", "engine")} == \
+            {k: theirs[k] for k in ("iteration", "iterations", "engine")}
+        np.testing.assert_array_equal(mine["error"], theirs["error"])
