@@ -20,7 +20,7 @@ from difframe.crystal.geometry import A_VARIABLE_NAMES, GEOMETRY_FIELDS, Geometr
 from difframe.crystal.lattice import Lattice
 from difframe.crystal.symmetry import elastic_structure
 from difframe.errors import UsageError
-from difframe.tds.parfile import Variable, read_parfile
+from difframe.tds.parfile import Variable, read_parfile, short_repr
 from difframe.tds.tree import NODES
 
 __all__ = ["read_tds_config", "to_tds_mapping", "geometry_of", "PATH_OPTIONS"]
@@ -43,12 +43,13 @@ def read_tds_config(input_par: str | Path) -> dict[str, Any]:
     conf = main.get("conf_file")
     if conf is not None:
         if not isinstance(conf, str):
-            raise UsageError(f"{input_par}: conf_file = {conf!r} must be a file name")
+            raise UsageError(f"{input_par}: conf_file = {short_repr(conf)} must be a file name")
         values.update(read_parfile(base / conf))
         sources = dict.fromkeys(values, str(input_par.parent / conf))  # as the user would name it
     for key, value in main.items():
         if key in values and values[key] != value:
-            log.warning("%s sets %s = %r over %r from %s", input_par, key, value, values[key], sources[key])
+            log.warning("%s sets %s = %s over %s from %s", input_par, key, short_repr(value), short_repr(values[key]),
+                        sources[key])
         values[key] = value
         sources[key] = str(input_par)
     mapping = to_tds_mapping(values, sources)
@@ -106,7 +107,7 @@ def _refuse_near_misses(main, input_par: Path) -> None:
             continue
         option = did_you_mean(name, known)
         if option is not None:
-            raise UsageError(f"{input_par}, line {main.lines.get(name, '?')}: {name!r} is not a tds option; "
+            raise UsageError(f"{input_par}, line {main.lines.get(name, '?')}: {short_repr(name)} is not a tds option; "
                              f"did you mean {option!r}?")
 
 
@@ -125,7 +126,9 @@ def to_tds_mapping(values: Mapping[str, Any], sources: Mapping[str, str] | None 
         else:
             dropped.append(key)
     if dropped:
-        log.warning("ignored (not tds options): %s", ", ".join(dropped))
+        shown = ", ".join(name if len(name) <= 40 else name[:40] + "..." for name in dropped[:20])
+        more = f" and {len(dropped) - 20} more" if len(dropped) > 20 else ""
+        log.warning("ignored (not tds options): %s%s", shown, more)
     if geometry:
         out["geometry"] = geometry
     _check_cguess(out, geometry, sources.get("CGUESS", "parameters"))
@@ -158,23 +161,23 @@ def _a_variables(value: Any, where: str) -> list[list[float]]:
         elif _is_triple(item):
             out.append([float(v) for v in item])
         else:
-            raise UsageError(f"{where}: A_variables entry for {name} is {item!r}, not "
+            raise UsageError(f"{where}: A_variables entry for {name} is {short_repr(item)}, not "
                              "minimiser.Variable(value, min, max)")
     return out
 
 
 def _cguess(value: Any, where: str) -> dict[str, list[float]]:
     if not isinstance(value, Mapping):
-        raise UsageError(f"{where}: CGUESS must be a dict {{'A11': [value, min, max], ...}}, got {value!r}")
+        raise UsageError(f"{where}: CGUESS must be a dict {{'A11': [value, min, max], ...}}, got {short_repr(value)}")
     out = {}
     for name, item in value.items():
         if isinstance(item, Variable):
             item = item.as_list()
         if not _is_triple(item):
-            raise UsageError(f"{where}: CGUESS[{name!r}] = {item!r}: expected [value, min, max]")
+            raise UsageError(f"{where}: CGUESS[{short_repr(name)}] = {short_repr(item)}: expected [value, min, max]")
         v, lo, hi = (float(x) for x in item)
         if not lo <= v <= hi:
-            raise UsageError(f"{where}: CGUESS[{name!r}]: value {v} lies outside [{lo}, {hi}]")
+            raise UsageError(f"{where}: CGUESS[{short_repr(name)}]: value {v} lies outside [{lo}, {hi}]")
         out[str(name)] = [v, lo, hi]
     return out
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from difframe.errors import DataError, UsageError
 
-__all__ = ["Variable", "ParValues", "parse_parfile", "read_parfile", "ALLOWED_CALLS", "LIMITS"]
+__all__ = ["Variable", "ParValues", "parse_parfile", "read_parfile", "short_repr", "ALLOWED_CALLS", "LIMITS"]
 
 log = logging.getLogger("difframe.tds.parfile")
 
@@ -86,7 +86,7 @@ def _variable(value, vmin, vmax):
     values = []
     for what, v in (("value", value), ("min", vmin), ("max", vmax)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"minimiser.Variable {what} must be a number, got {_short(v)}")
+            raise TypeError(f"minimiser.Variable {what} must be a number, got {short_repr(v)}")
         values.append(float(v))
     if not values[1] <= values[0] <= values[2]:
         raise ValueError(f"minimiser.Variable({values[0]}, {values[1]}, {values[2]}): need min <= value <= max")
@@ -132,7 +132,7 @@ def _check_size(n: int) -> None:
         raise _OverBudget(f"the result would hold {n} items (at most {MAX_ITEMS} allowed)")
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short_repr(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters (values in messages may be large)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
         return f"<an integer of {value.bit_length()} bits>"
@@ -382,7 +382,7 @@ class _Interpreter:
                     inner[names[0]] = item
                 else:
                     if not isinstance(item, (list, tuple)) or len(item) != len(names):
-                        raise _Refused(gen.target, f"cannot unpack {_short(item)} into {len(names)} names")
+                        raise _Refused(gen.target, f"cannot unpack {short_repr(item)} into {len(names)} names")
                     inner.update(zip(names, item))
                 if all(self.expr(cond, inner) for cond in gen.ifs):
                     loop(generators[1:], inner)
@@ -431,7 +431,7 @@ class _Interpreter:
         elif func is operator.pow and ints and b > 0 and abs(a) > 1:
             bits = math.log2(abs(a)) * b
             if bits > MAX_INT_BITS:
-                raise _OverBudget(f"integer power of {a.bit_length()}-bit base and exponent {_short(b)} is too "
+                raise _OverBudget(f"integer power of {a.bit_length()}-bit base and exponent {short_repr(b)} is too "
                                   f"large (about {bits:.3g} bits; integers have at most {MAX_INT_BITS} bits)")
 
 
@@ -553,7 +553,7 @@ def read_parfile(path: str | Path) -> ParValues:
         raise UsageError(f"{path}, line {_line_at(raw, MAX_FILE_BYTES)}: the file is more than "
                          f"{MAX_FILE_BYTES} bytes, the most a parameter file may have")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # files saved on Windows may open with a byte-order mark
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read parameter file {path}: it is not UTF-8 text (line "
                         f"{_line_at(raw, exc.start)})") from None

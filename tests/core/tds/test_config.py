@@ -106,3 +106,15 @@ def test_helper_names_far_from_every_option_stay_warnings(tmp_path, caplog):
     assert tds["threshold"] == 200000.0
     for name in ("activ1", "r4", "spots_wanted", "n"):
         assert name in caplog.text and name not in tds
+
+
+def test_messages_and_warnings_show_large_values_cut(tmp_path, caplog):
+    conf = CONF.replace('CGUESS = {"A11": [137.0, -1000, 10000], "A14": [-20.0, -1000, 10000]}', "CGUESS = [0] * 10**5")
+    with pytest.raises(UsageError, match=r"CGUESS must be a dict .*got <a list of 100000 items>$"):
+        read_tds_config(write(tmp_path, conf=conf))
+    helpers = "".join(f"helper_variable_{i:03d}_{'x' * 60} = {i}\n" for i in range(30))
+    read_tds_config(write(tmp_path, main=INPUT + helpers))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ignored"))
+    # orientation_codes (from the conf_file) and 30 helpers: 20 names shown, 11 counted
+    assert line.endswith(" and 11 more") and "helper_variable_018_" in line and "helper_variable_019_" not in line
+    assert len(line) < 20 * 50 + 100

@@ -345,3 +345,17 @@ def test_values_nested_by_repeated_assignment_are_refused():
     text = "a = 0\n" + "a = [a]\n" * 150
     refused(text, rf"conf.par, line {parfile.MAX_DEPTH + 2}: a value nested {parfile.MAX_DEPTH + 1} deep is too deep")
     assert parse_parfile("a = 0\n" + "a = [a]\n" * parfile.MAX_DEPTH)["a"] is not None
+
+
+def test_byte_order_mark_and_binary_files(tmp_path):
+    bom = tmp_path / "windows.par"
+    bom.write_bytes("\ufeffthreshold = 5\r\n".encode("utf-8"))
+    assert read_parfile(bom) == {"threshold": 5}
+    image = tmp_path / "image.par"
+    image.write_bytes(b"x = 1\ny = 2\n\x89PNG\r\n\x1a\n\xff\xd8")
+    with pytest.raises(DataError, match=r"image.par: it is not UTF-8 text \(line 3\)$"):
+        read_parfile(image)
+    nul = tmp_path / "nul.par"
+    nul.write_bytes(b"x = 1\n\x00\x00")
+    with pytest.raises(UsageError, match=r"nul.par, line 2: a NUL byte; a parameter file is text$"):
+        read_parfile(nul)
