@@ -160,7 +160,7 @@ def engine_segments(iter_info: list) -> list[tuple[int, str]]:
     """(first run iteration, engine) of each engine in turn: a new engine name or a restarted count."""
     segments, previous = [], None
     for rec in iter_info:
-        engine, within = str(rec.get("engine", "")), int(rec.get("iteration", 0))
+        engine, within = str(rec.get("engine", "")), int(rec.get("iteration", rec["iterations"]))
         if previous is None or engine != previous[0] or within <= previous[1]:
             segments.append((int(rec["iterations"]), engine))
         previous = (engine, within)
