@@ -190,8 +190,12 @@ class FrameFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._raw = open_regular(self.path)
-        magic = self._raw.read(3)
-        self._raw.seek(0)
+        try:
+            magic = self._raw.read(3)
+            self._raw.seek(0)
+        except OSError as exc:
+            self._raw.close()
+            raise DataError(f"cannot read detector frame {self.path}: {exc.strerror or exc}") from None
         if magic[:2] == b"\x1f\x8b":
             self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
         elif magic == b"BZh":
