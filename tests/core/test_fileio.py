@@ -74,3 +74,30 @@ def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_part(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("crash")
     assert target.read_text() == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+
+
+def test_difframe_writers_follow_the_umask(tmp_path, umask):
+    """The result writers themselves (.ptyr, PNG, parametri/JSON/HDF5 fit results, harvest) under umask 027."""
+    from types import SimpleNamespace
+
+    from difframe.param import Param
+    from difframe.ptycho.model import Storage
+    from difframe.ptycho.plotting import save_png
+    from difframe.ptycho.ptyr import write_ptyr
+    from difframe.tds.harvest import Harvest, write_harvest
+    from difframe.tds.results import write_all
+    from test_nexus import _fit_result
+
+    umask(0o027)
+    st = Storage(data=np.ones((1, 8, 8), np.complex64), psize=np.array([1e-7, 1e-7]), origin=np.zeros(2),
+                 energy_kev=6.2)
+    write_ptyr(tmp_path / "r.ptyr", SimpleNamespace(objects={"S": st}, probes={"S": st}, scans=[]), Param({}),
+               {"iter_info": []})
+    save_png(tmp_path / "p.png", {"S": st}, {"S": st}, [])
+    write_all(_fit_result(), tmp_path)
+    write_harvest(Harvest(Q=np.zeros((2, 3)), intensity=np.ones(2), spot=np.zeros(2, int), frame=np.zeros(2, int),
+                          pixel=np.zeros((2, 2), int), hkl=np.array([[1, 1, 1]]), G=np.ones((1, 3)),
+                          centroid=np.zeros((1, 3)), excluded_frames=np.zeros(0, int)), tmp_path / "h.h5")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert set(modes) == {"r.ptyr", "p.png", "parametri.txt", "fit_results.json", "fit_results.h5", "h.h5"}
+    assert set(modes.values()) == {0o640}, modes
