@@ -137,17 +137,17 @@ def _layout(path: Path, mime: dict[str, str]) -> tuple[tuple[int, int], str, int
 def _md5_ok(path: Path, mime: dict[str, str], binary: bytes) -> bool:
     """True when Content-MD5 is absent or matches; a mismatch raises, or warns and drops the frame
     (``DIFFRAME_BAD_CHECKSUM=drop``)."""
-    expected = mime.get("Content-MD5")
+    expected = mime.get("Content-MD5", "").strip()
     if not expected:
         return True
     got = base64.b64encode(hashlib.md5(binary, usedforsecurity=False).digest()).decode()
-    if got == expected.strip():
+    if got == expected:
         return True
     if checksum_policy() == "error":
         raise DataError(f"CBF frame {path} is corrupt: the MD5 of its binary section is {got}, its Content-MD5 "
-                        f"says {expected.strip()} (DIFFRAME_BAD_CHECKSUM=drop skips such frames with a warning)")
+                        f"says {shown(expected)} (DIFFRAME_BAD_CHECKSUM=drop skips such frames with a warning)")
     log.warning("CBF frame %s: the MD5 of its binary section is %s, its Content-MD5 says %s; the frame is dropped "
-                "(all its pixels read as -1, the invalid-pixel flag)", path, got, expected.strip())
+                "(all its pixels read as -1, the invalid-pixel flag)", path, got, shown(expected))
     return False
 
 
@@ -166,8 +166,7 @@ def cif_items(path, text: str) -> dict:
     i = 0
     while i < len(tokens):
         token = tokens[i]
-        low = token.lower() if isinstance(token, str) else ""
-        if low == "loop_":
+        if token.lower() == "loop_":
             i += 1
             names = []
             while i < len(tokens) and tokens[i].startswith("_"):
