@@ -30,6 +30,7 @@ log = logging.getLogger("difframe.ptycho.plotting")
 
 ERROR_LABELS = ("Fourier error", "deviance per pixel", "exit-wave change")
 _FFMPEG_FORMATS = {".mpg": "mpeg", ".mpeg": "mpeg", ".mp4": "mp4", ".avi": "avi", ".mkv": "matroska"}
+PNG_DPI = 80
 MOVIE_PIXELS = 400  # a movie keeps objects at most this many pixels across (a panel shows ~250)
 CYCLIC_SPAN = 1.8 * np.pi  # a phase range this wide is wrapped: drawn with a cyclic map over [-pi, pi]
 
@@ -243,15 +244,17 @@ def save_png(path, objects: dict, probes: dict, iter_info: list, title: str = ""
     """Draw and write a PNG atomically; returns its path, which keeps the picture for a movie."""
     pic = picture(objects, probes, iter_info, title, scanned)
     with atomic_path(path) as tmp:
-        draw_picture(pic).savefig(tmp, format="png", dpi=80)
+        draw_picture(pic).savefig(tmp, format="png", dpi=PNG_DPI)
     out = PlotFile(path)
     out.picture = picture(objects, probes, iter_info, title, scanned, max_pixels=MOVIE_PIXELS)
     return out
 
 
 def _rgb(fig) -> np.ndarray:
+    """The figure as an (H, W, 3) array, at the PNGs' resolution."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    fig.set_dpi(PNG_DPI)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -272,9 +275,7 @@ def make_movie(frames: list, path) -> Path:
                         f"in this process, so its colour limits cannot be fixed")
     pictures = [f.picture for f in frames]
     fixed = limits(pictures[-1])
-    images = [_rgb(draw_picture(pic, fixed)) for pic in [pictures[-1], *pictures]]
-    size = images[0].shape
-    images = [im if im.shape == size else _resized(im, size) for im in images]
+    images = [_rgb(draw_picture(pic, fixed)) for pic in [pictures[-1], *pictures]]  # one figure size: same shape
     durations = [1500] + [400] * (len(images) - 2) + [1500]
     path = Path(path)
     ffmpeg = shutil.which("ffmpeg")
@@ -289,12 +290,6 @@ def make_movie(frames: list, path) -> Path:
         first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=durations, loop=0)
     log.info("no ffmpeg: wrote the movie as an animated GIF %s", path)
     return path
-
-
-def _resized(image: np.ndarray, shape) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0])))
 
 
 def _ffmpeg(ffmpeg: str, images: list, durations: list, path: Path) -> None:
