@@ -180,33 +180,53 @@ def test_bad_input_is_named(simulated):
     assert "momentum" not in pie.VARIANTS["rPIE"][1] and "object_regularisation" not in pie.VARIANTS["ePIE"][1]
 
 
-def test_engines_chain_in_label_order_with_autosave(tmp_path, simulated):
-    """DM, RAAR, rPIE then ePIE in one run: each continues on the others' object and probe, every record
-    carries the common metrics, autosaves are written by whichever engine crosses the interval."""
+def _truth_run(tmp_path, prep, engines, **extra):
     import difframe
     from difframe import Run
     from difframe.manager import PluginManager
-    from difframe.ptycho.ptyr import read_ptyr
     from difframe.types import RecipeSpec
-
-    prep, probe, truth = simulated
 
     class Truth:
         @difframe.hookimpl
         def difframe_recipes(self):
             yield RecipeSpec(name="truth", summary="simulated scan", prepare=lambda p, ctx: prep)
 
+    params = {"run": "c", "io": {"paths": {"home": str(tmp_path)}, "autosave": {"interval": 5}},
+              "plotclient": {"dump_interval": None}, "engines": engines}
+    params.update(extra)
+    return Run(params, plugins=PluginManager(plugins=[Truth()])).run()
+
+
+def test_pie_resumes_from_its_ptyr(tmp_path, simulated):
+    """A second run started from the first one's .ptyr begins where the first ended, not where a fresh one does."""
+    from difframe.ptycho.ptyr import read_ptyr
+
+    prep, probe, truth = simulated
     guess = amplitude_guess(prep, truth.psize)
-    params = {
-        "run": "c", "io": {"paths": {"home": str(tmp_path)}, "autosave": {"interval": 5}},
-        "plotclient": {"dump_interval": None},
-        "scans": {"a": {"data": {"source": "truth"}, "illumination": {"model": guess}}},
-        "engines": {"z": {"name": "DM", "numiter": 4, "numiter_contiguous": 2},
-                    "y": {"name": "RAAR", "numiter": 4, "numiter_contiguous": 2},
-                    "x": {"name": "rPIE", "numiter": 4, "numiter_contiguous": 2},
-                    "w": {"name": "ePIE", "numiter": 4, "numiter_contiguous": 4, "seed": 3}},
-    }
-    results = Run(params, plugins=PluginManager(plugins=[Truth()])).run()
+    engines = {"p": {"name": "mPIE", "numiter": 6, "numiter_contiguous": 3}}
+    fresh = {"a": {"data": {"source": "truth"}, "illumination": {"model": guess}}}
+    first = _truth_run(tmp_path / "one", prep, engines, scans=fresh)["reconstruction"]
+    recon = {"model": "recon", "recon": {"rfile": str(first)}}
+    resumed = _truth_run(tmp_path / "two", prep, engines, scans={"a": {"data": {"source": "truth"},
+                                                                         "illumination": recon, "sample": recon}})
+    one, two = read_ptyr(first).iter_info, read_ptyr(resumed["reconstruction"]).iter_info
+    assert two[0]["error"][1] < 0.5 * one[0]["error"][1]  # deviance of the first epoch
+    assert two[-1]["error"][1] <= one[-1]["error"][1] * 1.05
+
+
+def test_engines_chain_in_label_order_with_autosave(tmp_path, simulated):
+    """DM, RAAR, rPIE then ePIE in one run: each continues on the others' object and probe, every record
+    carries the common metrics, autosaves are written by whichever engine crosses the interval."""
+    from difframe.ptycho.ptyr import read_ptyr
+
+    prep, probe, truth = simulated
+    guess = amplitude_guess(prep, truth.psize)
+    results = _truth_run(tmp_path, prep, {
+        "z": {"name": "DM", "numiter": 4, "numiter_contiguous": 2},
+        "y": {"name": "RAAR", "numiter": 4, "numiter_contiguous": 2},
+        "x": {"name": "rPIE", "numiter": 4, "numiter_contiguous": 2},
+        "w": {"name": "ePIE", "numiter": 4, "numiter_contiguous": 4, "seed": 3}},
+        scans={"a": {"data": {"source": "truth"}, "illumination": {"model": guess}}})
     r = read_ptyr(results["reconstruction"])
     assert results["reconstruction"].name == "c_ePIE_0016.ptyr"
     assert [i["engine"] for i in r.iter_info] == ["DM"] * 4 + ["RAAR"] * 4 + ["rPIE"] * 4 + ["ePIE"] * 4
