@@ -210,12 +210,12 @@ def draw_picture(pic: Picture, fixed: dict | None = None):
         lo, hi = lim["amplitude"].get(oid, (None, None))
         im = axes[row, 0].imshow(np.abs(mode0), cmap="gray", vmin=lo, vmax=hi)
         axes[row, 0].set_title(f"object {oid}: amplitude")
-        fig.colorbar(im, ax=axes[row, 0], shrink=0.8)
+        fig.colorbar(im, ax=axes[row, 0], shrink=0.8, extend="both")  # limits are percentiles: a few clip
         lo, hi = lim["phase"].get(oid, (-np.pi, np.pi))
         cyclic = hi - lo > CYCLIC_SPAN
         im = axes[row, 1].imshow(np.angle(mode0), cmap="twilight" if cyclic else "viridis", vmin=lo, vmax=hi)
         axes[row, 1].set_title("phase [rad]" + (" (cyclic: wraps)" if cyclic else ""))
-        fig.colorbar(im, ax=axes[row, 1], shrink=0.8)
+        fig.colorbar(im, ax=axes[row, 1], shrink=0.8, extend="neither" if cyclic else "both")
         for ax in axes[row, :2]:
             scale_bar(ax, psize, mode0.shape[1])
     for row, (pid, (probe, psize)) in enumerate(pic.probes.items()):
