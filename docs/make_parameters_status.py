@@ -104,8 +104,10 @@ def patterns(path: str) -> tuple[re.Pattern, re.Pattern | None, re.Pattern | Non
     key, parent = parts[-1], parts[-2]
     written = re.compile(r"""["']""" + re.escape(key) + r"""["']|\b""" + re.escape(key) + r"""\s*=[^=]|\.""" +
                          re.escape(key) + r"\b")
-    parent = re.escape(parent) + (f"|{PARENT_ALIASES[parent]}" if parent in PARENT_ALIASES else "")
-    return strong, written, re.compile(r"""(?<![\w])(?:""" + parent + r""")(?![\w])""", re.I)
+    parent = "(?:" + re.escape(parent) + (f"|{PARENT_ALIASES[parent]}" if parent in PARENT_ALIASES else "") + ")"
+    # the parent written as a key (quoted, dotted, a TOML table) or in the test file's path, not as any word
+    used = r"""["']%s["']|(?<![\w.])%s\.|\[[\w.]*%s\]|/%s/|_%s[_.]""" % ((parent,) * 5)
+    return strong, written, re.compile(used, re.I)
 
 
 def tests_of(path: str, functions, unique_keys=frozenset()) -> list[str]:
@@ -120,6 +122,8 @@ def tests_of(path: str, functions, unique_keys=frozenset()) -> list[str]:
     if len(found) < MAX_TESTS:
         found += [name for name, src in functions if name not in found and written.search(src)
                   and (parent is None or parent.search(src) or parent.search(name))]
+    near = [part.lower() for part in path.split(".") if len(part) >= 3]  # tests/plugins/recipes/test_hdf5_stack.py
+    found.sort(key=lambda name: -sum(part in name.partition("::")[0].lower() for part in near))  # for a stack node
     tests = [n for n in found if "::test_" in n]
     for helper in found if not tests else ():  # a helper of the file's tests (a fixture, a run builder): its users
         file, _, name = helper.partition("::")
