@@ -547,7 +547,7 @@ def start_live_view(run, server: InteractionServer | None, ranks) -> subprocess.
         return None
     command = [sys.executable, "-m", "difframe.cli", "watch", server.address, "--every",
                str(run.params.plotclient.interval), "--timeout", str(LIVE_VIEW_TIMEOUT)]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # errors: stderr
     log.info("plotclient.active: live view started (difframe watch %s, process %d)", server.address, process.pid)
     return process
 
