@@ -155,6 +155,7 @@ class WindowView:
 
     def finish(self, title: str) -> None:
         """Keep the last picture on screen until the window is closed."""
-        self.figure.canvas.manager.set_window_title(title)
+        if self.open:
+            self.figure.canvas.manager.set_window_title(title)
         while self.open:
             self.plt.pause(0.2)

@@ -193,3 +193,22 @@ def test_the_error_history_a_watcher_rebuilds_is_the_runs_own():
         assert {k: mine[k] for k in ("iteration", "iterations", "engine")} == \
             {k: theirs[k] for k in ("iteration", "iterations", "engine")}
         np.testing.assert_array_equal(mine["error"], theirs["error"])
+
+
+def test_window_view_updates_one_image_and_ends_when_its_window_is_closed(monkeypatch):
+    """The window path under Agg (no display here): each state replaces the image; closing ends the wait."""
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(watch, "_HEADLESS_BACKENDS", ())
+    view = watch.WindowView()
+    rng = np.random.default_rng(0)
+    snap = {"objects": {"s": np.exp(1j * rng.random((1, 24, 24)))}, "probes": {"s": rng.random((1, 16, 16)) + 0j},
+            "iter_info": [{"iteration": 1, "iterations": 1, "engine": "DM", "error": np.ones(3)}], "scanned": {}}
+    view.show({"run": "w", "engine": "DM", "iteration": 1}, snap)
+    first = view.image.get_array().copy()
+    snap["objects"]["s"] = snap["objects"]["s"] * 0.5
+    view.show({"run": "w", "engine": "DM", "iteration": 2}, snap)
+    assert view.pictures == 2 and len(view.axes.images) == 1 and not np.array_equal(view.image.get_array(), first)
+    plt.close(view.figure)
+    view.finish("w: ended")  # returns at once: the window is closed
+    assert not view.open
