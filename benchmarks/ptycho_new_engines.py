@@ -1,6 +1,6 @@
 """RAAR and the PIE family (ePIE, rPIE, mPIE) against DM: seconds per iteration and object error, one run.
 
-    .venv/bin/python benchmarks/ptycho_new_engines.py [--iterations 60] [--epochs 30] [--photons 1e8]
+    .venv/bin/python benchmarks/ptycho_new_engines.py [--iterations 100] [--epochs 60] [--photons 1e8]
                                                       [--frames 161 1000]
 
 Two parts, every figure measured in this run:
@@ -8,7 +8,8 @@ Two parts, every figure measured in this run:
 1. Speed: median seconds per iteration (PIE: per epoch, every frame visited
    once) on far-field frames of 128 x 128 (benchmarks/ptycho_engines.py's
    problem: 161 frames as ptypy's moonflower, and 1000), after warm-up
-   iterations (kernels compiled or loaded from the cache).  Ratios to DM;
+   iterations (kernels compiled or loaded from the cache), the engines taking
+   turns one iteration at a time so that a changing load hits all alike.  Ratios to DM;
    target RAAR <= 1.1 x DM.  A plain numpy ePIE (one frame at a time:
    gather, FFT, modulus, inverse FFT, updates; PtyLab's ePIE is written this
    way) gives the PIE epoch a yardstick measured on the same frames.
@@ -52,17 +53,22 @@ def fresh_model(prep, probe):
                           init_probe=lambda *a: probe, init_object=lambda label, shape, *a: np.ones((1, *shape)))
 
 
-def time_per_iteration(spec, params, model, iterations: int, warmup: int = 3) -> float:
-    engine = spec.factory(params, model)
-    engine.initialize()
-    engine.iterate(warmup)
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        engine.iterate(1)
-        times.append(time.perf_counter() - start)
-    engine.finalize()
-    return float(np.median(times))
+def interleaved_times(engines: dict, rounds: int, warmup: int = 3) -> dict:
+    """name -> median seconds of one iteration; the engines take turns, one iteration each per round, so a
+    change of the machine's load between engines hits all alike."""
+    for engine in engines.values():
+        engine.initialize()
+        engine.iterate(warmup)  # past probe_update_start: every kernel compiled (or loaded), buffers touched
+    times = {name: [] for name in engines}
+    names = list(engines)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            engines[name].iterate(1)
+            times[name].append(time.perf_counter() - start)
+    for engine in engines.values():
+        engine.finalize()
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def numpy_epie_epoch(prep, probe, seed: int = 0) -> float:
@@ -90,11 +96,12 @@ def speed(frames_list, home: Path) -> None:
     print("1. seconds per iteration (PIE: per epoch), far field 128 x 128, complex64")
     for frames in frames_list:
         prep, probe = problem(frames, 128, 1)
-        reps = 5 if frames <= 200 else 3
-        t = {}
+        engines = {}
         for name in ENGINES:
             spec, p = engine_params(name, 100, home)
-            t[name] = time_per_iteration(spec, p, fresh_model(prep, probe), reps)
+            engines[name] = spec.factory(p, fresh_model(prep, probe))
+        t = interleaved_times(engines, 7 if frames <= 200 else 5)
+        del engines
         t_np = numpy_epie_epoch(prep, probe)
         print(f"  {frames} frames:")
         for name in ENGINES:
@@ -133,8 +140,8 @@ def quality(iterations: int, epochs: int, photons: float, home: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=60, help="DM and RAAR iterations (quality)")
-    ap.add_argument("--epochs", type=int, default=30, help="PIE epochs (quality)")
+    ap.add_argument("--iterations", type=int, default=100, help="DM and RAAR iterations (quality)")
+    ap.add_argument("--epochs", type=int, default=60, help="PIE epochs (quality)")
     ap.add_argument("--photons", type=float, default=1e8, help="photons per frame (quality)")
     ap.add_argument("--frames", type=int, nargs="*", default=[161, 1000], help="frame counts (speed)")
     ap.add_argument("--skip-speed", action="store_true")

@@ -134,7 +134,7 @@ class PIE:
                          for pid, st in m.probes.items()}
         self.reg = (float(self.p.get("object_regularisation", 1.0)), float(self.p.get("probe_regularisation", 1.0)))
         self.momentum = float(self.p.get("momentum", 0.0))
-        self.velocity = None  # mPIE: (objects, probes) velocities, and the state at the last epoch's end
+        self.velocity = None  # mPIE: (kind, id) -> velocity, and -> the state at the last epoch's end
         self.previous = None
 
     def iterate(self, n: int) -> list[dict]:
@@ -184,24 +184,36 @@ class PIE:
             pm.clip_amplitude(st.data, p.clip_object)
         metrics = {"fourier_error": err_sum / max(frames, 1), "deviance": dev_sum / max(self.points, 1),
                    "exit_change": change_sum / max(frames, 1)}
-        metrics.update(pm.orthogonalise_probes(m) if p.orthogonal_modes else pm.mode_powers(m))
+        metrics.update(self._orthogonalise() if p.orthogonal_modes else pm.mode_powers(m))
         return metrics
 
     def _momentum(self, update_probe: bool) -> None:
-        """mPIE: v <- eta v + (state - state at the last epoch's end); state += eta v."""
+        """mPIE: v <- eta v + (state - state at the last epoch's end); state += eta v, for every object and
+        (once the probe moves) every probe.  The probes' velocities and last states are kept per probe id so
+        that the mode orthogonalisation mixes them with the modes."""
         m, eta = self.model, self.momentum
-        arrays = [st.data for st in m.objects.values()] + ([st.data for st in m.probes.values()]
-                                                           if update_probe else [])
-        if self.previous is None or len(self.previous) != len(arrays):
-            self.previous = [a.copy() for a in arrays]
-            self.velocity = [np.zeros_like(a) for a in arrays]
+        states = {("object", oid): st.data for oid, st in m.objects.items()}
+        if update_probe:
+            states.update({("probe", pid): st.data for pid, st in m.probes.items()})
+        if self.previous is None or set(self.previous) != set(states):
+            self.previous = {key: a.copy() for key, a in states.items()}
+            self.velocity = {key: np.zeros_like(a) for key, a in states.items()}
             return
-        for a, prev, v in zip(arrays, self.previous, self.velocity):
+        for key, a in states.items():
+            v, prev = self.velocity[key], self.previous[key]
             v *= eta
             v += a
             v -= prev
             a += eta * v
             prev[...] = a
+
+    def _orthogonalise(self) -> dict:
+        """Orthogonal probe modes; mPIE's probe velocities and last states are mixed alike."""
+        memory = ()
+        if self.previous is not None and any(kind == "probe" for kind, _ in self.previous):
+            memory = tuple({pid: store[("probe", pid)] for pid in self.model.probes}
+                           for store in (self.previous, self.velocity))
+        return pm.orthogonalise_probes(self.model, probe_arrays=memory)
 
 
 def _factory(variant):
