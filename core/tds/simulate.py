@@ -47,6 +47,7 @@ log = logging.getLogger("difframe.tds.simulate")
 
 CENTERINGS = ("P", "I", "F", "C", "R")
 FRAME_CHUNK = 8  # frames evaluated together: bounds the (chunk, rows, cols, 3) temporaries
+MIN_SUBSTEPS = 3  # Gauss-Legendre nodes per exposure at least (one node would be the centre: no integration)
 
 
 def allowed_reflections(hkl: np.ndarray, centering: str) -> np.ndarray:
@@ -268,10 +269,11 @@ def _predict_spots(sim: SimulationSpec, options: Mapping[str, Any]) -> dict[str,
 
 
 def exposure_substeps(sim, options, q_lab) -> int:
-    """Nodes per exposure: as many as the fastest pixel's Q moves by sigma (the Bragg peak's width) in a frame."""
+    """Nodes per exposure: as many as the fastest pixel's Q moves by sigma (the Bragg peak's width) in a frame,
+    and at least :data:`MIN_SUBSTEPS` (fine frames: the TDS is then nearly a low polynomial across the frame)."""
     sigma = float(options["DeltaQ_min"]) * sim.geometry.lattice.max_reciprocal / 6.0
     travel = float(np.linalg.norm(q_lab, axis=-1).max()) * np.radians(abs(sim.geometry.angular_step))
-    return max(1, int(np.ceil(travel / sigma))) if sigma > 0 else 1
+    return max(MIN_SUBSTEPS, int(np.ceil(travel / sigma))) if sigma > 0 else MIN_SUBSTEPS
 
 
 def _expected_counts(sim, options, c_voigt, q_lab, frames, substeps: int = 1) -> np.ndarray:
