@@ -18,6 +18,7 @@ import scipy.fft
 import difframe
 from difframe import optics
 from difframe.ptycho import model as pm
+from difframe.ptycho import subpixel
 from difframe.types import EngineSpec, Parameter
 
 log = logging.getLogger("difframe.engines.ml")
@@ -67,6 +68,13 @@ PARAMETERS = {
             "and the probe then move at the pace of the rest, as in the PIE family and least-squares ML codes; "
             "the line search still sets the step. On the real P25 scan it lowers the deviance the conjugate "
             "gradients settle at (benchmarks/p25.py); scale_precond is not needed with it."),
+    "subpixel_positions": Parameter(
+        type="bool", default=False, help="Place each frame's window at its exact, sub-pixel position (difframe's addition)",
+        doc="difframe adds this node: the model's windows sit on the object's pixel grid, so a position is rounded by "
+            "up to half a pixel. With this on, each window is shifted by its frame's fractional offset with a Fourier "
+            "phase ramp (difframe.ptycho.subpixel), for the likelihood, its gradients and the line search; refined "
+            "positions (position_refinement) then act with their sub-pixel part too. It costs about three more FFTs "
+            "per frame and iteration. Worth it when features are a few pixels wide, as in near-field holograms."),
     "illumination_regularisation": Parameter(
         type="float", default=0.1, lowlim=0.0,
         help="Fraction of the maximum illumination added before dividing (illumination_precond)",
@@ -129,6 +137,7 @@ class MaximumLikelihood:
         self.prev = None  # (preconditioned object gradients, probe gradients, preconditioned probe gradients, dot)
         self.directions = None
         self.scale_p_o = float(self.p.scale_probe_object)
+        self.views = {}  # subpixel_positions: each scan's shifted object windows, kept for the line search
 
     def iterate(self, n: int) -> list[dict]:
         out = []
@@ -140,6 +149,7 @@ class MaximumLikelihood:
     def finalize(self) -> dict:
         self.fields.clear()
         self.buffers.clear()
+        self.views.clear()
         return {"engine": "ML", "iterations": self.iteration}
 
     # -- one conjugate-gradient step ----------------------------------------------------------
@@ -225,11 +235,17 @@ class MaximumLikelihood:
             pconj = np.conj(probe) * scan.object_power
             ppower = pm.intensity(probe[None])[0] * scan.object_power if precond else None
             bg_sums = pm.background_sums(scan, fit_bg)
+            shifts = self._shifts(scan)
             for sl in m.chunks(scan, self.fields[scan.label].shape[1]):
                 corners = scan.corners[sl]
                 n = len(corners)
                 fields = self.fields[scan.label][sl]
-                k.pods(probe, obj, corners, fields)
+                if shifts is None:
+                    k.pods(probe, obj, corners, fields)
+                else:
+                    views = self.views[scan.label][sl]
+                    views[...] = subpixel.views(obj, corners, shifts[sl], scan.shape)
+                    pm.exit_waves(probe, views, out=fields.reshape(n, *probe.shape[:1], *views.shape[1:]))
                 scan.propagator.forward(fields, overwrite=True)  # in place (optics): kept for the line search
                 chi = self.buffers[fields.shape[1:]][0][:n]
                 err, lls, dev = np.empty(n), np.empty(n), np.empty(n)
@@ -242,10 +258,13 @@ class MaximumLikelihood:
                 dev_sum += float(dev.sum())
                 frames += n
                 chi = scan.propagator.backward(chi, overwrite=True)
-                k.add_object_update(ob_grad[scan.object_id], self.ob_light.get(scan.object_id), pconj, ppower, chi,
-                                    corners)
-                k.add_probe_update(pr_grad[scan.probe_id], self.pr_light.get(scan.probe_id), obj, chi, corners,
-                                   weight=scan.probe_power)
+                if shifts is None:
+                    k.add_object_update(ob_grad[scan.object_id], self.ob_light.get(scan.object_id), pconj, ppower,
+                                        chi, corners)
+                    k.add_probe_update(pr_grad[scan.probe_id], self.pr_light.get(scan.probe_id), obj, chi, corners,
+                                       weight=scan.probe_power)
+                else:
+                    self._subpixel_gradients(scan, sl, chi, pconj, ppower, ob_grad, pr_grad, shifts[sl])
             if len(bg_sums):
                 # a coordinate step: the background moves between the gradient and the line search, whose
                 # likelihood expansion is then taken at the new background
@@ -253,6 +272,30 @@ class MaximumLikelihood:
         m.ranks.sum_arrays(*ob_grad.values(), *pr_grad.values(), *self.ob_light.values(), *self.pr_light.values())
         ll, err_sum, dev_sum, frames = m.ranks.sum(ll, err_sum, dev_sum, frames)
         return ll, err_sum, dev_sum, frames, ob_grad, pr_grad
+
+    def _shifts(self, scan) -> np.ndarray | None:
+        """Each held frame's fractional offset from its window (subpixel_positions), else None."""
+        if not self.p.subpixel_positions:
+            return None
+        obj = self.model.objects[scan.object_id]
+        if scan.label not in self.views:
+            self.views[scan.label] = np.empty((scan.num_frames, obj.data.shape[0], *scan.shape), self.model.cdtype)
+        return subpixel.offsets(scan, obj)
+
+    def _subpixel_gradients(self, scan, sl, chi, pconj, ppower, ob_grad, pr_grad, shifts) -> None:
+        """Object and probe gradients (and illuminations) of frames ``sl`` through their shifted windows."""
+        views = self.views[scan.label][sl]
+        n, n_obj = views.shape[:2]
+        chi = chi.reshape(n, pconj.shape[0], n_obj, *scan.shape)
+        subpixel.add_back(ob_grad[scan.object_id], np.einsum("phw,npohw->nohw", pconj, chi), scan.corners[sl],
+                          shifts)
+        pr_grad[scan.probe_id] += scan.probe_power * np.einsum("nohw,npohw->phw", np.conj(views), chi)
+        if self.ob_light:
+            light = np.broadcast_to(ppower.astype(views.dtype), (n, 1, *scan.shape))
+            real = np.zeros((1, *self.ob_light[scan.object_id].shape), views.dtype)
+            subpixel.add_back(real, light, scan.corners[sl], shifts)
+            self.ob_light[scan.object_id] += real[0].real
+            self.pr_light[scan.probe_id] += scan.probe_power * np.sum(np.abs(views) ** 2, axis=(0, 1))
 
     def _regulariser_gradient(self, ob_grad) -> float:
         """Add the del2 prior's gradient; return its value."""
@@ -293,11 +336,20 @@ class MaximumLikelihood:
             probe, dprobe = m.probes[scan.probe_id].data, h_pr[scan.probe_id]
             obj, dobj = m.objects[scan.object_id].data, h_ob[scan.object_id]
             pods = self.fields[scan.label].shape[1]
+            shifts = self._shifts(scan)
             for sl in m.chunks(scan, 2 * pods):
                 corners = scan.corners[sl]
                 n = len(corners)
                 first, second = (buf[:n] for buf in self.buffers[(pods, *scan.shape)])
-                self.ml_kernels.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
+                if shifts is None:
+                    self.ml_kernels.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
+                else:
+                    views = self.views[scan.label][sl]
+                    dviews = subpixel.views(dobj, corners, shifts[sl], scan.shape)
+                    shape = (n, *probe.shape[:1], *views.shape[1:])
+                    pm.exit_waves(dprobe, views, out=first.reshape(shape))
+                    first += pm.exit_waves(probe, dviews).reshape(first.shape)
+                    pm.exit_waves(dprobe, dviews, out=second.reshape(shape))
                 first = scan.propagator.forward(first, overwrite=True)
                 second = scan.propagator.forward(second, overwrite=True)
                 sums = np.empty((n, 3))

@@ -25,7 +25,8 @@ def reference_engine_nodes(text):
 
 
 #: nodes difframe adds to the reference's engine subtrees
-ADDED = {"engine.DM.floating_intensities", "engine.ML.illumination_precond", "engine.ML.illumination_regularisation"}
+ADDED = {"engine.DM.floating_intensities", "engine.ML.illumination_precond", "engine.ML.illumination_regularisation",
+         "engine.ML.subpixel_positions"}
 
 
 @pytest.fixture(scope="module")
