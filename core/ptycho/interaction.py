@@ -620,8 +620,9 @@ class InteractionClient:
         return self.request({"request": "status"}, idle)[0]
 
     def snapshot(self, status: dict, idle=None) -> dict:
-        """Every object and probe of ``status["arrays"]`` and the error history, as the pictures of
-        :mod:`difframe.ptycho.plotting` take them: ``{"objects", "probes", "iter_info", "scanned", "iteration"}``.
+        """Every object and probe of ``status["arrays"]`` (``{"data", "psize"}``) and the error history, as the
+        pictures of :mod:`difframe.ptycho.plotting` take them: ``{"objects", "probes", "iter_info", "scanned",
+        "iteration"}``.
 
         ``iter_info`` has one record per iteration (``iteration`` within the
         engine, ``iterations`` over the run, ``engine``, ``error``); ``scanned`` the scan positions in object pixels.
@@ -634,8 +635,12 @@ class InteractionClient:
             return self.request(message, idle)[1][0]
 
         arrays, geometry = status["arrays"], status.get("geometry", {})
-        objects = {k: fetch("object", k) for k in arrays["object"]}
-        probes = {k: fetch("probe", k) for k in arrays["probe"]}
+
+        def storage(kind, ident):  # with its pixel size, so that pictures get scale bars
+            return {"data": fetch(kind, ident), "psize": geometry.get(kind, {}).get(ident, {}).get("psize")}
+
+        objects = {k: storage("object", k) for k in arrays["object"]}
+        probes = {k: storage("probe", k) for k in arrays["probe"]}
         scanned = {}
         if len(objects) == 1 and "object" in geometry:  # positions are per scan; one object frame holds them all
             (oid, g), = geometry["object"].items()

@@ -63,7 +63,8 @@ def record_served_states(monkeypatch) -> dict:
         model, info = self.model, self.runtime["iter_info"]
         (oid, st), = model.objects.items()
         states[len(info)] = {
-            "objects": {oid: st.data.copy()}, "probes": {k: p.data.copy() for k, p in model.probes.items()},
+            "objects": {oid: {"data": st.data.copy(), "psize": st.psize.copy()}},  # psize: the scale bars
+            "probes": {k: {"data": p.data.copy(), "psize": p.psize.copy()} for k, p in model.probes.items()},
             "iter_info": [{"iteration": e["iteration"], "iterations": e["iterations"], "engine": e["engine"],
                            "error": e["error"].copy()} for e in info],
             "scanned": {oid: np.concatenate([(s.positions - st.origin) / st.psize for s in model.scans])}}
