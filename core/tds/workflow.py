@@ -178,14 +178,13 @@ def _run_tds(run, tds, output_dir: Path, comm) -> dict:
 
     results: dict[str, Any] = {}
     load_from = _path(tds, "load_from_file")
-    run.progress.say("run %s: TDS %s; results in %s", run.run_name,
-                     "fit of the harvest " + load_from if load_from else "harvest of images_prefix*images_postfix",
-                     output_dir)
+    files = None if load_from else frame_files(tds)  # a missing frame is named before anything is said
+    run.progress.say("run %s: TDS %s; results in %s", run.run_name, f"fit of the harvest {load_from}" if load_from
+                     else f"harvest of {len(files)} frames {files[0].name} .. {files[-1].name}", output_dir)
     if load_from is None:
         recipe = run.plugins.get("recipe", RECIPE)
         size = 1 if comm is None else comm.Get_size()
-        frames = -(-len(frame_files(tds)) // size)  # rank 0's block, the one it shows
-        with run.progress.bar("harvest", frames, unit="frame") as bar:
+        with run.progress.bar("harvest", -(-len(files) // size), unit="frame") as bar:  # rank 0's block
             result = recipe.prepare(tds, {"plugins": run.plugins, "comm": comm, "progress": bar})
         if comm is not None and comm.Get_rank() != 0:
             return {}

@@ -199,7 +199,7 @@ def test_progress_lines_of_harvest_fit_and_vissim(experiment, tmp_path, caplog, 
     tds.update(save_to_file=str(tmp_path / "harvest.h5"), output_directory=str(tmp_path))
     run_tds(tds)
     lines = [r.getMessage() for r in caplog.records if r.name == "difframe.progress"]
-    assert lines[0] == f"run difframe: TDS harvest of images_prefix*images_postfix; results in {tmp_path}"
+    assert lines[0] == f"run difframe: TDS harvest of 40 frames scan_0000.cbf .. scan_0039.cbf; results in {tmp_path}"
     counts = [int(m.group(1)) for m in map(re.compile(r"harvest: (\d+)/40 \[").match, lines) if m]
     assert counts == sorted(counts) and counts[-1] == 40 == len(list(experiment.glob("scan_*.cbf")))
     assert lines[-1].startswith("run difframe done in") and str(tmp_path / "harvest.h5") in lines[-1]
