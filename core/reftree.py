@@ -135,7 +135,7 @@ NODES = {
         type=('bool',),
         default=True,
         help='Live plotting switch',
-        doc='If True, a plotting client will be spawned and connected at initialization. This option should be set to False when ptypy is run on a cluster.\n\ndifframe spawns `difframe watch ADDRESS` (a window with object, probe modes and error curves) as its own process when the run has an interaction server (an `interaction` section: the reference\'s default, None, has none) and a display; otherwise it says so in one log line. `difframe watch ADDRESS --png DIR` shows a run headless.',
+        doc='If True, a plotting client will be spawned and connected at initialization. This option should be set to False when ptypy is run on a cluster.\n\ndifframe spawns `difframe watch ADDRESS` (a window with object, probe modes and error curves) as its own process when the run has an interaction server (an `interaction` section; by default there is none) and a display; otherwise it says so in one log line. `difframe watch ADDRESS --png DIR` shows a run headless.',
     ),
     'plotclient.interval': P(
         type=('int',),
