@@ -57,7 +57,7 @@ def ptycho_inputs(run) -> list[tuple[str, str]]:
                 found.append((f"{where}.data.recipe.{name}.{key}", str(recipe[key])))
         for part in ("illumination", "sample"):
             model = scan[part]
-            if model.model == "recon" and model.recon.rfile:
+            if isinstance(model.model, str) and model.model == "recon" and model.recon.rfile:
                 pattern = str(model.recon.rfile)
                 matches = sorted(glob.glob(pattern)) or [pattern]
                 found.append((f"{where}.{part}.recon.rfile", matches[-1]))

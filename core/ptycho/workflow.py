@@ -23,6 +23,7 @@ import numpy as np
 
 from difframe import parallel, runlock
 from difframe.errors import DataError, DifframeError, ParameterError, UsageError
+from difframe.inputs import check_inputs
 from difframe.ptycho import interaction
 from difframe.ptycho import model as pm
 from difframe.ptycho import plotting
@@ -266,6 +267,12 @@ def run_ptycho(run) -> dict:
     if not run.params.engines:
         raise UsageError("no engines given: add engines.<label> with name = \"DM\" or \"ML\"")
     ranks = parallel.world()
+    failure = None
+    try:  # a missing or broken input file is the run's one message, before it says anything
+        check_inputs(run)
+    except DifframeError as err:
+        failure = err
+    ranks.raise_first(failure)
     with runlock.holding(run.home, run.run_name, output_globs(run), ranks):
         return _reconstruct(run, ranks)
 

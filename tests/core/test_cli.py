@@ -139,6 +139,13 @@ def test_dry_run_opens_every_input_file_and_names_a_missing_or_broken_one(capsys
         code, out, err = run_cli(capsys, *base, "-p", f"{node}={str(bad)!r}")
         assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
         assert re.match(rf"difframe run: error: {re.escape(node)} = '{re.escape(str(bad))}': {why}", err), err
+    # a run (not dry) says the same, and nothing else, before it starts anything
+    home = tmp_path / "home"
+    code, out, err = run_cli(capsys, "run", str(EXAMPLES / "p25.toml"), "-p", f"{node}={str(tmp_path / 'gone.cxi')!r}",
+                             "-p", f"io.paths.home={str(home)!r}")
+    assert (code, out) == (1, "") and err.strip().splitlines() == [
+        f"difframe run: error: {node} = '{tmp_path / 'gone.cxi'}': no such file"]
+    assert not home.exists()
     # a model started from a reconstruction: its .ptyr is an input too
     code, out, err = run_cli(capsys, "run", str(EXAMPLES / "patterns.toml"), "--dry-run",
                              "-p", 'scans.grid.illumination.model="recon"',
