@@ -61,10 +61,12 @@ def test_functions() -> list[tuple[str, str]]:
         if path.name == "test_parameters_status.py":  # names nodes to test this page, not to exercise them
             continue
         text = path.read_text()
-        starts = [m.start() for m in re.finditer(r"(?m)^(?:async def|def|class) \w+", text)] + [len(text)]
+        # a function begins at its decorators (a parametrize list names the values it is run with)
+        starts = [m.start() for m in re.finditer(r"(?m)^(?:@.*\n(?:[ \t)\]].*\n)*)*(?:async def|def|class) \w+",
+                                                 text)] + [len(text)]
         out.append((path.relative_to(ROOT).as_posix(), text[:starts[0]]))
         for a, b in zip(starts, starts[1:]):
-            name = re.match(r"(?:async def|def|class) (\w+)", text[a:]).group(1)
+            name = re.search(r"(?m)^(?:async def|def|class) (\w+)", text[a:]).group(1)
             out.append((f"{path.relative_to(ROOT).as_posix()}::{name}", text[a:b]))
     return out
 
