@@ -406,6 +406,11 @@ def build_model(prepared: dict, sharing: dict, init_probe, init_object, data_typ
         data = np.asarray(init_probe(owner, p.shape, object_psize(p)))
         if data.ndim == 2:
             data = data[None]
+        frames = sum(len(prepared[lab].positions) for lab in labels if probe_owner[lab] == owner)
+        if data.shape[0] > frames:
+            # every frame is one incoherent sum: more modes than frames are not determined by the data
+            raise ParameterError(f"scans.{owner}.coherence.num_probe_modes: {data.shape[0]} probe modes but only "
+                                 f"{frames} frames measure them; use at most {frames}")
         probes[owner] = Storage(data, object_psize(p), -(np.asarray(p.shape) // 2) * object_psize(p), p.energy_kev)
     for lab in labels:
         p = prepared[lab]

@@ -176,3 +176,11 @@ def test_subpixel_positions_fit_frames_measured_between_pixels():
     assert ends[True][0] < 0.8 * ends[False][0]
     assert ends[True][1] < 0.8 * ends[False][1]
     assert ends[True][0] < 1.5  # near the noise level of 1 per pixel
+
+
+def test_more_probe_modes_than_frames_are_refused():
+    prep, probe, truth = simulate()
+    prep.data, prep.positions = prep.data[:3], prep.positions[:3]
+    with pytest.raises(pm.ParameterError, match=r"scans\.sim\.coherence\.num_probe_modes: 4 probe modes but only 3"):
+        start_model(prep, np.ones((4, *SHAPE), complex))
+    assert start_model(prep, np.ones((3, *SHAPE), complex)).probes["sim"].data.shape[0] == 3
