@@ -196,7 +196,9 @@ class Autosaves:
             self._models[shape] = name
             return
         info.copy(model, name)
-        _overwrite(info[name], record)
+        import h5py
+
+        _overwrite(h5py.h5g.open(info.id, name.encode()), record)
 
     def close(self) -> None:
         self._file.close()
@@ -209,18 +211,20 @@ def _record_shape(record: dict) -> tuple:
                  for key, value in record.items())
 
 
-def _overwrite(group, record: dict) -> None:
-    """Write ``record``'s values into the datasets of ``group``, a copy of a record of the same shape."""
+def _overwrite(gid, record: dict) -> None:
+    """Write ``record``'s values into the datasets of group ``gid`` (an h5py GroupID), a copy of a record of
+    the same shape (low level: building high-level objects for each node cost as much as the writes)."""
     import h5py
 
     for key, value in record.items():
-        node = group[key]
+        name = key.replace("/", h5typed.SLASH_ESCAPE).encode()
         if isinstance(value, dict):
-            _overwrite(node, value)
+            _overwrite(h5py.h5g.open(gid, name), value)
         elif isinstance(value, str):
-            node[()] = value
+            h5py.Dataset(h5py.h5d.open(gid, name))[()] = value
         else:
-            node.id.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(value, dtype=node.dtype))
+            node = h5py.h5d.open(gid, name)
+            node.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(value, dtype=node.dtype))
 
 
 @dataclass
