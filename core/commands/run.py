@@ -15,7 +15,8 @@ examples:
   difframe run examples/ptycho_sim.toml
   difframe run scan.toml -p engines.e1.numiter=300 -p 'scans.moon.data.dfile="moon.ptyd"'
   difframe run scan.toml --engine DM --engine ML     # replace the engines by these, in order
-  difframe run examples/patterns.toml --dry-run      # validate, print tree and positions, write nothing
+  difframe run examples/patterns.toml --dry-run      # validate, print tree and positions, open every
+                                                     # input file (not loaded), write nothing
 
 exit status: 0 done, 2 bad usage or parameters, 1 failure while running."""
 
@@ -26,7 +27,8 @@ def add_arguments(parser) -> None:
                         help="set one parameter; VALUE is a TOML literal (repeatable)")
     parser.add_argument("--engine", dest="engines", action="append", default=[], metavar="NAME",
                         help="run these engines in order instead of the file's engines (repeatable)")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved tree and positions")
+    parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved tree and positions, open (not load) "
+                        "every input file; run and write nothing")
     parser.add_argument("--json", action="store_true", help="print the dry-run report or the results as JSON")
 
 
