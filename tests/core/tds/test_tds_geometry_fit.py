@@ -88,7 +88,7 @@ def test_open_beam_centre_is_recovered_and_improves_the_constants(scan, tmp_path
     assert refined.converged and list(refined.geometry) == ["det_origin_X"]
     assert abs(row["value"] - OFFSET) < 0.2
     assert 0 < row["sigma"] < 0.2 and row["corrected"] == pytest.approx(CONF_X + row["value"])
-    assert _worst_error(refined) < 0.05 < _worst_error(closed)
+    assert _worst_error(refined) < 0.07 < _worst_error(closed)  # biased: see the re-harvest test
     assert refined.reduced_chi2 < closed.reduced_chi2 / 3
     assert closed.geometry == {}
 
@@ -121,12 +121,12 @@ def test_reharvest_with_the_refined_geometry_converges(scan):
     geometry = geometry.corrected(deltas)
     again = harvest(geometry, frame_files(tds), harvest_options(tds))
     data = {"Q": again.Q, "intensity": again.intensity, "spot": again.spot, "G": again.G, "hkl": again.hkl,
-            "frame": again.frame, "pixel": again.pixel}
+            "frame": again.frame, "pixel": again.pixel, "delta_q": again.attrs["delta_q"]}  # as the workflow does
     second = fit.fit(data, structure, cguess, fit.FitSettings(a_variables={"det_origin_X": [0.0, -2.0, 2.0]},
                      backend="numpy"), trust_region.minimise, geometry=geometry)
     assert second.geometry["det_origin_X"]["corrected"] == pytest.approx(CONF_X + OFFSET, abs=0.05)
     assert 0.9 < second.reduced_chi2 < 1.2
-    assert _worst_error(second) < 0.03
+    assert _worst_error(second) < 0.015
 
 
 def test_recentred_harvest_refuses_open_corrections(scan):
