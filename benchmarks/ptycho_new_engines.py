@@ -100,7 +100,7 @@ def speed(frames_list, home: Path) -> None:
         for name in ENGINES:
             spec, p = engine_params(name, 100, home)
             engines[name] = spec.factory(p, fresh_model(prep, probe))
-        t = interleaved_times(engines, 7 if frames <= 200 else 5)
+        t = interleaved_times(engines, 15 if frames <= 200 else 7)
         del engines
         t_np = numpy_epie_epoch(prep, probe)
         print(f"  {frames} frames:")
