@@ -14,6 +14,7 @@ adjoint, which takes a gradient back to the object, uses the same weights.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from difframe.ptycho import kernels
@@ -40,24 +41,65 @@ def _weights(shifts: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
     return whole.astype(np.int64), w.astype(dtype)
 
 
-def views(obj: np.ndarray, corners: np.ndarray, shifts: np.ndarray, shape) -> np.ndarray:
+@kernels.jit
+def _interpolate(padded, starts, wt, out):
+    """out[n, o] = the window of ``padded`` at starts[n] interpolated with the separable weights wt[n] (rows, columns)."""
+    taps, h, w = wt.shape[2], out.shape[2], out.shape[3]
+    for n in numba.prange(out.shape[0]):
+        y, x = starts[n, 0], starts[n, 1]
+        row = np.empty(w + taps - 1, out.dtype)
+        for o in range(out.shape[1]):
+            for i in range(h):
+                for j in range(row.shape[0]):
+                    row[j] = 0
+                for k in range(taps):
+                    src, c = padded[o, y + i + k, x:x + row.shape[0]], wt[n, 0, k]
+                    for j in range(row.shape[0]):
+                        row[j] += c * src[j]
+                dst = out[n, o, i]
+                for j in range(w):
+                    total = out.dtype.type(0)
+                    for k in range(taps):
+                        total += wt[n, 1, k] * row[j + k]
+                    dst[j] = total
+
+
+@kernels.jit
+def _spread(stack, wt, out):
+    """The transpose of :func:`_interpolate` frame by frame: out[n, o] (H + taps - 1, W + taps - 1) = 0 +
+    every pixel of stack[n, o] spread over the taps with the same weights."""
+    taps, h, w = wt.shape[2], stack.shape[2], stack.shape[3]
+    for n in numba.prange(stack.shape[0]):
+        row = np.empty(w + taps - 1, stack.dtype)
+        for o in range(stack.shape[1]):
+            big = out[n, o]
+            for r in range(big.shape[0]):
+                for j in range(big.shape[1]):
+                    big[r, j] = 0
+            for i in range(h):
+                for j in range(row.shape[0]):
+                    row[j] = 0
+                src = stack[n, o, i]
+                for k in range(taps):
+                    c = wt[n, 1, k]
+                    for j in range(w):
+                        row[j + k] += c * src[j]
+                for k in range(taps):
+                    c, dst = wt[n, 0, k], big[i + k]
+                    for j in range(row.shape[0]):
+                        dst[j] += c * row[j]
+
+
+def views(obj: np.ndarray, corners: np.ndarray, shifts: np.ndarray, shape, out: np.ndarray | None = None) -> np.ndarray:
     """Windows (n, modes, H, W) of ``obj`` (modes, Ho, Wo) at ``corners`` + ``shifts``: view(r) = obj(corner + r + shift).
 
     Beyond the object's edge the field is taken as zero.
     """
-    from difframe.ptycho.model import gather
-
-    h, w = shape
     whole, wt = _weights(shifts, obj.real.dtype)
-    pad = TAPS
-    big = gather(np.pad(obj, ((0, 0), (pad, pad), (pad, pad))), corners + whole - _LOW + pad,
-                 (h + TAPS - 1, w + TAPS - 1))
-    rows = np.zeros((*big.shape[:2], h, big.shape[-1]), obj.dtype)
-    for k in range(TAPS):
-        rows += wt[:, 0, k, None, None, None] * big[..., k:k + h, :]
-    out = np.zeros((*big.shape[:2], h, w), obj.dtype)
-    for k in range(TAPS):
-        out += wt[:, 1, k, None, None, None] * rows[..., k:k + w]
+    padded = np.pad(obj, ((0, 0), (TAPS, TAPS), (TAPS, TAPS)))
+    if out is None:
+        out = np.empty((len(corners), obj.shape[0], *shape), obj.dtype)
+    _interpolate(padded, corners + whole - _LOW + TAPS, wt, out)
     return out
 
 
@@ -65,12 +107,8 @@ def add_back(target: np.ndarray, stack: np.ndarray, corners: np.ndarray, shifts:
     """The adjoint of :func:`views`: target (modes, Ho, Wo) += every window of ``stack`` moved back onto the object."""
     n, modes, h, w = stack.shape
     whole, wt = _weights(shifts, stack.real.dtype)
-    rows = np.zeros((n, modes, h, w + TAPS - 1), stack.dtype)
-    for k in range(TAPS):
-        rows[..., k:k + w] += wt[:, 1, k, None, None, None] * stack
-    big = np.zeros((n, modes, h + TAPS - 1, w + TAPS - 1), stack.dtype)
-    for k in range(TAPS):
-        big[..., k:k + h, :] += wt[:, 0, k, None, None, None] * rows
+    big = np.empty((n, modes, h + TAPS - 1, w + TAPS - 1), stack.dtype)
+    _spread(np.ascontiguousarray(stack), wt, big)
     pad = TAPS
     padded = np.zeros((target.shape[0], target.shape[1] + 2 * pad, target.shape[2] + 2 * pad), target.dtype)
     ones = np.ones((1, *big.shape[-2:]), target.dtype)
