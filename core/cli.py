@@ -119,14 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = verbosity(args)
     configure_logging(1 if level is None else level)
+    from difframe import parallel
+
     try:
-        return int(args._module.main(args) or 0)
+        with parallel.ending_jobs_here():  # a failure other MPI ranks would wait on is worded and ended in _fail
+            return int(args._module.main(args) or 0)
     except UsageError as exc:
-        _report(exc, args)
-        return 2
+        return _fail(exc, args, 2)
     except DifframeError as exc:
-        _report(exc, args)
-        return 1
+        return _fail(exc, args, 1)
     except KeyboardInterrupt:
         print("difframe: interrupted", file=sys.stderr)
         return 130
@@ -134,14 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as exc:  # an unexpected failure is still one message, not a traceback
-        _report(exc, args, unexpected=True)
-        return 1
+        return _fail(exc, args, 1, unexpected=True)
 
 
-def _report(exc: BaseException, args: argparse.Namespace, unexpected: bool = False) -> None:
+def _fail(exc: BaseException, args: argparse.Namespace, status: int, unexpected: bool = False) -> int:
+    """Report once per job; under MPI, a failure other ranks may be waiting on ends every rank (MPI_Abort)."""
+    from difframe import parallel
+
+    if parallel.stranded(exc):
+        parallel.end_job(exc, lambda who: _report(exc, args, unexpected, who))
+    if parallel.reports(exc):
+        _report(exc, args, unexpected)
+    return status
+
+
+def _report(exc: BaseException, args: argparse.Namespace, unexpected: bool = False, who: str = "") -> None:
     prefix = f"difframe {args.command}: "
     message = f"{type(exc).__name__}: {exc}" if unexpected else str(exc)
-    print(prefix + "error: " + message, file=sys.stderr)
+    print(prefix + (f"error ({who}): " if who else "error: ") + message, file=sys.stderr)
     if args.verbose >= 2:
         import traceback
 

@@ -10,8 +10,12 @@ travel as raw buffers (``Allreduce``), never pickled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import time
+from typing import Callable, Iterator, NoReturn
 
 import numpy as np
 
@@ -21,6 +25,15 @@ log = logging.getLogger("difframe.parallel")
 
 #: variables the common launchers (MPICH/Hydra, Open MPI, PMIx) set in every rank they start
 _LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+#: attribute :meth:`Ranks.raise_first` sets on what it raises: whether this rank is the one it came from
+_RAISED_HERE = "difframe_raised_here"
+
+#: seconds a rank other than 0 waits before reporting its own failure and ending the job: when every rank
+#: fails alike (a bad parameter), rank 0's report and abort come first and the message is printed once
+ABORT_GRACE_SECONDS = 2.0
+
+_ended_above = False  # True within ending_jobs_here()
 
 
 class Ranks:
@@ -98,7 +111,10 @@ class Ranks:
         A rank that fails alone while the others enter a collective would hang
         them; work that can fail on one rank's frames (reading its share,
         checking it for NaN) ends with this call.  Other ranks raise the same
-        :mod:`difframe.errors` class with the same message.
+        :mod:`difframe.errors` class with the same message (a rank with an
+        error of its own raises that one).  The job then ends cleanly, every
+        rank alike, and only the lowest failing rank reports it
+        (:func:`reports`).
         """
         if self.comm is None:
             if error is not None:
@@ -116,10 +132,11 @@ class Ranks:
         kind = np.array([mine], np.int64)
         self.comm.Bcast(kind, root=root)
         message = self.broadcast_text(str(error) if error is not None else None, root=root)
-        if error is not None:
-            raise error
-        cls = kinds[int(kind[0])] if int(kind[0]) < len(kinds) else errors.DifframeError
-        raise cls(message)
+        if error is None:
+            cls = kinds[int(kind[0])] if int(kind[0]) < len(kinds) else errors.DifframeError
+            error = cls(message)
+        setattr(error, _RAISED_HERE, root == self.rank)  # every rank leaves with it: no abort; ``root`` reports it
+        raise error
 
 
 def world() -> Ranks:
@@ -136,3 +153,68 @@ def world() -> Ranks:
     if ranks.size > 1:
         log.info("rank %d of %d", ranks.rank, ranks.size)
     return ranks
+
+
+def reports(exc: BaseException) -> bool:
+    """False on ranks that :meth:`Ranks.raise_first` gave another rank's failure: that rank reports it."""
+    return getattr(exc, _RAISED_HERE, True)
+
+
+def stranded(exc: BaseException) -> bool:
+    """True when ``exc`` ends this rank's work while other MPI ranks may wait for it in a collective for ever:
+    several ranks, and not raised on every rank by :meth:`Ranks.raise_first`."""
+    if hasattr(exc, _RAISED_HERE) or not any(k in os.environ for k in _LAUNCHER_VARIABLES):
+        return False
+    from mpi4py import MPI
+
+    return MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1
+
+
+@contextlib.contextmanager
+def ending_jobs_here() -> Iterator[None]:
+    """Within it, the caller (the CLI's main) words and ends :func:`stranded` failures; ``difframe.Run.run``,
+    which ends them itself when embedded, leaves them to it."""
+    global _ended_above
+    outer, _ended_above = _ended_above, True
+    try:
+        yield
+    finally:
+        _ended_above = outer
+
+
+def ended_above() -> bool:
+    """Whether a caller's :func:`ending_jobs_here` will end the job for a stranded failure."""
+    return _ended_above
+
+
+def exit_status(exc: BaseException) -> int:
+    """The CLI's exit status for a failure: 2 for a usage error, 1 for any other."""
+    return 2 if isinstance(exc, errors.UsageError) else 1
+
+
+def end_job(exc: BaseException, report: Callable[[str], None]) -> NoReturn:
+    """The last line of defence for a :func:`stranded` failure: report it once, then end every rank.
+
+    ``report(who)`` prints or logs the failure; ``who`` is "rank r of n".
+    ``MPI_Abort`` ends all ranks and mpiexec exits with :func:`exit_status`.
+    A rank other than 0 waits :data:`ABORT_GRACE_SECONDS` first, so that a
+    failure every rank meets (a bad parameter) is reported by rank 0 alone.
+    MPICH's ``MPI_Abort`` returns once the launcher is told, so this rank then
+    leaves at once (no traceback, no ``MPI_Finalize`` waiting for the others).
+    """
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    if rank != 0:
+        time.sleep(ABORT_GRACE_SECONDS)
+    try:
+        report(f"rank {rank} of {comm.Get_size()}")
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed or broken: nothing more can reach it
+                pass
+        comm.Abort(exit_status(exc))
+        os._exit(exit_status(exc))

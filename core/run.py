@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from difframe import parallel, progress
-from difframe.errors import DataError, UsageError
+from difframe.errors import DataError, DifframeError, UsageError
 from difframe.manager import PluginManager
 from difframe.param import Param
 from difframe.params import ParamTree, merge_sources
@@ -163,6 +163,10 @@ class Run:
                 results = self._run()
         except BaseException as exc:
             self.hook.difframe_run_failed(run=self, error=exc)
+            if isinstance(exc, Exception) and parallel.stranded(exc) and not parallel.ended_above():
+                text = _describe(exc)
+                parallel.end_job(exc, lambda who: log.error("%s: %s; ending every rank", who, text,
+                                                            exc_info=log.isEnabledFor(logging.DEBUG)))
             raise
         if not self.params.dry_run:
             written = [str(v) for v in results.values() if isinstance(v, (str, os.PathLike))
@@ -184,3 +188,8 @@ class Run:
 
             return run_ptycho(self)
         raise UsageError("nothing to run: give at least one scans.<label> (ptychography) or a tds subtree")
+
+
+def _describe(exc: Exception) -> str:
+    """A failure as the CLI words it: the message, preceded by the type when it is not a difframe error."""
+    return str(exc) if isinstance(exc, DifframeError) else f"{type(exc).__name__}: {exc}"
