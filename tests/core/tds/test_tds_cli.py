@@ -135,19 +135,20 @@ def test_missing_frame_exits_1_naming_it(scan, difframe_run):
     assert not (run / "harvest_spots.h5").exists()  # refused before harvesting anything
 
 
-def test_dry_run_opens_every_frame_and_names_an_unreadable_one(scan):
-    folder, _ = scan
+def test_dry_run_opens_every_frame_and_names_an_unreadable_one(scan, capsys):
+    from difframe.cli import main
+
     run = _variant(scan, "dry-run")
-    done = command("difframe", "tds", run / "input.par", "--dry-run", cwd=run)
-    assert done.returncode == 0, done.stderr
+    assert main(["tds", str(run / "input.par"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
     frames = sorted(p.name for p in run.glob("*.cbf"))
-    listed = [line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith("tds.images_prefix: ")]
+    listed = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("tds.images_prefix: ")]
     assert [Path(p).name for p in listed] == frames and len(frames) > 10
     assert not (run / "harvest_spots.h5").exists()  # nothing was run
     # a frame whose file is gone (a dangling link): one message naming it, exit 1, as in a run
     broken = _variant(scan, "dry-run-broken", drop_frame="mgo_0010.cbf")
     os.symlink(broken / "nowhere.cbf", broken / "mgo_0010.cbf")
-    done = command("difframe", "tds", broken / "input.par", "--dry-run", cwd=broken)
-    message = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(message) == 1, done.stderr
-    assert message[0].startswith("difframe tds: error: tds.images_prefix = ") and "mgo_0010.cbf': no such file" in message[0]
+    assert main(["tds", str(broken / "input.par"), "--dry-run"]) == 1
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith("difframe tds: error: tds.images_prefix = ")
+    assert "mgo_0010.cbf': no such file" in message[0]
