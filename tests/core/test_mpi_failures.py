@@ -5,7 +5,7 @@ defence (``difframe.parallel.end_job``: report, then ``MPI_Abort``) a rank
 failing alone left the other waiting in a collective for ever.  Faults: a
 corrupt chunk in rank 1's frames of a ``.ptyd``, DM raising on rank 1 in an
 embedded ``difframe.Run``, a truncated frame in rank 1's block of a TDS
-harvest, a failure of the fit rank 0 runs after the harvest, an interaction
+harvest and a frame of the wrong shape in rank 0's, a failure of the fit rank 0 runs after the harvest, an interaction
 server that cannot listen (rank 0 alone runs it), and a bad parameter every
 rank meets.  Garbage sent to the server of a two-rank run does not end it.
 """
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 import mpi_failures
@@ -192,12 +193,20 @@ def experiment(frames, tmp_path) -> Path:
     return folder
 
 
-def test_a_truncated_frame_in_rank_1s_harvest_block_ends_the_job(experiment):
-    frame = experiment / "scan_0030.cbf"  # 40 frames: rank 1 harvests 20..39
-    frame.write_bytes(frame.read_bytes()[:-2000])
+@pytest.mark.parametrize("number, fault, rank", [(30, "truncated", 1), (5, "wrong shape", 0)])
+def test_a_bad_frame_in_one_ranks_harvest_block_ends_the_job(experiment, number, fault, rank):
+    import fabio
+
+    frame = experiment / f"scan_{number:04d}.cbf"  # 40 frames: rank 0 harvests 0..19, rank 1 20..39
+    if fault == "truncated":
+        frame.write_bytes(frame.read_bytes()[:-2000])
+    else:
+        fabio.cbfimage.CbfImage(data=np.ones((40, 56), np.int32)).write(str(frame))
     proc = mpirun(BIN / "difframe", "tds", experiment / "input.par", cwd=experiment)
     line = assert_one_message(proc, 1, str(frame))
-    assert line.startswith("difframe tds: error (rank 1 of 2): ")
+    assert line.startswith(f"difframe tds: error (rank {rank} of 2): ")
+    if fault == "wrong shape":
+        assert line.endswith(f"{frame} is 40 x 56, the first frame {experiment / 'scan_0000.cbf'} is 48 x 56")
     assert not (experiment / "harvest.h5").exists()
 
 
