@@ -63,10 +63,18 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        """Take the lock; UsageError naming the live holder, a dead holder's lock taken over."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock; UsageError naming the live holder, a dead holder's lock taken over.
+
+        A folder where no lock can be written (read-only) is warned about, not refused: a run that writes
+        nothing there (a TDS listing) still runs, and one that writes fails naming the file it could not write.
+        """
         record = {"pid": os.getpid(), "host": socket.gethostname(), "run": self.name,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            log.warning("cannot write the run lock %s (%s): running without it", self.path, err.strerror or err)
+            return
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -81,6 +89,10 @@ class RunLock:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
                 continue
+            except OSError as err:
+                log.warning("cannot write the run lock %s (%s): running without it", self.path,
+                            err.strerror or err)
+                return
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f)
             self.held = True

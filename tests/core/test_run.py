@@ -72,3 +72,15 @@ def test_request_stop():
     assert not run.stop_requested
     run.request_stop()
     assert run.stop_requested
+
+
+def test_a_folder_where_no_lock_can_be_written_is_warned_about_not_refused(tmp_path, caplog):
+    from difframe.runlock import holding
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should be")
+    ran = []
+    with holding(blocker / "out", "r"):
+        ran.append(True)
+    assert ran and any("cannot write the run lock" in r.getMessage() and "file/out" in r.getMessage()
+                       for r in caplog.records)
