@@ -115,3 +115,22 @@ def test_a_variables_corrections():
     assert c.r3 == pytest.approx(0.02) and c.det_origin_Y == pytest.approx(120.13) and c.AA == pytest.approx(4.242)
     with pytest.raises(UsageError, match="A_variables has 3"):
         g.corrected([0, 0, 0])
+
+
+def test_scan_axis_in_the_crystal_frame_turns_q_like_the_goniometer():
+    """Q_c at a fractional frame equals Q_c at the frame centre turned about scan_axis_crystal (Rodrigues)."""
+    import dataclasses
+
+    from difframe.tds.model import rotate_about
+
+    base = Geometry(lmbda=0.7, dist=60.0, pixel_size=1.0, det_origin_X=1.0, det_origin_Y=2.0, AA=4.0, BB=5.0, CC=6.0,
+                    aCC=100.0, angular_step=0.7, phi=-10.0, r1=12.0, r2=-7.0, r3=31.0, kappa=20.0, omega=5.0)
+    q_lab = np.random.default_rng(0).normal(size=(6, 3))
+    for geometry in (base, dataclasses.replace(base, beta=3.0, angular_step=-1.3)):
+        axis = geometry.scan_axis_crystal
+        assert np.linalg.norm(axis) == pytest.approx(1.0)
+        centre = q_lab @ geometry.lab_to_crystal(7).T
+        for frac in (-0.5, 0.37):
+            turned = q_lab @ geometry.lab_to_crystal(7 + frac).T
+            np.testing.assert_allclose(rotate_about(centre, axis, np.radians(frac * geometry.angular_step)), turned,
+                                       atol=1e-12)
