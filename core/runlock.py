@@ -156,7 +156,8 @@ def holding(folder: str | os.PathLike, name: str, part_patterns: Iterable[Path] 
     if ranks is None or ranks.is_root:
         try:
             lock.acquire()
-            remove_stale_parts(part_patterns)
+            if lock.held:  # only the lock's holder may call temporaries stale
+                remove_stale_parts(part_patterns)
         except UsageError as err:
             failure = err
     if ranks is not None:
