@@ -218,10 +218,11 @@ def test_pie_resumes_from_its_ptyr(tmp_path, simulated):
     guess = amplitude_guess(prep, truth.psize)
     engines = {"p": {"name": "mPIE", "numiter": 6, "numiter_contiguous": 3}}
     fresh = {"a": {"data": {"source": "truth"}, "illumination": {"model": guess}}}
-    first = _truth_run(tmp_path / "one", prep, engines, scans=fresh)["reconstruction"]
+    quiet = {"paths": {"home": str(tmp_path)}, "autosave": {"active": False}}  # one .ptyr per run
+    first = _truth_run(tmp_path, prep, engines, scans=fresh, io=quiet, run="one")["reconstruction"]
     recon = {"model": "recon", "recon": {"rfile": str(first)}}
-    resumed = _truth_run(tmp_path / "two", prep, engines, scans={"a": {"data": {"source": "truth"},
-                                                                         "illumination": recon, "sample": recon}})
+    resumed = _truth_run(tmp_path, prep, engines, io=quiet, run="two",
+                         scans={"a": {"data": {"source": "truth"}, "illumination": recon, "sample": recon}})
     one, two = read_ptyr(first).iter_info, read_ptyr(resumed["reconstruction"]).iter_info
     assert two[0]["error"][1] < 0.5 * one[0]["error"][1]  # deviance of the first epoch
     assert two[-1]["error"][1] <= one[-1]["error"][1] * 1.05
