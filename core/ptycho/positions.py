@@ -27,7 +27,7 @@ import numpy as np
 
 from difframe.errors import DataError, ParameterError
 from difframe.ptycho import kernels
-from difframe.ptycho.model import PtychoModel, ScanViews, corners_of, intensity
+from difframe.ptycho.model import PtychoModel, ScanViews, corners_of, exit_waves, intensity
 
 #: the 3 x 3 grid of candidate offsets (dy, dx) in steps, row-major; the centre is index 4
 OFFSETS = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij"), axis=-1).reshape(9, 2)
@@ -54,7 +54,7 @@ def misfit(model: PtychoModel, scan: ScanViews, corners: np.ndarray | None = Non
 
 
 def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, likelihood: str = "poisson",
-                step_px: float = 1.0) -> np.ndarray:
+                step_px: float = 1.0, subpixel_windows: bool = False) -> np.ndarray:
     """Per-frame shifts (n_held, 2) [object pixels, (y, x)] that move the held frames' positions to their best fit.
 
     The misfit is evaluated on the 3 x 3 grid of window corners ``step_px``
@@ -66,7 +66,15 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
     without a minimum leaves the frame at the corner.  Shifts are relative to
     the current ``scan.positions`` (which the windows approximate by rounding)
     and no longer than ``max_shift_px``.  Local to this rank's frames.
+
+    With ``subpixel_windows`` (an engine that places windows at their exact
+    positions, difframe.ptycho.subpixel) the grid is centred on each frame's
+    exact position and evaluated through interpolated windows, so the
+    quadratic's minimum is used wherever it lies within the grid and
+    ``step_px`` may be a fraction of a pixel.
     """
+    if subpixel_windows:
+        return _refine_exact(model, scan, max_shift_px, likelihood, float(step_px))
     step = int(round(step_px))
     if step < 1 or abs(step - step_px) > 1e-9:
         raise ParameterError(f"position refinement step must be a whole number of pixels >= 1, got {step_px!r}")
@@ -93,6 +101,32 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
     shifts = centre_px + step * estimate - (held - storage.origin) / storage.psize
     length = np.hypot(shifts[:, 0], shifts[:, 1])
     return shifts * np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
+
+
+def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float) -> np.ndarray:
+    """:func:`refine_scan` through sub-pixel windows: 3 x 3 misfits around each exact position, then the
+    best grid point or, where the centre is best, the quadratic's minimum within one step."""
+    from difframe.ptycho import subpixel
+
+    if not step > 0:
+        raise ParameterError(f"position refinement step must be > 0 pixels, got {step!r}")
+    if not max_shift_px >= 0:
+        raise ParameterError(f"position refinement max_shift must be >= 0 pixels, got {max_shift_px!r}")
+    frac = subpixel.offsets(scan, model.objects[scan.object_id])
+    shifts = frac[:, None] + step * OFFSETS[None]
+    values = _misfits(model, scan, np.repeat(scan.corners[:, None], 9, axis=1), likelihood, shifts)
+    best = np.argmin(values, axis=1)
+    estimate = OFFSETS[best].astype(float)
+    coef = np.where(np.isfinite(values), values, 0.0) @ _FIT.T
+    gy, gx, hyy, hyx, hxx = coef[:, 1], coef[:, 2], 2 * coef[:, 3], coef[:, 4], 2 * coef[:, 5]
+    det = hyy * hxx - hyx**2
+    settled = (best == 4) & np.isfinite(values).all(axis=1) & (det > 0) & (hyy > 0)
+    safe = np.where(settled, det, 1.0)
+    quad = np.stack([(hyx * gx - hxx * gy) / safe, (hyx * gy - hyy * gx) / safe], axis=1)
+    estimate[settled] = np.clip(quad[settled], -1.0, 1.0)
+    moves = step * estimate
+    length = np.hypot(moves[:, 0], moves[:, 1])
+    return moves * np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
 
 
 def apply_shifts(model: PtychoModel, scan: ScanViews, shifts_px: np.ndarray, *, max_shift_px: float,
@@ -136,8 +170,12 @@ def apply_shifts(model: PtychoModel, scan: ScanViews, shifts_px: np.ndarray, *, 
     return {"rms_shift_px": float(np.sqrt(np.mean(applied**2))), "max_shift_px": float(applied.max(initial=0.0))}
 
 
-def _misfits(model: PtychoModel, scan: ScanViews, corners: np.ndarray, likelihood: str) -> np.ndarray:
-    """Misfit (n, k) of every held frame with its window at each of its k ``corners`` (n, k, 2); inf off the object."""
+def _misfits(model: PtychoModel, scan: ScanViews, corners: np.ndarray, likelihood: str,
+             shifts: np.ndarray | None = None) -> np.ndarray:
+    """Misfit (n, k) of every held frame with its window at each of its k ``corners`` (n, k, 2); inf off the object.
+
+    With ``shifts`` (n, k, 2) the windows are interpolated that far from their corners (difframe.ptycho.subpixel).
+    """
     if likelihood not in LIKELIHOODS:
         raise ParameterError(f"position refinement likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     probe = model.probes[scan.probe_id].data
@@ -159,7 +197,14 @@ def _misfits(model: PtychoModel, scan: ScanViews, corners: np.ndarray, likelihoo
             buf = np.empty((m * k, pods, h, w), model.cdtype)
             model_i = np.empty((m * k, h, w), model.rdtype)
         fields = buf[:m * k]
-        kernels.pods(probe, obj, np.ascontiguousarray(corners[sl].reshape(-1, 2)), fields)
+        flat = np.ascontiguousarray(corners[sl].reshape(-1, 2))
+        if shifts is None:
+            kernels.pods(probe, obj, flat, fields)
+        else:
+            from difframe.ptycho import subpixel
+
+            views = subpixel.views(obj, flat, shifts[sl].reshape(-1, 2), (h, w))
+            exit_waves(probe, views, out=fields.reshape(m * k, probe.shape[0], obj.shape[0], h, w))
         fields = scan.propagator.forward(fields, overwrite=True)
         im = intensity(fields, out=model_i[:m * k]).reshape(m, k, h, w)
         _frame_misfits(im, scan.intensity[sl], scan.weights_of(sl), scale[sl], background,

@@ -201,7 +201,9 @@ def refine_positions(ep, model: pm.PtychoModel, done: int, previous: int, record
     for scan in model.scans:
         psize = float(np.min(model.objects[scan.object_id].psize))
         max_px = float(pr.max_shift) / psize
-        shifts = positions.refine_scan(model, scan, max_shift_px=max_px)
+        exact = bool(ep.get("subpixel_positions", False))  # an engine with windows at exact positions
+        shifts = positions.refine_scan(model, scan, max_shift_px=max_px, subpixel_windows=exact,
+                                       step_px=0.5 if exact else 1.0)
         stats = positions.apply_shifts(model, scan, shifts, max_shift_px=max_px,
                                        original_positions=recorded[scan.label])
         moved = np.hypot(*((scan.positions - recorded[scan.label]) / psize).T)
