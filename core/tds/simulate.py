@@ -285,6 +285,24 @@ def _expected_counts(sim, options, c_voigt, q_lab, frames, substeps: int = 1) ->
     return total
 
 
+def _nearest_allowed(q_c, lattice, centering: str) -> np.ndarray:
+    """hkl (..., 3) of the reflection nearest to each Q_c (Cartesian distance) that the centering allows.
+
+    Why not rounding h = B^-1 Q_c: in an oblique cell (hexagonal, monoclinic) the nearest node in hkl is not
+    always the nearest in space, and with centering (R, F, I) it may be extinct while an allowed one is near.
+    """
+    start = np.rint(lattice.hkl(q_c)).astype(np.int64)
+    best, best_d = start, np.full(start.shape[:-1], np.inf)
+    for offset in np.array(np.meshgrid([0, -1, 1], [0, -1, 1], [0, -1, 1], indexing="ij")).reshape(3, -1).T:
+        hkl = start + offset
+        d = ((q_c - hkl @ lattice.B.T) ** 2).sum(-1)
+        d[~allowed_reflections(hkl, centering) | ~np.any(hkl != 0, axis=-1)] = np.inf
+        closer = d < best_d
+        best = np.where(closer[..., None], hkl, best)
+        best_d = np.where(closer, d, best_d)
+    return best
+
+
 def _counts_at(sim, options, c_voigt, q_lab, frames) -> np.ndarray:
     """Mean counts at the (fractional) frame positions ``frames``: (len(frames), rows, cols)."""
     from difframe.tds.model import tds_intensity
@@ -293,7 +311,7 @@ def _counts_at(sim, options, c_voigt, q_lab, frames) -> np.ndarray:
     lattice = geo.lattice
     b = lattice.B
     q_c = np.einsum("nij,hwj->nhwi", geo.lab_to_crystal(frames), q_lab)
-    hkl = np.rint(lattice.hkl(q_c)).astype(int)
+    hkl = _nearest_allowed(q_c, lattice, sim.centering)
     g = hkl @ b.T
     q = q_c - g
     qn = np.linalg.norm(q, axis=-1)

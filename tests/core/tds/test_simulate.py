@@ -101,7 +101,7 @@ def test_expected_counts_follow_the_tds_formula(dispersion):
     counts = _expected_counts(sim, {"DeltaQ_min": 0.04}, np.array(_mgo_voigt()), q_lab, np.array([7]))[0]
     rows, cols = np.array([10, 30, 80, 100]), np.array([15, 70, 20, 110])
     q_c = q_lab[rows, cols] @ geo.lab_to_crystal(7).T
-    hkl = np.rint(geo.lattice.hkl(q_c))
+    hkl = _nearest_allowed_brute(q_c, geo.lattice)
     g = geo.lattice.q(hkl)
     small = np.linalg.norm(q_c - g, axis=1)
     sigma = 0.04 * geo.lattice.max_reciprocal / 6
@@ -135,14 +135,28 @@ def test_frames_integrate_over_their_exposure():
                               n_narrow).reshape(len(frames), 2, *wide.shape).mean(axis=1)
     centre = _expected_counts(wide, options, c, q_lab, frames, 1)
     lattice = geo.lattice
-    q_c = np.einsum("nij,hwj->nhwi", geo.lab_to_crystal(frames), q_lab)
-    shell = np.linalg.norm(q_c - lattice.q(np.rint(lattice.hkl(q_c))), axis=-1) / lattice.max_reciprocal
+    q_c = np.einsum("nij,hwj->nhwi", geo.lab_to_crystal(frames), q_lab).reshape(-1, 3)
+    shell = (np.linalg.norm(q_c - lattice.q(_nearest_allowed_brute(q_c, lattice)), axis=-1)
+             / lattice.max_reciprocal).reshape(whole.shape)
     harvested = (shell > 0.04) & (shell < 0.15) & (whole > 0)
     assert harvested.sum() > 200
     np.testing.assert_allclose(halves[harvested], whole[harvested], rtol=1e-6)
     assert np.abs(centre[harvested] / whole[harvested] - 1).max() > 0.01
     with pytest.raises(UsageError, match="scan.exposure_substeps = 0"):
         SimulationSpec.from_mapping({**SPEC, "scan": {**SPEC["scan"], "exposure_substeps": 0}})
+
+
+def _nearest_allowed_brute(q_c, lattice, centering="F"):
+    """hkl of the nearest reflection the centering allows, by brute force over all of them up to 7."""
+    r = np.arange(-7, 8)
+    every = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    every = every[allowed_reflections(every, centering) & np.any(every != 0, axis=1)]
+    nodes = lattice.q(every)
+    out = np.empty((len(q_c), 3), int)
+    for a in range(0, len(q_c), 2048):  # bounded temporaries
+        d2 = (nodes**2).sum(1)[None] - 2 * q_c[a:a + 2048] @ nodes.T
+        out[a:a + 2048] = every[np.argmin(d2, axis=1)]
+    return out
 
 
 def _mgo_voigt():
