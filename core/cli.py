@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, args, 2)
     except DifframeError as exc:
         return _fail(exc, args, 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # under MPI a rank interrupted outside a collective would strand the others
+        if parallel.stranded(exc):
+            parallel.end_job(exc, lambda who: print(f"difframe: interrupted ({who})", file=sys.stderr))
         print("difframe: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head`: not an error of ours

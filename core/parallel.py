@@ -33,6 +33,10 @@ _RAISED_HERE = "difframe_raised_here"
 #: fails alike (a bad parameter), rank 0's report and abort come first and the message is printed once
 ABORT_GRACE_SECONDS = 2.0
 
+#: seconds between a rank's report and its MPI_Abort: the launcher forwards output asynchronously, and an abort it
+#: handles first loses what the rank printed last
+REPORT_SECONDS = 0.5
+
 _ended_above = False  # True within ending_jobs_here()
 
 
@@ -147,7 +151,11 @@ def world() -> Ranks:
     """
     if not any(k in os.environ for k in _LAUNCHER_VARIABLES):
         return Ranks()
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except ImportError:  # each process would run the whole job and write the same files
+        raise errors.UsageError("started by an MPI launcher but mpi4py is not installed: install difframe[mpi], "
+                                "or run without mpiexec") from None
 
     ranks = Ranks(MPI.COMM_WORLD)
     if ranks.size > 1:
@@ -165,7 +173,10 @@ def stranded(exc: BaseException) -> bool:
     several ranks, and not raised on every rank by :meth:`Ranks.raise_first`."""
     if hasattr(exc, _RAISED_HERE) or not any(k in os.environ for k in _LAUNCHER_VARIABLES):
         return False
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except ImportError:  # then no rank ever started MPI
+        return False
 
     return MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1
 
@@ -188,7 +199,9 @@ def ended_above() -> bool:
 
 
 def exit_status(exc: BaseException) -> int:
-    """The CLI's exit status for a failure: 2 for a usage error, 1 for any other."""
+    """The CLI's exit status for a failure: 2 for a usage error, 130 for an interrupt, 1 for any other."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
     return 2 if isinstance(exc, errors.UsageError) else 1
 
 
@@ -198,7 +211,8 @@ def end_job(exc: BaseException, report: Callable[[str], None]) -> NoReturn:
     ``report(who)`` prints or logs the failure; ``who`` is "rank r of n".
     ``MPI_Abort`` ends all ranks and mpiexec exits with :func:`exit_status`.
     A rank other than 0 waits :data:`ABORT_GRACE_SECONDS` first, so that a
-    failure every rank meets (a bad parameter) is reported by rank 0 alone.
+    failure every rank meets (a bad parameter) is reported by rank 0 alone;
+    every rank leaves :data:`REPORT_SECONDS` for its report to get out.
     MPICH's ``MPI_Abort`` returns once the launcher is told, so this rank then
     leaves at once (no traceback, no ``MPI_Finalize`` waiting for the others).
     """
@@ -216,5 +230,6 @@ def end_job(exc: BaseException, report: Callable[[str], None]) -> NoReturn:
                 stream.flush()
             except (OSError, ValueError):  # closed or broken: nothing more can reach it
                 pass
+        time.sleep(REPORT_SECONDS)
         comm.Abort(exit_status(exc))
         os._exit(exit_status(exc))

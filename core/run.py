@@ -163,7 +163,8 @@ class Run:
                 results = self._run()
         except BaseException as exc:
             self.hook.difframe_run_failed(run=self, error=exc)
-            if isinstance(exc, Exception) and parallel.stranded(exc) and not parallel.ended_above():
+            failed = isinstance(exc, (Exception, KeyboardInterrupt))  # not SystemExit
+            if failed and parallel.stranded(exc) and not parallel.ended_above():  # other ranks would wait for this one
                 text = _describe(exc)
                 parallel.end_job(exc, lambda who: log.error("%s: %s; ending every rank", who, text,
                                                             exc_info=log.isEnabledFor(logging.DEBUG)))
@@ -190,6 +191,8 @@ class Run:
         raise UsageError("nothing to run: give at least one scans.<label> (ptychography) or a tds subtree")
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     """A failure as the CLI words it: the message, preceded by the type when it is not a difframe error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
     return str(exc) if isinstance(exc, DifframeError) else f"{type(exc).__name__}: {exc}"
