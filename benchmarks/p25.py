@@ -28,14 +28,17 @@ EXAMPLE = ROOT / "examples" / "p25.toml"
 
 
 def without_terms(params: dict) -> dict:
-    """The example with the model terms for real data switched off: the engines as they were before."""
+    """The example with the model terms and ML options for real data switched off (one probe mode, rounded
+    windows, plain conjugate gradients): the same engines and iterations as they were before."""
     p = tomllib.loads(EXAMPLE.read_text())
     p.update({k: v for k, v in params.items() if k not in p})
     p["scans"]["p25"]["background"] = {"active": False}
+    p["scans"]["p25"].pop("coherence", None)
     p["engine"] = {"common": {"probe_support": 0.7}}
     for ep in p["engines"].values():
         ep["floating_intensities"] = False
-        ep.pop("position_refinement", None)
+        for option in ("position_refinement", "illumination_precond", "subpixel_positions"):
+            ep.pop(option, None)
     return p
 
 
