@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 import difframe
-from difframe.ptycho import kernels
+from difframe.ptycho import kernels, projection
 from difframe.ptycho import model as pm
 from difframe.types import EngineSpec, Parameter
 
@@ -199,53 +199,11 @@ class DifferenceMap:
         return loops
 
     def _object_update(self) -> None:
-        m = self.model
-        inertia = float(self.p.object_inertia) * self.mean_power
-        sums = {}
-        for oid, st in m.objects.items():
-            if not m.ranks.is_root:  # the inertia term enters the all-reduced sums once
-                sums[oid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
-                continue
-            base = pm.gaussian_smooth(st.data, self.p.obj_smooth_std) if self.p.obj_smooth_std else st.data
-            sums[oid] = (inertia * base, np.full(st.data.shape[-2:], inertia, m.rdtype))
-        for scan in m.scans:
-            probe = m.probes[scan.probe_id].data
-            pconj = np.conj(probe) * scan.object_power
-            pden = pm.intensity(probe[None])[0] * scan.object_power
-            self.kernels.add_object_update(*sums[scan.object_id], pconj, pden, self.exits[scan.label], scan.corners)
-        for oid, (num, den) in sums.items():
-            m.ranks.sum_arrays(num, den)
-            num /= den
-            pm.clip_amplitude(num, self.p.clip_object)
-            m.objects[oid].data[...] = num
+        projection.object_update(self.model, self.exits, float(self.p.object_inertia) * self.mean_power,
+                                 self.p.obj_smooth_std, self.p.clip_object)
 
     def _probe_update(self) -> float:
-        m = self.model
-        frames = {pid: 0 for pid in m.probes}
-        for scan in m.scans:
-            frames[scan.probe_id] += len(scan.positions)  # all ranks' frames
-        sums = {}
-        for pid, st in m.probes.items():
-            if not m.ranks.is_root:  # the inertia term enters the all-reduced sums once
-                sums[pid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
-                continue
-            obj_power = np.mean([np.mean(np.abs(m.objects[s.object_id].data) ** 2) for s in m.scans
-                                 if s.probe_id == pid])
-            inertia = float(self.p.probe_inertia) * frames[pid] * obj_power
-            sums[pid] = (inertia * st.data, np.full(st.data.shape[-2:], inertia, m.rdtype))
-        for scan in m.scans:
-            self.kernels.add_probe_update(*sums[scan.probe_id], m.objects[scan.object_id].data,
-                                          self.exits[scan.label], scan.corners, weight=scan.probe_power)
-        change = 0.0
-        for pid, (num, den) in sums.items():
-            m.ranks.sum_arrays(num, den)
-            num /= den
-            if self.supports[pid] is not None:
-                num *= self.supports[pid]
-            old = m.probes[pid].data
-            change = max(change, float(np.linalg.norm(num - old) / max(np.linalg.norm(num), 1e-30)))
-            old[...] = num
-        return change
+        return projection.probe_update(self.model, self.exits, float(self.p.probe_inertia), self.supports)
 
 
 def factory(params, context):
