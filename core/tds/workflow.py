@@ -193,6 +193,8 @@ def _run_tds(run, tds, output_dir: Path, comm) -> dict:
             results["harvest"] = target
         if not bool(_get(tds, "DO_ELASTIC", True)):
             return results
+    elif comm is not None and comm.Get_rank() != 0:
+        return {}  # a fit of a saved harvest is one process's work: rank 0 does it and writes the files
     else:
         result = load_harvest(load_from)
     if _get(tds, "show_hkls", False):  # tds2el: list the hkl and their points, then stop
