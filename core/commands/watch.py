@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -13,9 +14,9 @@ have an `interaction` section; it logs the address it listens on) and show the
 object amplitude and phase, the probe modes and the error curves as the run
 goes: in a matplotlib window, or, with --png DIR, as one PNG per new state
 (headless).  The run is asked for its state every --poll seconds; it answers
-between blocks of engine.numiter_contiguous iterations.  The watch ends when
-the run stops answering for --timeout seconds (a window stays open until it is
-closed).  Watching never slows the run by more than the server's serving share.
+between blocks of engine.numiter_contiguous iterations.  The run's last state
+is always drawn; the watch ends then, or when the run stops answering for
+--timeout seconds (a window stays open until it is closed).  Watching never slows the run by more than the server's serving share.
 
 examples:
   difframe watch                                   the default address tcp://127.0.0.2:5570
@@ -23,6 +24,9 @@ examples:
   difframe watch --png live --every 20 --count 5   every 20 iterations, 5 pictures, then stop"""
 
 DEFAULT_ADDRESS = "tcp://127.0.0.2:5570"
+#: seconds between a reply and the next request: a server that has answered waits up to its conversation time
+#: (200 ms) for a client's next request, and one sent then would only fetch the same state again
+RESEND_S = 0.25
 #: matplotlib backends that draw no window
 _HEADLESS_BACKENDS = ("agg", "cairo", "pdf", "pgf", "ps", "svg", "template")
 
@@ -50,28 +54,101 @@ def main(args) -> int:
         if value is not None and not value > 0:
             raise UsageError(f"--{name} {value}: must be positive")
     view = PngView(Path(args.png)) if args.png else WindowView()
-    drawn = shown = None  # iteration of the last picture; of the last state seen
     with InteractionClient(args.address, timeout=args.timeout) as client:
+        try:
+            status = client.status(view.idle)
+        except TimeoutError:
+            raise DifframeError(f"no run answers at {args.address} within {args.timeout} s: is it running with "
+                                f"an interaction section? It logs the address it listens on") from None
+    fetcher = Fetcher(args.address, args.timeout, status)
+    fetcher.start()
+    drawn = None  # iteration of the last picture
+    try:
         while view.open and (args.count is None or view.pictures < args.count):
-            try:
-                status = client.status(view.idle)
-                if drawn is None or status["iteration"] >= drawn + args.every:
-                    snap = client.snapshot(status, view.idle)
-                    if snap["iteration"] == status["iteration"]:  # else the run moved on meanwhile: ask again
-                        view.show(status, snap)
-                        drawn = status["iteration"]
-                shown = status["iteration"]
-            except TimeoutError:
-                if shown is None:
-                    raise DifframeError(f"no run answers at {args.address} within {args.timeout} s: is it running "
-                                        f"with an interaction section? It logs the address it listens on") from None
-                print(f"{status['run']}: no answer for {args.timeout} s after iteration {shown}; "
+            status, whole, failure = fetcher.latest()
+            if whole is not None:
+                shown, snap = whole  # a state served in one pause, with its own status
+                last = finished(shown) or failure is not None
+                if shown["iteration"] != drawn and (drawn is None or shown["iteration"] >= drawn + args.every
+                                                     or last):
+                    view.show(shown, snap)
+                    drawn = shown["iteration"]
+                if finished(shown):
+                    print(f"{shown['run']}: finished at iteration {drawn}")
+                    view.finish(f"{shown['run']}: finished at iteration {drawn}")
+                    break
+            if failure is not None:
+                print(f"{status['run']}: no answer for {args.timeout} s after iteration {status['iteration']}; "
                       f"the run has ended (or is busy longer than --timeout)")
-                view.finish(f"{status['run']}: ended after iteration {shown}")
+                view.finish(f"{status['run']}: ended after iteration {status['iteration']}")
                 break
             view.idle(args.poll)
+    finally:
+        fetcher.stop()
     print(f"{view.pictures} picture(s)" + (f" in {args.png}" if args.png else ""))
     return 0
+
+
+class Fetcher(threading.Thread):
+    """Keeps one snapshot request waiting at the run's server at all times, so that every pause of the run
+    (its last included) answers one however long drawing takes; :meth:`latest` is the newest whole state."""
+
+    def __init__(self, address: str, timeout: float, status: dict):
+        super().__init__(name="difframe-watch-fetcher", daemon=True)
+        self.address, self.timeout = address, timeout
+        self._lock, self._stopped = threading.Lock(), threading.Event()
+        self._status, self._whole, self._failure = status, None, None
+
+    def latest(self) -> tuple[dict, tuple[dict, dict] | None, Exception | None]:
+        """(newest status, (status, state) of the newest state served in one pause or None, the failure that
+        ended fetching or None)."""
+        with self._lock:
+            return self._status, self._whole, self._failure
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(self.timeout + 1)
+
+    def _check_stop(self) -> None:
+        if self._stopped.is_set():
+            raise _Stopped
+
+    def run(self) -> None:
+        from difframe.ptycho.interaction import InteractionClient, parse_snapshot, snapshot_requests
+
+        status = self._status
+        with InteractionClient(self.address, timeout=self.timeout) as client:
+            while True:
+                try:
+                    pending = client.send(snapshot_requests(status))
+                    status, snap = parse_snapshot(status, pending.collect(self._check_stop))
+                except _Stopped:
+                    return
+                except Exception as err:  # a timeout, a refusal: the watch ends with the newest state it has
+                    with self._lock:
+                        self._failure = err
+                    return
+                whole = snap["iteration"] == status["iteration"]  # else the run moved on while serving it
+                with self._lock:
+                    self._status = status
+                    if whole:
+                        self._whole = (status, snap)
+                if whole and finished(status) or self._stopped.wait(RESEND_S):
+                    return
+
+
+class _Stopped(Exception):
+    """The watch no longer needs the fetcher."""
+
+
+def planned(status: dict) -> int:
+    """Iterations the run's engines will do in all (as the run was told when ``status`` was taken)."""
+    return sum(int(e.get("numiter", 0)) for e in status["engines"].values())
+
+
+def finished(status: dict) -> bool:
+    """The state of ``status`` is the run's last: a stop was asked for, or every engine has done its work."""
+    return bool(status["stop_requested"]) or status["iteration"] >= planned(status)
 
 
 def figure(status: dict, snap: dict):

@@ -512,6 +512,71 @@ def serving(run, model, runtime: dict):
         server.close()
 
 
+class Pending:
+    """Replies on their way to :meth:`InteractionClient.send`'s requests; the socket closes once collected."""
+
+    def __init__(self, client: "InteractionClient", sock, messages: list[dict], deadline: float):
+        self.client, self.sock, self.messages, self.deadline = client, sock, messages, deadline
+
+    def collect(self, idle=None) -> list[tuple[dict, list[np.ndarray]]]:
+        """The replies in order, waiting until the client's timeout after sending (``idle()`` about every 0.1 s);
+        TimeoutError, or RequestRefused for an error reply."""
+        replies = []
+        try:
+            while len(replies) < len(self.messages):
+                if not self.sock.poll(100):
+                    if time.monotonic() >= self.deadline:
+                        raise TimeoutError(f"no reply from {self.client.address} within {self.client.timeout} s")
+                    if idle is not None:
+                        idle()
+                    continue
+                frames = self.sock.recv_multipart()[1:]  # after the empty delimiter
+                replies.append(self.client._reply(frames, self.messages[len(replies)]))
+            return replies
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the replies still on their way (a client's context ends only once its sockets are closed)."""
+        self.sock.close(linger=0)
+
+
+def snapshot_requests(status: dict) -> list[dict]:
+    """The requests of a snapshot: a fresh status first, every object, probe and scan's positions that
+    ``status["arrays"]`` names, the error history last (so its length tells whether one pause served all)."""
+    arrays = status["arrays"]
+    return ([{"request": "status"}] + [{"request": "get", "array": kind, "id": ident}
+                                       for kind in ("object", "probe", "positions") for ident in arrays[kind]]
+            + [{"request": "get", "array": "error"}])
+
+
+def parse_snapshot(status: dict, replies: list) -> tuple[dict, dict]:
+    """(fresh status, state) from the replies to :func:`snapshot_requests` of ``status``.
+
+    The state is what :mod:`difframe.ptycho.plotting` draws: ``{"objects", "probes"}`` (``{"data", "psize"}``
+    each), ``iter_info`` (one record per iteration: ``iteration`` within the engine, ``iterations`` over the
+    run, ``engine``, ``error``), ``scanned`` (scan positions in object pixels) and ``iteration``, the error
+    history's length, which equals the fresh status's iteration exactly when one pause of the run served all.
+    """
+    arrays, geometry = status["arrays"], status.get("geometry", {})
+    wanted = [(kind, ident) for kind in ("object", "probe", "positions") for ident in arrays[kind]]
+    fresh, got = replies[0][0], {key: reply[1][0] for key, reply in zip(wanted, replies[1:-1])}
+    errors = replies[-1][1][0]
+
+    def storage(kind, ident):  # with its pixel size, so that pictures get scale bars
+        return {"data": got[kind, ident], "psize": geometry.get(kind, {}).get(ident, {}).get("psize")}
+
+    objects = {k: storage("object", k) for k in arrays["object"]}
+    scanned = {}
+    if len(objects) == 1 and "object" in geometry:  # positions are per scan; one object frame holds them all
+        (oid, g), = geometry["object"].items()
+        pos = np.concatenate([got["positions", label] for label in arrays["positions"]])
+        scanned[oid] = (pos - np.asarray(g["origin"])) / np.asarray(g["psize"])
+    return fresh, {"objects": objects, "probes": {k: storage("probe", k) for k in arrays["probe"]},
+                   "scanned": scanned, "iteration": len(errors),
+                   "iter_info": error_history(errors, fresh.get("engine_runs", []), fresh.get("engine"))}
+
+
 def error_history(errors: np.ndarray, engine_runs: list, engine: str | None) -> list[dict]:
     """``iter_info``-like records (``iteration`` within the engine, ``iterations`` over the run, ``engine``,
     ``error``) from a ``get error`` array and a status's ``engine_runs``; rows before any recorded start
@@ -605,6 +670,9 @@ class InteractionClient:
             self._socket.close(linger=0)  # a REQ socket that missed its reply cannot send again
             self._connect()
             raise TimeoutError(f"no reply from {self.address} within {self.timeout} s") from None
+        return self._reply(frames, message)
+
+    def _reply(self, frames: list, message: dict) -> tuple[dict, list[np.ndarray]]:
         header = json.loads(frames[0].decode("utf-8"))
         if not header.get("ok"):
             raise RequestRefused(f"{self.address} refused {message.get('request')!r}: {header.get('error')}")
@@ -616,39 +684,29 @@ class InteractionClient:
             arrays.append(np.frombuffer(frames[1], dtype=dtype).reshape(header["array"]["shape"]))
         return header, arrays
 
+    def requests(self, messages: list[dict], idle=None) -> list[tuple[dict, list[np.ndarray]]]:
+        """Send ``messages`` at once and return their replies in order (:meth:`send`, then collect)."""
+        return self.send(messages).collect(idle)
+
+    def send(self, messages: list[dict]) -> "Pending":
+        """Send ``messages`` at once (pipelined, from a DEALER socket with the REQ envelope); the replies are
+        collected later (:meth:`Pending.collect`).  The requests wait in the server's queue together, so one
+        pause of the run answers them all (within its serving budget), however busy this process is meanwhile."""
+        import zmq
+
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        for message in messages:
+            sock.send_multipart([b"", json.dumps(message, allow_nan=False).encode()])
+        return Pending(self, sock, messages, time.monotonic() + self.timeout)
+
     def status(self, idle=None) -> dict:
         return self.request({"request": "status"}, idle)[0]
 
-    def snapshot(self, status: dict, idle=None) -> dict:
-        """Every object and probe of ``status["arrays"]`` (``{"data", "psize"}``) and the error history, as the
-        pictures of :mod:`difframe.ptycho.plotting` take them: ``{"objects", "probes", "iter_info", "scanned",
-        "iteration"}``.
-
-        ``iter_info`` has one record per iteration (``iteration`` within the
-        engine, ``iterations`` over the run, ``engine``, ``error``); ``scanned`` the scan positions in object pixels.
-        Each array is one request, so a run may move on between them:
-        ``iteration`` (the length of the error history, fetched last) equals
-        ``status["iteration"]`` only when all were served in the same pause.
-        """
-        def fetch(which, ident=None):
-            message = {"request": "get", "array": which, **({} if ident is None else {"id": ident})}
-            return self.request(message, idle)[1][0]
-
-        arrays, geometry = status["arrays"], status.get("geometry", {})
-
-        def storage(kind, ident):  # with its pixel size, so that pictures get scale bars
-            return {"data": fetch(kind, ident), "psize": geometry.get(kind, {}).get(ident, {}).get("psize")}
-
-        objects = {k: storage("object", k) for k in arrays["object"]}
-        probes = {k: storage("probe", k) for k in arrays["probe"]}
-        scanned = {}
-        if len(objects) == 1 and "object" in geometry:  # positions are per scan; one object frame holds them all
-            (oid, g), = geometry["object"].items()
-            pos = np.concatenate([fetch("positions", label) for label in arrays["positions"]])
-            scanned[oid] = (pos - np.asarray(g["origin"])) / np.asarray(g["psize"])
-        errors = fetch("error")  # last: its length tells whether the run moved on meanwhile
-        return {"objects": objects, "probes": probes, "scanned": scanned, "iteration": len(errors),
-                "iter_info": error_history(errors, status.get("engine_runs", []), status.get("engine"))}
+    def snapshot(self, status: dict, idle=None) -> tuple[dict, dict]:
+        """(fresh status, state) of the run, requested pipelined: see :func:`snapshot_requests`."""
+        return parse_snapshot(status, self.requests(snapshot_requests(status), idle))
 
     def get(self, array: str, ident: str | None = None) -> np.ndarray:
         message = {"request": "get", "array": array}

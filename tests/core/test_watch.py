@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -52,14 +51,17 @@ def sim_params(home, port, **plotclient):
 def record_served_states(monkeypatch) -> dict:
     """iteration -> copy of what the run held when its server was polled (a server answers only in polls).
 
-    Each block also pauses 0.2 s, so the run does tens of iterations, not thousands, while it is watched
-    (its final file records every one).
+    Every poll first waits (up to WAIT) until a client's request is queued, so that the watcher, however
+    slowly this machine runs it, sees the run from its first state to its last, and the server may spend all
+    the time it waits serving (a real run does neither: a watcher that falls behind a fast run, or whose
+    requests exceed the server's 5 % share, draws the newest whole state it got).
     """
+    monkeypatch.setattr(interaction, "SERVE_SHARE", 1.0)
     states = {}
     poll = interaction.InteractionServer.poll
 
     def recording_poll(self):
-        time.sleep(0.2)
+        self._socket.poll(int(WAIT * 1000))
         model, info = self.model, self.runtime["iter_info"]
         (oid, st), = model.objects.items()
         states[len(info)] = {
@@ -81,10 +83,12 @@ def picture_of(state, iteration, folder):
     return np.asarray(Image.open(folder / f"w_{iteration:04d}.png"))
 
 
-def test_watch_png_shows_the_running_reconstruction(tmp_path, monkeypatch):
+def test_watch_png_shows_the_running_reconstruction_through_its_last_state(tmp_path, monkeypatch):
     port = free_port()
     states = record_served_states(monkeypatch)
-    run = Run(sim_params(tmp_path / "home", port, active=False))
+    params = sim_params(tmp_path / "home", port, active=False)
+    params["engines"]["dm"]["numiter"] = 30
+    run = Run(params)
     failure = []
 
     def reconstruct():
@@ -95,27 +99,28 @@ def test_watch_png_shows_the_running_reconstruction(tmp_path, monkeypatch):
 
     watcher = subprocess.Popen(  # started first: it waits for the server, as a spawned live view does
         [sys.executable, "-m", "difframe.cli", "watch", f"tcp://{HOST}:{port}", "--png", str(tmp_path / "live"),
-         "--every", "4", "--count", "2", "--poll", "0.05", "--timeout", "60"],
+         "--every", "8", "--poll", "0.05", "--timeout", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = threading.Thread(target=reconstruct, daemon=True)
     worker.start()
     try:
-        out, err = watcher.communicate(timeout=WAIT)
+        out, err = watcher.communicate(timeout=WAIT)  # it ends by itself at the run's last state
     finally:
         watcher.kill()
         run.request_stop()
         worker.join(WAIT)
     assert not worker.is_alive() and not failure, failure
     assert watcher.returncode == 0, err
-    assert "2 picture(s)" in out
+    assert "w: finished at iteration 30" in out
     pngs = sorted((tmp_path / "live").glob("w_*.png"))
     iterations = [int(p.stem.split("_")[1]) for p in pngs]
-    assert len(pngs) == 2 and iterations[1] >= iterations[0] + 4, iterations
+    assert len(pngs) >= 2 and iterations[-1] == 30, iterations  # the last state, whatever --every says
+    assert all(b >= a + 8 for a, b in zip(iterations[:-2], iterations[1:-1])), iterations
     redrawn = tmp_path / "redrawn"
     for png, it in zip(pngs, iterations):
         assert np.array_equal(np.asarray(Image.open(png)), picture_of(states[it], it, redrawn)), png.name
-    first, later = iterations[0], max(states)
-    assert not np.array_equal(np.asarray(Image.open(pngs[0])), picture_of(states[later], first, redrawn))
+    first = iterations[0]
+    assert not np.array_equal(np.asarray(Image.open(pngs[0])), picture_of(states[30], first, redrawn))
 
 
 def test_watch_without_a_run_fails_with_one_message():
