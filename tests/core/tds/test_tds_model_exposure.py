@@ -133,3 +133,21 @@ def test_bad_exposure_settings_are_named(caplog):
     with caplog.at_level(logging.WARNING, logger="difframe.tds.fit"):
         choose_exposure(_points(), C, FitSettings(exposure="on"), GEOMETRY, header_increment=0.5)
     assert "angular_step = 1 deg disagrees with Angle_increment = 0.5 deg" in caplog.text
+
+
+def test_without_opencl_the_average_runs_in_numpy(monkeypatch):
+    def no_device():
+        raise RuntimeError("no platforms found")
+
+    monkeypatch.setattr(model_cl, "_program", no_device)
+    make, values, _ = MG
+    s = make()
+    q = np.array([[0.1, 0.05, 0.0], [0.0, -0.08, 0.03]])
+    G = np.array([2.0, 1.0, 0.5])
+    exposure = model.Exposure(np.array([0.0, 0.0, 1.0]), 2.0, np.array([4, 1]))
+    m = model_cl.make_model(G + q, q, s.basis, backend="auto", exposure=exposure)
+    assert isinstance(m, model.ExposureModel)
+    p = [values[n] for n in s.free]
+    T = m.evaluate(p, jacobian=False)[0]
+    assert T[1] == pytest.approx(model.NumpyModel(G + q, q, s.basis).evaluate(p, False)[0][1])  # one node: centre
+    assert T[0] != pytest.approx(model.NumpyModel(G + q, q, s.basis).evaluate(p, False)[0][0], rel=1e-6)
