@@ -231,3 +231,21 @@ def test_a_fit_failing_on_rank_0_after_the_harvest_ends_the_job(experiment):
     line = assert_one_message(proc, 2, "nosuch")
     assert line.startswith("difframe tds: error (rank 0 of 2): ")
     assert (experiment / "harvest.h5").is_file()  # the harvest before the fit was written
+
+
+def test_a_fit_of_a_saved_harvest_under_mpiexec_runs_once(experiment):
+    """load_from_file: the fit is one process's work; a second rank neither fits again nor writes the files."""
+    cguess = 'CGUESS = {"C11": [297.0, 200.0, 400.0], "A12": [95.0, 0.0, 300.0], "A44": [150.0, 1.0, 400.0]}\n'
+    (experiment / "tds2el.par").write_text(CONF + "DO_ELASTIC = 1\n")
+    harvest = subprocess.run([str(BIN / "difframe"), "-q", "tds", str(experiment / "input.par")], cwd=experiment,
+                             capture_output=True, text=True, timeout=WAIT)
+    assert harvest.returncode == 0, harvest.stderr[-2000:]
+    (experiment / "tds2el.par").write_text(CONF.replace('save_to_file = "harvest.h5"', 'load_from_file = "harvest.h5"')
+                                           + cguess)
+    env = {"PATH": f"{BIN}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1", "HOME": str(experiment)}
+    proc = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN / "difframe"), "tds", str(experiment / "input.par")],
+                          capture_output=True, text=True, cwd=experiment, timeout=WAIT, env=env)  # PoCL links with ld
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert output.count("Elastic constants [GPa]") == 1, output[-3000:]  # one fit's report: rank 1 fits nothing
+    assert (experiment / "fit_results.json").is_file()
