@@ -105,6 +105,43 @@ def parse_generators(generators: str, lattice: np.ndarray | None = None) -> list
     return ops
 
 
+def _maps_lattice(op: np.ndarray, lattice: np.ndarray) -> bool:
+    """Whether a Cartesian operation maps the lattice (direct vectors as columns) onto itself."""
+    m = np.linalg.solve(lattice, op @ lattice)
+    return bool(np.abs(m - np.rint(m)).max() < 1e-4)
+
+
+def check_cell(generators: str, cell: tuple) -> None:
+    """Refuse a cell (a, b, c, alpha, beta, gamma) that a generator does not map onto itself, naming both.
+
+    Why: a monoclinic 2(y) with alpha or gamma off 90 deg gives an elastic tensor for a symmetry the
+    crystal lacks, and everything downstream silently follows it.
+    """
+    from difframe.crystal.lattice import Lattice
+
+    direct = Lattice(*cell).direct
+    for token, op in zip(_split(generators), parse_generators(generators, direct)):
+        if _maps_lattice(op, direct):
+            continue
+        culprit = ""
+        for k, name in ((3, "alpha"), (4, "beta"), (5, "gamma")):
+            for angle in (90.0, 120.0, 60.0):  # the angle that, changed alone, makes the generator fit
+                trial = list(cell)
+                trial[k] = angle
+                try:
+                    fixed = Lattice(*trial).direct
+                except Exception:  # an impossible cell: not the fix
+                    continue
+                if _maps_lattice(parse_generators(token, fixed)[0], fixed):
+                    culprit = f": it needs {name} = {angle:g} deg, the cell has {name} = {cell[k]:g} deg"
+                    break
+            if culprit:
+                break
+        raise UsageError(f"ascii_generators {generators!r}: {token} does not map the cell a, b, c = "
+                         f"{cell[0]:g}, {cell[1]:g}, {cell[2]:g} Angstrom, alpha, beta, gamma = {cell[3]:g}, "
+                         f"{cell[4]:g}, {cell[5]:g} deg onto itself{culprit} (axes: a* along x, c along z)")
+
+
 def _split(text: str) -> list[str]:
     """Split at commas that are not inside parentheses."""
     tokens, depth, current = [], 0, ""

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from difframe.crystal.geometry import Geometry
-from difframe.crystal.symmetry import canonical_name, elastic_structure
+from difframe.crystal.symmetry import canonical_name, check_cell, elastic_structure
 from difframe.errors import UsageError
 from difframe.fileio import atomic_path
 
@@ -173,6 +173,8 @@ def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulat
     outdir = Path(outdir)
     if (outdir / "input.par").exists():
         raise UsageError(f"{outdir} already holds a simulation (input.par); choose another output folder")
+    geo = sim.geometry
+    check_cell(sim.generators, (geo.AA, geo.BB, geo.CC, geo.aAA, geo.aBB, geo.aCC))
     structure = elastic_structure(sim.generators, sim.geometry.lattice.direct)
     c_voigt = structure.full_voigt(sim.constants)  # names every constant that is missing or not free
     rng = np.random.default_rng(sim.seed)

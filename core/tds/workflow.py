@@ -172,7 +172,7 @@ def run_tds(run) -> dict:
 
 
 def _run_tds(run, tds, output_dir: Path, comm) -> dict:
-    from difframe.crystal.symmetry import elastic_structure
+    from difframe.crystal.symmetry import check_cell, elastic_structure
     from difframe.tds.config import geometry_of
     from difframe.tds.harvest import hkl_summary, load_harvest
 
@@ -207,6 +207,7 @@ def _run_tds(run, tds, output_dir: Path, comm) -> dict:
     if not generators:
         raise UsageError("ascii_generators is missing: it fixes the structure of the elastic tensor")
     geometry = geometry_of(tds)
+    check_cell(generators, (geometry.AA, geometry.BB, geometry.CC, geometry.aAA, geometry.aBB, geometry.aCC))
     structure = elastic_structure(generators, geometry.lattice.direct)
     results["structure"] = structure.table()
     cguess = _get(tds, "CGUESS")

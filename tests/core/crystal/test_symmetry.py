@@ -140,3 +140,24 @@ def test_cguess_checks_name_the_constant():
 def test_bad_generators(bad, culprit):
     with pytest.raises(UsageError, match=culprit):
         elastic_structure(bad)
+
+
+@pytest.mark.parametrize("generators, cell, message", [
+    ("1~,2(y)", (5, 7, 6, 95, 104, 90), "2\\(y\\) .* needs alpha = 90 deg, the cell has alpha = 95 deg"),
+    ("1~,2(y)", (5, 7, 6, 90, 104, 93), "2\\(y\\) .* needs gamma = 90 deg, the cell has gamma = 93 deg"),
+    ("1~,6(z),2(x)", (3.2, 3.2, 5.2, 90, 90, 90), "6\\(z\\) .* needs gamma = 120 deg"),
+])
+def test_cell_contradicting_a_generator_names_both(generators, cell, message):
+    from difframe.crystal.symmetry import check_cell
+
+    with pytest.raises(UsageError, match=message):
+        check_cell(generators, cell)
+
+
+def test_cells_that_fit_their_generators_pass():
+    from difframe.crystal.symmetry import check_cell
+
+    for generators, cell in (("1~,2(y)", (5, 7, 6, 90, 104, 90)), ("1~,6(z),2(x)", (3.2, 3.2, 5.2, 90, 90, 120)),
+                             ("1~,3(z),2(x)", (4.99, 4.99, 17.06, 90, 90, 120)), ("1~", (5, 6, 7, 80, 95, 100)),
+                             ("1~,4(z),3(111)", (4.2, 4.2, 4.2, 90, 90, 90))):
+        check_cell(generators, cell)
