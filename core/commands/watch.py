@@ -12,11 +12,15 @@ DESCRIPTION = """\
 Connect to the interaction server of a running ptychography run (the run must
 have an `interaction` section; it logs the address it listens on) and show the
 object amplitude and phase, the probe modes and the error curves as the run
-goes: in a matplotlib window, or, with --png DIR, as one PNG per new state
-(headless).  The run is asked for its state every --poll seconds; it answers
-between blocks of engine.numiter_contiguous iterations.  The run's last state
-is always drawn; the watch ends then, or when the run stops answering for
---timeout seconds (a window stays open until it is closed).  Watching never slows the run by more than the server's serving share.
+goes: in a matplotlib window, or, with --png DIR, as one PNG per picture
+(headless).  A request for the run's whole state always waits at its server,
+so each pause between blocks of engine.numiter_contiguous iterations can
+answer it; a picture is drawn from a state served in one pause only, when
+--every more iterations were done, and for the run's last state.  The
+watch ends when the run has finished, or has not answered for --timeout
+seconds (a window stays open until it is closed).  Watching takes at most the
+server's serving share (5 %) of the run's time; a watcher slower than a fast
+run draws the newest whole state it got.
 
 examples:
   difframe watch                                   the default address tcp://127.0.0.2:5570
@@ -40,7 +44,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--every", type=int, default=1, metavar="N",
                         help="draw when the run has done at least N iterations since the last picture (default 1)")
     parser.add_argument("--count", type=int, metavar="K", help="stop after K pictures (default: until the run ends)")
-    parser.add_argument("--poll", type=float, default=0.5, metavar="S", help="seconds between requests (default 0.5)")
+    parser.add_argument("--poll", type=float, default=0.5, metavar="S",
+                        help="seconds between looks at the newest state (default 0.5)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
                         help="seconds the run may leave a request unanswered before the watch ends (default 30)")
 
