@@ -95,8 +95,8 @@ def main(args) -> int:
 
 
 class Fetcher(threading.Thread):
-    """Keeps one snapshot request waiting at the run's server at all times, so that every pause of the run
-    (its last included) answers one however long drawing takes; :meth:`latest` is the newest whole state."""
+    """Asks the run's server for its whole state again ``RESEND_S`` after each answer, so that a request waits
+    at the run's pauses (its last included) however long drawing takes; :meth:`latest` is the newest state."""
 
     def __init__(self, address: str, timeout: float, status: dict):
         super().__init__(name="difframe-watch-fetcher", daemon=True)

@@ -684,10 +684,6 @@ class InteractionClient:
             arrays.append(np.frombuffer(frames[1], dtype=dtype).reshape(header["array"]["shape"]))
         return header, arrays
 
-    def requests(self, messages: list[dict], idle=None) -> list[tuple[dict, list[np.ndarray]]]:
-        """Send ``messages`` at once and return their replies in order (:meth:`send`, then collect)."""
-        return self.send(messages).collect(idle)
-
     def send(self, messages: list[dict]) -> "Pending":
         """Send ``messages`` at once (pipelined, from a DEALER socket with the REQ envelope); the replies are
         collected later (:meth:`Pending.collect`).  The requests wait in the server's queue together, so one
@@ -703,10 +699,6 @@ class InteractionClient:
 
     def status(self, idle=None) -> dict:
         return self.request({"request": "status"}, idle)[0]
-
-    def snapshot(self, status: dict, idle=None) -> tuple[dict, dict]:
-        """(fresh status, state) of the run, requested pipelined: see :func:`snapshot_requests`."""
-        return parse_snapshot(status, self.requests(snapshot_requests(status), idle))
 
     def get(self, array: str, ident: str | None = None) -> np.ndarray:
         message = {"request": "get", "array": array}
