@@ -29,7 +29,8 @@ GEOMETRY = {"energy": 6.2, "distance": 7.19, "psize": 172e-6, "prop_type": "farf
 
 
 def make_inputs(inputs: Path) -> None:
-    """in.ptyd (3 chunks), nan.ptyd (NaN in frame 11) and in.cxi (a mask per frame), one off-centre spot."""
+    """in.ptyd (3 chunks), nan.ptyd (NaN in frame 11), in.cxi (a mask per frame) and in.h5 (a beamline layout),
+    one off-centre spot."""
     rng = np.random.default_rng(7)
     y, x = np.indices((SIDE, SIDE))
     spot = 400 * np.exp(-((y - 9.4) ** 2 + (x - 14.2) ** 2) / 6.0)
@@ -43,6 +44,9 @@ def make_inputs(inputs: Path) -> None:
     write_ptyd(inputs / "nan.ptyd", PreparedData(**{**prepared.__dict__, "data": frames + 0.5}), frames_per_chunk=5)
     with h5py.File(inputs / "nan.ptyd", "a") as f:
         f["chunks/2/data"][1, 2, 2] = np.nan  # frame 11
+    with h5py.File(inputs / "in.h5", "w") as f:  # a beamline layout for the hdf5 recipe: the same frames
+        f["scan/frames"] = frames
+        f["scan/y_um"], f["scan/x_um"] = positions[:, 0] * 1e6, positions[:, 1] * 1e6
     with h5py.File(inputs / "in.cxi", "w") as f:
         det = f.create_group("entry_1/instrument_1/detector_1")
         det["data"] = frames[::-1]
@@ -66,13 +70,18 @@ def scan_params(inputs: Path, out: Path) -> dict:
         "c": {"data": {"source": "cxi", "recipe": {"cxi": {"cxifile": str(inputs / "in.cxi")}}, "shape": 16,
                        "dfile": str(out / "cxi.ptyd"), "save": "append"},
               "geometry": GEOMETRY},
+        "h": {"data": {"source": "hdf5", "shape": 16,
+                       "recipe": {"hdf5": {"file": str(inputs / "in.h5"), "intensities": "scan/frames",
+                                           "slow": "scan/y_um", "fast": "scan/x_um", "slow_multiplier": 1e-6,
+                                           "fast_multiplier": 1e-6}}},
+              "geometry": GEOMETRY},
         "s": {"data": sim, "geometry": GEOMETRY, "xy": {"type": "spiral", "spiral": {"dr": 0.5e-6, "r_out": 1.6e-6}},
               "illumination": {"photons": 100000, "aperture": {"form": "circ", "size": 1.5e-6}}},
     }
 
 
 def load(inputs: Path, out: Path) -> dict:
-    """Prepare the three scans on this rank; save its frames and the all-frame statistics."""
+    """Prepare the four scans on this rank; save its frames and the all-frame statistics."""
     ranks = parallel.world()
     record = {"rank": ranks.rank, "loaded": {}}
     load_share = prep_module.load_share

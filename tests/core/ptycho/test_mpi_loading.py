@@ -97,10 +97,11 @@ def runs(tmp_path_factory):
 def test_each_rank_reads_and_holds_only_its_share(runs):
     single, records, _, _ = runs
     sims = single["s"]["frames"]
-    assert single["loaded"] == {"f": [[0, 13]], "c": [[0, 13]], "s": [[0, sims]]}
-    assert [r["loaded"] for r in records] == [{"f": [[0, 6]], "c": [[0, 6]], "s": [[0, sims // 2]]},
-                                              {"f": [[6, 13]], "c": [[6, 13]], "s": [[sims // 2, sims]]}]
-    for label, n in (("f", 13), ("c", 13), ("s", sims)):
+    assert single["loaded"] == {"f": [[0, 13]], "c": [[0, 13]], "h": [[0, 13]], "s": [[0, sims]]}
+    assert [r["loaded"] for r in records] == [{"f": [[0, 6]], "c": [[0, 6]], "h": [[0, 6]], "s": [[0, sims // 2]]},
+                                              {"f": [[6, 13]], "c": [[6, 13]], "h": [[6, 13]],
+                                               "s": [[sims // 2, sims]]}]
+    for label, n in (("f", 13), ("c", 13), ("h", 13), ("s", sims)):
         assert [r[label]["held"] for r in records] == [n // 2, n - n // 2]
         assert [r[label]["first"] for r in records] == [0, n // 2]
         assert all(r[label]["frames"] == n for r in records)
@@ -110,7 +111,7 @@ def test_shares_are_the_one_rank_frames_and_all_frame_answers_agree(runs):
     single, records, (one, two), _ = runs
     ref = np.load(one / "rank0.npz")
     ranks = [np.load(two / f"rank{r}.npz") for r in (0, 1)]
-    for label in ("f", "c", "s"):
+    for label in ("f", "c", "h", "s"):
         np.testing.assert_array_equal(np.concatenate([r[f"{label}_data"] for r in ranks]), ref[f"{label}_data"])
         np.testing.assert_array_equal(np.concatenate([r[f"{label}_mask"] for r in ranks]), ref[f"{label}_mask"])
         for r, rec in zip(ranks, records):
