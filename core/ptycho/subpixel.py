@@ -43,7 +43,8 @@ def _weights(shifts: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 @kernels.jit
 def _interpolate(padded, starts, wt, out):
-    """out[n, o] = the window of ``padded`` at starts[n] interpolated with the separable weights wt[n] (rows, columns)."""
+    """out[n, o] = the window of ``padded`` at starts[n], interpolated with the separable weights wt[n]
+    (rows, then columns)."""
     taps, h, w = wt.shape[2], out.shape[2], out.shape[3]
     for n in numba.prange(out.shape[0]):
         y, x = starts[n, 0], starts[n, 1]
@@ -91,7 +92,8 @@ def _spread(stack, wt, out):
 
 
 def views(obj: np.ndarray, corners: np.ndarray, shifts: np.ndarray, shape, out: np.ndarray | None = None) -> np.ndarray:
-    """Windows (n, modes, H, W) of ``obj`` (modes, Ho, Wo) at ``corners`` + ``shifts``: view(r) = obj(corner + r + shift).
+    """Windows (n, modes, H, W) of ``obj`` (modes, Ho, Wo) at ``corners`` + ``shifts``:
+    view(r) = obj(corner + r + shift).
 
     Beyond the object's edge the field is taken as zero.
     """
