@@ -109,7 +109,8 @@ class MultislicePIE:
         if m.ranks.size > 1:
             raise UsageError(f"engine {NAME}: multislice updates the slices frame by frame and runs on one "
                              f"process only, not under mpiexec ({m.ranks.size} ranks); run it without mpiexec")
-        if p.position_refinement.active:
+        refinement = p.get("position_refinement")  # the run's tree always has it; bare test parameters may not
+        if refinement is not None and refinement.active:
             raise ParameterError(f"engine.{NAME}.position_refinement.active: position refinement models a "
                                  f"single-slice object and cannot refine a multislice one; switch it off")
         for oid, st in m.objects.items():
