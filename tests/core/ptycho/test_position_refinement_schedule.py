@@ -22,11 +22,11 @@ def schedule(monkeypatch, numiter, block, **refinement):
     """Iterations (within the engine) after which the flow refined, and the max_shift_px it passed."""
     calls = []
 
-    def refine_scan(model, scan, *, max_shift_px):
+    def refine_scan(model, scan, *, max_shift_px, **options):  # options: how, not when
         calls.append(max_shift_px)
         return np.zeros((len(scan.positions), 2))
 
-    def apply_shifts(model, scan, shifts, *, max_shift_px, original_positions):
+    def apply_shifts(model, scan, shifts, *, max_shift_px, original_positions, **options):
         return {"rms_shift_px": 0.0, "max_shift_px": 0.0}
 
     monkeypatch.setattr(positions, "refine_scan", refine_scan)
