@@ -22,9 +22,9 @@ wave is the probe:
     dpsi_ps = beta conj(O_s) dchi_ps / max |O_s|^2,   dchi_p,s-1 = D_-dz[dpsi_ps]
 
 Frames are visited in a seeded random order, each seeing the slices its
-predecessors improved, as the PIE family.  This first version runs each frame
-as a few numpy statements (a Python loop over frames; no numba kernel), so it is
-slower per frame than ePIE.  Under MPI it refuses to run.
+predecessors improved, as the PIE family; the whole epoch is one numba call
+(plugins/engines/multislice_kernels.py, FFTs included).  Under MPI it refuses
+to run.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import scipy.fft
 
 import difframe
 from difframe import limits, optics
@@ -127,10 +126,21 @@ class MultislicePIE:
             st.data = np.ascontiguousarray(np.concatenate([st.data, rest]))
             log.info("object %s: %d slices %.3g m apart, slice 1 from the current object, the others ones",
                      oid, self.slices, p.slice_spacing)
+        from difframe.plugins.engines import multislice_kernels
+
+        self.kernels = multislice_kernels
         self.rng = np.random.default_rng(int(p.seed))
         self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
-        self.slab = {}
+        self.slab, self.transfer = {}, {}
         for scan in m.scans:
+            prop = scan.propagator
+            if isinstance(prop, optics.FarField) and not prop.centred:
+                self.transfer[scan.label] = np.empty((0, 0), m.cdtype)
+            elif isinstance(prop, optics.NearField):
+                self.transfer[scan.label] = np.ascontiguousarray(prop.kernel, dtype=m.cdtype)
+            else:
+                raise UsageError(f"engine {NAME}: scan {scan.label!r} uses a propagator "
+                                 f"({type(prop).__name__}) the multislice kernel does not know")
             st = m.objects[scan.object_id]
             lam = optics.energy_to_wavelength(st.energy_kev)
             self.slab[scan.label] = optics.angular_spectrum_transfer(scan.shape, st.psize, lam, p.slice_spacing,
@@ -155,17 +165,26 @@ class MultislicePIE:
         m, p = self.model, self.p
         update_probe = self.iteration >= p.probe_update_start
         fit_bg = p.fit_background and self.iteration >= p.background_update_start
+        real = m.rdtype.type
         err_sum = dev_sum = change_sum = 0.0
         frames = 0
         for scan in m.scans:
-            bg_sums = np.zeros((2, *scan.shape)) if fit_bg and scan.background is not None else None
-            totals = self._scan_epoch(scan, update_probe, bg_sums)
-            if bg_sums is not None:
+            n = scan.num_frames
+            err, dev, change = np.zeros(n), np.zeros(n), np.zeros(n)
+            bg_sums = (np.zeros((2, *scan.shape), m.rdtype) if fit_bg and scan.background is not None
+                       else np.empty((0, 0, 0), m.rdtype))
+            self.kernels.multislice_epoch(
+                m.probes[scan.probe_id].data, m.objects[scan.object_id].data, scan.corners,
+                self.rng.permutation(n).astype(np.int64), scan.intensity, scan.weights_of(slice(None)),
+                scan.scale_factors(), scan.background_map(), self.transfer[scan.label], self.slab[scan.label],
+                real(p.alpha * scan.object_power), real(p.beta * scan.probe_power), update_probe, self.tiny,
+                err, dev, change, bg_sums)
+            if len(bg_sums):
                 pm.newton_background(scan, bg_sums[None], m.ranks)
-            err_sum += totals[0]
-            dev_sum += totals[1]
-            change_sum += totals[2]
-            frames += scan.num_frames
+            err_sum += float(err.sum())
+            dev_sum += float(dev.sum())
+            change_sum += float(change.sum())
+            frames += n
         for pid, st in m.probes.items():
             if self.supports[pid] is not None:
                 st.data *= self.supports[pid]
@@ -175,59 +194,6 @@ class MultislicePIE:
                    "exit_change": change_sum / max(frames, 1)}
         metrics.update(pm.orthogonalise_probes(m) if p.orthogonal_modes else pm.mode_powers(m))
         return metrics
-
-    def _scan_epoch(self, scan, update_probe: bool, bg_sums) -> tuple[float, float, float]:
-        """One sequential pass over the scan's frames; returns the sums of their errors, deviances, changes."""
-        m, p = self.model, self.p
-        probe, obj = m.probes[scan.probe_id].data, m.objects[scan.object_id].data
-        slab = self.slab[scan.label]
-        prop = scan.propagator
-        h, w = scan.shape
-        weights = np.broadcast_to(scan.weights, scan.intensity.shape)
-        scales, bg = scan.scale_factors(), scan.background_map()
-        alpha, beta = p.alpha * scan.object_power, p.beta * scan.probe_power
-        tiny = self.tiny
-        waves = np.empty((self.slices, *probe.shape), probe.dtype)  # the wave incident on each slice
-        err = dev = change = 0.0
-        for n in self.rng.permutation(scan.num_frames):
-            y, x = scan.corners[n]
-            win = obj[:, y:y + h, x:x + w]  # a view: slices are updated in place
-            waves[0] = probe
-            for s in range(self.slices - 1):
-                waves[s + 1] = _propagate(waves[s] * win[s], slab)
-            field = prop.forward(waves[-1] * win[-1])
-            model = np.sum(field.real**2 + field.imag**2, axis=0, dtype=np.float64)
-            meas, valid = scan.intensity[n], weights[n] > 0
-            im = np.maximum(scales[n] * model + bg, tiny)
-            amp, am = np.sqrt(meas), np.sqrt(im)
-            err += float(np.sum((am - amp)[valid] ** 2)) / max(int(valid.sum()), 1)
-            logs = np.where(meas > 0, meas * np.log(np.where(meas > 0, meas, 1.0) / im), 0.0)
-            dev += float(np.sum((2.0 * (im - meas + logs))[valid]))
-            if bg_sums is not None:
-                bg_sums[0] += weights[n] * (1.0 - meas / im)
-                bg_sums[1] += weights[n] * meas / im**2
-            factor = np.where(valid, amp / am - 1.0, 0.0).astype(m.rdtype)
-            dchi = prop.backward(field * factor)
-            change += float(np.sum(dchi.real**2 + dchi.imag**2))
-            for s in range(self.slices - 1, -1, -1):
-                old = win[s].copy()
-                psi = waves[s]
-                win[s] += (alpha / max(float(np.max(np.sum(psi.real**2 + psi.imag**2, axis=0))), tiny)
-                           * np.sum(np.conj(psi) * dchi, axis=0))
-                dpsi = (beta / max(float(np.max(old.real**2 + old.imag**2)), tiny)) * np.conj(old) * dchi
-                if s > 0:
-                    dchi = _propagate(dpsi, np.conj(slab))
-                elif update_probe:
-                    probe += dpsi
-        return err, dev, change
-
-
-def _propagate(field: np.ndarray, transfer: np.ndarray) -> np.ndarray:
-    """Free-space propagation of ``field`` (..., H, W) by the transfer function ``transfer`` (FFT order)."""
-    spec = scipy.fft.fft2(field)
-    spec *= transfer
-    return scipy.fft.ifft2(spec, overwrite_x=True)
-
 
 def factory(params, context):
     """Engine for ``engines.<label>`` with ``name = "e3PIE"``; ``context`` is the PtychoModel."""

@@ -6,10 +6,11 @@ import pytest
 
 from difframe import optics
 from difframe.errors import ParameterError, UsageError
-from difframe.plugins.engines import multislice, pie
+from difframe.plugins.engines import multislice, multislice_kernels, pie
 from difframe.ptycho import model as pm
 from difframe.ptycho.data import PreparedData
 
+from kernel_cases import FRAMES, SHAPE as KERNEL_SHAPE, close, random_weights
 from ptycho_truth import (DET_PSIZE, DISTANCE, ENERGY_KEV, SHAPE, amplitude_guess, engine_params, positions,
                           start_model, true_probe)
 
@@ -57,6 +58,83 @@ def two_slice_scan(photons=1e5, noise=True):
 @pytest.fixture(scope="module")
 def scan():
     return two_slice_scan()
+
+
+def _epoch_reference(probe, slices, corners, order, meas, weights, scale, bg, transfer, slab, alpha, beta,
+                     update_probe, tiny):
+    """The e3PIE epoch written frame by frame in numpy (complex128)."""
+    probe, slices = probe.astype(complex), slices.astype(complex)
+    h, w = KERNEL_SHAPE
+    wts = np.broadcast_to(weights, meas.shape)
+    err, dev, change, bg_sums = np.zeros(FRAMES), np.zeros(FRAMES), np.zeros(FRAMES), np.zeros((2, h, w))
+
+    def convolve(x, kernel):
+        return np.fft.ifft2(np.fft.fft2(x) * kernel)
+
+    for n in order:
+        y, x = corners[n]
+        win = slices[:, y:y + h, x:x + w]  # a view: the slices are updated through it
+        waves = [probe]
+        for s in range(len(win) - 1):
+            waves.append(convolve(waves[s] * win[s], slab))
+        chi = waves[-1] * win[-1]
+        field = np.fft.fft2(chi, norm="ortho") if transfer is None else convolve(chi, transfer)
+        model = (np.abs(field) ** 2).sum(axis=0)
+        im = np.maximum(scale[n] * model + bg, tiny)
+        valid = wts[n] > 0
+        amp, am = np.sqrt(meas[n]), np.sqrt(im)
+        err[n] = ((am - amp) ** 2)[valid].sum() / max(valid.sum(), 1)
+        logs = np.where(meas[n] > 0, meas[n] * np.log(np.where(meas[n] > 0, meas[n], 1) / im), 0)
+        dev[n] = (2 * (im - meas[n] + logs))[valid].sum()
+        bg_sums += wts[n] * (1 - meas[n] / im), wts[n] * meas[n] / im**2
+        factor = np.where(valid, amp / am - 1, 0)
+        dchi = (np.fft.ifft2(field * factor, norm="ortho") if transfer is None
+                else convolve(field * factor, np.conj(transfer)))
+        change[n] = (np.abs(dchi) ** 2).sum()
+        for s in range(len(win) - 1, -1, -1):
+            old, psi = win[s].copy(), waves[s]
+            win[s] += alpha * (np.conj(psi) * dchi).sum(axis=0) / (np.abs(psi) ** 2).sum(axis=0).max()
+            dpsi = beta * np.conj(old) * dchi / (np.abs(old) ** 2).max()
+            if s > 0:
+                dchi = convolve(dpsi, np.conj(slab))
+            elif update_probe:
+                probe = probe + dpsi
+    return probe, slices, err, dev, change, bg_sums
+
+
+@pytest.mark.parametrize("variant", ["far field", "near field, probe fixed"])
+def test_epoch_kernel_against_numpy(kernel_case, variant):
+    """The fused epoch against the numpy statement, for 2 or 3 slices, 1 or 2 probe modes, both precisions,
+    per-frame weights, scales and background."""
+    c = kernel_case
+    rng = c["rng"]
+    slices = (1 + 0.2 * c["obj"]).astype(c["dtype"])
+    if len(slices) == 1:
+        slices = np.concatenate([slices, (1 + 0.2 * rng.normal(size=slices.shape)).astype(c["dtype"])])
+    probe = (1 + 0.3 * c["probe"]).astype(c["dtype"])
+    weights = random_weights(c, shared=False)
+    meas = rng.poisson(3.0 * probe.shape[0], (FRAMES, *KERNEL_SHAPE)).astype(c["real"])
+    bg = rng.uniform(0.0, 2.0, KERNEL_SHAPE).astype(c["real"])
+    scale = rng.uniform(0.6, 1.5, FRAMES).astype(c["real"])
+    order = rng.permutation(FRAMES).astype(np.int64)
+    fy, fx = np.fft.fftfreq(KERNEL_SHAPE[0])[:, None], np.fft.fftfreq(KERNEL_SHAPE[1])[None, :]
+    slab = np.exp(-1j * 25 * (fy**2 + fx**2)).astype(c["dtype"])
+    transfer = None if variant == "far field" else np.exp(-1j * 40 * (fy**2 + fx**2)).astype(c["dtype"])
+    update_probe = variant == "far field"
+    tiny = float(np.finfo(c["real"]).tiny) * 1e6
+    ref = _epoch_reference(probe, slices, c["corners"], order, meas, weights, scale, bg, transfer, slab, 0.7, 0.4,
+                           update_probe, tiny)
+    err, dev, change = np.zeros(FRAMES), np.zeros(FRAMES), np.zeros(FRAMES)
+    bg_sums = np.zeros((2, *KERNEL_SHAPE), c["real"])
+    out_p, out_o = probe.copy(), slices.copy()
+    multislice_kernels.multislice_epoch(out_p, out_o, c["corners"], order, meas, weights, scale, bg,
+                                        np.empty((0, 0), c["dtype"]) if transfer is None else transfer, slab,
+                                        c["real"].type(0.7), c["real"].type(0.4), update_probe, tiny, err, dev, change,
+                                        bg_sums)  # steps in the model's precision, as the engine passes them
+    assert np.abs(out_o - slices).max() > 0.05 and (np.abs(out_p - probe).max() > 0.05) == update_probe
+    tol = 1e-4 if c["dtype"] == np.complex64 else 1e-10
+    for got, want in zip((out_p, out_o, err, dev, change, bg_sums), ref):
+        close(got, want, tol)
 
 
 def _engine(model, **options):
