@@ -168,6 +168,21 @@ def test_forward_model_explains_the_simulated_slices_and_no_single_slice_does():
     assert deviance(slices[:1] * slices[1:], 1) > 1.0
 
 
+def test_background_recovered_with_true_slices_and_probe():
+    """Steps 0: slices and probe stay true, only the per-epoch Newton step of the background acts, on noise-free
+    two-slice frames plus 50 counts per pixel."""
+    prep, probe, slices = two_slice_scan(noise=False)
+    prep.data[...] += 50.0
+    model = start_model(prep, probe)
+    model.objects["sim"].data = np.ascontiguousarray(slices, dtype=model.cdtype)
+    model.scans[0].background = np.full(SHAPE, 10.0, np.float32)
+    engine = _engine(model, num_slices=2, slice_spacing=SPACING, alpha=0.0, beta=0.0, probe_support=None,
+                     fit_background=True, background_update_start=0)
+    metrics = engine.iterate(8)
+    np.testing.assert_allclose(model.scans[0].background, 50.0, rtol=0.02)
+    assert metrics[-1]["deviance"] < 0.01 * metrics[0]["deviance"]
+
+
 @pytest.mark.parametrize("case", ["far field", "near field, two probe modes"])
 def test_one_slice_is_epie(scan, case):
     """With one slice the update is ePIE's, frame for frame in the same seeded order, with any propagator and
@@ -234,6 +249,12 @@ def test_bad_input_is_named(scan):
     modes = start_model(prep, probe, object_modes=2)
     with pytest.raises(ParameterError, match=r"engine\.e3PIE\.num_slices = 3: object 'sim' has 2 layers"):
         _engine(modes, num_slices=3)
+
+    from difframe.param import Param
+
+    refining = engine_params(multislice.PARAMETERS, position_refinement=Param(active=True))
+    with pytest.raises(ParameterError, match=r"engine\.e3PIE\.position_refinement\.active"):
+        multislice.factory(refining, start_model(prep, probe)).initialize()
 
     class TwoRanks:
         size, is_root = 2, True
