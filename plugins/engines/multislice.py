@@ -209,4 +209,7 @@ def difframe_engines():
 
 @difframe.hookimpl
 def difframe_run_started(run):
-    check_chain(run.params)
+    """Refuse a run the slices cannot serve before any data are read (callers without a run pass None)."""
+    params = getattr(run, "params", None)
+    if params is not None:
+        check_chain(params)
