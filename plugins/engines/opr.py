@@ -1,0 +1,204 @@
+"""Orthogonal probe relaxation (``OPR``, Odstrcil et al. 2016) on a stochastic PIE pass.
+
+When the illumination changes during a scan (fly scans, drifting or
+vibrating optics) one probe cannot explain every frame.  OPR gives each frame
+its own probe P_n and keeps the stack of them low-rank: after every epoch the
+stack (frames x pixels) is replaced by its best rank-K approximation
+(truncated SVD), P_n = sum_k w_nk U_k, so the K orthogonal modes U_k hold
+what the frames share and the weights w_nk how each frame differs; the
+discarded components are mostly noise of the single-frame updates.
+
+The epoch is rPIE's (random order, ``seed``), fused in numba with a probe per
+frame (plugins/engines/opr_kernels.py).  For the first ``start`` epochs all
+frames share one probe (plain rPIE), then the stack is made from it.  The
+model's probe storage holds the frames' mean probe after every epoch (what
+plots, autosaves, position refinement and a following engine see); the
+per-frame probes, modes and weights live in the engine only and are not
+written to the .ptyr.  One probe mode and one object mode; one process only
+(the stack of per-frame probes is kept whole, and the pass is sequential).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+import difframe
+from difframe import optics
+from difframe.errors import ParameterError, UsageError
+from difframe.limits import check_allocation
+from difframe.ptycho import model as pm
+from difframe.types import EngineSpec, Parameter
+
+log = logging.getLogger("difframe.engines.opr")
+
+NAME = "OPR"
+PARAMETERS = {
+    "num_modes": Parameter(
+        type="int", default=3, lowlim=1, help="Number of orthogonal probe modes K the frames' probes are built of",
+        doc="After each epoch the stack of per-frame probes is replaced by its rank-K truncated SVD: K modes "
+            "shared by all frames, weights per frame. A probe drifting smoothly (defocus, position) needs "
+            "2 to 5; more keeps noise. At most the number of frames of every scan."),
+    "start": Parameter(
+        type="int", default=2, lowlim=0, help="Epochs of one shared probe before the relaxation starts",
+        doc="The first epochs are plain rPIE with one probe for all frames, so the object and the common "
+            "probe settle before each frame's probe may differ."),
+    "alpha": Parameter(type="float", default=0.5, lowlim=0.0, help="Object update step size",
+                       doc="The object moves by alpha x conj(P_n) dpsi / D_O per frame (rPIE's denominator)."),
+    "beta": Parameter(type="float", default=0.5, lowlim=0.0, help="Probe update step size",
+                      doc="Frame n's probe moves by beta x conj(O) dpsi / D_P; each per-frame probe is "
+                          "updated once per epoch, so the step is larger than rPIE's."),
+    "object_regularisation": Parameter(
+        type="float", default=0.1, lowlim=0.0, uplim=1.0, help="rPIE's object denominator weight",
+        doc="D_O = (1 - r) |P|^2 + r max|P|^2: 1 is ePIE's max|P|^2 (as engine.rPIE)."),
+    "probe_regularisation": Parameter(
+        type="float", default=0.2, lowlim=0.0, uplim=1.0, help="rPIE's probe denominator weight",
+        doc="D_P = (1 - r) |O|^2 + r max|O|^2 (as engine.rPIE)."),
+    "probe_update_start": Parameter(type="int", default=1, lowlim=0,
+                                    help="Number of iterations (epochs) before probe update starts"),
+    "seed": Parameter(type="int", default=0, lowlim=0, help="Seed of the random order the frames are visited in",
+                      doc="The same seed gives the same reconstruction."),
+}
+
+
+def truncate(stack: np.ndarray, k: int) -> float:
+    """Replace ``stack`` (N, H, W) in place by its best rank-k approximation; returns the discarded power.
+
+    Through the N x N Gram matrix (frames are far fewer than pixels): its
+    top-k eigenvectors span the frame weights of the k leading singular
+    vectors, the discarded power is the sum of the other eigenvalues.
+    """
+    flat = stack.reshape(stack.shape[0], -1)
+    work = flat.astype(np.complex128)
+    gram = work @ work.conj().T
+    powers, vectors = np.linalg.eigh(gram)
+    keep = vectors[:, len(powers) - k:]
+    flat[...] = keep @ (keep.conj().T @ work)
+    return float(max(powers[:len(powers) - k].sum(), 0.0))
+
+
+class OPR:
+    """Orthogonal probe relaxation on a :class:`difframe.ptycho.model.PtychoModel`."""
+
+    def __init__(self, params, model: pm.PtychoModel):
+        self.p = params
+        self.model = model
+        self.iteration = 0
+
+    def initialize(self) -> None:
+        from difframe.plugins.engines import opr_kernels
+
+        m, p = self.model, self.p
+        if m.ranks.size > 1:
+            raise UsageError(f"engine {NAME}: orthogonal probe relaxation keeps every frame's probe and runs on one "
+                             f"process only, not under mpiexec ({m.ranks.size} ranks); use DM, RAAR or ML there, "
+                             f"or run {NAME} without mpiexec")
+        self.kernels = opr_kernels
+        for scan in m.scans:
+            if scan.num_frames < p.num_modes:
+                raise ParameterError(f"engine.{NAME}.num_modes = {p.num_modes}: more modes than the "
+                                     f"{scan.num_frames} frames of scan {scan.label!r}")
+            probe, obj = m.probes[scan.probe_id].data, m.objects[scan.object_id].data
+            if probe.shape[0] != 1 or obj.shape[0] != 1:
+                raise UsageError(f"engine {NAME}: scan {scan.label!r} has {probe.shape[0]} probe and {obj.shape[0]} "
+                                 f"object modes; OPR relaxes one coherent probe per frame: set "
+                                 f"scan.coherence.num_probe_modes and num_object_modes to 1")
+            check_allocation(scan.num_frames * probe.nbytes, f"engine {NAME}: the per-frame probes of scan "
+                             f"{scan.label!r}", UsageError)
+        self.rng = np.random.default_rng(int(p.seed))
+        self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
+        self.transfer = {}
+        for scan in m.scans:
+            prop = scan.propagator
+            if isinstance(prop, optics.FarField) and not prop.centred:
+                self.transfer[scan.label] = np.empty((0, 0), m.cdtype)
+            elif isinstance(prop, optics.NearField):
+                self.transfer[scan.label] = np.ascontiguousarray(prop.kernel, dtype=m.cdtype)
+            else:
+                raise UsageError(f"engine {NAME}: scan {scan.label!r} uses a propagator ({type(prop).__name__}) "
+                                 f"the OPR kernel does not know")
+        _, self.points = m.total_measured()
+        self.supports = {pid: pm.probe_support(st.data.shape[-2:], p.probe_support, m.rdtype)
+                         for pid, st in m.probes.items()}
+        self.deviations = {}  # scan label -> (frames, H, W): each frame's probe minus the shared one
+
+    def iterate(self, n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            out.append(self._epoch())
+            self.iteration += 1
+        return out
+
+    def finalize(self) -> dict:
+        self.deviations = {}
+        return {"engine": NAME, "iterations": self.iteration}
+
+    def probes_of(self, label: str) -> np.ndarray:
+        """Scan ``label``'s per-frame probes (frames, H, W): the shared probe plus each frame's deviation."""
+        scan = next(s for s in self.model.scans if s.label == label)
+        shared = self.model.probes[scan.probe_id].data
+        return shared + self.deviations.get(label, np.zeros((scan.num_frames, 1, 1), shared.dtype))
+
+    def _epoch(self) -> dict:
+        m, p = self.model, self.p
+        relax = self.iteration >= p.start and p.num_modes > 1
+        update_probe = self.iteration >= p.probe_update_start
+        fit_bg = p.fit_background and self.iteration >= p.background_update_start
+        real = m.rdtype.type
+        err_sum = dev_sum = change_sum = discarded = 0.0
+        frames = 0
+        for scan in m.scans:
+            n = scan.num_frames
+            shared = m.probes[scan.probe_id].data
+            if relax and scan.label not in self.deviations:
+                self.deviations[scan.label] = np.zeros((n, *scan.shape), m.cdtype)
+            deviations = self.deviations.get(scan.label, np.zeros((1, *scan.shape), m.cdtype))
+            which = np.arange(n, dtype=np.int64) if relax else np.zeros(n, np.int64)
+            order = self.rng.permutation(n).astype(np.int64)
+            err, dev, change = np.zeros(n), np.zeros(n), np.zeros(n)
+            bg_sums = (np.zeros((2, *scan.shape), m.rdtype) if fit_bg and scan.background is not None
+                       else np.empty((0, 0, 0), m.rdtype))
+            self.kernels.opr_epoch(shared[0], deviations, which, relax, m.objects[scan.object_id].data[0],
+                                   scan.corners, order, scan.intensity, scan.weights_of(slice(None)),
+                                   scan.scale_factors(), scan.background_map(), self.transfer[scan.label],
+                                   real(p.alpha * scan.object_power), real(p.beta * scan.probe_power),
+                                   real(p.object_regularisation), real(p.probe_regularisation), update_probe,
+                                   self.tiny, err, dev, change, bg_sums)
+            if len(bg_sums):
+                pm.newton_background(scan, bg_sums[None], m.ranks)
+            if relax and update_probe:
+                discarded += self._relax(shared, deviations) * n
+            err_sum += float(err.sum())
+            dev_sum += float(dev.sum())
+            change_sum += float(change.sum())
+            frames += n
+        for scan in m.scans:
+            support = self.supports[scan.probe_id]
+            if support is not None:
+                m.probes[scan.probe_id].data *= support
+                if scan.label in self.deviations:
+                    self.deviations[scan.label] *= support
+        for st in m.objects.values():
+            pm.clip_amplitude(st.data, p.clip_object)
+        return {"fourier_error": err_sum / max(frames, 1), "deviance": dev_sum / max(self.points, 1),
+                "exit_change": change_sum / max(frames, 1), "opr_discarded": discarded / max(frames, 1)}
+
+    def _relax(self, shared: np.ndarray, deviations: np.ndarray) -> float:
+        """The deviations' mean joins the shared probe (the first mode); the rest keeps its num_modes - 1
+        strongest components.  Returns the discarded share of the frames' probe power."""
+        deviations -= deviations.mean(axis=0, dtype=np.complex128).astype(deviations.dtype)
+        lost = truncate(deviations, int(self.p.num_modes) - 1)
+        power = float(np.vdot(shared, shared).real) * len(deviations) + float(np.vdot(deviations, deviations).real)
+        return lost / max(power, 1e-300)
+
+
+def factory(params, context):
+    """Engine for ``engines.<label>`` with ``name = "OPR"``; ``context`` is the PtychoModel."""
+    return OPR(params, context)
+
+
+@difframe.hookimpl
+def difframe_engines():
+    yield EngineSpec(name=NAME, summary="orthogonal probe relaxation (Odstrcil et al. 2016): a probe per frame "
+                                        "on K shared modes, rPIE epochs", factory=factory, parameters=PARAMETERS)

@@ -1,0 +1,134 @@
+"""OPR's sequential epoch, fused in numba: an rPIE pass in which each frame's probe is shared + its own deviation.
+
+One call visits the frames of one scan in the given order; frame n is lit
+by P_n = probe + deviations[which[n]].  Per frame: psi = P_n O_n is
+propagated (far field: unitary FFT; near field: the transfer function),
+projected onto the measured moduli with the model intensity
+scale x |Psi|^2 + background, propagated back, and object and probe are
+updated at once from their old values with rPIE's denominators (r = 1: ePIE):
+
+    O += alpha conj(P_n) dpsi / ((1 - r_O) |P_n|^2 + r_O max |P_n|^2)
+    dP = beta  conj(O)   dpsi / ((1 - r_P) |O|^2   + r_P max |O|^2)
+
+and dP goes to the shared probe (as in rPIE, so every later frame profits)
+and, with ``update_deviation``, also to the frame's own deviation (which the
+engine then keeps low-rank).  One probe mode and one object mode (OPR's
+relaxed probe is one coherent mode per frame).  The numpy statement of the
+same maths is in tests/plugins/engines/test_opr.py.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import rocket_fft
+import scipy.fft
+
+from difframe.ptycho.kernels import FAST, LIKELIHOODS, row_deviance, row_likelihood, weight_rows
+
+POISSON = LIKELIHOODS["poisson"]
+
+#: the package that makes scipy.fft callable inside numba functions (importing it registers it)
+FFT_IN_NUMBA = rocket_fft.__name__
+
+
+@numba.njit(inline="always")
+def _forward(psi, transfer):
+    if transfer.shape[0] == 0:
+        return scipy.fft.fft2(psi, norm="ortho")
+    return scipy.fft.ifft2(scipy.fft.fft2(psi) * transfer, overwrite_x=True)
+
+
+@numba.njit(inline="always")
+def _backward(field, transfer):
+    if transfer.shape[0] == 0:
+        return scipy.fft.ifft2(field, norm="ortho", overwrite_x=True)
+    return scipy.fft.ifft2(scipy.fft.fft2(field, overwrite_x=True) * np.conj(transfer), overwrite_x=True)
+
+
+@numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
+def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, intensity, weights, scale,
+              background, transfer, alpha, beta, reg_object, reg_probe, update_probe, tiny, err, dev, change,
+              bg_sums):
+    """One sequential pass over the frames ``order``; ``obj`` (Ho, Wo), ``probe`` (H, W) and ``deviations``
+    (M, H, W) change in place.
+
+    Per frame n: err[n] = mean squared amplitude error over valid pixels,
+    dev[n] = Poisson deviance (sum over valid pixels), change[n] = sum
+    |dpsi|^2, all of the model before its update; with ``bg_sums`` (2, H, W)
+    the Poisson gradient and curvature with respect to the background are
+    added (empty: not fitted).  ``transfer`` is empty in far field.
+    """
+    h, w = probe.shape[0], probe.shape[1]
+    real = intensity.dtype.type
+    one, zero, rtiny = real(1), real(0), real(tiny)
+    a_o, a_p = real(alpha), real(beta)
+    r_o, r_p = real(reg_object), real(reg_probe)
+    wrow = weight_rows(weights, intensity.shape[0])
+    fit_bg = bg_sums.shape[0] > 0
+    lit = np.empty((h, w), probe.dtype)
+    psi = np.empty((h, w), probe.dtype)
+    model = np.empty(w, intensity.dtype)
+    d1 = np.empty(w, intensity.dtype)
+    d2 = np.empty(w, intensity.dtype)
+    step_o = np.empty(w, intensity.dtype)
+    step_p = np.empty(w, intensity.dtype)
+    for t in range(order.shape[0]):
+        n = order[t]
+        y, x = corners[n, 0], corners[n, 1]
+        own = deviations[which[n]]
+        p_max, o_max = zero, zero
+        for i in range(h):
+            pr, ob, ps, sh, dv = lit[i], obj[y + i, x:x + w], psi[i], probe[i], own[i]
+            for j in range(w):
+                pr[j] = sh[j] + dv[j]
+                ps[j] = pr[j] * ob[j]
+                p_max = max(p_max, pr[j].real * pr[j].real + pr[j].imag * pr[j].imag)
+                o_max = max(o_max, ob[j].real * ob[j].real + ob[j].imag * ob[j].imag)
+        field = _forward(psi, transfer)
+        s = real(scale[n])
+        e_sum, d_sum, valid = 0.0, 0.0, 0.0
+        for i in range(h):
+            f = field[i]
+            for j in range(w):
+                model[j] = f[j].real * f[j].real + f[j].imag * f[j].imag
+            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
+            d_sum += row_deviance(s, model, bg, meas, wt, tiny)
+            if fit_bg:
+                row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
+                b1, b2 = bg_sums[0, i], bg_sums[1, i]
+                for j in range(w):
+                    b1[j] += d1[j]
+                    b2[j] += d2[j]
+            e_row, v_row = zero, zero
+            for j in range(w):  # the factor - 1 that takes each amplitude onto the data
+                amp, am = np.sqrt(meas[j]), np.sqrt(s * model[j] + bg[j])
+                ok = wt[j] > zero
+                e_row += (am - amp) * (am - amp) if ok else zero
+                v_row += one if ok else zero
+                f[j] *= amp / max(am, rtiny) - one if ok else zero
+            e_sum += e_row
+            valid += v_row
+        err[n] = e_sum / max(valid, 1.0)
+        dev[n] = d_sum
+        dpsi = _backward(field, transfer)
+        c_sum = 0.0
+        for i in range(h):
+            pr, ob, d, sh, dv = lit[i], obj[y + i, x:x + w], dpsi[i], probe[i], own[i]
+            c_row = zero
+            for j in range(w):
+                p2 = pr[j].real * pr[j].real + pr[j].imag * pr[j].imag
+                o2 = ob[j].real * ob[j].real + ob[j].imag * ob[j].imag
+                step_o[j] = a_o / ((one - r_o) * p2 + r_o * p_max + rtiny)
+                step_p[j] = a_p / ((one - r_p) * o2 + r_p * o_max + rtiny)
+                c_row += d[j].real * d[j].real + d[j].imag * d[j].imag
+            c_sum += c_row
+            if update_probe:
+                for j in range(w):
+                    dp = step_p[j] * (np.conj(ob[j]) * d[j])
+                    sh[j] += dp
+                    if update_deviation:
+                        dv[j] += dp
+            for j in range(w):
+                ob[j] += step_o[j] * (np.conj(pr[j]) * d[j])
+        change[n] = c_sum
