@@ -266,3 +266,11 @@ def test_params_command_shows_engine_dm_for_engines_dm(capsys):
     out, err = capsys.readouterr()
     assert out.startswith(".engine.DM (Param)") and ".engine.DM.alpha" in out and "engine.ML" not in out
     assert "'engines.dm' is documented as 'engine.DM'" in err
+
+
+def test_docs_do_not_call_implemented_choices_unimplemented(tree):
+    """The reference's notes on ptypy's gaps ('only gaussian', 'merge [not implemented]') are not difframe's."""
+    ml = tree.nodes["engine.ML.type"]
+    assert set(ml.choices) == {"gaussian", "poisson", "euclid"} and "only 'gaussian'" not in ml.help + ml.doc
+    save = tree.nodes["scan.data.save"]
+    assert "merge" in save.choices and "[not implemented]" not in save.doc
