@@ -48,7 +48,9 @@ PARAMETERS = {
         type="int", default=2, lowlim=1, help="Number of object slices along the beam",
         doc="The object storage holds this many slices as its layers. A single-layer object (a fresh start, "
             "or another engine's result) becomes slice 1 and the others start as ones; an object that already "
-            "has num_slices layers (a resumed multislice result) is taken as the slices."),
+            "has num_slices layers is taken as the slices (to resume from a multislice .ptyr, set "
+            "scans.<label>.coherence.num_object_modes = num_slices with sample.model = 'recon', so that every "
+            "slice is loaded)."),
     "slice_spacing": Parameter(
         type="float", default=1e-6, help="Distance between neighbouring slices [m], > 0",
         doc="Free-space propagation over this distance (angular spectrum at the object pixel) carries the wave "
@@ -74,12 +76,15 @@ def check_chain(params) -> None:
     labels = [label for label, ep in engines.items() if ep.get("name") == NAME]
     if not labels:
         return
+    slices = {engines[label].get("num_slices") for label in labels}
     for label, scan in (params.get("scans") or {}).items():
         modes = scan.get("coherence", {}).get("num_object_modes", 1)
-        if modes > 1:
+        resuming = (scan.get("sample") or {}).get("model") == "recon" and modes in slices
+        if modes > 1 and not resuming:  # a .ptyr's slices load as that many layers; anything else is modes
             raise ParameterError(f"scans.{label}.coherence.num_object_modes = {modes}: engine {NAME} "
                                  f"(engines.{labels[0]}) keeps its slices in the object's layers and cannot "
-                                 f"have object modes too; set it to 1 and choose engines.{labels[0]}.num_slices")
+                                 f"have object modes too; set it to 1 and choose engines.{labels[0]}.num_slices, "
+                                 f"or to num_slices with sample.model = 'recon' to resume a multislice .ptyr")
     names = [(label, ep.get("name")) for label, ep in engines.items()]
     first = next(k for k, (label, _) in enumerate(names) if label == labels[0])
     for label, name in names[first:]:
