@@ -77,6 +77,10 @@ def check_chain(params) -> None:
     if not labels:
         return
     slices = {engines[label].get("num_slices") for label in labels}
+    if len(slices) > 1:
+        raise ParameterError(f"engines.{labels[-1]}.num_slices = {engines[labels[-1]].get('num_slices')}: every "
+                             f"{NAME} engine of a run works on the same slices "
+                             f"(engines.{labels[0]}.num_slices = {engines[labels[0]].get('num_slices')})")
     for label, scan in (params.get("scans") or {}).items():
         modes = scan.get("coherence", {}).get("num_object_modes", 1)
         resuming = (scan.get("sample") or {}).get("model") == "recon" and modes in slices

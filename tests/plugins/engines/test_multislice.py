@@ -316,3 +316,5 @@ def test_chains_after_single_slice_engines_and_refuses_what_slices_cannot_serve(
         _truth_run(tmp_path, prep, engines, {"a": {**scans["a"], "coherence": {"num_object_modes": 2}}})
     with pytest.raises(ParameterError, match=r"engines\.c\.name = 'ePIE' follows the multislice engine engines\.b"):
         _truth_run(tmp_path, prep, {**engines, "c": {"name": "ePIE", "numiter": 1}}, scans)
+    with pytest.raises(ParameterError, match=r"engines\.c\.num_slices = 3: every e3PIE engine"):
+        _truth_run(tmp_path, prep, {**engines, "c": {**engines["b"], "num_slices": 3}}, scans)
