@@ -1,21 +1,23 @@
-"""Orthogonal probe relaxation (``OPR``, Odstrcil et al. 2016) on a stochastic PIE pass.
+"""Orthogonal probe relaxation (``OPR``, Odstrcil et al. 2016) on a stochastic rPIE pass.
 
 When the illumination changes during a scan (fly scans, drifting or
 vibrating optics) one probe cannot explain every frame.  OPR gives each frame
-its own probe P_n and keeps the stack of them low-rank: after every epoch the
-stack (frames x pixels) is replaced by its best rank-K approximation
-(truncated SVD), P_n = sum_k w_nk U_k, so the K orthogonal modes U_k hold
-what the frames share and the weights w_nk how each frame differs; the
-discarded components are mostly noise of the single-frame updates.
+its own probe and keeps the stack of them low-rank: P_n = P + sum_k w_nk U_k,
+the shared probe P (the frames' mean, held in the model's probe storage) and
+K - 1 orthogonal modes U_k of the frames' deviations from it, with complex
+weights w_nk per frame: K modes in all (``num_modes``).
 
-The epoch is rPIE's (random order, ``seed``), fused in numba with a probe per
-frame (plugins/engines/opr_kernels.py).  For the first ``start`` epochs all
-frames share one probe (plain rPIE), then the stack is made from it.  The
-model's probe storage holds the frames' mean probe after every epoch (what
-plots, autosaves, position refinement and a following engine see); the
-per-frame probes, modes and weights live in the engine only and are not
-written to the .ptyr.  One probe mode and one object mode; one process only
-(the stack of per-frame probes is kept whole, and the pass is sequential).
+The epoch is rPIE's (random order, ``seed``), fused in numba
+(plugins/engines/opr_kernels.py): each frame's probe update goes to the
+shared probe, so every later frame profits as in rPIE, and to the frame's own
+deviation.  After each epoch the deviations lose their mean (the shared
+probe already took it) and are replaced by their rank K - 1 truncated SVD:
+what is left out is mostly the noise of single-frame updates.  For the first
+``start`` epochs all frames share one probe (plain rPIE).  Plots, autosaves,
+position refinement and a following engine see the shared probe; the
+per-frame deviations live in the engine only and are not written to the
+.ptyr.  One probe mode and one object mode; one process only (the (frames,
+H, W) deviations are kept whole, and the pass is sequential).
 """
 
 from __future__ import annotations
@@ -37,18 +39,19 @@ NAME = "OPR"
 PARAMETERS = {
     "num_modes": Parameter(
         type="int", default=3, lowlim=1, help="Number of orthogonal probe modes K the frames' probes are built of",
-        doc="After each epoch the stack of per-frame probes is replaced by its rank-K truncated SVD: K modes "
-            "shared by all frames, weights per frame. A probe drifting smoothly (defocus, position) needs "
-            "2 to 5; more keeps noise. At most the number of frames of every scan."),
+        doc="Each frame's probe is the shared probe plus a weighted sum of K - 1 orthogonal modes of the frames' "
+            "deviations from it (the rank K - 1 truncated SVD of the deviations after each epoch). 1 is rPIE; a "
+            "probe changing smoothly during the scan needs 2 to 5; more keeps noise. At most the number of "
+            "frames of every scan."),
     "start": Parameter(
         type="int", default=2, lowlim=0, help="Epochs of one shared probe before the relaxation starts",
-        doc="The first epochs are plain rPIE with one probe for all frames, so the object and the common "
+        doc="The first epochs are plain rPIE with one probe for all frames, so the object and the shared "
             "probe settle before each frame's probe may differ."),
     "alpha": Parameter(type="float", default=0.5, lowlim=0.0, help="Object update step size",
                        doc="The object moves by alpha x conj(P_n) dpsi / D_O per frame (rPIE's denominator)."),
     "beta": Parameter(type="float", default=0.5, lowlim=0.0, help="Probe update step size",
-                      doc="Frame n's probe moves by beta x conj(O) dpsi / D_P; each per-frame probe is "
-                          "updated once per epoch, so the step is larger than rPIE's."),
+                      doc="Each frame's update beta x conj(O) dpsi / D_P goes to the shared probe and (once "
+                          "relaxed) to the frame's own deviation."),
     "object_regularisation": Parameter(
         type="float", default=0.1, lowlim=0.0, uplim=1.0, help="rPIE's object denominator weight",
         doc="D_O = (1 - r) |P|^2 + r max|P|^2: 1 is ePIE's max|P|^2 (as engine.rPIE)."),
@@ -185,8 +188,8 @@ class OPR:
                 "exit_change": change_sum / max(frames, 1), "opr_discarded": discarded / max(frames, 1)}
 
     def _relax(self, shared: np.ndarray, deviations: np.ndarray) -> float:
-        """The deviations' mean joins the shared probe (the first mode); the rest keeps its num_modes - 1
-        strongest components.  Returns the discarded share of the frames' probe power."""
+        """Deviations without their mean (the shared probe took every update already), cut to num_modes - 1
+        components.  Returns the discarded share of the frames' probe power (metric opr_discarded)."""
         deviations -= deviations.mean(axis=0, dtype=np.complex128).astype(deviations.dtype)
         lost = truncate(deviations, int(self.p.num_modes) - 1)
         power = float(np.vdot(shared, shared).real) * len(deviations) + float(np.vdot(deviations, deviations).real)
