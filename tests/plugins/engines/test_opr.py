@@ -192,3 +192,32 @@ def test_bad_input_is_named(simulated):
     with pytest.raises(ParameterError, match=r"engines\.o\.num_modes"):
         tree.resolve({"engines": {"o": {"name": "OPR", "num_modes": 0}}})
     assert {p.rpartition(".")[2] for p in tree.nodes if p.startswith("engine.OPR.")} == set(opr.PARAMETERS)
+
+
+def test_opr_chains_after_dm_in_a_run(tmp_path):
+    """DM then OPR in one run on the drifting scan: OPR continues on DM's object and probe across blocks of
+    iterations, its records carry the common metrics and opr_discarded, and it fits the data better than DM."""
+    import difframe
+    from difframe import Run
+    from difframe.manager import PluginManager
+    from difframe.ptycho.ptyr import read_ptyr
+    from difframe.types import RecipeSpec
+
+    prep, probes, truth = drifting_scan()
+
+    class Truth:
+        @difframe.hookimpl
+        def difframe_recipes(self):
+            yield RecipeSpec(name="truth", summary="simulated scan", prepare=lambda p, ctx: prep)
+
+    params = {"run": "c", "io": {"paths": {"home": str(tmp_path)}, "autosave": {"active": False}},
+              "plotclient": {"dump_interval": None},
+              "scans": {"a": {"data": {"source": "truth"}, "illumination": {"model": np.abs(probes[24])[None]}}},
+              "engines": {"a": {"name": "DM", "numiter": 6, "numiter_contiguous": 3},
+                          "b": {"name": "OPR", "numiter": 8, "numiter_contiguous": 4, "num_modes": 2}}}
+    results = Run(params, plugins=PluginManager(plugins=[Truth()])).run()
+    records = read_ptyr(results["reconstruction"]).iter_info
+    assert [r["engine"] for r in records] == ["DM"] * 6 + ["OPR"] * 8
+    assert all(np.all(np.isfinite(r["error"])) for r in records)
+    assert 0 < records[-1]["metrics"]["opr_discarded"] < 0.1
+    assert records[-1]["error"][1] < 0.5 * records[5]["error"][1]  # deviance: OPR's last against DM's last
