@@ -65,20 +65,25 @@ PARAMETERS = {
 }
 
 
-def truncate(stack: np.ndarray, k: int) -> float:
-    """Replace ``stack`` (N, H, W) in place by its best rank-k approximation; returns the discarded power.
+def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 2) -> float:
+    """Replace ``stack`` (N, H, W) in place by its rank-k approximation; returns the discarded power.
 
-    Through the N x N Gram matrix (frames are far fewer than pixels): its
-    top-k eigenvectors span the frame weights of the k leading singular
-    vectors, the discarded power is the sum of the other eigenvalues.
+    A randomised SVD (Halko, Martinsson & Tropp 2011: a seeded Gaussian test
+    matrix of k + ``oversample`` columns, ``power_steps`` subspace iterations)
+    costs O(N H W k) where an exact SVD costs O(N^2 H W): at 1000 frames of
+    128 x 128 that is the difference between milliseconds and seconds per
+    epoch.  With N <= k + oversample it is the exact truncated SVD.
     """
     flat = stack.reshape(stack.shape[0], -1)
     work = flat.astype(np.complex128)
-    gram = work @ work.conj().T
-    powers, vectors = np.linalg.eigh(gram)
-    keep = vectors[:, len(powers) - k:]
-    flat[...] = keep @ (keep.conj().T @ work)
-    return float(max(powers[:len(powers) - k].sum(), 0.0))
+    width = min(k + oversample, len(work))
+    basis = np.random.default_rng(0).standard_normal((len(work), width)).astype(np.complex128)
+    for _ in range(power_steps + 1):
+        basis, _ = np.linalg.qr(work @ (work.conj().T @ basis))
+    u, s, vh = np.linalg.svd(basis.conj().T @ work, full_matrices=False)
+    total = float(np.vdot(work, work).real)
+    flat[...] = (basis @ u[:, :k]) @ (s[:k, None] * vh[:k])
+    return max(total - float((s[:k] ** 2).sum()), 0.0)
 
 
 class OPR:
