@@ -75,13 +75,12 @@ def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 
     epoch.  With N <= k + oversample it is the exact truncated SVD.
     """
     flat = stack.reshape(stack.shape[0], -1)
-    work = flat.astype(np.complex128)
-    width = min(k + oversample, len(work))
-    basis = np.random.default_rng(0).standard_normal((len(work), width)).astype(np.complex128)
+    width = min(k + oversample, len(flat))
+    basis = np.random.default_rng(0).standard_normal((len(flat), width)).astype(flat.dtype)
     for _ in range(power_steps + 1):
-        basis, _ = np.linalg.qr(work @ (work.conj().T @ basis))
-    u, s, vh = np.linalg.svd(basis.conj().T @ work, full_matrices=False)
-    total = float(np.vdot(work, work).real)
+        basis, _ = np.linalg.qr(flat @ (basis.conj().T @ flat).conj().T)
+    u, s, vh = np.linalg.svd(basis.conj().T @ flat, full_matrices=False)
+    total = float(np.vdot(flat, flat).real)
     flat[...] = (basis @ u[:, :k]) @ (s[:k, None] * vh[:k])
     return max(total - float((s[:k] ** 2).sum()), 0.0)
 
