@@ -9,7 +9,7 @@ Intensity of pixel (row, col) of frame n, in the geometry of
 :mod:`difframe.crystal.geometry`, integrated over the exposure phi_n - step/2 ..
 phi_n + step/2 as a detector does: the goniometer is turned to
 ``scan.exposure_substeps`` Gauss-Legendre nodes of the frame (by default as many
-as Q moves by sigma, the Bragg peak's width, during the frame: the average
+as Q moves by two Bragg peak widths (2 sigma) during the frame: the average
 converges fast on the smooth TDS; equal sub-frames at their centres would need
 several times more for 1e-4), with Q_c the pixel's
 crystal-frame vector, G the nearest reciprocal-lattice vector and q = Q_c - G:
@@ -271,11 +271,11 @@ def _predict_spots(sim: SimulationSpec, options: Mapping[str, Any]) -> dict[str,
 
 
 def exposure_substeps(sim, options, q_lab) -> int:
-    """Nodes per exposure: as many as the fastest pixel's Q moves by sigma (the Bragg peak's width) in a frame,
+    """Nodes per exposure: as many as the fastest pixel's Q moves by 2 sigma (sigma: the Bragg peak's width) in a frame,
     and at least :data:`MIN_SUBSTEPS` (fine frames: the TDS is then nearly a low polynomial across the frame)."""
     sigma = float(options["DeltaQ_min"]) * sim.geometry.lattice.max_reciprocal / 6.0
     travel = float(np.linalg.norm(q_lab, axis=-1).max()) * np.radians(abs(sim.geometry.angular_step))
-    return max(MIN_SUBSTEPS, int(np.ceil(travel / sigma))) if sigma > 0 else MIN_SUBSTEPS
+    return max(MIN_SUBSTEPS, int(np.ceil(travel / (2 * sigma)))) if sigma > 0 else MIN_SUBSTEPS
 
 
 def _expected_counts(sim, options, c_voigt, q_lab, frames, substeps: int = 1) -> np.ndarray:
@@ -287,22 +287,32 @@ def _expected_counts(sim, options, c_voigt, q_lab, frames, substeps: int = 1) ->
     return total
 
 
-def _nearest_allowed(q_c, lattice, centering: str) -> np.ndarray:
-    """hkl (..., 3) of the reflection nearest to each Q_c (Cartesian distance) that the centering allows.
+def _nearest_allowed(q_c, lattice, centering: str, reach: float) -> np.ndarray:
+    """hkl (..., 3) of the reflection nearest to each Q_c (Cartesian distance) that the centering allows,
+    wherever that can be within ``reach`` (the harvest's DeltaQ_max): farther pixels are never harvested.
 
-    Why not rounding h = B^-1 Q_c: in an oblique cell (hexagonal, monoclinic) the nearest node in hkl is not
-    always the nearest in space, and with centering (R, F, I) it may be extinct while an allowed one is near.
+    Why not rounding h = B^-1 Q_c alone: every node but the rounded one is at least
+    pi / max(a, b, c) away (half the spacing of some family of hkl planes), so the
+    rounded node is the answer when it is allowed and nearer than that; otherwise
+    (oblique cells with a long edge such as calcite's c, or an extinct rounded node
+    within reach of an allowed one) the 27 neighbours are searched.
     """
     start = np.rint(lattice.hkl(q_c)).astype(np.int64)
-    best, best_d = start, np.full(start.shape[:-1], np.inf)
+    safe = np.pi / max(lattice.a, lattice.b, lattice.c)
+    if safe > reach:
+        return start
+    d0 = ((q_c - start @ lattice.B.T) ** 2).sum(-1)
+    doubt = ~(allowed_reflections(start, centering) & np.any(start != 0, axis=-1) & (d0 < safe * safe))
+    sub, best = q_c[doubt], start[doubt]
+    best_d = np.full(len(sub), np.inf)
     for offset in np.array(np.meshgrid([0, -1, 1], [0, -1, 1], [0, -1, 1], indexing="ij")).reshape(3, -1).T:
-        hkl = start + offset
-        d = ((q_c - hkl @ lattice.B.T) ** 2).sum(-1)
+        hkl = start[doubt] + offset
+        d = ((sub - hkl @ lattice.B.T) ** 2).sum(-1)
         d[~allowed_reflections(hkl, centering) | ~np.any(hkl != 0, axis=-1)] = np.inf
         closer = d < best_d
-        best = np.where(closer[..., None], hkl, best)
-        best_d = np.where(closer, d, best_d)
-    return best
+        best[closer], best_d[closer] = hkl[closer], d[closer]
+    start[doubt] = best
+    return start
 
 
 def _counts_at(sim, options, c_voigt, q_lab, frames) -> np.ndarray:
@@ -313,7 +323,8 @@ def _counts_at(sim, options, c_voigt, q_lab, frames) -> np.ndarray:
     lattice = geo.lattice
     b = lattice.B
     q_c = np.einsum("nij,hwj->nhwi", geo.lab_to_crystal(frames), q_lab)
-    hkl = _nearest_allowed(q_c, lattice, sim.centering)
+    reach = float(options.get("DeltaQ_max", 0.15)) * lattice.max_reciprocal
+    hkl = _nearest_allowed(q_c, lattice, sim.centering, reach)
     g = hkl @ b.T
     q = q_c - g
     qn = np.linalg.norm(q, axis=-1)
