@@ -159,6 +159,8 @@ class OPR:
             n = scan.num_frames
             shared = m.probes[scan.probe_id].data
             if relax and scan.label not in self.deviations:
+                log.info("engine %s: scan %s's %d frames get their own probes from epoch %d (%d modes)", NAME,
+                         scan.label, n, self.iteration, p.num_modes)
                 self.deviations[scan.label] = np.zeros((n, *scan.shape), m.cdtype)
             deviations = self.deviations.get(scan.label, np.zeros((1, *scan.shape), m.cdtype))
             which = np.arange(n, dtype=np.int64) if relax else np.zeros(n, np.int64)
@@ -180,12 +182,12 @@ class OPR:
             dev_sum += float(dev.sum())
             change_sum += float(change.sum())
             frames += n
+        for pid, st in m.probes.items():
+            if self.supports[pid] is not None:
+                st.data *= self.supports[pid]
         for scan in m.scans:
-            support = self.supports[scan.probe_id]
-            if support is not None:
-                m.probes[scan.probe_id].data *= support
-                if scan.label in self.deviations:
-                    self.deviations[scan.label] *= support
+            if self.supports[scan.probe_id] is not None and scan.label in self.deviations:
+                self.deviations[scan.label] *= self.supports[scan.probe_id]
         for st in m.objects.values():
             pm.clip_amplitude(st.data, p.clip_object)
         return {"fourier_error": err_sum / max(frames, 1), "deviance": dev_sum / max(self.points, 1),
@@ -196,8 +198,8 @@ class OPR:
         components.  Returns the discarded share of the frames' probe power (metric opr_discarded)."""
         deviations -= deviations.mean(axis=0, dtype=np.complex128).astype(deviations.dtype)
         lost = truncate(deviations, int(self.p.num_modes) - 1)
-        power = float(np.vdot(shared, shared).real) * len(deviations) + float(np.vdot(deviations, deviations).real)
-        return lost / max(power, 1e-300)
+        kept = float(np.vdot(shared, shared).real) * len(deviations) + float(np.vdot(deviations, deviations).real)
+        return lost / max(kept + lost, 1e-300)
 
 
 def factory(params, context):
