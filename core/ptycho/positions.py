@@ -83,17 +83,9 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
     grid = scan.corners[:, None] + step * OFFSETS[None]
     values = _misfits(model, scan, grid, likelihood)
 
-    best = np.argmin(values, axis=1)
-    estimate = OFFSETS[best].astype(float)
-    coef = np.where(np.isfinite(values), values, 0.0) @ _FIT.T
-    gy, gx, hyy, hyx, hxx = coef[:, 1], coef[:, 2], 2 * coef[:, 3], coef[:, 4], 2 * coef[:, 5]
-    det = hyy * hxx - hyx**2
-    settled = (best == 4) & np.isfinite(values).all(axis=1) & (det > 0) & (hyy > 0)
-    safe = np.where(settled, det, 1.0)
-    quad = np.stack([(hyx * gx - hxx * gy) / safe, (hyx * gy - hyy * gx) / safe], axis=1)
     # inside the centre's cell (rounding keeps the corner): a quadratic minimum beyond it, which the 9 values
     # of a non-quadratic misfit can put there, made frames cycle between two corners
-    estimate[settled] = np.clip(quad[settled], -_CELL / step, _CELL / step)
+    estimate = _grid_minimum(values, _CELL / step)
 
     storage = model.objects[scan.object_id]
     held = scan.positions[scan.first:scan.first + scan.num_frames]
@@ -115,6 +107,15 @@ def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float
     frac = subpixel.offsets(scan, model.objects[scan.object_id])
     shifts = frac[:, None] + step * OFFSETS[None]
     values = _misfits(model, scan, np.repeat(scan.corners[:, None], 9, axis=1), likelihood, shifts)
+    moves = step * _grid_minimum(values, 1.0)
+    length = np.hypot(moves[:, 0], moves[:, 1])
+    return moves * np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
+
+
+def _grid_minimum(values: np.ndarray, reach: float) -> np.ndarray:
+    """Per frame, the offset (in grid steps) of the best of its 3 x 3 misfits ``values`` (n, 9); where the centre
+    is best, the minimum of the quadratic fitted to the 9 values, within ``reach`` steps per axis (a quadratic
+    without a minimum, or a frame off the object, keeps the centre)."""
     best = np.argmin(values, axis=1)
     estimate = OFFSETS[best].astype(float)
     coef = np.where(np.isfinite(values), values, 0.0) @ _FIT.T
@@ -123,10 +124,8 @@ def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float
     settled = (best == 4) & np.isfinite(values).all(axis=1) & (det > 0) & (hyy > 0)
     safe = np.where(settled, det, 1.0)
     quad = np.stack([(hyx * gx - hxx * gy) / safe, (hyx * gy - hyy * gx) / safe], axis=1)
-    estimate[settled] = np.clip(quad[settled], -1.0, 1.0)
-    moves = step * estimate
-    length = np.hypot(moves[:, 0], moves[:, 1])
-    return moves * np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
+    estimate[settled] = np.clip(quad[settled], -reach, reach)
+    return estimate
 
 
 def apply_shifts(model: PtychoModel, scan: ScanViews, shifts_px: np.ndarray, *, max_shift_px: float,
