@@ -9,9 +9,10 @@ thread count), what took several numpy calls.  numpy references for each
 kernel are in tests/core/ptycho/test_kernels.py.
 
 The kernels here are the pieces every engine shares (pods, the detector-plane
-row helpers, the object and probe sums); each engine keeps its own kernels
-next to its plugin (plugins/engines/dm_kernels.py, ml_kernels.py) and
-inlines these row helpers.
+row helpers, the object and probe sums); the projection engines' Fourier
+step is in :mod:`difframe.ptycho.projection`, and every other engine keeps
+its own kernels next to its plugin (e.g. plugins/engines/ml_kernels.py),
+inlining these row helpers.
 
 Layouts: probe (P, H, W), object (O, Ho, Wo), frame stacks (N, P*O, H, W)
 with pod k = p*O + o, corners (N, 2) integer top-left pixels of the windows.

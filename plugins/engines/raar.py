@@ -12,20 +12,14 @@ wandering on noisy data.  Everything else is DM's: exit waves held at the
 sample and at the detector, one forward transform of the current PO per
 iteration (relaxed wave and data fit), the Fourier relaxation bound, the
 model's background and frame scales, the overlap loop with inertia terms and
-the probe support.  The shared kernels are in :mod:`difframe.ptycho.projection`.
+the probe support: :class:`difframe.ptycho.projection_engine.ProjectionEngine`.
 """
 
 from __future__ import annotations
 
-import logging
-
-import numpy as np
-
 import difframe
-from difframe.ptycho import model as pm
+from difframe.ptycho.projection_engine import ProjectionEngine
 from difframe.types import EngineSpec, Parameter
-
-log = logging.getLogger("difframe.engines.raar")
 
 PARAMETERS = {
     "beta": Parameter(
@@ -65,123 +59,13 @@ PARAMETERS = {
         doc="The object inertia term uses the object blurred by this many pixels (None or 0: not blurred)."),
 }
 
-_NO_SCALES = np.empty((0, 2))  # the kernels' sign for "frame scales not fitted"
+class RAAR(ProjectionEngine):
+    """RAAR: the reflected wave 2 F(PO) - Phi projected onto the data, a share ``beta`` of the change taken."""
 
+    name = "RAAR"
 
-class RAAR:
-    """The RAAR engine on a :class:`difframe.ptycho.model.PtychoModel`."""
-
-    def __init__(self, params, model: pm.PtychoModel):
-        self.p = params
-        self.model = model
-        self.iteration = 0
-        self.exits: dict[str, np.ndarray] = {}  # at the sample
-        self.detector: dict[str, np.ndarray] = {}  # the same waves at the detector
-
-    def initialize(self) -> None:
-        from difframe.ptycho import kernels, projection
-
-        self.kernels, self.projection = kernels, projection
-        m = self.model
-        relax2 = float(self.p.fourier_relax_factor) ** 2
-        self.frame_data, self.buffers = {}, {}
-        self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
-        for scan in m.scans:
-            probe = m.probes[scan.probe_id].data
-            obj = m.objects[scan.object_id].data
-            pods = probe.shape[0] * obj.shape[0]
-            ex = np.empty((scan.num_frames, pods, *scan.shape), m.cdtype)
-            kernels.pods(probe, obj, scan.corners, ex)
-            self.exits[scan.label] = ex
-            self.detector[scan.label] = np.empty_like(ex)
-            for sl in m.chunks(scan, pods):
-                self.detector[scan.label][sl] = scan.propagator.forward(ex[sl])
-            valid = np.broadcast_to(scan.weights > 0, scan.intensity.shape)
-            count = np.maximum(valid.sum(axis=(-2, -1)), 1)
-            self.frame_data[scan.label] = {
-                "count": count.astype(float),
-                "bound": relax2 * np.where(valid, scan.intensity, 0).sum(axis=(-2, -1)) / count,
-            }
-            if self.p.floating_intensities and scan.scale is None:
-                scan.scale = np.ones(scan.num_frames, m.rdtype)
-            step = next(m.chunks(scan, pods), slice(0, 0)).stop
-            key = (pods, *scan.shape)
-            if len(self.buffers.get(key, ())) < step:
-                self.buffers[key] = np.empty((step, *key), m.cdtype)
-        power, self.points = m.total_measured()
-        self.mean_power = power / max(self.points, 1)
-        self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
-                         for pid, st in m.probes.items()}
-
-    def iterate(self, n: int) -> list[dict]:
-        out = []
-        for _ in range(n):
-            metrics = self._fourier_update()
-            metrics["overlap_loops"] = self._overlap_update()
-            metrics.update(pm.orthogonalise_probes(self.model, pod_stacks=(self.exits, self.detector))
-                           if self.p.orthogonal_modes else pm.mode_powers(self.model))
-            self.iteration += 1
-            out.append(metrics)
-        return out
-
-    def finalize(self) -> dict:
-        self.exits.clear()
-        self.detector.clear()
-        self.frame_data.clear()
-        self.buffers.clear()
-        return {"engine": "RAAR", "iterations": self.iteration}
-
-    def _fourier_update(self) -> dict:
-        """psi += F^-1[beta (P_F(2 F(PO) - Phi) - F(PO)) + (1 - beta) (F(PO) - Phi)], chunk by chunk; then a
-        Newton step of the background and frame scales at the current PO."""
-        m = self.model
-        fit_bg = self.p.fit_background and self.iteration >= self.p.background_update_start
-        sums = np.zeros(4)
-        for scan in m.scans:
-            bg_sums = pm.background_sums(scan, fit_bg)
-            scale_sums = np.zeros((scan.num_frames, 2)) if self.p.floating_intensities else _NO_SCALES
-            for sl in m.chunks(scan, self.exits[scan.label].shape[1]):
-                sums += self._fourier_chunk(scan, sl, bg_sums, scale_sums[sl] if len(scale_sums) else _NO_SCALES)
-            if len(bg_sums):
-                pm.newton_background(scan, bg_sums, m.ranks)
-            if len(scale_sums):
-                pm.newton_scales(scan, scale_sums, m.ranks)
-        err_sum, dev_sum, change, frames = m.ranks.sum(*sums)
-        return {"fourier_error": err_sum / frames, "deviance": dev_sum / self.points, "exit_change": change / frames}
-
-    def _fourier_chunk(self, scan, sl: slice, bg_sums, scale_sums) -> tuple[float, float, float, int]:
-        m = self.model
-        probe = m.probes[scan.probe_id].data
-        obj = m.objects[scan.object_id].data
-        ex, phi, fd = self.exits[scan.label][sl], self.detector[scan.label][sl], self.frame_data[scan.label]
-        n = len(ex)
-        f = self.buffers[ex.shape[1:]][:n]
-        self.kernels.pods(probe, obj, scan.corners[sl], f)
-        fields = scan.propagator.forward(f, overwrite=True)
-        err, dev, change = np.empty(n), np.empty(n), np.empty(n)
-        real = m.rdtype.type
-        self.projection.fourier_projection(fields, phi, scan.intensity[sl], scan.weights_of(sl),
-                                           scan.scale_factors()[sl], scan.background_map(), real(1.0),
-                                           real(self.p.beta), fd["count"][sl], fd["bound"][sl], self.tiny,
-                                           err, dev, bg_sums, scale_sums)
-        back = scan.propagator.backward(fields, overwrite=True)
-        self.projection.add_exit_change(back, ex, change)
-        return float(err.sum()), float(dev.sum()), float(change.sum()), n
-
-    def _overlap_update(self) -> int:
-        pr, m, p = self.projection, self.model, self.p
-        update_probe = self.iteration >= p.probe_update_start
-        loops = 0
-        for inner in range(max(1, int(p.overlap_max_iterations))):
-            loops += 1
-            if p.update_object_first or inner > 0 or not update_probe:
-                pr.object_update(m, self.exits, float(p.object_inertia) * self.mean_power, p.obj_smooth_std,
-                                 p.clip_object)
-            if not update_probe:
-                break
-            if pr.probe_update(m, self.exits, float(p.probe_inertia), self.supports) < p.overlap_converge_factor:
-                break
-        return loops
+    def relaxation(self) -> tuple[float, float]:
+        return 1.0, float(self.p.beta)
 
 
 def factory(params, context):

@@ -10,12 +10,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from difframe.plugins.engines import dm_kernels, ml_kernels
+from difframe.plugins.engines import ml_kernels
+from difframe.ptycho import projection
 from difframe.ptycho import kernels
 
 from kernel_cases import FRAMES, SHAPE, close, complex_array, pods_reference, random_weights
 
 TINY = float(np.finfo(np.float32).tiny) * 1e6
+
+
+def dm_fourier(fpo, phi, intensity, weights, scale, background, alpha, *rest):
+    """DM's Fourier step: the core projection with the whole change taken (mix = 1)."""
+    projection.fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, 1.0, *rest)
 
 
 def _terms(c):
@@ -57,7 +63,7 @@ def test_dm_fourier(kernel_case, shared):
     bg_sums = np.zeros((threads, 2, *SHAPE), c["real"])
     scale_sums = np.zeros((FRAMES, 2))
     out_fpo, out_phi = fpo.copy(), phi.copy()
-    dm_kernels.dm_fourier(out_fpo, out_phi, meas, weights, scale, bg, alpha, count, bound, TINY,
+    dm_fourier(out_fpo, out_phi, meas, weights, scale, bg, alpha, count, bound, TINY,
                           err, dev, bg_sums, scale_sums)
     close(err, err_ref, c["tol"])
     close(dev, _deviance(s * ipo + bg, meas, valid), c["tol"] * 10)
@@ -88,9 +94,9 @@ def test_dm_fourier_skips_what_is_not_fitted():
     args = (c["intensity"], np.ones((1, *SHAPE), np.float32), np.ones(FRAMES, np.float32),
             np.zeros(SHAPE, np.float32), 1.0, np.full(FRAMES, 120.0), np.zeros(FRAMES), TINY)
     err, dev = np.empty(FRAMES), np.empty(FRAMES)
-    dm_kernels.dm_fourier(fpo, phi, *args, err, dev, np.empty((0, 2, 0, 0), np.float32), np.empty((0, 2)))
+    dm_fourier(fpo, phi, *args, err, dev, np.empty((0, 2, 0, 0), np.float32), np.empty((0, 2)))
     fpo2, phi2 = c["stack"].copy(), c["stack"][::-1].copy()
-    dm_kernels.dm_fourier(fpo2, phi2, *args, err, dev, np.zeros((numba_threads(), 2, *SHAPE), np.float32),
+    dm_fourier(fpo2, phi2, *args, err, dev, np.zeros((numba_threads(), 2, *SHAPE), np.float32),
                           np.zeros((FRAMES, 2)))
     close(fpo, fpo2, 1e-6)
 
@@ -100,7 +106,7 @@ def test_add_exit_change(kernel_case):
     back = complex_array(c["rng"], c["stack"].shape, c["dtype"])
     exits = c["stack"].copy()
     change = np.empty(FRAMES)
-    dm_kernels.add_exit_change(back, exits, change)
+    projection.add_exit_change(back, exits, change)
     close(exits, c["stack"] + back, c["tol"])
     close(change, (np.abs(back) ** 2).sum(axis=(1, 2, 3)), c["tol"])
 
@@ -176,7 +182,7 @@ def test_nan_survives_the_fast_maths():
     meas = np.ones((2, *SHAPE), np.float32)
     meas[1, 3, 4] = np.nan
     err, dev = np.empty(2), np.empty(2)
-    dm_kernels.dm_fourier(fpo, fpo.copy(), meas, np.ones((1, *SHAPE), np.float32), np.ones(2, np.float32),
+    dm_fourier(fpo, fpo.copy(), meas, np.ones((1, *SHAPE), np.float32), np.ones(2, np.float32),
                           np.zeros(SHAPE, np.float32), 1.0, np.full(2, SHAPE[0] * SHAPE[1], float), np.zeros(2), TINY,
                           err, dev, np.empty((0, 2, 0, 0), np.float32), np.empty((0, 2)))
     assert np.isfinite(err[0]) and np.isnan(err[1])
