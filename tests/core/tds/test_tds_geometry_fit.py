@@ -88,7 +88,7 @@ def test_open_beam_centre_is_recovered_and_improves_the_constants(scan, tmp_path
     assert refined.converged and list(refined.geometry) == ["det_origin_X"]
     assert abs(row["value"] - OFFSET) < 0.2
     assert 0 < row["sigma"] < 0.2 and row["corrected"] == pytest.approx(CONF_X + row["value"])
-    assert _worst_error(refined) < 0.07 < _worst_error(closed)  # biased: see the re-harvest test
+    assert _worst_error(refined) < 0.1 < _worst_error(closed)  # biased by Bragg tails: see the re-harvest test
     assert refined.reduced_chi2 < closed.reduced_chi2 / 3
     assert closed.geometry == {}
 
