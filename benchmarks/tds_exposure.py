@@ -5,7 +5,9 @@ its exposure, as a detector does) writes a stack covering the same phi range;
 it is harvested and fitted with the model at the frame centres (exposure off) and
 averaged over the exposure (on).  Printed: worst-constant error against the
 simulation's constants, every constant's error, and the fit times and their ratio,
-measured in the same run.
+measured in the same run; for the first crystal at 0.5 and 1 deg also the fit time on
+200000 points (the harvest tiled) with numpy and OpenCL, off against on.  The table in
+docs/tds-fit.md (Exposure) comes from this script.
 
 Run: .venv/bin/python benchmarks/tds_exposure.py [widths, e.g. 0.1,0.5,1] [crystals, e.g. rutile,aragonite]
 [points for the timing, 0: none]
