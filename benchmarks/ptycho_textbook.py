@@ -27,7 +27,8 @@ Target: difframe's errors / textbook's <= 1.  ``--noiseless`` takes exact
 intensities, where a bias of the engine (e.g. its Fourier relaxation) is not
 hidden by noise.  ``-p`` sets engine parameters
 of difframe's DM for experiments (``-p fourier_relax_factor=0``); the textbook
-takes the same values where it has them.
+takes the same values where it has them; ``--ml`` sets ML parameters of (c) (``--ml
+illumination_precond=true``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from difframe.ptycho.quality import truth_errors
 
 
 def parameters(photons: float, engines: dict, home: Path, dm_extra: dict | None = None,
-               noise: bool = True) -> dict:
+               noise: bool = True, ml_extra: dict | None = None) -> dict:
     """The run's tree: the moonflower-like scan, ``engines`` (label -> (name, numiter)), no files but the result."""
     scan = {
         "data": {"source": "sim", "shape": 128, "recipe": {"sim": {"poisson": noise}},
@@ -66,8 +67,7 @@ def parameters(photons: float, engines: dict, home: Path, dm_extra: dict | None 
     eng = {}
     for label, (name, numiter) in engines.items():
         eng[label] = {"name": name, "numiter": numiter, "numiter_contiguous": 10}
-        if name == "DM":
-            eng[label].update(dm_extra or {})
+        eng[label].update((dm_extra if name == "DM" else ml_extra) or {})
     return {"run": "textbook", "data_type": "single", "scans": {"sim": scan}, "engines": eng,
             "io": {"paths": {"home": str(home)}, "autosave": {"active": False}}, "plotclient": {"dump": False}}
 
@@ -125,13 +125,16 @@ def main() -> None:
                     help="exact intensities (the limit of very high dose), no Poisson draw")
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
                     help="difframe DM parameter (TOML value), e.g. fourier_relax_factor=0")
+    ap.add_argument("--ml", action="append", default=[], metavar="KEY=VALUE",
+                    help="difframe ML parameter (TOML value), e.g. illumination_precond=true")
     args = ap.parse_args()
     n = args.iterations
-    dm_extra = {k: None if v == "None" else tomllib.loads(f"v = {v}")["v"] for k, v in (s.split("=", 1) for s in args.p)}
+    dm_extra, ml_extra = ({k: None if v == "None" else tomllib.loads(f"v = {v}")["v"]
+                           for k, v in (s.split("=", 1) for s in given)} for given in (args.p, args.ml))
     noise = not args.noiseless
     print(f"moonflower-like scan: 161 frames of 128x128, {args.photons:.0e} photons per frame "
           f"({'Poisson counts' if noise else 'noiseless'}), DM {n}, ML {n}"
-          + (f"; difframe DM with {dm_extra}" if dm_extra else ""))
+          + (f"; difframe DM with {dm_extra}" if dm_extra else "") + (f"; ML with {ml_extra}" if ml_extra else ""))
     print("errors after removing a global factor, shift and phase ramp")
     with tempfile.TemporaryDirectory() as tmp:
         # the textbook DM starts from exactly what the run flow builds: frames, starting probe and object
@@ -151,7 +154,8 @@ def main() -> None:
         cases = {f"difframe DM {n}": {"dm": ("DM", n)}, f"difframe DM {n} + ML {n}": {"dm": ("DM", n), "ml": ("ML", n)}}
         for k, (name, engines) in enumerate(cases.items()):
             start = time.perf_counter()
-            path = Run(parameters(args.photons, engines, Path(tmp) / str(k), dm_extra, noise)).run()["reconstruction"]
+            path = Run(parameters(args.photons, engines, Path(tmp) / str(k), dm_extra, noise,
+                                  ml_extra)).run()["reconstruction"]
             elapsed = time.perf_counter() - start
             rec = read_ptyr(path)
             (ost,), (pst,) = rec.objects.values(), rec.probes.values()
