@@ -21,38 +21,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import rocket_fft
-import scipy.fft
 
+from difframe.ptycho.frame_fft import convolve, from_detector, to_detector
 from difframe.ptycho.kernels import FAST, row_deviance, row_intensity, row_likelihood, weight_rows
 
 POISSON = 1
-#: the package that makes scipy.fft callable inside numba functions (importing it registers it)
-FFT_IN_NUMBA = rocket_fft.__name__
-
-
-@numba.njit(inline="always")
-def _convolve(field, transfer):
-    """Fixed-sampling propagation of a stack (K, H, W) by a transfer function (H, W) in FFT order."""
-    spec = scipy.fft.fft2(field, axes=(-2, -1))
-    for k in range(spec.shape[0]):
-        spec[k] *= transfer
-    return scipy.fft.ifft2(spec, axes=(-2, -1), overwrite_x=True)
-
-
-@numba.njit(inline="always")
-def _to_detector(field, transfer):
-    if transfer.shape[0] == 0:
-        return scipy.fft.fft2(field, axes=(-2, -1), norm="ortho")
-    return _convolve(field, transfer)
-
-
-@numba.njit(inline="always")
-def _from_detector(field, transfer_back):
-    if transfer_back.shape[0] == 0:
-        return scipy.fft.ifft2(field, axes=(-2, -1), norm="ortho", overwrite_x=True)
-    return _convolve(field, transfer_back)
-
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer, slab,
@@ -93,8 +66,8 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
                     for j in range(w):
                         ch[j] = wa[j] * ob[j]
             if s + 1 < n_slices:
-                waves[s + 1] = _convolve(chi, slab)
-        field = _to_detector(chi, transfer)
+                waves[s + 1] = convolve(chi, slab)
+        field = to_detector(chi, transfer)
         c = real(scale[n])
         e_sum, d_sum, valid = 0.0, 0.0, 0.0
         fields = field.reshape((1, n_probe, h, w))
@@ -123,7 +96,7 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
                     f[j] *= model[j]
         err[n] = e_sum / max(valid, 1.0)
         dev[n] = d_sum
-        dchi = _from_detector(field, transfer_back)
+        dchi = from_detector(field, transfer_back)
         c_sum = 0.0
         for p in range(n_probe):
             for i in range(h):
@@ -162,6 +135,6 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
                     for j in range(w):
                         d[j] = step_p * (np.conj(ol[j]) * d[j])
             if s > 0:
-                dchi = _convolve(dchi, slab_back)
+                dchi = convolve(dchi, slab_back)
             else:
                 probe += dchi

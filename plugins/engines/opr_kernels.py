@@ -21,29 +21,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import rocket_fft
-import scipy.fft
 
+from difframe.ptycho.frame_fft import from_detector, to_detector
 from difframe.ptycho.kernels import FAST, LIKELIHOODS, row_deviance, row_likelihood, weight_rows
 
 POISSON = LIKELIHOODS["poisson"]
-
-#: the package that makes scipy.fft callable inside numba functions (importing it registers it)
-FFT_IN_NUMBA = rocket_fft.__name__
-
-
-@numba.njit(inline="always")
-def _forward(psi, transfer):
-    if transfer.shape[0] == 0:
-        return scipy.fft.fft2(psi, norm="ortho")
-    return scipy.fft.ifft2(scipy.fft.fft2(psi) * transfer, overwrite_x=True)
-
-
-@numba.njit(inline="always")
-def _backward(field, transfer):
-    if transfer.shape[0] == 0:
-        return scipy.fft.ifft2(field, norm="ortho", overwrite_x=True)
-    return scipy.fft.ifft2(scipy.fft.fft2(field, overwrite_x=True) * np.conj(transfer), overwrite_x=True)
 
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
@@ -65,6 +47,7 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
     a_o, a_p = real(alpha), real(beta)
     r_o, r_p = real(reg_object), real(reg_probe)
     wrow = weight_rows(weights, intensity.shape[0])
+    transfer_back = np.conj(transfer)  # once per epoch, not per frame
     fit_bg = bg_sums.shape[0] > 0
     lit = np.empty((h, w), probe.dtype)
     psi = np.empty((h, w), probe.dtype)
@@ -85,7 +68,7 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
                 ps[j] = pr[j] * ob[j]
                 p_max = max(p_max, pr[j].real * pr[j].real + pr[j].imag * pr[j].imag)
                 o_max = max(o_max, ob[j].real * ob[j].real + ob[j].imag * ob[j].imag)
-        field = _forward(psi, transfer)
+        field = to_detector(psi, transfer)
         s = real(scale[n])
         e_sum, d_sum, valid = 0.0, 0.0, 0.0
         for i in range(h):
@@ -111,7 +94,7 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
             valid += v_row
         err[n] = e_sum / max(valid, 1.0)
         dev[n] = d_sum
-        dpsi = _backward(field, transfer)
+        dpsi = from_detector(field, transfer_back)
         c_sum = 0.0
         for i in range(h):
             pr, ob, d, sh, dv = lit[i], obj[y + i, x:x + w], dpsi[i], probe[i], own[i]

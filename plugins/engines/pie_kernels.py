@@ -20,35 +20,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import rocket_fft
-import scipy.fft
 
+from difframe.ptycho.frame_fft import from_detector, to_detector
 from difframe.ptycho.kernels import FAST, row_deviance, row_intensity, row_likelihood, weight_rows
 
 POISSON = 1
-#: the package that makes scipy.fft callable inside numba functions (importing it registers it)
-FFT_IN_NUMBA = rocket_fft.__name__
-
-
-@numba.njit(inline="always")
-def _forward(psi, transfer):
-    if transfer.shape[0] == 0:
-        return scipy.fft.fft2(psi, axes=(-2, -1), norm="ortho")
-    spec = scipy.fft.fft2(psi, axes=(-2, -1))
-    for k in range(spec.shape[0]):
-        spec[k] *= transfer
-    return scipy.fft.ifft2(spec, axes=(-2, -1), overwrite_x=True)
-
-
-@numba.njit(inline="always")
-def _backward(field, transfer):
-    if transfer.shape[0] == 0:
-        return scipy.fft.ifft2(field, axes=(-2, -1), norm="ortho", overwrite_x=True)
-    spec = scipy.fft.fft2(field, axes=(-2, -1), overwrite_x=True)
-    for k in range(spec.shape[0]):
-        spec[k] *= np.conj(transfer)
-    return scipy.fft.ifft2(spec, axes=(-2, -1), overwrite_x=True)
-
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer,
@@ -72,6 +48,7 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
     a_o, a_p = real(alpha), real(beta)
     r_o, r_p = real(reg_object), real(reg_probe)
     wrow = weight_rows(weights, intensity.shape[0])
+    transfer_back = np.conj(transfer)  # once per epoch, not per frame
     fit_bg = bg_sums.shape[0] > 0
     fit_scale = scale_sums.shape[0] > 0
     psi = np.empty((pods, h, w), probe.dtype)
@@ -107,7 +84,7 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
             for j in range(w):
                 p_max = max(p_max, sp[j])
                 o_max = max(o_max, so[j])
-        field = _forward(psi, transfer)
+        field = to_detector(psi, transfer)
         s = real(scale[n])
         e_sum, d_sum, g_scale, h_scale, valid = 0.0, 0.0, 0.0, 0.0, 0.0
         fields = field.reshape((1, pods, h, w))
@@ -147,7 +124,7 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
         if fit_scale:
             scale_sums[n, 0] = g_scale
             scale_sums[n, 1] = h_scale
-        dpsi = _backward(field, transfer)
+        dpsi = from_detector(field, transfer_back)
         c_sum = 0.0
         for i in range(h):
             sp, so = p2[i], o2[i]
