@@ -323,15 +323,34 @@ class ElasticStructure:
         p = np.array([float(given[n]) for n in self.free])
         return np.tensordot(p, self.basis, axes=1)
 
+    def values_of(self, c_voigt: np.ndarray, source: str = "the elastic tensor") -> dict[str, float]:
+        """The free constants of a (6, 6) Voigt matrix this symmetry allows (the echelon pivots are its
+        components); UsageError naming the worst component when the matrix breaks the symmetry."""
+        c = np.asarray(c_voigt, dtype=float)
+        values = {name: float(c[int(name[1]) - 1, int(name[2]) - 1]) for name in self.free}
+        rebuilt = np.tensordot(np.array(list(values.values())), self.basis, axes=1)
+        error = np.abs(rebuilt - c)
+        if error.max() > 1e-9 * max(1.0, np.abs(c).max()):
+            i, j = np.unravel_index(error.argmax(), error.shape)
+            raise UsageError(f"{source} breaks the symmetry {self.generators!r}: C{min(i, j) + 1}{max(i, j) + 1} = "
+                             f"{c[i, j]:.6g} where the free constants give {rebuilt[i, j]:.6g}")
+        return values
 
-def elastic_structure(generators: str, metric: np.ndarray | None = None) -> ElasticStructure:
+
+def elastic_structure(generators: str, metric: np.ndarray | None = None,
+                      frame: np.ndarray | None = None) -> ElasticStructure:
     """Free constants, basis and relations of the elastic tensor for ``generators``.
 
     ``metric`` is the (3, 3) matrix whose columns are the direct-lattice vectors
     a, b, c in the crystal Cartesian frame (``Lattice.direct``); it is needed only
     for axes given as lattice directions, and None means a cubic cell.
+    ``frame`` (a rotation R, v' = R v) states the structure in another Cartesian
+    setting, e.g. IEEE's (:func:`difframe.crystal.setting.ieee_axes`); the generators
+    are still read in the crystal frame.
     """
     group = close_group(parse_generators(generators, metric))
+    if frame is not None:
+        group = np.einsum("ia,gab,jb->gij", frame, group, frame)
     basis_vectors = np.eye(21)
     tensors = voigt_to_tensor(_vector_to_voigt(basis_vectors))  # (21, 3,3,3,3)
     pair = np.einsum("gia,gjb->gijab", group, group).reshape(len(group), 9, 9)  # R (x) R on index pairs

@@ -577,6 +577,20 @@ class FitResult:
     hkl: np.ndarray | None = None
     geometry: dict[str, dict] = field(default_factory=dict)  # refined correction -> value, sigma, corrected
     extra: dict = field(default_factory=dict)  # "exposure", "threshold", "spot_diagnostics" for fit_results.json
+    basis: np.ndarray | None = None  # (n, 6, 6): voigt = sum values[i] basis[i]
+    covariance: np.ndarray | None = None  # (n, n) of values
+
+    def rotated(self, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(voigt, voigt_sigma) in the Cartesian frame v' = R v (e.g. the IEEE setting), the uncertainties
+        propagated from the constants' covariance through the rotated basis."""
+        from difframe.crystal.setting import rotate_voigt
+
+        if self.basis is None or self.covariance is None:
+            raise UsageError("this fit result has no basis and covariance to rotate")
+        basis = rotate_voigt(self.basis, rotation)
+        flat = basis.reshape(len(self.values), 36)
+        sigma = np.sqrt(np.clip(np.einsum("ai,ab,bi->i", flat, self.covariance, flat), 0, None)).reshape(6, 6)
+        return np.tensordot(self.values, basis, axes=1), sigma
 
     @property
     def fixed(self) -> list[str]:
@@ -728,6 +742,7 @@ def finish(problem: ProjectedProblem, x, settings: FitSettings, *, cost, converg
         reference=reference, backend=problem.model.backend, history=list(problem.history),
         hkl=None if hkl is None else np.asarray(hkl), geometry=geometry,
         extra={"exposure": exposure_summary(getattr(problem.model, "exposure", None))},
+        basis=np.asarray(basis, dtype=float), covariance=cov_p,
     )
 
 

@@ -40,6 +40,17 @@ def to_json(result: FitResult) -> dict:
     }
 
 
+def ieee_report(result: FitResult, lattice) -> dict:
+    """The fitted tensor in the IEEE setting (:mod:`difframe.crystal.setting`), sigma propagated, for
+    fit_results.json ("ieee") and the text."""
+    from difframe.crystal.setting import ieee_axes
+
+    axes = ieee_axes(lattice)
+    voigt, sigma = result.rotated(axes)
+    return {"axes": axes.tolist(), "voigt": voigt.tolist(), "voigt_sigma": sigma.tolist(),
+            "same_as_fit_frame": bool(np.allclose(axes, np.eye(3), atol=1e-12))}
+
+
 def report(result: FitResult) -> str:
     """The text shown on screen and written to parametri.txt."""
     lines = ["Elastic constants [GPa] (TDS fit)", f"{'':6s}{'value':>12s}{'sigma':>11s}"]
@@ -51,8 +62,12 @@ def report(result: FitResult) -> str:
         lines.append(f"{'':14s}{'correction':>12s}{'sigma':>11s}{'corrected':>13s}")
         lines.extend(f"{name:14s}{row['value']:12.5f}{row['sigma']:11.5f}{row['corrected']:13.5f}"
                      for name, row in result.geometry.items())
-    lines.append("Voigt matrix [GPa]:")
+    lines.append("Voigt matrix [GPa] (a* along x, c along z):")
     lines.extend("  " + " ".join(f"{c:10.3f}" for c in row) for row in result.voigt)
+    ieee = result.extra.get("ieee")
+    if ieee and not ieee["same_as_fit_frame"]:
+        lines.append("Voigt matrix [GPa] in the IEEE setting (Z along c, X along a; docs/tds-fit.md, Settings):")
+        lines.extend("  " + " ".join(f"{c:10.3f}" for c in row) for row in ieee["voigt"])
     lines.append(f"points {result.n_points}, spots {result.n_spots}, cost {result.cost:.6g}, "
                  f"reduced chi^2 {result.reduced_chi2:.4g}, model {result.backend}")
     lines.append(f"converged: {'yes' if result.converged else 'NO'} ({result.message})")

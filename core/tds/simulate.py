@@ -22,6 +22,9 @@ crystal-frame vector, G the nearest reciprocal-lattice vector and q = Q_c - G:
 * s(q) = (sin x / x)^2 with x = pi |q| / |b*|min when ``dispersion`` is on (acoustic
   branches softening towards the zone boundary like a chain), else 1;
 * sigma = DeltaQ_min |b*|max / 6, so the Bragg peak is negligible where the harvest looks;
+* C is the Voigt matrix of ``crystal.constants`` in difframe's frame (a* along x, c along z); with
+  ``crystal.setting = "ieee"`` the constants are read in the IEEE setting and turned into it
+  (:mod:`difframe.crystal.setting`); ``truth.json`` states both;
 * counts are Poisson (``intensity.noise = false``: the mean, rounded); the dead
   columns of a module gap read -1, as Pilatus frames do.
 """
@@ -37,6 +40,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from difframe.crystal.geometry import Geometry
+from difframe.crystal.setting import SETTINGS, ieee_axes, rotate_voigt
 from difframe.crystal.symmetry import canonical_name, check_cell, elastic_structure
 from difframe.errors import UsageError
 from difframe.fileio import atomic_path
@@ -92,6 +96,7 @@ class SimulationSpec:
     options: dict[str, Any]
     exposure_substeps: int | None = None  # sub-frames per exposure (None: from the Bragg peak width)
     noise: bool = True
+    setting: str = "giacovazzo"  # Cartesian setting of ``constants``: giacovazzo (difframe's) or ieee
 
     @classmethod
     def from_mapping(cls, spec: Mapping[str, Any], source: str = "simulation") -> "SimulationSpec":
@@ -128,8 +133,13 @@ class SimulationSpec:
         if substeps is not None and (not isinstance(substeps, int) or isinstance(substeps, bool) or substeps < 1):
             raise UsageError(f"{source}: scan.exposure_substeps = {substeps!r} must be an integer >= 1 "
                              "(1: the exposure centre only)")
+        setting = str(crystal.get("setting", "giacovazzo")).lower()
+        if setting not in SETTINGS:
+            raise UsageError(f"{source}: crystal.setting = {setting!r}, expected one of {', '.join(SETTINGS)} "
+                             "(the Cartesian frame the constants are given in)")
         try:
             return cls(
+                setting=setting,
                 name=str(crystal.get("name", "crystal")),
                 generators=str(crystal.get("generators", "1~")),
                 constants={canonical_name(k): float(v) for k, v in constants.items()},
@@ -176,7 +186,14 @@ def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulat
     geo = sim.geometry
     check_cell(sim.generators, (geo.AA, geo.BB, geo.CC, geo.aAA, geo.aBB, geo.aCC))
     structure = elastic_structure(sim.generators, sim.geometry.lattice.direct)
-    c_voigt = structure.full_voigt(sim.constants)  # names every constant that is missing or not free
+    axes = ieee_axes(sim.geometry.lattice)
+    ieee = elastic_structure(sim.generators, sim.geometry.lattice.direct, frame=axes)
+    if sim.setting == "ieee":  # full_voigt names every constant that is missing or not free
+        c_voigt = rotate_voigt(ieee.full_voigt(sim.constants), axes.T)
+    else:
+        c_voigt = structure.full_voigt(sim.constants)
+    constants = structure.values_of(c_voigt)  # in difframe's frame: what the fit gives back
+    c_ieee = rotate_voigt(c_voigt, axes)
     rng = np.random.default_rng(sim.seed)
     geo = sim.geometry
     options = {"DeltaQ_max": 0.15, "DeltaQ_min": 0.04, "threshold": 500000.0, **sim.options}
@@ -212,7 +229,7 @@ def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulat
 
     free = structure.free
     fixed = free[0]
-    cguess = {f"A{n[1:]}": _guess(sim.constants[n], n == fixed) for n in free}
+    cguess = {f"A{n[1:]}": _guess(constants[n], n == fixed) for n in free}
     conf = {**geo.to_mapping(), "dim1": sim.shape[0], "dim2": sim.shape[1], "DO_ELASTIC": 1,
             "load_from_file": None, "save_to_file": "harvest_spots.h5", "REPLICA_COLLECTION": 0,
             "collectSpots": [list(map(int, h)) for h in spots["hkl"]], "fitSpots": True, "CGUESS": cguess,
@@ -224,8 +241,10 @@ def simulate(spec: Mapping[str, Any], outdir: str | Path, source: str = "simulat
     _write_text(outdir / "input.par", _parfile_text(main, f"input.par of the simulated {sim.name} scan"))
     truth = {
         "name": sim.name, "generators": sim.generators, "free": free, "fixed": fixed,
-        "constants": {n: sim.constants[n] for n in free},
-        "voigt": c_voigt.tolist(), "dispersion": sim.dispersion,
+        "constants": constants, "voigt": c_voigt.tolist(), "setting": sim.setting,
+        "ieee": {"axes": axes.tolist(), "free": ieee.free, "constants": ieee.values_of(c_ieee),
+                 "voigt": c_ieee.tolist()},
+        "dispersion": sim.dispersion,
         "spots": {k: np.asarray(v).tolist() for k, v in spots.items()},
         "frames": [f.name for f in files], "normalisation": norm.tolist(), "exposure_substeps": substeps,
         "noise": sim.noise,

@@ -159,6 +159,8 @@ class TDSFit:
         if threshold:
             self.result.extra["threshold"] = threshold
         geometry = _get(self.context, "geometry")
+        if geometry is not None:
+            self.result.extra["ieee"] = results.ieee_report(self.result, geometry.lattice)
         hot = threshold.get("threshold_hot_frames_per_spot")
         rows = diagnostics.spot_diagnostics(
             self.problem, self.x, self.harvest["hkl"], geometry.lattice.max_reciprocal if geometry else None,
