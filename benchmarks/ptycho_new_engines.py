@@ -1,7 +1,8 @@
 """RAAR and the PIE family (ePIE, rPIE, mPIE) against DM: seconds per iteration and object error, one run.
 
     .venv/bin/python benchmarks/ptycho_new_engines.py [--iterations 100] [--epochs 60] [--photons 1e8]
-                                                      [--frames 161 1000]
+                                                      [--frames 161 1000] [--ptylab [PYTHON]]
+                                                      [--skip-speed] [--skip-quality]
 
 Two parts, every figure measured in this run:
 
@@ -12,7 +13,12 @@ Two parts, every figure measured in this run:
    turns one iteration at a time so that a changing load hits all alike.  Ratios to DM;
    target RAAR <= 1.1 x DM.  A plain numpy ePIE (one frame at a time:
    gather, FFT, modulus, inverse FFT, updates; PtyLab's ePIE is written this
-   way) gives the PIE epoch a yardstick measured on the same frames.
+   way) gives the PIE epoch a yardstick measured on the same frames; with
+   ``--ptylab`` PtyLab's own ePIE (installed in a benchmark-only environment,
+   by default /work/bench-ptylab: see benchmarks/ptylab_epie.py) takes turns
+   with the engines, and the PIE epochs are given as ratios to it (target
+   <= 0.5).  Ratios are of medians, followed in brackets by the median and
+   range of the ratios of the epochs timed in the same round.
 2. Quality: benchmarks/ptycho_textbook.py's moonflower-like scan with known
    truth (161 frames of 128 x 128, Poisson counts), every engine from the
    flow's starting probe and object; object and probe errors after removing
@@ -24,6 +30,7 @@ Two parts, every figure measured in this run:
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,10 +49,17 @@ from ptycho_textbook import parameters
 ENGINES = ("DM", "RAAR", "ePIE", "rPIE", "mPIE")
 
 
-def engine_params(name: str, iterations: int, home: Path):
-    """engines.<label> of ``name`` as the flow resolves it (engine.common + engine.<name> defaults)."""
-    run = Run(parameters(1e8, {"e": (name, iterations)}, home))
+def engine_params(name: str, iterations: int, home: Path, extra: dict | None = None, photons: float = 1e8):
+    """engines.<label> of ``name`` as the flow resolves it (engine.common + engine.<name> defaults, then
+    ``extra``)."""
+    run = Run(run_parameters(name, iterations, home, extra, photons))
     return run.plugins.get("engine", name), run.params.engines.e
+
+
+def run_parameters(name: str, iterations: int, home: Path, extra: dict | None = None, photons: float = 1e8):
+    """benchmarks/ptycho_textbook.py's tree with one engine, ``name``, labelled ``e``, its parameters ``extra``."""
+    return parameters(photons, {"e": (name, iterations)}, home, dm_extra=extra if name == "DM" else None,
+                      ml_extra=None if name == "DM" else extra)
 
 
 def fresh_model(prep, probe):
@@ -53,9 +67,11 @@ def fresh_model(prep, probe):
                           init_probe=lambda *a: probe, init_object=lambda label, shape, *a: np.ones((1, *shape)))
 
 
-def interleaved_times(engines: dict, rounds: int, warmup: int = 3) -> dict:
-    """name -> median seconds of one iteration; the engines take turns, one iteration each per round, so a
-    change of the machine's load between engines hits all alike."""
+def interleaved_samples(engines: dict, rounds: int, warmup: int = 3) -> dict:
+    """name -> seconds of each timed iteration; the engines take turns, one iteration each per round (the
+    starting engine rotating), so a change of the machine's load between engines hits all alike.  An engine
+    whose ``iterate`` returns a float times itself (benchmarks/ptylab_epie.py's PtyLab in its own process):
+    that figure is taken, without the message passing."""
     for engine in engines.values():
         engine.initialize()
         engine.iterate(warmup)  # past probe_update_start: every kernel compiled (or loaded), buffers touched
@@ -64,11 +80,16 @@ def interleaved_times(engines: dict, rounds: int, warmup: int = 3) -> dict:
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
-            engines[name].iterate(1)
-            times[name].append(time.perf_counter() - start)
+            own = engines[name].iterate(1)
+            times[name].append(own if isinstance(own, float) else time.perf_counter() - start)
     for engine in engines.values():
         engine.finalize()
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
+
+
+def interleaved_times(engines: dict, rounds: int, warmup: int = 3) -> dict:
+    """name -> median seconds of one iteration (:func:`interleaved_samples`)."""
+    return {name: float(np.median(t)) for name, t in interleaved_samples(engines, rounds, warmup).items()}
 
 
 def numpy_epie_epoch(prep, probe, seed: int = 0) -> float:
@@ -92,23 +113,63 @@ def numpy_epie_epoch(prep, probe, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def speed(frames_list, home: Path) -> None:
-    print("1. seconds per iteration (PIE: per epoch), far field 128 x 128, complex64")
+def speed(frames_list, home: Path, ptylab: str | None = None) -> None:
+    print("1. seconds per iteration (PIE: per epoch), far field 128 x 128, complex64; medians of interleaved "
+          "rounds, per-round ratios in brackets")
     for frames in frames_list:
         prep, probe = problem(frames, 128, 1)
-        engines = {}
+        rounds = 15 if frames <= 200 else 7
+        engines, worker = {}, None
         for name in ENGINES:
             spec, p = engine_params(name, 100, home)
             engines[name] = spec.factory(p, fresh_model(prep, probe))
-        t = interleaved_times(engines, 15 if frames <= 200 else 7)
+        try:
+            if ptylab:  # PtyLab's ePIE from its own environment takes turns with the others
+                import ptylab_epie
+
+                path = home / f"frames{frames}.h5"
+                model = fresh_model(prep, probe)
+                ptylab_epie.write_frames(path, model.scans[0], model.probes["bench"].data[0],
+                                         model.objects["bench"].data[0])
+                del model
+                worker = ptylab_epie.Worker(ptylab, path)
+                engines["PtyLab"] = ptylab_epie.PtyLabEngine(worker, "fast", rounds + 5)
+            samples = {name: np.asarray(t) for name, t in interleaved_samples(engines, rounds).items()}
+        finally:
+            if worker is not None:
+                worker.close()
         del engines
+        t = {name: float(np.median(s)) for name, s in samples.items()}
         t_np = numpy_epie_epoch(prep, probe)
-        print(f"  {frames} frames:")
-        for name in ENGINES:
+
+        def ratio(name, ref):
+            per_round = samples[name] / samples[ref]
+            return (f"{t[name] / t[ref]:5.2f} [{np.median(per_round):.2f}, "
+                    f"{per_round.min():.2f}..{per_round.max():.2f}]")
+
+        print(f"  {frames} frames (load average {os.getloadavg()[0]:.1f}):")
+        for name in t:
             extra = "  (target <= 1.1)" if name == "RAAR" else ""
             if name.endswith("PIE"):
                 extra = f"  plain numpy ePIE epoch {t_np:.3f} s: ratio {t[name] / t_np:.2f}"
-            print(f"    {name:5s} {t[name]:7.3f} s/it   ratio to DM {t[name] / t['DM']:5.2f}{extra}")
+                if "PtyLab" in t:
+                    extra += f"; PtyLab's ePIE: ratio {ratio(name, 'PtyLab')} (target <= 0.5)"
+            print(f"    {name:6s} {t[name]:7.3f} s/it   ratio to DM {ratio(name, 'DM')}{extra}")
+
+
+def reconstruct(name: str, n: int, photons: float, home: Path, prepared, truth, extra: dict | None = None):
+    """((object error, probe error), seconds) of ``n`` iterations of engine ``name`` (parameters ``extra``) on
+    the moonflower-like scan ``prepared``, from the flow's starting probe and object."""
+    spec, p = engine_params(name, n, home, extra, photons)
+    model = workflow.build_run_model(Run(run_parameters(name, n, home, extra, photons)), prepared)
+    engine = spec.factory(p, model)
+    engine.initialize()
+    start = time.perf_counter()
+    engine.iterate(n)
+    elapsed = time.perf_counter() - start
+    engine.finalize()
+    (scan,) = model.scans
+    return truth_errors(model.objects["sim"].data[0], model.probes["sim"].data[0], scan.corners, truth), elapsed
 
 
 def quality(iterations: int, epochs: int, photons: float, home: Path) -> None:
@@ -117,20 +178,8 @@ def quality(iterations: int, epochs: int, photons: float, home: Path) -> None:
     run = Run(parameters(photons, {"e": ("DM", iterations)}, home))
     truth = simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
     prepared = workflow.prepare_scans(run)
-    results = {}
-    for name in ENGINES:
-        n = epochs if name.endswith("PIE") else iterations
-        spec, p = engine_params(name, n, home)
-        model = workflow.build_run_model(Run(parameters(photons, {"e": (name, n)}, home)), prepared)
-        engine = spec.factory(p, model)
-        engine.initialize()
-        start = time.perf_counter()
-        engine.iterate(n)
-        elapsed = time.perf_counter() - start
-        engine.finalize()
-        (scan,) = model.scans
-        err = truth_errors(model.objects["sim"].data[0], model.probes["sim"].data[0], scan.corners, truth)
-        results[name] = (err, elapsed)
+    results = {name: reconstruct(name, epochs if name.endswith("PIE") else iterations, photons, home, prepared,
+                                 truth) for name in ENGINES}
     (dm_obj, _), dm_time = results["DM"]
     for name, ((obj_err, probe_err), elapsed) in results.items():
         print(f"  {name:5s} object error {obj_err:.4f}  probe error {probe_err:.4f}  {elapsed:6.2f} s   "
@@ -144,12 +193,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60, help="PIE epochs (quality)")
     ap.add_argument("--photons", type=float, default=1e8, help="photons per frame (quality)")
     ap.add_argument("--frames", type=int, nargs="*", default=[161, 1000], help="frame counts (speed)")
+    ap.add_argument("--ptylab", metavar="PYTHON", nargs="?", const="/work/bench-ptylab/bin/python",
+                    help="time PtyLab's ePIE too, in the environment of this python (benchmarks/ptylab_epie.py)")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_speed:
-            speed(args.frames, Path(tmp))
-        quality(args.iterations, args.epochs, args.photons, Path(tmp))
+            speed(args.frames, Path(tmp), args.ptylab)
+        if not args.skip_quality:
+            quality(args.iterations, args.epochs, args.photons, Path(tmp))
 
 
 if __name__ == "__main__":
