@@ -17,7 +17,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "engines"))
 
 from difframe.plugins.engines import dm, ml, multislice, opr, pie, raar  # noqa: E402
-from difframe.ptycho import kernels  # noqa: E402
 from difframe.ptycho import model as pm  # noqa: E402
 
 from ptycho_truth import SHAPE, amplitude_guess, engine_params, simulate, start_model  # noqa: E402
@@ -401,3 +400,89 @@ def test_ml_reg_del2_amplitude_is_the_prior_weight_and_smooths(scan):
     weak = _ml(scan, iterations=15, truth_start=False, reg_del2=True, reg_del2_amplitude=0.0)[0]
     strong = _ml(scan, iterations=15, truth_start=False, reg_del2=True, reg_del2_amplitude=50.0)[0]
     assert roughness(strong.objects["sim"].data) < 0.7 * roughness(weak.objects["sim"].data)
+
+
+# -- scan nodes ------------------------------------------------------------------------------------------------
+
+def test_scan_background_active_gives_the_scan_its_starting_map(scan):
+    """scan.background.active: True gives the scan the map background.init says (5 counts per valid pixel,
+    the engines then fit it), False leaves the model purely coherent (no map)."""
+    from types import SimpleNamespace
+
+    from difframe.param import Param
+    from difframe.ptycho.workflow import init_background
+
+    prep = scan[0]
+    for active in (True, False):
+        model = start_model(prep, amplitude_guess(prep, scan[2].psize))
+        run = SimpleNamespace(params=Param(scans=Param(sim=Param(background=Param(active=active, init=5.0)))))
+        init_background(run, model)
+        bg = model.scans[0].background
+        if active:
+            np.testing.assert_array_equal(bg, np.where(model.scans[0].weights > 0, 5.0, 0.0))
+            engine = dm.factory(engine_params(dm.PARAMETERS, background_update_start=0), model)
+            engine.initialize()
+            engine.iterate(2)
+            assert np.abs(model.scans[0].background - 5.0).max() > 0.1  # fitted, not frozen
+        else:
+            assert bg is None
+
+
+def _edf_stack(tmp_path, n=4, shape=(6, 8)):
+    from fabio.edfimage import EdfImage
+
+    frames = np.random.default_rng(2).poisson(30, (n, *shape)).astype(np.float32)
+    files = []
+    for i, frame in enumerate(frames):
+        EdfImage(data=frame).write(str(tmp_path / f"f{i}.edf"))
+        files.append(str(tmp_path / f"f{i}.edf"))
+    return frames, files
+
+
+def _stack_scan(**stack):
+    return {"data": {"source": "stack", "recipe": {"stack": stack}},
+            "geometry": {"energy": 6.2, "distance": 1.0, "psize": 172e-6}}
+
+
+def _ctx():
+    from types import SimpleNamespace
+
+    from difframe.parallel import Ranks
+
+    return SimpleNamespace(label="t", positions=None, plugins=None, params=None, data_type="single", dry_run=True,
+                           ranks=Ranks())
+
+
+def test_stack_delimiter_reads_a_comma_separated_table(tmp_path):
+    """scan.data.recipe.stack.delimiter: ',' reads a CSV positions table to the values written; the default
+    (whitespace) refuses it naming the table."""
+    from difframe.errors import DataError
+    from difframe.plugins.recipes.stack import prepare as stack_recipe
+
+    frames, files = _edf_stack(tmp_path)
+    pos = np.random.default_rng(4).uniform(-2e-6, 2e-6, (len(files), 2))
+    np.savetxt(tmp_path / "pos.csv", pos, delimiter=",", header="y,x")
+    out = stack_recipe(_stack_scan(files=files, positions=str(tmp_path / "pos.csv"), delimiter=","), _ctx())
+    np.testing.assert_allclose(out.positions, pos, rtol=1e-12)
+    np.testing.assert_array_equal(out.data, frames)
+    with pytest.raises(DataError, match=r"stack\.positions = .*pos\.csv.*not a numeric table"):
+        stack_recipe(_stack_scan(files=files, positions=str(tmp_path / "pos.csv")), _ctx())
+
+
+def test_stack_reader_forces_the_detector_reader(tmp_path):
+    """scan.data.recipe.stack.reader: the named reader reads every frame, whatever the files' names ('edf'
+    reads EDF frames saved as .img to numpy's values); 'cbf' on them fails naming the file."""
+    from difframe.errors import DataError
+    from difframe.plugins.recipes.stack import prepare as stack_recipe
+
+    frames, files = _edf_stack(tmp_path)
+    renamed = []
+    for f in files:
+        Path(f).rename(f[:-4] + ".img")
+        renamed.append(f[:-4] + ".img")
+    np.savetxt(tmp_path / "pos.txt", np.zeros((len(files), 2)))
+    out = stack_recipe(_stack_scan(files=renamed, positions=str(tmp_path / "pos.txt"), reader="edf"), _ctx())
+    np.testing.assert_array_equal(out.data, frames)
+    assert "reader edf" in out.meta["source"]
+    with pytest.raises(DataError, match=r"f0\.img"):
+        stack_recipe(_stack_scan(files=renamed, positions=str(tmp_path / "pos.txt"), reader="cbf"), _ctx())
