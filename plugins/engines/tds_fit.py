@@ -140,7 +140,9 @@ class TDSFit:
             return []
         start = len(self.problem.history)
         self.problem.x0 = self.x
-        params = {**self.minimiser_params, "ftol": float(self.p["ftol"]), "max_iterations": int(n)}
+        # max_iterations caps every call (its doc: most model evaluations per iterate call)
+        params = {**self.minimiser_params, "ftol": float(self.p["ftol"]),
+                  "max_iterations": min(int(n), int(self.p["max_iterations"]))}
         self.outcome = self.minimise(self.problem, params)
         self.x = self.outcome.x
         return [{"cost": cost} for cost in self.problem.history[start:]]
