@@ -12,8 +12,17 @@ engines' Fourier step:
 (Luke 2005): beta/2 (R_F R_O + I) psi + (1 - beta) P_O psi, with R = 2P - I.
 The change is linear, so it is formed at the detector, added to Phi and
 transformed back once.  :func:`object_update` and :func:`probe_update` are
-the overlap projection (with inertia terms) both engines iterate.  numpy
-references: tests/plugins/engines/test_engine_kernels.py, test_raar.py.
+the overlap projection (with inertia terms) both engines iterate.
+
+The detector-plane rows every engine's data step is made of live here too:
+:func:`row_fit` (a row's Poisson deviance and its gradient and curvature with
+respect to the background and the frame scale) and :func:`row_modulus` (the
+factor that takes each amplitude onto the data, or toward it by ``renorm``),
+which the projection engines' :func:`fourier_projection` and the stochastic
+engines' :func:`project_frame` (PIE family, OPR, e3PIE: one frame's waves
+replaced by their change under the modulus constraint) inline.  numpy
+references: tests/plugins/engines/test_engine_kernels.py, test_raar.py,
+tests/core/ptycho/test_projection_rows.py and each stochastic engine's test.
 """
 
 from __future__ import annotations
@@ -24,9 +33,93 @@ import numba
 import numpy as np
 
 from difframe.ptycho import model as pm
-from difframe.ptycho.kernels import add_row, jit, row_deviance, row_intensity, row_likelihood, weight_rows
+from difframe.ptycho.kernels import FAST, add_row, jit, row_deviance, row_intensity, row_likelihood, weight_rows
 
 POISSON = 1
+
+
+@numba.njit(inline="always", fastmath=FAST)
+def row_fit(s, model, bg, meas, wt, tiny, bg_sums, i, fit_scale, d1, d2):
+    """Row ``i`` of a frame's data fit at model intensity s x model + bg (valid pixels: weight > 0).
+
+    Returns (Poisson deviance of the row, d/ds and d2/ds2 of the Poisson
+    likelihood, the last two 0 unless ``fit_scale``); with ``bg_sums`` (2, H, W)
+    not empty the likelihood's gradient and curvature with respect to the
+    background are added to its row ``i``.  ``d1``, ``d2``: scratch rows.
+    """
+    deviance = row_deviance(s, model, bg, meas, wt, tiny)
+    g_scale, h_scale = 0.0, 0.0
+    if bg_sums.shape[0] > 0 or fit_scale:
+        real = model.dtype.type
+        row_likelihood(POISSON, s, model, bg, meas, wt, real(1), tiny, d1, d2)
+        if bg_sums.shape[0] > 0:
+            add_row(bg_sums[0, i], d1)
+            add_row(bg_sums[1, i], d2)
+        if fit_scale:
+            gs, hs = real(0), real(0)
+            for j in range(model.shape[0]):
+                gs += d1[j] * model[j]
+                hs += d2[j] * model[j] * model[j]
+            g_scale, h_scale = float(gs), float(hs)
+    return deviance, g_scale, h_scale
+
+
+@numba.njit(inline="always", fastmath=FAST)
+def row_modulus(s, model, bg, meas, wt, renorm, tiny, factor):
+    """factor[j] = the amplitude factor that moves row pixel j of model intensity s x model + bg onto the
+    measured amplitude (``renorm`` 0), or that fraction of the way back toward the model (renorm in (0, 1]);
+    1 where the weight is 0.  Returns (sum of squared amplitude errors, number of valid pixels)."""
+    real = model.dtype.type
+    one, zero, renorm, tiny = real(1), real(0), real(renorm), real(tiny)
+    e_row, valid = zero, zero
+    for j in range(model.shape[0]):
+        amp, am = np.sqrt(meas[j]), np.sqrt(max(s * model[j] + bg[j], tiny))
+        ok = wt[j] > zero
+        e_row += (am - amp) * (am - amp) if ok else zero
+        valid += one if ok else zero
+        factor[j] = (amp + (am - amp) * renorm) / am if ok else one
+    return e_row, valid
+
+
+@numba.njit(inline="always", fastmath=FAST)
+def project_frame(field, n, intensity, weights, wrow, scale, background, tiny, bg_sums, scale_sums, model, d1,
+                  d2):
+    """The stochastic engines' modulus constraint on frame ``n``'s detector-plane waves ``field`` (K, H, W).
+
+    In place: field <- P_F(field) - field, each amplitude taken onto the
+    measured one with the model intensity scale[n] x sum_k |field_k|^2 +
+    background (pixels with weight 0 keep the model: change 0).  Returns
+    (mean squared amplitude error over valid pixels, Poisson deviance summed
+    over them), both of the model before the change; the background's and
+    (with ``scale_sums`` (N, 2) not empty) the frame scale's likelihood
+    gradient and curvature are accumulated as :func:`row_fit` says.
+    ``model``, ``d1``, ``d2``: scratch rows of width W.
+    """
+    h = field.shape[1]
+    real = intensity.dtype.type
+    one = real(1)
+    s = real(scale[n])
+    fit_scale = scale_sums.shape[0] > 0
+    e_sum, d_sum, g_scale, h_scale, valid = 0.0, 0.0, 0.0, 0.0, 0.0
+    fields = field.reshape((1, field.shape[0], h, field.shape[2]))
+    for i in range(h):
+        row_intensity(fields, 0, i, model)
+        meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
+        dv, gs, hs = row_fit(s, model, bg, meas, wt, tiny, bg_sums, i, fit_scale, d1, d2)
+        d_sum += dv
+        g_scale += gs
+        h_scale += hs
+        e_row, v_row = row_modulus(s, model, bg, meas, wt, 0.0, tiny, model)
+        e_sum += e_row
+        valid += v_row
+        for k in range(field.shape[0]):
+            f = field[k, i]
+            for j in range(f.shape[0]):
+                f[j] *= model[j] - one
+    if fit_scale:
+        scale_sums[n, 0] = g_scale
+        scale_sums[n, 1] = h_scale
+    return e_sum / max(valid, 1.0), d_sum
 
 
 @numba.njit(inline="always")
@@ -63,14 +156,14 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
     """
     h, w = fpo.shape[2], fpo.shape[3]
     real = intensity.dtype.type
-    one, zero, eps = real(1), real(0), real(1e-10)
     a1, a = real(1 + alpha), real(alpha)
     m1, m0 = real(mix), real(1 - mix)
     wrow = weight_rows(weights, fpo.shape[0])
     fit_bg = bg_sums.shape[0] > 0
     fit_scale = scale_sums.shape[0] > 0
+    no_sums = np.empty((0, 0, 0), bg_sums.dtype)
     for n in numba.prange(fpo.shape[0]):
-        tid = numba.get_thread_id()
+        sums = bg_sums[numba.get_thread_id()] if fit_bg else no_sums
         s = real(scale[n])
         model = np.empty(w, intensity.dtype)
         relaxed = np.empty(w, intensity.dtype)
@@ -84,37 +177,23 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
             row_intensity(fpo, n, i, model)
             _row_relaxed_intensity(fpo, phi, n, i, a1, a, relaxed)
             meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            e_row = zero
-            for j in range(w):
-                d = np.sqrt(s * relaxed[j] + bg[j]) - np.sqrt(meas[j])
-                e_row += d * d if wt[j] > zero else zero
+            e_row, _ = row_modulus(s, relaxed, bg, meas, wt, 0.0, tiny, relaxed)
             e_sum += e_row
-            d_sum += row_deviance(s, model, bg, meas, wt, tiny)
-            if fit_bg or fit_scale:
-                row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
-                if fit_bg:
-                    add_row(bg_sums[tid, 0, i], d1)
-                    add_row(bg_sums[tid, 1, i], d2)
-                if fit_scale:
-                    gs, hs = zero, zero
-                    for j in range(w):
-                        gs += d1[j] * model[j]
-                        hs += d2[j] * model[j] * model[j]
-                    g_scale += gs
-                    h_scale += hs
+            dv, gs, hs = row_fit(s, model, bg, meas, wt, tiny, sums, i, fit_scale, d1, d2)
+            d_sum += dv
+            g_scale += gs
+            h_scale += hs
         e_sum /= count[n]
         err[n] = e_sum
         dev[n] = d_sum
         if fit_scale:
             scale_sums[n, 0] = g_scale
             scale_sums[n, 1] = h_scale
-        renorm = real(math.sqrt(bound[n] / e_sum) if e_sum > bound[n] else 1.0)
+        renorm = math.sqrt(bound[n] / e_sum) if e_sum > bound[n] else 1.0
         for i in range(h):
             _row_relaxed_intensity(fpo, phi, n, i, a1, a, relaxed)
             meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            for j in range(w):  # relaxed becomes the factor that takes each amplitude where it must go
-                amp, am = np.sqrt(meas[j]), np.sqrt(s * relaxed[j] + bg[j])
-                relaxed[j] = (amp + (am - amp) * renorm) / (am + eps) if wt[j] > zero else one
+            row_modulus(s, relaxed, bg, meas, wt, renorm, tiny, relaxed)  # relaxed becomes the factor
             for k in range(fpo.shape[1]):
                 f, q = fpo[n, k, i], phi[n, k, i]
                 for j in range(w):

@@ -35,8 +35,9 @@ import numpy as np
 
 import difframe
 from difframe import limits, optics
-from difframe.errors import ParameterError, UsageError
+from difframe.errors import ParameterError
 from difframe.ptycho import model as pm
+from difframe.ptycho.stochastic import STEPS, StochasticEngine, schema
 from difframe.types import EngineSpec, Parameter
 
 log = logging.getLogger("difframe.engines.multislice")
@@ -56,17 +57,17 @@ PARAMETERS = {
         doc="Free-space propagation over this distance (angular spectrum at the object pixel) carries the wave "
             "from one slice to the next. Slices matter when the Fresnel number per object pixel "
             "psize^2 / (lambda slice_spacing) is well below 1."),
-    "alpha": Parameter(type="float", default=1.0, lowlim=0.0, help="Slice update step size",
-                       doc="Each slice moves by alpha conj(psi) dchi / max|psi|^2 per frame (psi: the wave "
-                           "incident on it), as ePIE's object step."),
-    "beta": Parameter(type="float", default=1.0, lowlim=0.0, help="Incident wave (and probe) update step size",
-                      doc="The wave incident on each slice moves by beta conj(O) dchi / max|O|^2; at slice 1 that "
-                          "wave is the probe (once probe_update_start has passed)."),
-    "probe_update_start": Parameter(type="int", default=1, lowlim=0,
-                                    help="Number of iterations (epochs) before probe update starts"),
-    "seed": Parameter(type="int", default=0, lowlim=0, help="Seed of the random order the frames are visited in",
-                      doc="The same seed gives the same reconstruction."),
 }
+PARAMETERS = schema(
+    PARAMETERS, STEPS,
+    alpha={"help": "Slice update step size",
+           "doc": "Each slice moves by alpha conj(psi) dchi / max|psi|^2 per frame (psi: the wave incident on it), "
+                  "as ePIE's object step."},
+    beta={"help": "Incident wave (and probe) update step size",
+          "doc": "The wave incident on each slice moves by beta conj(O) dchi / max|O|^2; at slice 1 that wave is "
+                 "the probe (once probe_update_start has passed)."},
+    seed={"doc": "The same seed gives the same reconstruction."},
+)
 
 
 def check_chain(params) -> None:
@@ -98,13 +99,13 @@ def check_chain(params) -> None:
                                  f"run single-slice engines before {NAME}")
 
 
-class MultislicePIE:
+class MultislicePIE(StochasticEngine):
     """e3PIE on a :class:`difframe.ptycho.model.PtychoModel` whose object layers are the slices."""
 
+    serial_reason = "updates the slices frame by frame"
+
     def __init__(self, params, model: pm.PtychoModel):
-        self.p = params
-        self.model = model
-        self.iteration = 0
+        super().__init__(NAME, params, model)
         self.slices = int(params.num_slices)
         if self.slices < 1:
             raise ParameterError(f"engine.{NAME}.num_slices = {params.num_slices!r}: at least 1 slice")
@@ -112,11 +113,8 @@ class MultislicePIE:
         if spacing is None or not np.isfinite(spacing) or spacing <= 0:
             raise ParameterError(f"engine.{NAME}.slice_spacing = {spacing!r}: expected a distance > 0 [m]")
 
-    def initialize(self) -> None:
+    def setup(self) -> None:
         m, p = self.model, self.p
-        if m.ranks.size > 1:
-            raise UsageError(f"engine {NAME}: multislice updates the slices frame by frame and runs on one "
-                             f"process only, not under mpiexec ({m.ranks.size} ranks); run it without mpiexec")
         refinement = p.get("position_refinement")  # the run's tree always has it; bare test parameters may not
         if refinement is not None and refinement.active:
             raise ParameterError(f"engine.{NAME}.position_refinement.active: position refinement models a "
@@ -138,71 +136,27 @@ class MultislicePIE:
         from difframe.plugins.engines import multislice_kernels
 
         self.kernels = multislice_kernels
-        self.rng = np.random.default_rng(int(p.seed))
-        self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
-        self.slab, self.transfer = {}, {}
+        self.slab = {}
         for scan in m.scans:
-            prop = scan.propagator
-            if isinstance(prop, optics.FarField) and not prop.centred:
-                self.transfer[scan.label] = np.empty((0, 0), m.cdtype)
-            elif isinstance(prop, optics.NearField):
-                self.transfer[scan.label] = np.ascontiguousarray(prop.kernel, dtype=m.cdtype)
-            else:
-                raise UsageError(f"engine {NAME}: scan {scan.label!r} uses a propagator "
-                                 f"({type(prop).__name__}) the multislice kernel does not know")
             st = m.objects[scan.object_id]
             lam = optics.energy_to_wavelength(st.energy_kev)
             self.slab[scan.label] = optics.angular_spectrum_transfer(scan.shape, st.psize, lam, p.slice_spacing,
                                                                      m.cdtype)
             fresnel = float(np.min(st.psize)) ** 2 / (lam * p.slice_spacing)
             log.info("scan %s: Fresnel number per object pixel over a slice spacing %.3g", scan.label, fresnel)
-        _, self.points = m.total_measured()
-        self.supports = {pid: pm.probe_support(st.data.shape[-2:], p.probe_support, m.rdtype)
-                         for pid, st in m.probes.items()}
-
-    def iterate(self, n: int) -> list[dict]:
-        out = []
-        for _ in range(n):
-            out.append(self._epoch())
-            self.iteration += 1
-        return out
 
     def finalize(self) -> dict:
-        return {"engine": NAME, "iterations": self.iteration, "slices": self.slices}
+        return {**super().finalize(), "slices": self.slices}
 
-    def _epoch(self) -> dict:
+    def visit(self, scan, order, sums, update_probe) -> None:
         m, p = self.model, self.p
-        update_probe = self.iteration >= p.probe_update_start
-        fit_bg = p.fit_background and self.iteration >= p.background_update_start
         real = m.rdtype.type
-        err_sum = dev_sum = change_sum = 0.0
-        frames = 0
-        for scan in m.scans:
-            n = scan.num_frames
-            err, dev, change = np.zeros(n), np.zeros(n), np.zeros(n)
-            bg_sums = (np.zeros((2, *scan.shape), m.rdtype) if fit_bg and scan.background is not None
-                       else np.empty((0, 0, 0), m.rdtype))
-            self.kernels.multislice_epoch(
-                m.probes[scan.probe_id].data, m.objects[scan.object_id].data, scan.corners,
-                self.rng.permutation(n).astype(np.int64), scan.intensity, scan.weights_of(slice(None)),
-                scan.scale_factors(), scan.background_map(), self.transfer[scan.label], self.slab[scan.label],
-                real(p.alpha * scan.object_power), real(p.beta * scan.probe_power), update_probe, self.tiny,
-                err, dev, change, bg_sums)
-            if len(bg_sums):
-                pm.newton_background(scan, bg_sums[None], m.ranks)
-            err_sum += float(err.sum())
-            dev_sum += float(dev.sum())
-            change_sum += float(change.sum())
-            frames += n
-        for pid, st in m.probes.items():
-            if self.supports[pid] is not None:
-                st.data *= self.supports[pid]
-        for st in m.objects.values():
-            pm.clip_amplitude(st.data, p.clip_object)
-        metrics = {"fourier_error": err_sum / max(frames, 1), "deviance": dev_sum / max(self.points, 1),
-                   "exit_change": change_sum / max(frames, 1)}
-        metrics.update(pm.orthogonalise_probes(m) if p.orthogonal_modes else pm.mode_powers(m))
-        return metrics
+        self.kernels.multislice_epoch(
+            m.probes[scan.probe_id].data, m.objects[scan.object_id].data, scan.corners, order, scan.intensity,
+            scan.weights_of(slice(None)), scan.scale_factors(), scan.background_map(), self.transfer[scan.label],
+            self.slab[scan.label], real(p.alpha * scan.object_power), real(p.beta * scan.probe_power),
+            update_probe, self.tiny, sums.err, sums.dev, sums.change, sums.background, sums.scales)
+
 
 def factory(params, context):
     """Engine for ``engines.<label>`` with ``name = "e3PIE"``; ``context`` is the PtychoModel."""

@@ -6,7 +6,8 @@ wave reaching it and the slab transfer function (angular spectrum over the
 slice spacing) carries the product to the next slice; the last exit wave is
 propagated to the detector (far field: unitary FFT; near field: the scan's
 transfer function) and projected onto the measured moduli with the model
-intensity scale x sum |Psi|^2 + background.  The change of the exit wave then
+intensity scale x sum |Psi|^2 + background
+(:func:`difframe.ptycho.projection.project_frame`).  The change of the exit wave then
 goes back slice by slice, each slice and the wave incident on it updated from
 their old values with ePIE's steps:
 
@@ -23,13 +24,13 @@ import numba
 import numpy as np
 
 from difframe.ptycho.frame_fft import convolve, from_detector, to_detector
-from difframe.ptycho.kernels import FAST, row_deviance, row_intensity, row_likelihood, weight_rows
+from difframe.ptycho.kernels import FAST, weight_rows
+from difframe.ptycho.projection import project_frame
 
-POISSON = 1
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer, slab,
-                     alpha, beta, update_probe, tiny, err, dev, change, bg_sums):
+                     alpha, beta, update_probe, tiny, err, dev, change, bg_sums, scale_sums):
     """One sequential pass over the frames ``order`` of a scan; slices ``obj`` (S, Ho, Wo) and probe
     (P, H, W) are updated in place.
 
@@ -37,17 +38,17 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
     amplitude error over valid pixels, dev[n] = Poisson deviance (sum over
     valid pixels), change[n] = sum |dchi|^2 of the last exit wave; with
     ``bg_sums`` (2, H, W) the Poisson gradient and curvature with respect to
-    the background are added (empty: not fitted).  ``transfer`` (H, W) is the
+    the background are added, with ``scale_sums`` (N, 2) those with respect to
+    the frame's scale (empty arrays: not fitted).  ``transfer`` (H, W) is the
     scan's near-field transfer function, empty in far field; ``slab`` (H, W)
     the transfer function from one slice to the next.
     """
     n_probe, h, w = probe.shape[0], probe.shape[1], probe.shape[2]
     n_slices = obj.shape[0]
     real = intensity.dtype.type
-    one, zero, rtiny = real(1), real(0), real(tiny)
+    zero, rtiny = real(0), real(tiny)
     a_o, a_p = real(alpha), real(beta)
     wrow = weight_rows(weights, intensity.shape[0])
-    fit_bg = bg_sums.shape[0] > 0
     transfer_back, slab_back = np.conj(transfer), np.conj(slab)
     waves = np.empty((n_slices, n_probe, h, w), probe.dtype)  # the wave incident on each slice
     chi = np.empty((n_probe, h, w), probe.dtype)
@@ -68,34 +69,8 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
             if s + 1 < n_slices:
                 waves[s + 1] = convolve(chi, slab)
         field = to_detector(chi, transfer)
-        c = real(scale[n])
-        e_sum, d_sum, valid = 0.0, 0.0, 0.0
-        fields = field.reshape((1, n_probe, h, w))
-        for i in range(h):
-            row_intensity(fields, 0, i, model)
-            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            d_sum += row_deviance(c, model, bg, meas, wt, tiny)
-            if fit_bg:
-                row_likelihood(POISSON, c, model, bg, meas, wt, one, tiny, d1, d2)
-                b1, b2 = bg_sums[0, i], bg_sums[1, i]
-                for j in range(w):
-                    b1[j] += d1[j]
-                    b2[j] += d2[j]
-            e_row, v_row = zero, zero
-            for j in range(w):  # model becomes the factor - 1 that takes each amplitude onto the data
-                amp, am = np.sqrt(meas[j]), np.sqrt(max(c * model[j] + bg[j], rtiny))
-                ok = wt[j] > zero
-                e_row += (am - amp) * (am - amp) if ok else zero
-                v_row += one if ok else zero
-                model[j] = amp / am - one if ok else zero
-            e_sum += e_row
-            valid += v_row
-            for p in range(n_probe):
-                f = field[p, i]
-                for j in range(w):
-                    f[j] *= model[j]
-        err[n] = e_sum / max(valid, 1.0)
-        dev[n] = d_sum
+        err[n], dev[n] = project_frame(field, n, intensity, weights, wrow, scale, background, tiny, bg_sums,
+                                       scale_sums, model, d1, d2)
         dchi = from_detector(field, transfer_back)
         c_sum = 0.0
         for p in range(n_probe):

@@ -27,42 +27,35 @@ import logging
 import numpy as np
 
 import difframe
-from difframe import optics
 from difframe.errors import ParameterError, UsageError
 from difframe.limits import check_allocation
 from difframe.ptycho import model as pm
+from difframe.ptycho.stochastic import REGULARISED, STEPS, StochasticEngine, schema
 from difframe.types import EngineSpec, Parameter
 
 log = logging.getLogger("difframe.engines.opr")
 
 NAME = "OPR"
-PARAMETERS = {
-    "num_modes": Parameter(
+PARAMETERS = schema(
+    {"num_modes": Parameter(
         type="int", default=3, lowlim=1, help="Number of orthogonal probe modes K the frames' probes are built of",
         doc="Each frame's probe is the shared probe plus a weighted sum of K - 1 orthogonal modes of the frames' "
             "deviations from it (the rank K - 1 truncated SVD of the deviations after each epoch). 1 is rPIE; a "
             "probe changing smoothly during the scan needs 2 to 5; more keeps noise. At most the number of "
             "frames of every scan."),
-    "start": Parameter(
+     "start": Parameter(
         type="int", default=2, lowlim=0, help="Epochs of one shared probe before the relaxation starts",
         doc="The first epochs are plain rPIE with one probe for all frames, so the object and the shared "
-            "probe settle before each frame's probe may differ."),
-    "alpha": Parameter(type="float", default=0.5, lowlim=0.0, help="Object update step size",
-                       doc="The object moves by alpha x conj(P_n) dpsi / D_O per frame (rPIE's denominator)."),
-    "beta": Parameter(type="float", default=0.5, lowlim=0.0, help="Probe update step size",
-                      doc="Each frame's update beta x conj(O) dpsi / D_P goes to the shared probe and (once "
-                          "relaxed) to the frame's own deviation."),
-    "object_regularisation": Parameter(
-        type="float", default=0.1, lowlim=0.0, uplim=1.0, help="rPIE's object denominator weight",
-        doc="D_O = (1 - r) |P|^2 + r max|P|^2: 1 is ePIE's max|P|^2 (as engine.rPIE)."),
-    "probe_regularisation": Parameter(
-        type="float", default=0.2, lowlim=0.0, uplim=1.0, help="rPIE's probe denominator weight",
-        doc="D_P = (1 - r) |O|^2 + r max|O|^2 (as engine.rPIE)."),
-    "probe_update_start": Parameter(type="int", default=1, lowlim=0,
-                                    help="Number of iterations (epochs) before probe update starts"),
-    "seed": Parameter(type="int", default=0, lowlim=0, help="Seed of the random order the frames are visited in",
-                      doc="The same seed gives the same reconstruction."),
-}
+            "probe settle before each frame's probe may differ.")},
+    STEPS, REGULARISED,
+    alpha={"default": 0.5, "doc": "The object moves by alpha x conj(P_n) dpsi / D_O per frame (rPIE's "
+                                  "denominator)."},
+    beta={"default": 0.5, "doc": "Each frame's update beta x conj(O) dpsi / D_P goes to the shared probe and "
+                                 "(once relaxed) to the frame's own deviation."},
+    object_regularisation={"doc": "D_O = (1 - r) |P|^2 + r max|P|^2: 1 is ePIE's max|P|^2 (as engine.rPIE)."},
+    probe_regularisation={"default": 0.2, "doc": "D_P = (1 - r) |O|^2 + r max|O|^2 (as engine.rPIE)."},
+    seed={"doc": "The same seed gives the same reconstruction."},
+)
 
 
 def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 2) -> float:
@@ -85,22 +78,18 @@ def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 
     return max(total - float((s[:k] ** 2).sum()), 0.0)
 
 
-class OPR:
+class OPR(StochasticEngine):
     """Orthogonal probe relaxation on a :class:`difframe.ptycho.model.PtychoModel`."""
 
-    def __init__(self, params, model: pm.PtychoModel):
-        self.p = params
-        self.model = model
-        self.iteration = 0
+    serial_reason = "keeps every frame's probe"
 
-    def initialize(self) -> None:
+    def __init__(self, params, model: pm.PtychoModel):
+        super().__init__(NAME, params, model)
+
+    def setup(self) -> None:
         from difframe.plugins.engines import opr_kernels
 
         m, p = self.model, self.p
-        if m.ranks.size > 1:
-            raise UsageError(f"engine {NAME}: orthogonal probe relaxation keeps every frame's probe and runs on one "
-                             f"process only, not under mpiexec ({m.ranks.size} ranks); use DM, RAAR or ML there, "
-                             f"or run {NAME} without mpiexec")
         self.kernels = opr_kernels
         for scan in m.scans:
             if scan.num_frames < p.num_modes:
@@ -113,33 +102,12 @@ class OPR:
                                  f"scan.coherence.num_probe_modes and num_object_modes to 1")
             check_allocation(scan.num_frames * probe.nbytes, f"engine {NAME}: the per-frame probes of scan "
                              f"{scan.label!r}", UsageError)
-        self.rng = np.random.default_rng(int(p.seed))
-        self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
-        self.transfer = {}
-        for scan in m.scans:
-            prop = scan.propagator
-            if isinstance(prop, optics.FarField) and not prop.centred:
-                self.transfer[scan.label] = np.empty((0, 0), m.cdtype)
-            elif isinstance(prop, optics.NearField):
-                self.transfer[scan.label] = np.ascontiguousarray(prop.kernel, dtype=m.cdtype)
-            else:
-                raise UsageError(f"engine {NAME}: scan {scan.label!r} uses a propagator ({type(prop).__name__}) "
-                                 f"the OPR kernel does not know")
-        _, self.points = m.total_measured()
-        self.supports = {pid: pm.probe_support(st.data.shape[-2:], p.probe_support, m.rdtype)
-                         for pid, st in m.probes.items()}
         self.deviations = {}  # scan label -> (frames, H, W): each frame's probe minus the shared one
-
-    def iterate(self, n: int) -> list[dict]:
-        out = []
-        for _ in range(n):
-            out.append(self._epoch())
-            self.iteration += 1
-        return out
+        self.discarded = 0.0
 
     def finalize(self) -> dict:
         self.deviations = {}
-        return {"engine": NAME, "iterations": self.iteration}
+        return super().finalize()
 
     def probes_of(self, label: str) -> np.ndarray:
         """Scan ``label``'s per-frame probes (frames, H, W): the shared probe plus each frame's deviation."""
@@ -147,51 +115,42 @@ class OPR:
         shared = self.model.probes[scan.probe_id].data
         return shared + self.deviations.get(label, np.zeros((scan.num_frames, 1, 1), shared.dtype))
 
-    def _epoch(self) -> dict:
+    def _relaxing(self) -> bool:
+        return self.iteration >= self.p.start and self.p.num_modes > 1
+
+    def visit(self, scan, order, sums, update_probe) -> None:
         m, p = self.model, self.p
-        relax = self.iteration >= p.start and p.num_modes > 1
-        update_probe = self.iteration >= p.probe_update_start
-        fit_bg = p.fit_background and self.iteration >= p.background_update_start
+        n = scan.num_frames
+        relax = self._relaxing()
+        if relax and scan.label not in self.deviations:
+            log.info("engine %s: scan %s's %d frames get their own probes from epoch %d (%d modes)", NAME,
+                     scan.label, n, self.iteration, p.num_modes)
+            self.deviations[scan.label] = np.zeros((n, *scan.shape), m.cdtype)
+        deviations = self.deviations.get(scan.label, np.zeros((1, *scan.shape), m.cdtype))
+        which = np.arange(n, dtype=np.int64) if relax else np.zeros(n, np.int64)
         real = m.rdtype.type
-        err_sum = dev_sum = change_sum = discarded = 0.0
-        frames = 0
-        for scan in m.scans:
-            n = scan.num_frames
-            shared = m.probes[scan.probe_id].data
-            if relax and scan.label not in self.deviations:
-                log.info("engine %s: scan %s's %d frames get their own probes from epoch %d (%d modes)", NAME,
-                         scan.label, n, self.iteration, p.num_modes)
-                self.deviations[scan.label] = np.zeros((n, *scan.shape), m.cdtype)
-            deviations = self.deviations.get(scan.label, np.zeros((1, *scan.shape), m.cdtype))
-            which = np.arange(n, dtype=np.int64) if relax else np.zeros(n, np.int64)
-            order = self.rng.permutation(n).astype(np.int64)
-            err, dev, change = np.zeros(n), np.zeros(n), np.zeros(n)
-            bg_sums = (np.zeros((2, *scan.shape), m.rdtype) if fit_bg and scan.background is not None
-                       else np.empty((0, 0, 0), m.rdtype))
-            self.kernels.opr_epoch(shared[0], deviations, which, relax, m.objects[scan.object_id].data[0],
-                                   scan.corners, order, scan.intensity, scan.weights_of(slice(None)),
-                                   scan.scale_factors(), scan.background_map(), self.transfer[scan.label],
-                                   real(p.alpha * scan.object_power), real(p.beta * scan.probe_power),
-                                   real(p.object_regularisation), real(p.probe_regularisation), update_probe,
-                                   self.tiny, err, dev, change, bg_sums)
-            if len(bg_sums):
-                pm.newton_background(scan, bg_sums[None], m.ranks)
-            if relax and update_probe:
-                discarded += self._relax(shared, deviations) * n
-            err_sum += float(err.sum())
-            dev_sum += float(dev.sum())
-            change_sum += float(change.sum())
-            frames += n
-        for pid, st in m.probes.items():
-            if self.supports[pid] is not None:
-                st.data *= self.supports[pid]
-        for scan in m.scans:
-            if self.supports[scan.probe_id] is not None and scan.label in self.deviations:
-                self.deviations[scan.label] *= self.supports[scan.probe_id]
-        for st in m.objects.values():
-            pm.clip_amplitude(st.data, p.clip_object)
-        return {"fourier_error": err_sum / max(frames, 1), "deviance": dev_sum / max(self.points, 1),
-                "exit_change": change_sum / max(frames, 1), "opr_discarded": discarded / max(frames, 1)}
+        self.kernels.opr_epoch(m.probes[scan.probe_id].data[0], deviations, which, relax,
+                               m.objects[scan.object_id].data[0], scan.corners, order, scan.intensity,
+                               scan.weights_of(slice(None)), scan.scale_factors(), scan.background_map(),
+                               self.transfer[scan.label], real(p.alpha * scan.object_power),
+                               real(p.beta * scan.probe_power), real(p.object_regularisation),
+                               real(p.probe_regularisation), update_probe, self.tiny, sums.err, sums.dev,
+                               sums.change, sums.background, sums.scales)
+
+    def scan_done(self, scan, update_probe: bool) -> None:
+        if self._relaxing() and update_probe:
+            self.discarded += self._relax(self.model.probes[scan.probe_id].data,
+                                          self.deviations[scan.label]) * scan.num_frames
+        if self.supports[scan.probe_id] is not None and scan.label in self.deviations:
+            self.deviations[scan.label] *= self.supports[scan.probe_id]
+
+    def epoch_done(self, update_probe: bool) -> dict:
+        frames = sum(scan.num_frames for scan in self.model.scans)
+        discarded, self.discarded = self.discarded, 0.0
+        return {"opr_discarded": discarded / max(frames, 1)}
+
+    def extra_metrics(self) -> dict:
+        return {}
 
     def _relax(self, shared: np.ndarray, deviations: np.ndarray) -> float:
         """Deviations without their mean (the shared probe took every update already), cut to num_modes - 1

@@ -4,7 +4,7 @@ One call visits the frames of one scan in the given order; frame n is lit
 by P_n = probe + deviations[which[n]].  Per frame: psi = P_n O_n is
 propagated (far field: unitary FFT; near field: the transfer function),
 projected onto the measured moduli with the model intensity
-scale x |Psi|^2 + background, propagated back, and object and probe are
+scale x |Psi|^2 + background (:func:`difframe.ptycho.projection.project_frame`), propagated back, and object and probe are
 updated at once from their old values with rPIE's denominators (r = 1: ePIE):
 
     O += alpha conj(P_n) dpsi / ((1 - r_O) |P_n|^2 + r_O max |P_n|^2)
@@ -23,15 +23,14 @@ import numba
 import numpy as np
 
 from difframe.ptycho.frame_fft import from_detector, to_detector
-from difframe.ptycho.kernels import FAST, LIKELIHOODS, row_deviance, row_likelihood, weight_rows
-
-POISSON = LIKELIHOODS["poisson"]
+from difframe.ptycho.kernels import FAST, weight_rows
+from difframe.ptycho.projection import project_frame
 
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, intensity, weights, scale,
               background, transfer, alpha, beta, reg_object, reg_probe, update_probe, tiny, err, dev, change,
-              bg_sums):
+              bg_sums, scale_sums):
     """One sequential pass over the frames ``order``; ``obj`` (Ho, Wo), ``probe`` (H, W) and ``deviations``
     (M, H, W) change in place.
 
@@ -39,7 +38,8 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
     dev[n] = Poisson deviance (sum over valid pixels), change[n] = sum
     |dpsi|^2, all of the model before its update; with ``bg_sums`` (2, H, W)
     the Poisson gradient and curvature with respect to the background are
-    added (empty: not fitted).  ``transfer`` is empty in far field.
+    added, with ``scale_sums`` (N, 2) those with respect to the frame's scale
+    (empty arrays: not fitted).  ``transfer`` is empty in far field.
     """
     h, w = probe.shape[0], probe.shape[1]
     real = intensity.dtype.type
@@ -48,7 +48,6 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
     r_o, r_p = real(reg_object), real(reg_probe)
     wrow = weight_rows(weights, intensity.shape[0])
     transfer_back = np.conj(transfer)  # once per epoch, not per frame
-    fit_bg = bg_sums.shape[0] > 0
     lit = np.empty((h, w), probe.dtype)
     psi = np.empty((h, w), probe.dtype)
     model = np.empty(w, intensity.dtype)
@@ -69,31 +68,8 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
                 p_max = max(p_max, pr[j].real * pr[j].real + pr[j].imag * pr[j].imag)
                 o_max = max(o_max, ob[j].real * ob[j].real + ob[j].imag * ob[j].imag)
         field = to_detector(psi, transfer)
-        s = real(scale[n])
-        e_sum, d_sum, valid = 0.0, 0.0, 0.0
-        for i in range(h):
-            f = field[i]
-            for j in range(w):
-                model[j] = f[j].real * f[j].real + f[j].imag * f[j].imag
-            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            d_sum += row_deviance(s, model, bg, meas, wt, tiny)
-            if fit_bg:
-                row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
-                b1, b2 = bg_sums[0, i], bg_sums[1, i]
-                for j in range(w):
-                    b1[j] += d1[j]
-                    b2[j] += d2[j]
-            e_row, v_row = zero, zero
-            for j in range(w):  # the factor - 1 that takes each amplitude onto the data
-                amp, am = np.sqrt(meas[j]), np.sqrt(s * model[j] + bg[j])
-                ok = wt[j] > zero
-                e_row += (am - amp) * (am - amp) if ok else zero
-                v_row += one if ok else zero
-                f[j] *= amp / max(am, rtiny) - one if ok else zero
-            e_sum += e_row
-            valid += v_row
-        err[n] = e_sum / max(valid, 1.0)
-        dev[n] = d_sum
+        err[n], dev[n] = project_frame(field.reshape((1, h, w)), n, intensity, weights, wrow, scale, background,
+                                       tiny, bg_sums, scale_sums, model, d1, d2)
         dpsi = from_detector(field, transfer_back)
         c_sum = 0.0
         for i in range(h):

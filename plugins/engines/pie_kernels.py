@@ -4,7 +4,8 @@ One call visits the frames of one scan in the given order and, for each,
 forms the pods psi = P_p O_o of its window, propagates them (far field:
 unitary FFT; near field: the scan's transfer function), projects the
 detector-plane waves onto the measured moduli with the model intensity
-scale x sum |Psi|^2 + background, propagates the change back and updates
+scale x sum |Psi|^2 + background (the core's
+:func:`difframe.ptycho.projection.project_frame`), propagates the change back and updates
 object and probe at once from their old values:
 
     O_o += alpha  sum_p conj(P_p) dpsi_po / D_O,   D_O = (1 - r_O) |P|^2 + r_O max |P|^2
@@ -22,9 +23,9 @@ import numba
 import numpy as np
 
 from difframe.ptycho.frame_fft import from_detector, to_detector
-from difframe.ptycho.kernels import FAST, row_deviance, row_intensity, row_likelihood, weight_rows
+from difframe.ptycho.kernels import FAST, weight_rows
+from difframe.ptycho.projection import project_frame
 
-POISSON = 1
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer,
@@ -49,8 +50,6 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
     r_o, r_p = real(reg_object), real(reg_probe)
     wrow = weight_rows(weights, intensity.shape[0])
     transfer_back = np.conj(transfer)  # once per epoch, not per frame
-    fit_bg = bg_sums.shape[0] > 0
-    fit_scale = scale_sums.shape[0] > 0
     psi = np.empty((pods, h, w), probe.dtype)
     p2 = np.empty((h, w), intensity.dtype)
     o2 = np.empty((h, w), intensity.dtype)
@@ -85,45 +84,8 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
                 p_max = max(p_max, sp[j])
                 o_max = max(o_max, so[j])
         field = to_detector(psi, transfer)
-        s = real(scale[n])
-        e_sum, d_sum, g_scale, h_scale, valid = 0.0, 0.0, 0.0, 0.0, 0.0
-        fields = field.reshape((1, pods, h, w))
-        for i in range(h):
-            row_intensity(fields, 0, i, model)
-            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            d_sum += row_deviance(s, model, bg, meas, wt, tiny)
-            if fit_bg or fit_scale:
-                row_likelihood(POISSON, s, model, bg, meas, wt, one, tiny, d1, d2)
-                if fit_bg:
-                    b1, b2 = bg_sums[0, i], bg_sums[1, i]
-                    for j in range(w):
-                        b1[j] += d1[j]
-                        b2[j] += d2[j]
-                if fit_scale:
-                    gs, hs = zero, zero
-                    for j in range(w):
-                        gs += d1[j] * model[j]
-                        hs += d2[j] * model[j] * model[j]
-                    g_scale += gs
-                    h_scale += hs
-            e_row, v_row = zero, zero
-            for j in range(w):  # model becomes the factor - 1 that takes each amplitude onto the data
-                amp, am = np.sqrt(meas[j]), np.sqrt(s * model[j] + bg[j])
-                ok = wt[j] > zero
-                e_row += (am - amp) * (am - amp) if ok else zero
-                v_row += one if ok else zero
-                model[j] = amp / max(am, rtiny) - one if ok else zero
-            e_sum += e_row
-            valid += v_row
-            for k in range(pods):
-                f = field[k, i]
-                for j in range(w):
-                    f[j] *= model[j]
-        err[n] = e_sum / max(valid, 1.0)
-        dev[n] = d_sum
-        if fit_scale:
-            scale_sums[n, 0] = g_scale
-            scale_sums[n, 1] = h_scale
+        err[n], dev[n] = project_frame(field, n, intensity, weights, wrow, scale, background, tiny, bg_sums,
+                                       scale_sums, model, d1, d2)
         dpsi = from_detector(field, transfer_back)
         c_sum = 0.0
         for i in range(h):

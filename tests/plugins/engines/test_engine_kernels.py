@@ -68,7 +68,7 @@ def test_dm_fourier(kernel_case, shared):
     close(err, err_ref, c["tol"])
     close(dev, _deviance(s * ipo + bg, meas, valid), c["tol"] * 10)
     renorm = np.where(err_ref > bound, np.sqrt(bound / err_ref), 1.0)[:, None, None]
-    factor = np.where(valid, (amp + (a - amp) * renorm) / (a + 1e-10), 1.0)
+    factor = np.where(valid, (amp + (a - amp) * renorm) / a, 1.0)
     change = factor[:, None] * relaxed - fpo
     close(out_fpo, change, c["tol"] * 10)
     close(out_phi, phi + change, c["tol"] * 10)

@@ -67,6 +67,7 @@ def _epoch_reference(probe, slices, corners, order, meas, weights, scale, bg, tr
     h, w = KERNEL_SHAPE
     wts = np.broadcast_to(weights, meas.shape)
     err, dev, change, bg_sums = np.zeros(FRAMES), np.zeros(FRAMES), np.zeros(FRAMES), np.zeros((2, h, w))
+    scale_sums = np.zeros((FRAMES, 2))
 
     def convolve(x, kernel):
         return np.fft.ifft2(np.fft.fft2(x) * kernel)
@@ -87,6 +88,7 @@ def _epoch_reference(probe, slices, corners, order, meas, weights, scale, bg, tr
         logs = np.where(meas[n] > 0, meas[n] * np.log(np.where(meas[n] > 0, meas[n], 1) / im), 0)
         dev[n] = (2 * (im - meas[n] + logs))[valid].sum()
         bg_sums += wts[n] * (1 - meas[n] / im), wts[n] * meas[n] / im**2
+        scale_sums[n] = (wts[n] * (1 - meas[n] / im) * model).sum(), (wts[n] * meas[n] / im**2 * model**2).sum()
         factor = np.where(valid, amp / am - 1, 0)
         dchi = (np.fft.ifft2(field * factor, norm="ortho") if transfer is None
                 else convolve(field * factor, np.conj(transfer)))
@@ -99,7 +101,7 @@ def _epoch_reference(probe, slices, corners, order, meas, weights, scale, bg, tr
                 dchi = convolve(dpsi, np.conj(slab))
             elif update_probe:
                 probe = probe + dpsi
-    return probe, slices, err, dev, change, bg_sums
+    return probe, slices, err, dev, change, bg_sums, scale_sums
 
 
 @pytest.mark.parametrize("variant", ["far field", "near field, probe fixed"])
@@ -125,15 +127,15 @@ def test_epoch_kernel_against_numpy(kernel_case, variant):
     ref = _epoch_reference(probe, slices, c["corners"], order, meas, weights, scale, bg, transfer, slab, 0.7, 0.4,
                            update_probe, tiny)
     err, dev, change = np.zeros(FRAMES), np.zeros(FRAMES), np.zeros(FRAMES)
-    bg_sums = np.zeros((2, *KERNEL_SHAPE), c["real"])
+    bg_sums, scale_sums = np.zeros((2, *KERNEL_SHAPE), c["real"]), np.zeros((FRAMES, 2))
     out_p, out_o = probe.copy(), slices.copy()
     multislice_kernels.multislice_epoch(out_p, out_o, c["corners"], order, meas, weights, scale, bg,
                                         np.empty((0, 0), c["dtype"]) if transfer is None else transfer, slab,
                                         c["real"].type(0.7), c["real"].type(0.4), update_probe, tiny, err, dev, change,
-                                        bg_sums)  # steps in the model's precision, as the engine passes them
+                                        bg_sums, scale_sums)  # steps in the model's precision, as the engine passes them
     assert np.abs(out_o - slices).max() > 0.05 and (np.abs(out_p - probe).max() > 0.05) == update_probe
     tol = 1e-4 if c["dtype"] == np.complex64 else 1e-10
-    for got, want in zip((out_p, out_o, err, dev, change, bg_sums), ref):
+    for got, want in zip((out_p, out_o, err, dev, change, bg_sums, scale_sums), ref):
         close(got, want, tol)
 
 

@@ -22,6 +22,7 @@ def _epoch_reference(probe, devs, which, corners, obj, order, meas, weights, sca
     probe, devs, obj = probe.astype(complex), devs.astype(complex), obj.astype(complex)
     h, w = SHAPE
     err, dev, change, bg_sums = np.zeros(FRAMES), np.zeros(FRAMES), np.zeros(FRAMES), np.zeros((2, h, w))
+    scale_sums = np.zeros((FRAMES, 2))
 
     def forward(x):
         return np.fft.fft2(x, norm="ortho") if transfer is None else np.fft.ifft2(np.fft.fft2(x) * transfer)
@@ -41,6 +42,8 @@ def _epoch_reference(probe, devs, which, corners, obj, order, meas, weights, sca
         logs = np.where(meas[n] > 0, meas[n] * np.log(np.where(meas[n] > 0, meas[n], 1) / im), 0)
         dev[n] = (2 * (im - meas[n] + logs))[valid].sum()
         bg_sums += weights[n] * (1 - meas[n] / im), weights[n] * meas[n] / im**2
+        scale_sums[n] = ((weights[n] * (1 - meas[n] / im) * model).sum(),
+                         (weights[n] * meas[n] / im**2 * model**2).sum())
         dpsi = backward(field * np.where(valid, amp / am - 1, 0))
         change[n] = (np.abs(dpsi) ** 2).sum()
         p2, o2 = np.abs(lit) ** 2, np.abs(win) ** 2
@@ -48,7 +51,7 @@ def _epoch_reference(probe, devs, which, corners, obj, order, meas, weights, sca
         obj[y:y + h, x:x + w] = win + alpha * np.conj(lit) * dpsi / ((1 - r_o) * p2 + r_o * p2.max())
         probe = probe + dp
         devs[which[n]] += dp
-    return probe, devs, obj, err, dev, change, bg_sums
+    return probe, devs, obj, err, dev, change, bg_sums, scale_sums
 
 
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
@@ -77,11 +80,12 @@ def test_opr_epoch_against_numpy(dtype, near):
     ref = _epoch_reference(probe, devs, which, corners, obj, order, meas, weights, scale, bg, transfer,
                            0.7, 0.4, 0.2, 0.6)
     err, dev, change, bg_sums = np.zeros(FRAMES), np.zeros(FRAMES), np.zeros(FRAMES), np.zeros((2, *SHAPE), real)
+    scale_sums = np.zeros((FRAMES, 2))
     opr_kernels.opr_epoch(probe, devs, which, True, obj, corners, order, meas, weights, scale, bg,
                           np.empty((0, 0), dtype) if transfer is None else transfer, 0.7, 0.4, 0.2, 0.6, True,
-                          TINY, err, dev, change, bg_sums)
+                          TINY, err, dev, change, bg_sums, scale_sums)
     tol = 1e-4 if dtype == np.complex64 else 1e-10
-    for got, want in zip((probe, devs, obj, err, dev, change, bg_sums), ref):
+    for got, want in zip((probe, devs, obj, err, dev, change, bg_sums, scale_sums), ref):
         assert np.abs(got - want).max() <= tol * np.abs(want).max()
 
 

@@ -143,9 +143,20 @@ def test_same_seed_same_result_other_seed_other_order(simulated):
     assert not np.allclose(a, c)
 
 
-def test_floating_intensities_and_background_recovered_with_true_object_and_probe():
+def _stochastic_engines():
+    """name -> (factory, schema) of every stochastic engine (the PIE family's ePIE, OPR, e3PIE with one slice)."""
+    from difframe.plugins.engines import multislice, opr
+    from difframe.ptycho.stochastic import schema
+
+    return {"ePIE": (pie._factory("ePIE"), pie.VARIANTS["ePIE"][1]), "OPR": (opr.factory, opr.PARAMETERS),
+            "e3PIE": (multislice.factory, schema(multislice.PARAMETERS, num_slices=1))}
+
+
+@pytest.mark.parametrize("name", ["ePIE", "OPR", "e3PIE"])
+def test_floating_intensities_and_background_recovered_with_true_object_and_probe(name):
     """Steps 0: object and probe stay true, only the per-epoch Newton steps of scales and background act, on
-    noise-free frames scale_n |F(P O_n)|^2 + 50 counts."""
+    noise-free frames scale_n |F(P O_n)|^2 + 50 counts; every stochastic engine (the core's epoch and
+    projection row helpers) does it alike."""
     from difframe import optics
 
     prep, probe, truth = simulate(photons=1e6)
@@ -158,8 +169,9 @@ def test_floating_intensities_and_background_recovered_with_true_object_and_prob
     model = start_model(prep, probe)
     model.objects["sim"].data[...] = truth.data
     model.scans[0].background = np.full(SCAN_SHAPE, 10.0, np.float32)
-    engine = pie._factory("ePIE")(engine_params(pie.VARIANTS["ePIE"][1], alpha=0.0, beta=0.0, floating_intensities=True,
-                                                background_update_start=0, probe_support=None), model)
+    factory, schema = _stochastic_engines()[name]
+    engine = factory(engine_params(schema, alpha=0.0, beta=0.0, floating_intensities=True, background_update_start=0,
+                                   probe_support=None), model)
     engine.initialize()
     metrics = engine.iterate(8)
     np.testing.assert_allclose(model.scans[0].scale, scales, rtol=0.01)
