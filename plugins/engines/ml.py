@@ -6,6 +6,14 @@ line-search pass (FFT of the search direction's first- and second-order pod
 changes) that gives the step from a second-order expansion of the likelihood.
 The three likelihoods share this machinery through their first and second
 derivatives with respect to the model intensity.
+
+The pods are linear in object and probe, so after a step the detector-plane
+pods are f + step x first + step^2 x second, the line search's own transforms:
+when memory allows, the engine keeps the line search's two stacks for every
+frame and carries the pods forward instead of propagating them again (three
+propagations per pod and iteration instead of four), recomputing them exactly
+every REFRESH iterations and whenever anything else moved the model
+(positions refined, the object or probe changed from outside).
 """
 
 from __future__ import annotations
@@ -16,12 +24,14 @@ import numpy as np
 import scipy.fft
 
 import difframe
-from difframe import optics
+from difframe import limits, optics
 from difframe.ptycho import model as pm
 from difframe.ptycho import subpixel
 from difframe.types import EngineSpec, Parameter
 
 log = logging.getLogger("difframe.engines.ml")
+
+REFRESH = 10  # carried pods are recomputed exactly this often (rounding does not accumulate)
 
 _GARBLED = "\n\nThe reference gives this {kind} node a limit (>0.0), which cannot apply; it is not enforced."
 
@@ -117,17 +127,28 @@ class MaximumLikelihood:
         self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
         self.fields = {}
         # two chunk buffers reused every iteration: the detector-plane gradient (chunks of the gradient pass),
-        # and with it the two pod changes of the line search (half as many frames per chunk)
+        # and with it the two pod changes of the line search (half as many frames per chunk); or, to carry the
+        # pods forward (module doc), the line search's pod changes of every frame
+        stack_bytes = sum(scan.num_frames * scan.shape[0] * scan.shape[1] for scan in m.scans) * m.cdtype.itemsize
+        stack_bytes *= max((st.data.shape[0] for st in m.probes.values()), default=1)
+        stack_bytes *= max((st.data.shape[0] for st in m.objects.values()), default=1)
+        carry = self.p.clip_object is None and 2 * stack_bytes <= limits.memory_budget() // 4
         self.buffers = {}
+        self.line_stacks = {}
         for scan in m.scans:
             pods = m.probes[scan.probe_id].data.shape[0] * m.objects[scan.object_id].data.shape[0]
-            self.fields[scan.label] = np.empty((scan.num_frames, pods, *scan.shape), m.cdtype)
+            shape = (scan.num_frames, pods, *scan.shape)
+            self.fields[scan.label] = np.empty(shape, m.cdtype)
+            if carry:
+                self.line_stacks[scan.label] = (np.empty(shape, m.cdtype), np.empty(shape, m.cdtype))
             if self.p.floating_intensities and scan.scale is None:
                 scan.scale = np.ones(scan.num_frames, m.rdtype)
             step = next(m.chunks(scan, pods), slice(0, 0)).stop
             key = (pods, *scan.shape)
             if len(self.buffers.get(key, ((),))[0]) < step:
-                self.buffers[key] = (np.empty((step, *key), m.cdtype), np.empty((step, *key), m.cdtype))
+                self.buffers[key] = (np.empty((step, *key), m.cdtype),
+                                     np.empty((0 if carry else step, *key), m.cdtype))
+        self.carried_state = None  # the model the carried pods belong to (probes, objects, positions)
         power, points = m.total_measured()
         self.total_points = max(points, 1)
         npix = sum(st.data.size for st in m.objects.values())
@@ -151,6 +172,8 @@ class MaximumLikelihood:
     def finalize(self) -> dict:
         self.fields.clear()
         self.buffers.clear()
+        self.line_stacks.clear()
+        self.carried_state = None
         self.views.clear()
         return {"engine": "ML", "iterations": self.iteration}
 
@@ -205,10 +228,29 @@ class MaximumLikelihood:
             pm.clip_amplitude(m.objects[oid].data, self.p.clip_object)
         for pid, h in h_pr.items():
             m.probes[pid].data += m.cdtype.type(step) * h
+        if self.line_stacks:
+            for label, (first, second) in self.line_stacks.items():
+                self.ml_kernels.advance_fields(self.fields[label], first, second, step)
         metrics = {"fourier_error": err_sum / frames, "likelihood": (ll + ll_reg) / self.total_points,
                    "deviance": dev / self.total_points, "exit_change": change * step**2 / frames, "step": step}
         metrics.update(self._orthogonalise() if self.p.orthogonal_modes else pm.mode_powers(m))
+        if self.line_stacks:
+            self.carried_state = self._model_state()
         return metrics
+
+    def _model_state(self) -> list[np.ndarray]:
+        """Copies of what the pods depend on: probes, objects and every scan's positions."""
+        m = self.model
+        return [a.copy() for a in (*(st.data for st in m.probes.values()), *(st.data for st in m.objects.values()),
+                                   *(s.positions for s in m.scans), *(s.corners for s in m.scans))]
+
+    def _pods_carried(self) -> bool:
+        """Whether the kept detector-plane pods still belong to the model (module doc)."""
+        state = self.carried_state
+        self.carried_state = None
+        if state is None or self.iteration % REFRESH == 0:
+            return False
+        return all(np.array_equal(a, b) for a, b in zip(state, self._model_state()))
 
     def _light_inverse(self, light: np.ndarray) -> np.ndarray:
         """The illumination a gradient is divided by, regularised (``illumination_regularisation``)."""
@@ -217,7 +259,8 @@ class MaximumLikelihood:
     def _orthogonalise(self) -> dict:
         """Orthogonal probe modes; the conjugate-gradient memory (probe gradients, directions) is mixed alike."""
         memory = [*(self.prev[1:3] if self.prev else ()), *(self.directions[1:] if self.directions else ())]
-        return pm.orthogonalise_probes(self.model, probe_arrays=tuple(memory))
+        stacks = (self.fields,) if self.line_stacks else ()
+        return pm.orthogonalise_probes(self.model, pod_stacks=stacks, probe_arrays=tuple(memory))
 
     def _gradients(self):
         """Likelihood, amplitude error and the gradients with respect to object and probe, chunk by chunk."""
@@ -232,6 +275,7 @@ class MaximumLikelihood:
         ll = err_sum = dev_sum = 0.0
         frames = 0
         fit_bg = self.p.fit_background and self.iteration >= self.p.background_update_start
+        carried = self._pods_carried()
         for scan in m.scans:
             probe = m.probes[scan.probe_id].data
             obj = m.objects[scan.object_id].data
@@ -243,13 +287,15 @@ class MaximumLikelihood:
                 corners = scan.corners[sl]
                 n = len(corners)
                 fields = self.fields[scan.label][sl]
-                if shifts is None:
-                    k.pods(probe, obj, corners, fields)
-                else:
+                if shifts is not None:
                     views = self.views[scan.label][sl]
                     subpixel.views(obj, corners, shifts[sl], scan.shape, out=views)
-                    pm.exit_waves(probe, views, out=fields.reshape(n, *probe.shape[:1], *views.shape[1:]))
-                scan.propagator.forward(fields, overwrite=True)  # in place (optics): kept for the line search
+                if not carried:
+                    if shifts is None:
+                        k.pods(probe, obj, corners, fields)
+                    else:
+                        pm.exit_waves(probe, views, out=fields.reshape(n, *probe.shape[:1], *views.shape[1:]))
+                    _forward_in_place(scan.propagator, fields)  # kept for the line search
                 chi = self.buffers[fields.shape[1:]][0][:n]
                 err, lls, dev = np.empty(n), np.empty(n), np.empty(n)
                 self.ml_kernels.ml_gradient_weights(
@@ -341,7 +387,10 @@ class MaximumLikelihood:
             for sl in m.chunks(scan, 2 * pods):
                 corners = scan.corners[sl]
                 n = len(corners)
-                first, second = (buf[:n] for buf in self.buffers[(pods, *scan.shape)])
+                if scan.label in self.line_stacks:
+                    first, second = (stack[sl] for stack in self.line_stacks[scan.label])
+                else:
+                    first, second = (buf[:n] for buf in self.buffers[(pods, *scan.shape)])
                 if shifts is None:
                     self.ml_kernels.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
                 else:
@@ -351,8 +400,8 @@ class MaximumLikelihood:
                     pm.exit_waves(dprobe, views, out=first.reshape(shape))
                     first += pm.exit_waves(probe, dviews).reshape(first.shape)
                     pm.exit_waves(dprobe, dviews, out=second.reshape(shape))
-                first = scan.propagator.forward(first, overwrite=True)
-                second = scan.propagator.forward(second, overwrite=True)
+                _forward_in_place(scan.propagator, first)
+                _forward_in_place(scan.propagator, second)
                 sums = np.empty((n, 3))
                 self.ml_kernels.ml_line_sums(self.fields[scan.label][sl], first, second, scan.intensity[sl],
                                              scan.weights_of(sl), scan.scale_factors()[sl], scan.background_map(),
@@ -369,6 +418,13 @@ class MaximumLikelihood:
             log.warning("ML line search: non-positive curvature %g, taking no step", b2)
             return 0.0, change
         return -b1 / (2 * b2), change
+
+
+def _forward_in_place(propagator, stack: np.ndarray) -> None:
+    """Propagate ``stack`` to the detector, leaving the result in ``stack``."""
+    out = propagator.forward(stack, overwrite=True)
+    if out is not stack:
+        stack[...] = out
 
 
 def _dot(a: dict, b: dict) -> float:

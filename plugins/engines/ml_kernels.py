@@ -148,3 +148,17 @@ def ml_line_sums(fields, first, second, intensity, weights, scale, background, k
         sums[n, 0] = b1
         sums[n, 1] = b2
         sums[n, 2] = change
+
+
+@jit
+def advance_fields(fields, first, second, step):
+    """fields += step first + step^2 second: the detector-plane pods after a line-search step, by linearity."""
+    s1 = fields.dtype.type(step)
+    s2 = fields.dtype.type(step * step)
+    h, w = fields.shape[2], fields.shape[3]
+    for n in numba.prange(fields.shape[0]):
+        for k in range(fields.shape[1]):
+            for i in range(h):
+                f, g, q = fields[n, k, i], first[n, k, i], second[n, k, i]
+                for j in range(w):
+                    f[j] += s1 * g[j] + s2 * q[j]
