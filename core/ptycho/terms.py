@@ -69,7 +69,9 @@ NODES = {
         help="Iteration of this engine at which refinement starts"),
     "engine.common.position_refinement.stop": P(
         type=("int", "NoneType"), default=None, lowlim=0,
-        help="Iteration of this engine after which refinement stops (None: the engine's end)"),
+        help="Iteration of this engine after which refinement stops (None: the engine's end)",
+        doc="The last engine of a run does not refine after its final iteration: no iteration would use the "
+            "positions found then."),
     "engine.common.position_refinement.interval": P(
         type=("int",), default=5, lowlim=1,
         help="Refine every this many iterations"),

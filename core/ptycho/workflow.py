@@ -188,11 +188,15 @@ def init_background(run, model: pm.PtychoModel) -> None:
         scan.background = bg.astype(model.rdtype)
 
 
-def refine_positions(ep, model: pm.PtychoModel, done: int, previous: int, recorded: dict) -> None:
+def refine_positions(ep, model: pm.PtychoModel, done: int, previous: int, recorded: dict, *,
+                     last_engine: bool = False) -> None:
     """Position refinement of ``engines.<label>.position_refinement`` after the engine's iteration ``done``
-    (the block began after ``previous``); ``recorded`` holds each scan's positions as measured."""
+    (the block began after ``previous``); ``recorded`` holds each scan's positions as measured.  Not after
+    the last engine's last iteration: no iteration would use those positions."""
     pr = ep.position_refinement
     if not pr.active or done < pr.start or (pr.stop is not None and previous >= pr.stop):
+        return
+    if last_engine and done >= ep.numiter:
         return
     if done // pr.interval == previous // pr.interval:
         return
@@ -224,6 +228,7 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
     """Run ``engines.<label>`` in order on ``model``; returns (last engine name, total iterations)."""
     total, name = 0, "none"
     recorded = {scan.label: np.array(scan.positions) for scan in model.scans}
+    labels = list(run.params.engines)
     for label, ep in run.params.engines.items():
         if model.ranks.any(run.stop_requested):  # a stop ends the chain: later engines do not start
             break
@@ -246,7 +251,7 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
                     total += 1
                     outputs.record(label, name, total, duration, m, in_engine=k, numiter=ep.numiter)
                     run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
-                refine_positions(ep, model, done + len(metrics), done, recorded)
+                refine_positions(ep, model, done + len(metrics), done, recorded, last_engine=label == labels[-1])
                 done += len(metrics)
                 log.debug("%s %s: iteration %d, %s", label, name, total,
                           ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))

@@ -18,7 +18,7 @@ from difframe.ptycho.workflow import refine_positions
 PSIZE = 1e-7
 
 
-def schedule(monkeypatch, numiter, block, **refinement):
+def schedule(monkeypatch, numiter, block, last_engine=False, **refinement):
     """Iterations (within the engine) after which the flow refined, and the max_shift_px it passed."""
     calls = []
 
@@ -33,14 +33,14 @@ def schedule(monkeypatch, numiter, block, **refinement):
     monkeypatch.setattr(positions, "apply_shifts", apply_shifts)
     p = Param({"active": True, "start": 20, "stop": None, "interval": 5, "max_shift": 2e-6, "method": "grid"})
     p.update(refinement)
-    ep = Param({"position_refinement": p})
+    ep = Param({"numiter": numiter, "position_refinement": p})
     scan = SimpleNamespace(label="s", object_id="s", positions=np.zeros((3, 2)))
     model = SimpleNamespace(scans=[scan], objects={"s": SimpleNamespace(psize=np.array([PSIZE, PSIZE]))})
     done, refined = 0, []
     while done < numiter:
         n = min(block, numiter - done)
         before = len(calls)
-        refine_positions(ep, model, done + n, done, {"s": np.zeros((3, 2))})
+        refine_positions(ep, model, done + n, done, {"s": np.zeros((3, 2))}, last_engine=last_engine)
         refined += [done + n] * (len(calls) - before)
         done += n
     return refined, calls
@@ -57,3 +57,9 @@ def test_stop_ends_refinement_and_blocks_refine_once_when_they_cross_a_multiple(
     # blocks of 4: (16, 20] holds 20, (20, 24] holds none, (24, 28] holds 25; each block refines at its end
     assert schedule(monkeypatch, 40, 4)[0] == [20, 28, 32, 36, 40]
     assert schedule(monkeypatch, 60, 1, active=False)[0] == []
+
+
+def test_the_last_engines_last_iteration_is_not_followed_by_a_refinement(monkeypatch):
+    # nothing would use positions refined after the chain's final iteration; a later engine would
+    assert schedule(monkeypatch, 60, 1, last_engine=True)[0] == [20, 25, 30, 35, 40, 45, 50, 55]
+    assert schedule(monkeypatch, 60, 1, last_engine=False)[0][-1] == 60
