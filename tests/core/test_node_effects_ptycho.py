@@ -183,10 +183,11 @@ def _scaled_frames(photons=1e6):
     return prep, probe, truth, scales
 
 
-@pytest.mark.parametrize("name", ["RAAR", "rPIE", "mPIE"])
+@pytest.mark.parametrize("name", ["RAAR", "rPIE", "mPIE", "OPR", "e3PIE"])
 def test_floating_intensities_recover_the_frame_scales(name):
-    """engine.RAAR/rPIE/mPIE.floating_intensities: from the true object and probe, the fitted per-frame scales
-    are the simulated ones; without the node no scales are fitted."""
+    """engine.RAAR/rPIE/mPIE/OPR/e3PIE.floating_intensities: from the true object and probe, the fitted
+    per-frame scales are the simulated ones; without the node no scales are fitted.  (e3PIE: slice 2 starts
+    as ones, so its model is the single slice propagated, whose far-field intensity is the same.)"""
     prep, probe, truth, scales = _scaled_frames()
     fitted = []
     for floating in (True, False):
@@ -195,10 +196,10 @@ def test_floating_intensities_recover_the_frame_scales(name):
         if name == "RAAR":
             engine = raar.factory(engine_params(raar.PARAMETERS, floating_intensities=floating, fit_background=False,
                                                 probe_support=None, probe_update_start=1000), model)
+            engine.initialize()
         else:  # steps 0: object and probe stay true, only the scales' Newton steps act
-            engine = pie._factory(name)(engine_params(pie.VARIANTS[name][1], alpha=0.0, beta=0.0,
-                                                      floating_intensities=floating, probe_support=None), model)
-        engine.initialize()
+            engine = _pie_engine(name, model, alpha=0.0, beta=0.0, floating_intensities=floating,
+                                 probe_support=None)
         engine.iterate(30 if name == "RAAR" else 8)
         fitted.append(model.scans[0].scale)
     # PIE with steps 0: the scales alone fit the frames (1 %); RAAR moves the object with them (measured 5.3 %
