@@ -17,8 +17,10 @@ classical limit, so classical and quantum T agree at high temperature.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from difframe.errors import DataError, UsageError
@@ -28,6 +30,10 @@ VOIGT = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
 #: Voigt names C11..C66, upper triangle, row by row
 VOIGT_NAMES = tuple(f"C{i + 1}{j + 1}" for i in range(6) for j in range(i, 6))
 _UPPER = np.triu_indices(6)
+#: numba fast-math flags without nnan/ninf (a NaN still comes out as a NaN)
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+if "NUMBA_THREADING_LAYER" not in os.environ:  # the sleeping pool, as the ptychography kernels choose
+    numba.config.THREADING_LAYER = "workqueue"
 
 HBAR = 1.054571817e-34  # J s
 K_B = 1.380649e-23  # J / K
@@ -198,14 +204,101 @@ def tds_intensity(Q, G, C_voigt, *, temperature: float = 300.0, density: float |
     return classical(Q, q, C_voigt)[0]
 
 
+# -- the fit's CPU path: one fused, threaded pass (numba) -------------------------------------
+
+
+_VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def christoffel_pairs(C_voigt: np.ndarray) -> np.ndarray:
+    """(6, 6) K with Gamma's entries (00, 11, 22, 12, 02, 01) = K @ (q_j q_l for the Voigt pairs jl)."""
+    M = christoffel_matrix(C_voigt)
+    K = np.empty((6, 6))
+    for g, (i, k) in enumerate(_VOIGT_PAIRS):
+        for p, (j, l) in enumerate(_VOIGT_PAIRS):
+            K[g, p] = M[3 * i + k, 3 * j + l] + (M[3 * i + k, 3 * l + j] if j != l else 0.0)
+    return K
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
+def _fused_classical(Q, q, weights, starts, K, jacobian, T, AA, singular):
+    """For each point n: T[n] = sum over its nodes m (starts[n] <= m < starts[n+1]) of weights[m] T(Q[m], q[m])
+    and, with ``jacobian``, AA[n] = the same sum of a_i a_j (i <= j), a the Voigt vector of sym(u (x) q),
+    u = Gamma^-1 Q; singular[n] = a node with det Gamma = 0."""
+    for n in numba.prange(starts.shape[0] - 1):
+        t = 0.0
+        if jacobian:
+            for c in range(21):
+                AA[n, c] = 0.0
+        for m in range(starts[n], starts[n + 1]):
+            q0, q1, q2 = q[m, 0], q[m, 1], q[m, 2]
+            p0, p1, p2, p3, p4, p5 = q0 * q0, q1 * q1, q2 * q2, q1 * q2, q0 * q2, q0 * q1
+            g00 = K[0, 0] * p0 + K[0, 1] * p1 + K[0, 2] * p2 + K[0, 3] * p3 + K[0, 4] * p4 + K[0, 5] * p5
+            g11 = K[1, 0] * p0 + K[1, 1] * p1 + K[1, 2] * p2 + K[1, 3] * p3 + K[1, 4] * p4 + K[1, 5] * p5
+            g22 = K[2, 0] * p0 + K[2, 1] * p1 + K[2, 2] * p2 + K[2, 3] * p3 + K[2, 4] * p4 + K[2, 5] * p5
+            g12 = K[3, 0] * p0 + K[3, 1] * p1 + K[3, 2] * p2 + K[3, 3] * p3 + K[3, 4] * p4 + K[3, 5] * p5
+            g02 = K[4, 0] * p0 + K[4, 1] * p1 + K[4, 2] * p2 + K[4, 3] * p3 + K[4, 4] * p4 + K[4, 5] * p5
+            g01 = K[5, 0] * p0 + K[5, 1] * p1 + K[5, 2] * p2 + K[5, 3] * p3 + K[5, 4] * p4 + K[5, 5] * p5
+            c00 = g11 * g22 - g12 * g12
+            c11 = g00 * g22 - g02 * g02
+            c22 = g00 * g11 - g01 * g01
+            c01 = g02 * g12 - g01 * g22
+            c02 = g01 * g12 - g02 * g11
+            c12 = g01 * g02 - g00 * g12
+            det = g00 * c00 + g01 * c01 + g02 * c02
+            if det == 0.0:
+                singular[n] = True
+                continue
+            b0, b1, b2 = Q[m, 0], Q[m, 1], Q[m, 2]
+            u0 = (c00 * b0 + c01 * b1 + c02 * b2) / det
+            u1 = (c01 * b0 + c11 * b1 + c12 * b2) / det
+            u2 = (c02 * b0 + c12 * b1 + c22 * b2) / det
+            w = weights[m]
+            t += w * (b0 * u0 + b1 * u1 + b2 * u2)
+            if jacobian:
+                a = (u0 * q0, u1 * q1, u2 * q2, u1 * q2 + u2 * q1, u0 * q2 + u2 * q0, u0 * q1 + u1 * q0)
+                c = 0
+                for i in range(6):
+                    wa = w * a[i]
+                    for j in range(i, 6):
+                        AA[n, c] += wa * a[j]
+                        c += 1
+        T[n] = t
+
+
+def fused_classical(Q, q, C_voigt, quadratic=None, weights=None, starts=None):
+    """The classical model in one threaded pass: T (N,) and, with ``quadratic`` (21, n_free) from
+    :func:`quadratic_form_matrix`, dT/dp = -AA @ quadratic; optionally averaged over nodes (``weights`` (M,),
+    ``starts`` (N + 1,): point n owns nodes starts[n] .. starts[n+1] - 1).  Same numbers as :func:`classical`
+    (to rounding), without its (N, 9) and (N, 21) temporaries."""
+    if starts is None:
+        starts = np.arange(len(Q) + 1, dtype=np.int64)
+        weights = np.ones(len(Q))
+    n = len(starts) - 1
+    T = np.empty(n)
+    AA = np.empty((n, 21) if quadratic is not None else (0, 21))
+    singular = np.zeros(n, dtype=np.bool_)
+    _fused_classical(Q, q, weights, starts, christoffel_pairs(C_voigt), quadratic is not None, T, AA, singular)
+    if singular.any():
+        bad = int(np.flatnonzero(singular)[0])
+        raise DataError(f"TDS model: point {bad} has a singular Christoffel matrix (q near {q[starts[bad]].tolist()}); "
+                        "points exactly on a Bragg peak must be excluded (DeltaQ_min > 0)")
+    return T, (None if quadratic is None else -(AA @ quadratic))
+
+
 class NumpyModel:
-    """T and dT/dp for fixed points and a fixed elastic structure (the fit's inner loop)."""
+    """T and dT/dp for fixed points and a fixed elastic structure (the fit's inner loop).
+
+    The classical model runs as one fused, threaded numba pass (:func:`fused_classical`); the quantum one in numpy.
+    """
 
     backend = "numpy"
 
     def __init__(self, Q, q, basis, *, quantum_bose=False, temperature=300.0, density=None):
         self.Q, self.q = _check_points(Q, q)
+        self.Q, self.q = np.ascontiguousarray(self.Q), np.ascontiguousarray(self.q)
         self.basis = np.asarray(basis, dtype=float)
+        self.quadratic = quadratic_form_matrix(self.basis)
         self.quantum = bool(quantum_bose)
         self.temperature = temperature
         self.density = density
@@ -216,10 +309,10 @@ class NumpyModel:
     def evaluate(self, p: np.ndarray, jacobian: bool = True):
         """(T (N,), J (N, n_free) or None) at free constants ``p``."""
         C = self.voigt(p)
-        basis = self.basis if jacobian else None
         if self.quantum:
-            return quantum(self.Q, self.q, C, basis, temperature=self.temperature, density=self.density)
-        return classical(self.Q, self.q, C, basis)
+            return quantum(self.Q, self.q, C, self.basis if jacobian else None, temperature=self.temperature,
+                           density=self.density)
+        return fused_classical(self.Q, self.q, C, self.quadratic if jacobian else None)
 
 
 # -- exposure integration -------------------------------------------------------------------
@@ -309,13 +402,19 @@ class ExposureModel:
         self.inner = NumpyModel(Qe, qe, basis, **options)
         self.basis = self.inner.basis
         self.exposure = exposure
+        self.bounds = np.append(self.starts, len(self.weights)).astype(np.int64)
 
     def voigt(self, p: np.ndarray) -> np.ndarray:
         return self.inner.voigt(p)
 
     def evaluate(self, p: np.ndarray, jacobian: bool = True):
-        """Exposure-averaged (T (N,), J (N, n_free) or None)."""
-        T, J = self.inner.evaluate(p, jacobian)
+        """Exposure-averaged (T (N,), J (N, n_free) or None): the classical model averages T and the Voigt
+        products a_i a_j over each point's nodes in one fused pass and forms J once per point."""
+        inner = self.inner
+        if not inner.quantum:
+            return fused_classical(inner.Q, inner.q, inner.voigt(p), inner.quadratic if jacobian else None,
+                                   self.weights, self.bounds)
+        T, J = inner.evaluate(p, jacobian)
         T = np.add.reduceat(self.weights * T, self.starts)
         if J is not None:
             J = np.add.reduceat(self.weights[:, None] * J, self.starts, axis=0)
