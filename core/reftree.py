@@ -148,7 +148,9 @@ NODES = {
         type=('str',),
         default=None,
         help='Options for default plotter (not implemented yet)',
-        doc='Options for default plotter (not implemented yet)',
+        doc='Options for default plotter (not implemented yet)\n\nNot read: the reference defines no options '
+            'either; difframe\'s pictures (the run\'s PNG/GIF and `difframe watch`) choose their maps, limits and '
+            'scale bars from the data, so there is nothing to pass.',
     ),
     'plotclient.dump': P(
         type=('bool',),
