@@ -117,6 +117,11 @@ def test_dry_run_stops_with_the_structure_then_fit_writes_results(experiment, tm
 
     fitted = json.loads(Path(results["json"]).read_text())
     assert fitted["spots"] == 2 and fitted["fixed"] == ["C11"]
+    # a cubic cell: the IEEE setting is difframe's frame, the same tensor and sigma
+    assert fitted["ieee"]["same_as_fit_frame"] and "IEEE setting" not in results["report"]
+    voigt = [[fitted["constants"][f"C{min(i, j)}{max(i, j)}"]["value"] for j in range(1, 7)] for i in range(1, 7)]
+    np.testing.assert_allclose(fitted["ieee"]["voigt"], voigt, atol=1e-9)
+    assert fitted["ieee"]["voigt_sigma"][0][1] == pytest.approx(fitted["constants"]["C12"]["sigma"])
     assert events and events[0][0] == "tds_fit" and events[-1][1] == len(events)
 
 
