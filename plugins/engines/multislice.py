@@ -49,9 +49,9 @@ PARAMETERS = {
         type="int", default=2, lowlim=1, help="Number of object slices along the beam",
         doc="The object storage holds this many slices as its layers. A single-layer object (a fresh start, "
             "or another engine's result) becomes slice 1 and the others start as ones; an object that already "
-            "has num_slices layers is taken as the slices (to resume from a multislice .ptyr, set "
-            "scans.<label>.coherence.num_object_modes = num_slices with sample.model = 'recon', so that every "
-            "slice is loaded)."),
+            "has num_slices layers is taken as the slices. Resuming: a scan whose sample.model = 'recon' loads a "
+            ".ptyr object of num_slices layers (an e3PIE result) gets coherence.num_object_modes = num_slices "
+            "when the run starts, so that every slice is loaded and the slices continue."),
     "slice_spacing": Parameter(
         type="float", default=1e-6, help="Distance between neighbouring slices [m], > 0",
         doc="Free-space propagation over this distance (angular spectrum at the object pixel) carries the wave "
@@ -70,9 +70,37 @@ PARAMETERS = schema(
 )
 
 
+def stored_slices(sample) -> int | None:
+    """Layers of the object storage a scan's ``sample`` subtree loads from a .ptyr (``model = 'recon'``,
+    every layer: no ``recon.layer``), read from the file's header of that array; None otherwise."""
+    import glob
+    import os
+
+    from difframe.ptycho import h5typed
+
+    if not sample or sample.get("model") != "recon":
+        return None
+    recon = sample.get("recon") or {}
+    pattern = recon.get("rfile")
+    if not pattern or recon.get("layer") is not None:
+        return None
+    paths = sorted(glob.glob(str(pattern)), key=os.path.getmtime) if glob.has_magic(str(pattern)) else [pattern]
+    if not paths or not os.path.isfile(paths[-1]):
+        return None  # the loader says what is missing when the data are read
+    with h5typed.open_file(paths[-1], ".ptyr") as f:
+        storages = f.get("content/obj")
+        if storages is None:
+            return None
+        sid = recon.get("ID") or min(storages, default=None)
+        node = storages.get(f"{sid}/data") if sid is not None else None
+        return int(node.shape[0]) if node is not None and len(node.shape) == 3 else None
+
+
 def check_chain(params) -> None:
     """Refuse runs the slices cannot serve: object modes asked for next to slices, and single-slice engines
-    after a multislice one (they would read the slices as incoherent modes)."""
+    after a multislice one (they would read the slices as incoherent modes).  A scan whose object resumes
+    from a .ptyr holding num_slices layers (``sample.model = 'recon'``) gets
+    ``coherence.num_object_modes = num_slices``, so that every slice is loaded."""
     engines = params.get("engines") or {}
     labels = [label for label, ep in engines.items() if ep.get("name") == NAME]
     if not labels:
@@ -84,6 +112,11 @@ def check_chain(params) -> None:
                              f"(engines.{labels[0]}.num_slices = {engines[labels[0]].get('num_slices')})")
     for label, scan in (params.get("scans") or {}).items():
         modes = scan.get("coherence", {}).get("num_object_modes", 1)
+        (count,) = slices
+        if modes == 1 and stored_slices(scan.get("sample")) == count:
+            log.info("scans.%s.coherence.num_object_modes = %d: the object resumes with the slices of %s", label,
+                     count, scan["sample"]["recon"]["rfile"])
+            scan["coherence"]["num_object_modes"] = modes = count  # the loader keeps that many layers
         resuming = (scan.get("sample") or {}).get("model") == "recon" and modes in slices
         if modes > 1 and not resuming:  # a .ptyr's slices load as that many layers; anything else is modes
             raise ParameterError(f"scans.{label}.coherence.num_object_modes = {modes}: engine {NAME} "

@@ -306,13 +306,33 @@ def test_chains_after_single_slice_engines_and_refuses_what_slices_cannot_serve(
     assert [i["engine"] for i in r.iter_info] == ["ePIE"] * 3 + ["e3PIE"] * 3
     assert all(np.all(np.isfinite(i["error"])) for i in r.iter_info)
 
-    # resumed from that .ptyr with both layers loaded (as many object modes as slices), it goes on where the first
-    # run ended: its first epoch fits better than the first run's last (a single loaded layer gives 4.4 vs 3.8)
+    # resumed from that .ptyr with the natural parameters (sample and illumination from the file, e3PIE with the
+    # same slices), both layers load and it goes on where the first run ended: its first epoch fits better than
+    # the first run's last (a single loaded layer gives 4.4 vs 3.8), and the slices it starts from are the file's
     recon = {"model": "recon", "recon": {"rfile": str(results["reconstruction"])}}
-    resumed = _truth_run(tmp_path, prep, {"b": engines["b"]}, {"a": {
+    started = {}
+
+    def first_epoch(engine):
+        started.setdefault("slices", engine.model.objects["a"].data.copy())
+
+    from difframe.plugins.engines.multislice import MultislicePIE
+
+    original = MultislicePIE._epoch
+    try:
+        MultislicePIE._epoch = lambda self: (first_epoch(self), original(self))[1]
+        resumed = _truth_run(tmp_path, prep, {"b": engines["b"]},
+                             {"a": {"data": {"source": "truth"}, "illumination": recon, "sample": recon}})
+    finally:
+        MultislicePIE._epoch = original
+    again = read_ptyr(resumed["reconstruction"])
+    assert again.iter_info[0]["error"][1] < r.iter_info[-1]["error"][1]
+    assert started["slices"].shape == r.objects["a"]["data"].shape
+    close(started["slices"], r.objects["a"]["data"], 1e-6)
+    assert again.objects["a"]["data"].shape[0] == 2
+    # the explicit form (as many object modes as slices) still works
+    explicit = _truth_run(tmp_path, prep, {"b": engines["b"]}, {"a": {
         "data": {"source": "truth"}, "illumination": recon, "sample": recon, "coherence": {"num_object_modes": 2}}})
-    again = read_ptyr(resumed["reconstruction"]).iter_info
-    assert again[0]["error"][1] < r.iter_info[-1]["error"][1]
+    assert read_ptyr(explicit["reconstruction"]).iter_info[0]["error"][1] < r.iter_info[-1]["error"][1]
 
     with pytest.raises(ParameterError, match=r"scans\.a\.coherence\.num_object_modes = 2: engine e3PIE"):
         _truth_run(tmp_path, prep, engines, {"a": {**scans["a"], "coherence": {"num_object_modes": 2}}})
