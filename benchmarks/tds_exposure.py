@@ -71,8 +71,8 @@ def spec(crystal: str, width: float, scan_deg: float = 40.0, shape=(160, 168), m
     }
 
 
-def simulate_and_harvest(simulation: dict, folder: Path):
-    """(harvest dict for fit.fit, structure, true constants, CGUESS, geometry)."""
+def simulate_and_harvest(simulation: dict, folder: Path, threshold_rule: str = "frame"):
+    """(harvest dict for fit.fit, structure, true constants, CGUESS, geometry, harvest result)."""
     from difframe.tds.config import geometry_of, read_tds_config
 
     truth = simulate(simulation, folder)
@@ -81,7 +81,7 @@ def simulate_and_harvest(simulation: dict, folder: Path):
     files = [folder / name for name in truth["frames"]]
     options = HarvestOptions(delta_q_min=tds["DeltaQ_min"], delta_q_max=tds["DeltaQ_max"], threshold=tds["threshold"],
                              spots=np.array(tds["collectSpots"]), mask_file=str(folder / "filter.edf"),
-                             normalisation_file=str(folder / "normalisation.dat"))
+                             normalisation_file=str(folder / "normalisation.dat"), threshold_rule=threshold_rule)
     result = harvest(geometry, files, options)
     data = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
             "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs.get("angle_increment_deg"),
