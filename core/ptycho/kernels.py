@@ -68,17 +68,22 @@ def mix_probe_modes(stack, mixing, n_obj):
     """In place: stack[n, k*O + o] = sum_p stack[n, p*O + o] mixing[p, k] (a change of probe-mode basis)."""
     n_probe, h, w = mixing.shape[0], stack.shape[2], stack.shape[3]
     for n in numba.prange(stack.shape[0]):
-        old = np.empty(n_probe, stack.dtype)
+        old = np.empty((n_probe, w), stack.dtype)  # one row of every mode, mixed row by row (contiguous loops)
         for o in range(n_obj):
             for i in range(h):
-                for j in range(w):
-                    for p in range(n_probe):
-                        old[p] = stack[n, p * n_obj + o, i, j]
-                    for k in range(n_probe):
-                        total = stack.dtype.type(0)
-                        for p in range(n_probe):
-                            total += old[p] * mixing[p, k]
-                        stack[n, k * n_obj + o, i, j] = total
+                for p in range(n_probe):
+                    src = stack[n, p * n_obj + o, i]
+                    for j in range(w):
+                        old[p, j] = src[j]
+                for k in range(n_probe):
+                    row = stack[n, k * n_obj + o, i]
+                    first = mixing[0, k]
+                    for j in range(w):
+                        row[j] = old[0, j] * first
+                    for p in range(1, n_probe):
+                        weight = mixing[p, k]
+                        for j in range(w):
+                            row[j] += old[p, j] * weight
 
 
 # -- detector plane: row helpers the engines' own kernels inline ---------------------------------
