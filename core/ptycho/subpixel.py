@@ -57,12 +57,13 @@ def _interpolate(padded, starts, wt, out):
                     src, c = padded[o, y + i + k, x:x + row.shape[0]], wt[n, 0, k]
                     for j in range(row.shape[0]):
                         row[j] += c * src[j]
-                dst = out[n, o, i]
+                dst, c = out[n, o, i], wt[n, 1, 0]
                 for j in range(w):
-                    total = out.dtype.type(0)
-                    for k in range(taps):
-                        total += wt[n, 1, k] * row[j + k]
-                    dst[j] = total
+                    dst[j] = c * row[j]
+                for k in range(1, taps):
+                    c = wt[n, 1, k]
+                    for j in range(w):
+                        dst[j] += c * row[j + k]
 
 
 @kernels.jit
