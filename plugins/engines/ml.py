@@ -334,15 +334,22 @@ class MaximumLikelihood:
     def _subpixel_gradients(self, scan, sl, chi, pconj, ppower, ob_grad, pr_grad, shifts) -> None:
         """Object and probe gradients (and illuminations) of frames ``sl`` through their shifted windows."""
         views = self.views[scan.label][sl]
-        n, n_obj = views.shape[:2]
-        chi = chi.reshape(n, pconj.shape[0], n_obj, *scan.shape)
-        subpixel.add_back(ob_grad[scan.object_id], (pconj[None, :, None] * chi).sum(axis=1), scan.corners[sl], shifts)
-        pr_grad[scan.probe_id] += scan.probe_power * (np.conj(views)[:, None] * chi).sum(axis=(0, 2))
-        if self.ob_light:  # a preconditioner: the rounded windows' illumination serves (scratch takes the rest)
-            scratch = np.zeros_like(ob_grad[scan.object_id])
-            self.kernels.add_object_update(scratch, self.ob_light[scan.object_id], pconj, ppower,
-                                           chi.reshape(n, -1, *scan.shape), scan.corners[sl])
-            self.pr_light[scan.probe_id] += scan.probe_power * np.sum(np.abs(views) ** 2, axis=(0, 1))
+        n, n_obj, h, w = views.shape
+        chi = chi.reshape(n, pconj.shape[0], n_obj, h, w)
+        combined = pconj[0][None, None] * chi[:, 0]
+        for p in range(1, pconj.shape[0]):
+            combined += pconj[p][None, None] * chi[:, p]
+        subpixel.add_back(ob_grad[scan.object_id], combined, scan.corners[sl], shifts)
+        # the windows as one tall object (modes, frames x H, W) with frame n's window at row n x H: the probe
+        # kernel then sums conj(window) x chi (and |window|^2) over the frames
+        tall = np.ascontiguousarray(views.transpose(1, 0, 2, 3)).reshape(n_obj, n * h, w)
+        rows = np.stack([np.arange(n) * h, np.zeros(n, np.int64)], axis=1)
+        self.kernels.add_probe_update(pr_grad[scan.probe_id], self.pr_light.get(scan.probe_id), tall,
+                                      chi.reshape(n, -1, h, w), rows, weight=scan.probe_power)
+        if self.ob_light:  # a preconditioner: the rounded windows' illumination serves
+            light = self.ob_light[scan.object_id]
+            for y, x in scan.corners[sl]:
+                light[y:y + h, x:x + w] += ppower
 
     def _regulariser_gradient(self, ob_grad) -> float:
         """Add the del2 prior's gradient; return its value."""
