@@ -1,6 +1,7 @@
 """Loading a .ptyd scan under MPI: peak memory per rank and load time, 1 rank against 2.
 
     .venv/bin/python benchmarks/ptycho_loading.py [--frames 4000] [--side 128] [--keep DIR]
+    .venv/bin/python benchmarks/ptycho_loading.py --progress 7   (the reading bar's cost only)
 
 Writes a synthetic .ptyd (Poisson frames around a beam, one weight map per
 frame, as ptypy stores them), then starts, each in fresh processes:
@@ -108,12 +109,44 @@ def measure(dfile: Path, ranks: int, mode: str) -> dict:
             "frames": [r["frames"] for r in sorted(records, key=lambda r: r["rank"])]}
 
 
+def progress_cost(dfile: Path, rounds: int) -> None:
+    """Same-run cost of the reading bar: the frames read in one call (no bar) against
+    :func:`difframe.ptycho.prepare.load_frames` in steps with a live bar (plain lines, as off a terminal),
+    interleaved; medians and the median of the per-round ratios."""
+    from difframe.progress import Progress
+    from difframe.ptycho.prepare import LOAD_STEP_BYTES, load_frames
+    from difframe.ptycho.ptyd import open_ptyd
+    from difframe.ptycho.raw import load_share
+
+    times = {"one read, no bar": [], "steps with a bar": []}
+    with open_ptyd(dfile) as raw:
+        share = slice(0, raw.frames.shape[0])
+        for _ in range(rounds):
+            for name in times:
+                start = time.perf_counter()
+                if name == "one read, no bar":
+                    frames, _ = load_share(raw, share, "bench")
+                else:
+                    frames, _ = load_frames(raw, share, "bench", Progress(True, terminal=False))
+                times[name].append(time.perf_counter() - start)
+                del frames
+    steps = -(-raw.frames.shape[0] // max(1, LOAD_STEP_BYTES // (4 * raw.frames.shape[1] * raw.frames.shape[2])))
+    base, bar = (np.array(t) for t in times.values())
+    print(f"reading {raw.frames.shape[0]} frames of {raw.frames.shape[1]}x{raw.frames.shape[2]} ({steps} steps), "
+          f"{rounds} interleaved rounds, medians:")
+    for name, t in times.items():
+        print(f"  {name:<18}{np.median(t):8.3f} s")
+    print(f"  ratio (bar / none): median of rounds {np.median(bar / base):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=4000)
     parser.add_argument("--side", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each case; the fastest is shown")
     parser.add_argument("--keep", type=Path, help="folder for the synthetic .ptyd (default: a temporary one)")
+    parser.add_argument("--progress", type=int, metavar="ROUNDS",
+                        help="measure only the reading bar's cost, in this many interleaved rounds")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "DFILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -127,6 +160,9 @@ def main() -> None:
             write_input(dfile, args.frames, args.side)
             print(f"wrote {dfile.name}: {args.frames} frames of {args.side}x{args.side}, "
                   f"{dfile.stat().st_size / 2**20:.0f} MiB, in {time.perf_counter() - start:.1f} s")
+        if args.progress:
+            progress_cost(dfile, args.progress)
+            return
         cases = [("1 rank", 1, "shares"), ("2 ranks, shares", 2, "shares"), ("2 ranks, all", 2, "all")]
         results = {}
         for _ in range(args.repeats):  # interleaved, so a slow moment of the machine hits every case

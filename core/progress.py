@@ -118,3 +118,15 @@ def configure(verbose_level: int, is_root: bool = True) -> Progress:
     enabled = verbose_level >= 1 and is_root
     log.setLevel(logging.INFO if enabled else logging.WARNING)
     return Progress(enabled)
+
+
+def of_context(context) -> Progress:
+    """The :class:`Progress` a recipe reports to: the context's own (``context.progress``), else one made from
+    the run's ``verbose_level`` and MPI rank (``context.params``, ``context.ranks``; silent when unknown)."""
+    given = getattr(context, "progress", None)
+    if isinstance(given, Progress):
+        return given
+    params = getattr(context, "params", None)
+    level = getattr(params, "verbose_level", None) if params is not None else None
+    ranks = getattr(context, "ranks", None)
+    return Progress(isinstance(level, int) and level >= 1 and (ranks is None or ranks.is_root))

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from difframe import progress
 from difframe.errors import DataError, DifframeError, ParameterError, UsageError
 from difframe.limits import array_bytes, check_allocation
 from difframe.optics import wavelength_to_energy
@@ -42,9 +43,54 @@ from difframe.param import Param
 from difframe.ptycho.data import PreparedData
 from difframe.ptycho.ptyd import write_ptyd
 from difframe.reftree import NODES
-from difframe.ptycho.raw import FrameSource, RawScan, load_share
+from difframe.ptycho.raw import LOAD_BYTES_PER_PIXEL, FrameSource, RawScan, load_share
 
 log = logging.getLogger("difframe.ptycho.prepare")
+
+#: frames are read from a file in steps of about this many bytes (4 per pixel), each step a tick of the loading bar
+LOAD_STEP_BYTES = 64 << 20
+
+
+def load_frames(raw: RawScan, share: slice, label: str, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~difframe.ptycho.raw.load_share` read in steps of about :data:`LOAD_STEP_BYTES`, with a bar
+    (``progress``, a :class:`difframe.progress.Progress`) ticking per step when there is more than one.
+
+    Frames in memory, and shares of one step, are one call as before.  Each step is checked as load_share
+    checks (errors name the frames by their index in the source); the masks are merged: one (H, W) mask when
+    every step gave the same, else one per frame.
+    """
+    n = share.stop - share.start
+    if not isinstance(raw.frames, FrameSource) or n == 0:
+        return load_share(raw, share, label)
+    pixels = int(np.prod(raw.frames.shape[1:]))
+    step = max(1, LOAD_STEP_BYTES // (4 * max(pixels, 1)))
+    if step >= n:
+        return load_share(raw, share, label)
+    source = raw.meta.get("source") or f"scan {label}"
+    check_allocation(array_bytes((n, *raw.frames.shape[1:]), LOAD_BYTES_PER_PIXEL),
+                     f"{source}: frames {share.start}..{share.stop - 1} of shape {tuple(raw.frames.shape[1:])}")
+    frames, masks = None, []
+    bar = progress.bar(f"scan {label}: reading frames", n, unit="frame") if progress is not None else None
+    try:
+        for start in range(share.start, share.stop, step):
+            stop = min(start + step, share.stop)
+            part, mask = load_share(raw, slice(start, stop), label)
+            if frames is None:
+                frames = np.empty((n, *part.shape[1:]), part.dtype)
+            frames[start - share.start:stop - share.start] = part
+            masks.append((start - share.start, stop - share.start, mask))
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+    first = masks[0][2]
+    if all(m.ndim == 2 and (m is first or np.array_equal(m, first)) for _, _, m in masks):
+        return frames, first
+    merged = np.empty(frames.shape, bool)
+    for a, b, m in masks:
+        merged[a:b] = m
+    return frames, merged
 
 
 def orientation_flags(orientation: Any) -> tuple[bool, bool, bool]:
@@ -247,7 +293,7 @@ def prepare(raw: RawScan, scan_params: Any, context: Any, *, save: bool = True) 
     share = ranks.share(count)
     failure = None
     try:
-        frames, mask = load_share(raw, share, label)
+        frames, mask = load_frames(raw, share, label, progress.of_context(context))
     except DataError as err:
         failure = err
     ranks.raise_first(failure)  # one rank's unreadable or NaN frames stop all ranks here, not in a collective
