@@ -67,29 +67,30 @@ def fresh_model(prep, probe):
                           init_probe=lambda *a: probe, init_object=lambda label, shape, *a: np.ones((1, *shape)))
 
 
-def interleaved_samples(engines: dict, rounds: int, warmup: int = 3) -> dict:
-    """name -> seconds of each timed iteration; the engines take turns, one iteration each per round (the
-    starting engine rotating), so a change of the machine's load between engines hits all alike.  An engine
-    whose ``iterate`` returns a float times itself (benchmarks/ptylab_epie.py's PtyLab in its own process):
-    that figure is taken, without the message passing."""
+def interleaved_samples(engines: dict, rounds: int, warmup: int = 3) -> tuple[dict, dict]:
+    """(wall, cpu): name -> array of the wall-clock and the CPU seconds (all threads of the process) of each
+    timed iteration.  The engines take turns, one iteration each per round (the starting engine rotating), so
+    a change of the machine's load between engines hits all alike.  An engine whose ``iterate`` returns a
+    (wall, cpu) pair times itself (benchmarks/ptylab_epie.py's PtyLab in its own process): those figures are
+    taken, without the message passing.  On a loaded machine the CPU seconds of a single-threaded engine
+    estimate its wall time on an idle one."""
     for engine in engines.values():
         engine.initialize()
         engine.iterate(warmup)  # past probe_update_start: every kernel compiled (or loaded), buffers touched
-    times = {name: [] for name in engines}
+    wall = {name: [] for name in engines}
+    cpu = {name: [] for name in engines}
     names = list(engines)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             own = engines[name].iterate(1)
-            times[name].append(own if isinstance(own, float) else time.perf_counter() - start)
+            if not isinstance(own, tuple):
+                own = (time.perf_counter() - start, time.process_time() - start_cpu)
+            wall[name].append(own[0])
+            cpu[name].append(own[1])
     for engine in engines.values():
         engine.finalize()
-    return times
-
-
-def interleaved_times(engines: dict, rounds: int, warmup: int = 3) -> dict:
-    """name -> median seconds of one iteration (:func:`interleaved_samples`)."""
-    return {name: float(np.median(t)) for name, t in interleaved_samples(engines, rounds, warmup).items()}
+    return ({name: np.asarray(t) for name, t in wall.items()}, {name: np.asarray(t) for name, t in cpu.items()})
 
 
 def numpy_epie_epoch(prep, probe, seed: int = 0) -> float:
@@ -134,27 +135,30 @@ def speed(frames_list, home: Path, ptylab: str | None = None) -> None:
                 del model
                 worker = ptylab_epie.Worker(ptylab, path)
                 engines["PtyLab"] = ptylab_epie.PtyLabEngine(worker, "fast", rounds + 5)
-            samples = {name: np.asarray(t) for name, t in interleaved_samples(engines, rounds).items()}
+            samples, cpu = interleaved_samples(engines, rounds)
         finally:
             if worker is not None:
                 worker.close()
         del engines
         t = {name: float(np.median(s)) for name, s in samples.items()}
-        t_np = numpy_epie_epoch(prep, probe)
+        t_cpu = {name: float(np.median(s)) for name, s in cpu.items()}
+        t_np = None if ptylab else numpy_epie_epoch(prep, probe)
 
         def ratio(name, ref):
             per_round = samples[name] / samples[ref]
             return (f"{t[name] / t[ref]:5.2f} [{np.median(per_round):.2f}, "
                     f"{per_round.min():.2f}..{per_round.max():.2f}]")
 
-        print(f"  {frames} frames (load average {os.getloadavg()[0]:.1f}):")
+        print(f"  {frames} frames ({rounds} rounds, load average {os.getloadavg()[0]:.1f}):")
         for name in t:
             extra = "  (target <= 1.1)" if name == "RAAR" else ""
-            if name.endswith("PIE"):
+            if name.endswith("PIE") and t_np is not None:
                 extra = f"  plain numpy ePIE epoch {t_np:.3f} s: ratio {t[name] / t_np:.2f}"
-                if "PtyLab" in t:
-                    extra += f"; PtyLab's ePIE: ratio {ratio(name, 'PtyLab')} (target <= 0.5)"
-            print(f"    {name:6s} {t[name]:7.3f} s/it   ratio to DM {ratio(name, 'DM')}{extra}")
+            elif name.endswith("PIE"):
+                extra = (f"  to PtyLab's ePIE {ratio(name, 'PtyLab')}, CPU {t_cpu[name] / t_cpu['PtyLab']:.2f}"
+                         f" (target <= 0.5)")
+            print(f"    {name:6s} {t[name]:7.3f} s/it (CPU {t_cpu[name]:6.3f} s)   ratio to DM {ratio(name, 'DM')}"
+                  f"{extra}")
 
 
 def reconstruct(name: str, n: int, photons: float, home: Path, prepared, truth, extra: dict | None = None):

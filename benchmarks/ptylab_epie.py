@@ -26,12 +26,17 @@ pickle.
    ``fftshift``/``ifftshift`` pair around every FFT), and difframe's
    ePIE/rPIE/mPIE, the five taking turns one epoch each per round after
    three warm-up epochs (benchmarks/ptycho_new_engines.py's
-   ``interleaved_samples``).  Printed: median seconds per epoch, the spread
-   (min..max), and difframe / PtyLab as the ratio of medians and as the
-   median and range of the per-round ratios.  Target: <= 0.5.
+   ``interleaved_samples``).  Printed: median wall seconds per epoch, the
+   spread (min..max), the median CPU seconds (each side's process; both
+   epochs are single-threaded, so on a loaded machine these estimate the
+   idle machine's wall time), and difframe / PtyLab as the ratio of medians,
+   as the median and range of the per-round ratios, and in CPU time.
+   Target: <= 0.5.
 2. Quality, on benchmarks/ptycho_textbook.py's moonflower-like scan with
    known truth (161 frames, Poisson counts): PtyLab's ePIE at its default
-   steps (betaObject = betaProbe = 0.25) and at 1, and difframe's engines,
+   steps (betaObject = betaProbe = 0.25) and at 1 (PtyLab visits the frames
+   in file order in its first two epochs, randomly after), at 0.25 also in a
+   random order from the first epoch as difframe does, and difframe's engines,
    the same number of epochs from the same starting probe and object (the
    flow's); difframe's ePIE also "as PtyLab" (the same steps, the probe
    moving from the first epoch, no probe support), and DM as the issue's
@@ -73,7 +78,8 @@ WAVELENGTH, DISTANCE, PIXEL = 1.99975e-10, 7.19, 172e-6  # 6.2 keV; the geometry
 class _PtyLabRun:
     """One PtyLab ePIE reconstruction from the file's frames and starting guesses, stepped an epoch at a time."""
 
-    def __init__(self, path: str, fftshift: bool, beta_object: float, beta_probe: float, epochs: int, seed: int):
+    def __init__(self, path: str, fftshift: bool, beta_object: float, beta_probe: float, epochs: int, seed: int,
+                 shuffle_from_start: bool = False):
         from PtyLab import Engines, ExperimentalData, Params, Reconstruction
         from PtyLab.Monitor.Monitor import DummyMonitor
 
@@ -100,6 +106,8 @@ class _PtyLabRun:
         engine = Engines.ePIE(rec, data, params, DummyMonitor())
         engine.numIterations = int(epochs)
         engine.betaObject, engine.betaProbe = float(beta_object), float(beta_probe)
+        if shuffle_from_start:  # PtyLab visits the frames in file order while its error history is shorter than 2
+            rec.error = np.zeros(2)
         np.random.seed(seed)
         self.steps = engine.reconstruct_stepwise()
 
@@ -112,11 +120,12 @@ class _PtyLabRun:
             theirs.append(slice(lo + off, hi + off))
         return tuple(mine), tuple(theirs)
 
-    def epochs(self, n: int) -> float:
-        start = time.perf_counter()
+    def epochs(self, n: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of ``n`` epochs."""
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(n * self.frames):
             next(self.steps)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - start_cpu
 
     def finish(self) -> float:
         """Run to the end (the last epoch's error metric and constraints)."""
@@ -145,10 +154,11 @@ def worker(path: str) -> None:
         op, name = cmd["op"], cmd.get("name")
         if op == "start":
             runs[name] = _PtyLabRun(path, cmd["fftshift"], cmd["beta_object"], cmd["beta_probe"], cmd["epochs"],
-                                    cmd.get("seed", 0))
+                                    cmd.get("seed", 0), cmd.get("shuffle_from_start", False))
             answer = {"version": version("ptylab"), "module": PtyLab.__file__, "numpy": np.__version__}
         elif op == "epochs":
-            answer = {"seconds": runs[name].epochs(int(cmd["n"]))}
+            wall, cpu = runs[name].epochs(int(cmd["n"]))
+            answer = {"seconds": wall, "cpu": cpu}
         elif op == "finish":
             answer = {"seconds": runs[name].finish()}
         elif op == "save":
@@ -220,17 +230,19 @@ class PtyLabEngine:
     engines, so that benchmarks/ptycho_new_engines.py's interleaved timing takes it as one of them."""
 
     def __init__(self, worker: Worker, name: str, epochs: int, fftshift: bool = True, beta_object: float = 0.25,
-                 beta_probe: float = 0.25, seed: int = 0):
+                 beta_probe: float = 0.25, seed: int = 0, shuffle_from_start: bool = False):
         self.worker, self.name = worker, name
         self.settings = dict(fftshift=fftshift, beta_object=beta_object, beta_probe=beta_probe, epochs=epochs,
-                             seed=seed)
+                             seed=seed, shuffle_from_start=shuffle_from_start)
         self.info = {}
 
     def initialize(self) -> None:
         self.info = self.worker.call(op="start", name=self.name, **self.settings)
 
-    def iterate(self, n: int) -> float:
-        return self.worker.call(op="epochs", name=self.name, n=n)["seconds"]
+    def iterate(self, n: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of ``n`` epochs, as the worker timed them."""
+        answer = self.worker.call(op="epochs", name=self.name, n=n)
+        return answer["seconds"], answer["cpu"]
 
     def finish(self) -> float:
         return self.worker.call(op="finish", name=self.name)["seconds"]
@@ -270,22 +282,21 @@ def speed(frames_list, rounds: int, python: str, home: Path) -> None:
             for name in ("ePIE", "rPIE", "mPIE"):
                 spec, p = engine_params(name, 100, home)
                 engines[name] = spec.factory(p, fresh_model(prep, probe))
-            samples = interleaved_samples(engines, rounds)
+            samples, cpu = interleaved_samples(engines, rounds)
             info = engines["PtyLab ePIE"].info
         finally:
             worker.close()
-        ref = np.asarray(samples["PtyLab ePIE"])
-        ref_default = np.asarray(samples["PtyLab ePIE (defaults)"])
         print(f"  {frames} frames (PtyLab {info['version']}, numpy {info['numpy']}; load average now "
-              f"{os.getloadavg()[0]:.1f}):")
+              f"{os.getloadavg()[0]:.1f}); wall s/epoch median (min..max), CPU s/epoch median:")
         for name, t in samples.items():
-            t = np.asarray(t)
-            line = f"    {name:23s} {np.median(t):7.3f} s/epoch  ({t.min():.3f}..{t.max():.3f})"
+            line = f"    {name:23s} {np.median(t):7.3f} ({t.min():.3f}..{t.max():.3f})  CPU {np.median(cpu[name]):6.3f}"
             if not name.startswith("PtyLab"):
+                ref, ref_default = samples["PtyLab ePIE"], samples["PtyLab ePIE (defaults)"]
                 per_round = t / ref
-                line += (f"   / PtyLab ePIE {np.median(t) / np.median(ref):.3f} (per round {np.median(per_round):.3f},"
-                         f" {per_round.min():.3f}..{per_round.max():.3f});"
-                         f" / PtyLab defaults {np.median(t) / np.median(ref_default):.3f}")
+                line += (f"   / PtyLab ePIE {np.median(t) / np.median(ref):.3f} [per round {np.median(per_round):.3f},"
+                         f" {per_round.min():.3f}..{per_round.max():.3f}], CPU "
+                         f"{np.median(cpu[name]) / np.median(cpu['PtyLab ePIE']):.3f};"
+                         f" / defaults {np.median(t) / np.median(ref_default):.3f}")
             print(line)
     print("  target: difframe epoch / PtyLab ePIE epoch <= 0.5")
 
@@ -313,12 +324,14 @@ def quality(epochs: int, iterations: int, photons: float, python: str, home: Pat
     rows = []
     worker = Worker(python, path)
     try:
-        for step in (0.25, 1.0):
-            engine = PtyLabEngine(worker, f"q{step}", epochs, beta_object=step, beta_probe=step)
+        for step, shuffled in ((0.25, False), (1.0, False), (0.25, True)):
+            engine = PtyLabEngine(worker, f"q{step}{shuffled}", epochs, beta_object=step, beta_probe=step,
+                                  shuffle_from_start=shuffled)
             engine.initialize()
             elapsed = engine.finish()
-            obj, probe = engine.result(home / f"q{step}.npz")
-            rows.append((f"PtyLab ePIE, steps {step:g}", truth_errors(obj, probe, corners, truth), elapsed))
+            obj, probe = engine.result(home / f"q{step}{shuffled}.npz")
+            label = f"PtyLab ePIE, steps {step:g}" + (", random order from epoch 1" if shuffled else "")
+            rows.append((label, truth_errors(obj, probe, corners, truth), elapsed))
             engine.finalize()
     finally:
         worker.close()
@@ -329,7 +342,7 @@ def quality(epochs: int, iterations: int, photons: float, python: str, home: Pat
         err, elapsed = reconstruct(name, n, photons, home, prepared, truth, extra)
         rows.append((label + ("" if name != "DM" else f" ({n} iterations)"), err, elapsed))
     for label, (obj_err, probe_err), elapsed in rows:
-        print(f"  {label:30s} object error {obj_err:.4f}  probe error {probe_err:.4f}  {elapsed:6.2f} s")
+        print(f"  {label:46s} object error {obj_err:.4f}  probe error {probe_err:.4f}  {elapsed:6.2f} s")
     if masked:
         print(f"  ({masked} masked pixels: difframe weights them out, PtyLab's ePIE fits them)")
 
