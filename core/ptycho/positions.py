@@ -34,6 +34,12 @@ OFFSETS = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij"), axis=-1).
 #: least-squares fit of f = a + b y + c x + d y^2 + e y x + g x^2 on the grid: coef = f @ _FIT.T
 _FIT = np.linalg.pinv(np.stack([np.ones(9), OFFSETS[:, 0], OFFSETS[:, 1], OFFSETS[:, 0] ** 2,
                                 OFFSETS[:, 0] * OFFSETS[:, 1], OFFSETS[:, 1] ** 2], axis=1))
+#: through sub-pixel windows: the centre and its four neighbours along the axes, then one diagonal
+_CROSS = np.array([4, 1, 7, 3, 5])
+_DESIGN = np.stack([np.ones(9), OFFSETS[:, 0], OFFSETS[:, 1], OFFSETS[:, 0] ** 2, OFFSETS[:, 0] * OFFSETS[:, 1],
+                    OFFSETS[:, 1] ** 2], axis=1)
+#: per diagonal (index into OFFSETS), the exact fit of the quadratic through the cross and that diagonal
+_FIT_SIX = {d: np.linalg.inv(_DESIGN[[*_CROSS, d]]) for d in (0, 2, 6, 8)}
 LIKELIHOODS = ("poisson", "gaussian")
 #: half a pixel, less what keeps np.rint from rounding a clipped estimate into the next corner
 _CELL = 0.5 - 1e-6
@@ -96,8 +102,10 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
 
 
 def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float) -> np.ndarray:
-    """:func:`refine_scan` through sub-pixel windows: 3 x 3 misfits around each exact position, then the
-    best grid point or, where the centre is best, the quadratic's minimum within one step."""
+    """:func:`refine_scan` through sub-pixel windows: misfits at each exact position, its four neighbours
+    along the axes and the diagonal between the better two (6 of the 3 x 3 grid: two thirds of the
+    propagations), then the best of them or, where the centre is best, the minimum of the quadratic through
+    the six, within one step."""
     from difframe.ptycho import subpixel
 
     if not step > 0:
@@ -105,23 +113,40 @@ def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float
     if not max_shift_px >= 0:
         raise ParameterError(f"position refinement max_shift must be >= 0 pixels, got {max_shift_px!r}")
     frac = subpixel.offsets(scan, model.objects[scan.object_id])
-    shifts = frac[:, None] + step * OFFSETS[None]
-    values = _misfits(model, scan, np.repeat(scan.corners[:, None], 9, axis=1), likelihood, shifts)
-    moves = step * _grid_minimum(values, 1.0)
+    n = len(frac)
+    values = np.full((n, 9), np.inf)
+    cross = _misfits(model, scan, np.repeat(scan.corners[:, None], 5, axis=1), likelihood,
+                     frac[:, None] + step * OFFSETS[_CROSS][None])
+    values[:, _CROSS] = cross
+    # the diagonal between the better neighbour along each axis: where the quadratic's cross term shows
+    diagonal = np.where(values[:, 7] < values[:, 1], 6, 0) + np.where(values[:, 5] < values[:, 3], 2, 0)
+    values[np.arange(n), diagonal] = _misfits(model, scan, scan.corners[:, None], likelihood,
+                                              frac[:, None] + step * OFFSETS[diagonal][:, None])[:, 0]
+    coef = np.full((n, 6), np.nan)
+    for d, fit in _FIT_SIX.items():
+        rows = (diagonal == d) & np.isfinite(cross).all(axis=1) & np.isfinite(values[:, d])
+        coef[rows] = np.concatenate([cross[rows], values[rows, d][:, None]], axis=1) @ fit.T
+    moves = step * _grid_minimum(values, 1.0, coef)
     length = np.hypot(moves[:, 0], moves[:, 1])
     return moves * np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
 
 
-def _grid_minimum(values: np.ndarray, reach: float) -> np.ndarray:
-    """Per frame, the offset (in grid steps) of the best of its 3 x 3 misfits ``values`` (n, 9); where the centre
-    is best, the minimum of the quadratic fitted to the 9 values, within ``reach`` steps per axis (a quadratic
-    without a minimum, or a frame off the object, keeps the centre)."""
+def _grid_minimum(values: np.ndarray, reach: float, coef: np.ndarray | None = None) -> np.ndarray:
+    """Per frame, the offset (in grid steps) of the best of its 3 x 3 misfits ``values`` (n, 9; inf: not
+    evaluated or off the object); where the centre is best, the minimum of the quadratic ``coef`` (n, 6; by
+    default fitted to the 9 values; NaN: none), within ``reach`` steps per axis (a quadratic without a minimum,
+    or a frame off the object, keeps the centre)."""
     best = np.argmin(values, axis=1)
     estimate = OFFSETS[best].astype(float)
-    coef = np.where(np.isfinite(values), values, 0.0) @ _FIT.T
+    if coef is None:
+        finite = np.isfinite(values).all(axis=1)
+        coef = np.where(np.isfinite(values), values, 0.0) @ _FIT.T
+    else:
+        finite = np.isfinite(coef).all(axis=1)
+        coef = np.where(finite[:, None], coef, 0.0)
     gy, gx, hyy, hyx, hxx = coef[:, 1], coef[:, 2], 2 * coef[:, 3], coef[:, 4], 2 * coef[:, 5]
     det = hyy * hxx - hyx**2
-    settled = (best == 4) & np.isfinite(values).all(axis=1) & (det > 0) & (hyy > 0)
+    settled = (best == 4) & finite & (det > 0) & (hyy > 0)
     safe = np.where(settled, det, 1.0)
     quad = np.stack([(hyx * gx - hxx * gy) / safe, (hyx * gy - hyy * gx) / safe], axis=1)
     estimate[settled] = np.clip(quad[settled], -reach, reach)

@@ -276,3 +276,38 @@ def test_refinement_through_subpixel_windows_recovers_subpixel_positions(far):
     model = model_of(far, perturbed(far))
     refine(model, 8, subpixel_windows=True, step_px=0.5)
     assert rms_error(model.scans[0].positions, far) < 0.1
+
+
+def test_exact_windows_refinement_finds_a_quadratic_misfits_minimum_from_six_candidates(monkeypatch):
+    """Through sub-pixel windows the grid is the cross plus one diagonal: on a misfit that is an exact quadratic
+    of the shift (tilted axes, so the cross term matters), the move is its minimum, and a minimum beyond the grid
+    moves the frame to the best candidate evaluated; only the six candidates are evaluated."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(5)
+    n, step = 40, 0.5
+    minima = rng.uniform(-0.15, 0.15, (n, 2))  # [px] from each exact position: the centre is the best candidate
+    minima[:5] = [[0.9, 0.8], [-0.9, 0.7], [0.8, -0.9], [-0.7, -0.8], [0.0, 1.3]]  # beyond the grid
+    hess = np.array([[2.0, 1.2], [1.2, 3.0]])
+    frac = rng.uniform(-0.5, 0.5, (n, 2))
+    evaluated = []
+
+    def misfits(model, scan, corners, likelihood, shifts):
+        d = shifts - frac[:, None] - minima[:, None]
+        evaluated.append(shifts.shape[1])
+        return 7.0 + np.einsum("nki,ij,nkj->nk", d, hess, d)
+
+    monkeypatch.setattr(pr, "_misfits", misfits)
+    storage = SimpleNamespace(origin=np.zeros(2), psize=np.ones(2))
+    corners = rng.integers(0, 50, (n, 2))
+    scan = SimpleNamespace(positions=corners + 16 + frac, first=0, num_frames=n, corners=corners, shape=(32, 32))
+    model = SimpleNamespace(objects={"o": storage})
+    scan.object_id = "o"
+    moves = pr.refine_scan(model, scan, max_shift_px=10.0, subpixel_windows=True, step_px=step)
+    assert sorted(evaluated) == [1, 5]
+    np.testing.assert_allclose(moves[5:], minima[5:], atol=1e-9)
+    # beyond the grid: the best candidate, here the best of the whole 3 x 3 grid too
+    grid = step * pr.OFFSETS
+    for k in range(5):
+        d = grid - minima[k]
+        np.testing.assert_allclose(moves[k], grid[np.argmin(np.einsum("ki,ij,kj->k", d, hess, d))])
