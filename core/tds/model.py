@@ -220,70 +220,84 @@ def christoffel_pairs(C_voigt: np.ndarray) -> np.ndarray:
     return K
 
 
+#: points per task of the fused pass (each task keeps its 21 accumulators on its own)
+_CHUNK = 512
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
-def _fused_classical(Q, q, weights, starts, K, jacobian, T, AA, singular):
+def _fused_classical(Q, q, weights, starts, K, quadratic, jacobian, T, J, singular):
     """For each point n: T[n] = sum over its nodes m (starts[n] <= m < starts[n+1]) of weights[m] T(Q[m], q[m])
-    and, with ``jacobian``, AA[n] = the same sum of a_i a_j (i <= j), a the Voigt vector of sym(u (x) q),
-    u = Gamma^-1 Q; singular[n] = a node with det Gamma = 0."""
-    for n in numba.prange(starts.shape[0] - 1):
-        t = 0.0
-        if jacobian:
-            for c in range(21):
-                AA[n, c] = 0.0
-        for m in range(starts[n], starts[n + 1]):
-            q0, q1, q2 = q[m, 0], q[m, 1], q[m, 2]
-            p0, p1, p2, p3, p4, p5 = q0 * q0, q1 * q1, q2 * q2, q1 * q2, q0 * q2, q0 * q1
-            g00 = K[0, 0] * p0 + K[0, 1] * p1 + K[0, 2] * p2 + K[0, 3] * p3 + K[0, 4] * p4 + K[0, 5] * p5
-            g11 = K[1, 0] * p0 + K[1, 1] * p1 + K[1, 2] * p2 + K[1, 3] * p3 + K[1, 4] * p4 + K[1, 5] * p5
-            g22 = K[2, 0] * p0 + K[2, 1] * p1 + K[2, 2] * p2 + K[2, 3] * p3 + K[2, 4] * p4 + K[2, 5] * p5
-            g12 = K[3, 0] * p0 + K[3, 1] * p1 + K[3, 2] * p2 + K[3, 3] * p3 + K[3, 4] * p4 + K[3, 5] * p5
-            g02 = K[4, 0] * p0 + K[4, 1] * p1 + K[4, 2] * p2 + K[4, 3] * p3 + K[4, 4] * p4 + K[4, 5] * p5
-            g01 = K[5, 0] * p0 + K[5, 1] * p1 + K[5, 2] * p2 + K[5, 3] * p3 + K[5, 4] * p4 + K[5, 5] * p5
-            c00 = g11 * g22 - g12 * g12
-            c11 = g00 * g22 - g02 * g02
-            c22 = g00 * g11 - g01 * g01
-            c01 = g02 * g12 - g01 * g22
-            c02 = g01 * g12 - g02 * g11
-            c12 = g01 * g02 - g00 * g12
-            det = g00 * c00 + g01 * c01 + g02 * c02
-            if det == 0.0:
-                singular[n] = True
-                continue
-            b0, b1, b2 = Q[m, 0], Q[m, 1], Q[m, 2]
-            u0 = (c00 * b0 + c01 * b1 + c02 * b2) / det
-            u1 = (c01 * b0 + c11 * b1 + c12 * b2) / det
-            u2 = (c02 * b0 + c12 * b1 + c22 * b2) / det
-            w = weights[m]
-            t += w * (b0 * u0 + b1 * u1 + b2 * u2)
+    and, with ``jacobian``, J[n] = -AA @ quadratic, AA the same sum of a_i a_j (i <= j), a the Voigt vector of
+    sym(u (x) q), u = Gamma^-1 Q; singular[n] = a node with det Gamma = 0."""
+    n_points = starts.shape[0] - 1
+    n_free = quadratic.shape[1]
+    for chunk in numba.prange((n_points + _CHUNK - 1) // _CHUNK):
+        aa = np.empty(21)
+        for n in range(chunk * _CHUNK, min(n_points, (chunk + 1) * _CHUNK)):
+            t = 0.0
+            aa[:] = 0.0
+            for m in range(starts[n], starts[n + 1]):
+                q0, q1, q2 = q[m, 0], q[m, 1], q[m, 2]
+                p0, p1, p2, p3, p4, p5 = q0 * q0, q1 * q1, q2 * q2, q1 * q2, q0 * q2, q0 * q1
+                g00 = K[0, 0] * p0 + K[0, 1] * p1 + K[0, 2] * p2 + K[0, 3] * p3 + K[0, 4] * p4 + K[0, 5] * p5
+                g11 = K[1, 0] * p0 + K[1, 1] * p1 + K[1, 2] * p2 + K[1, 3] * p3 + K[1, 4] * p4 + K[1, 5] * p5
+                g22 = K[2, 0] * p0 + K[2, 1] * p1 + K[2, 2] * p2 + K[2, 3] * p3 + K[2, 4] * p4 + K[2, 5] * p5
+                g12 = K[3, 0] * p0 + K[3, 1] * p1 + K[3, 2] * p2 + K[3, 3] * p3 + K[3, 4] * p4 + K[3, 5] * p5
+                g02 = K[4, 0] * p0 + K[4, 1] * p1 + K[4, 2] * p2 + K[4, 3] * p3 + K[4, 4] * p4 + K[4, 5] * p5
+                g01 = K[5, 0] * p0 + K[5, 1] * p1 + K[5, 2] * p2 + K[5, 3] * p3 + K[5, 4] * p4 + K[5, 5] * p5
+                c00 = g11 * g22 - g12 * g12
+                c11 = g00 * g22 - g02 * g02
+                c22 = g00 * g11 - g01 * g01
+                c01 = g02 * g12 - g01 * g22
+                c02 = g01 * g12 - g02 * g11
+                c12 = g01 * g02 - g00 * g12
+                det = g00 * c00 + g01 * c01 + g02 * c02
+                if det == 0.0:
+                    singular[n] = True
+                    continue
+                b0, b1, b2 = Q[m, 0], Q[m, 1], Q[m, 2]
+                u0 = (c00 * b0 + c01 * b1 + c02 * b2) / det
+                u1 = (c01 * b0 + c11 * b1 + c12 * b2) / det
+                u2 = (c02 * b0 + c12 * b1 + c22 * b2) / det
+                w = weights[m]
+                t += w * (b0 * u0 + b1 * u1 + b2 * u2)
+                if jacobian:
+                    a = (u0 * q0, u1 * q1, u2 * q2, u1 * q2 + u2 * q1, u0 * q2 + u2 * q0, u0 * q1 + u1 * q0)
+                    c = 0
+                    for i in range(6):
+                        wa = w * a[i]
+                        for j in range(i, 6):
+                            aa[c] += wa * a[j]
+                            c += 1
+            T[n] = t
             if jacobian:
-                a = (u0 * q0, u1 * q1, u2 * q2, u1 * q2 + u2 * q1, u0 * q2 + u2 * q0, u0 * q1 + u1 * q0)
-                c = 0
-                for i in range(6):
-                    wa = w * a[i]
-                    for j in range(i, 6):
-                        AA[n, c] += wa * a[j]
-                        c += 1
-        T[n] = t
+                for k in range(n_free):
+                    total = 0.0
+                    for c in range(21):
+                        total += aa[c] * quadratic[c, k]
+                    J[n, k] = -total
 
 
 def fused_classical(Q, q, C_voigt, quadratic=None, weights=None, starts=None):
     """The classical model in one threaded pass: T (N,) and, with ``quadratic`` (21, n_free) from
-    :func:`quadratic_form_matrix`, dT/dp = -AA @ quadratic; optionally averaged over nodes (``weights`` (M,),
+    :func:`quadratic_form_matrix`, dT/dp (N, n_free); optionally averaged over nodes (``weights`` (M,),
     ``starts`` (N + 1,): point n owns nodes starts[n] .. starts[n+1] - 1).  Same numbers as :func:`classical`
     (to rounding), without its (N, 9) and (N, 21) temporaries."""
     if starts is None:
         starts = np.arange(len(Q) + 1, dtype=np.int64)
         weights = np.ones(len(Q))
     n = len(starts) - 1
+    jacobian = quadratic is not None
+    quadratic = np.ascontiguousarray(quadratic if jacobian else np.zeros((21, 0)), dtype=float)
     T = np.empty(n)
-    AA = np.empty((n, 21) if quadratic is not None else (0, 21))
+    J = np.empty((n if jacobian else 0, quadratic.shape[1]))
     singular = np.zeros(n, dtype=np.bool_)
-    _fused_classical(Q, q, weights, starts, christoffel_pairs(C_voigt), quadratic is not None, T, AA, singular)
+    _fused_classical(Q, q, weights, starts, christoffel_pairs(C_voigt), quadratic, jacobian, T, J, singular)
     if singular.any():
         bad = int(np.flatnonzero(singular)[0])
         raise DataError(f"TDS model: point {bad} has a singular Christoffel matrix (q near {q[starts[bad]].tolist()}); "
                         "points exactly on a Bragg peak must be excluded (DeltaQ_min > 0)")
-    return T, (None if quadratic is None else -(AA @ quadratic))
+    return T, (J if jacobian else None)
 
 
 class NumpyModel:
