@@ -11,7 +11,7 @@ in units of the fit's own sigma.  When a constant misses 0.3 %, the line ``needs
 (sigma falls as 1/sqrt(counts)).  The table in docs/tds-fit.md (Poisson) comes from this script.
 
 Run: .venv/bin/python benchmarks/tds_poisson.py [crystals, e.g. MgO,rutile] [tds_scale, default 200]
-[scan degrees, default 120] [seed, default 1]
+[scan degrees, default 120] [seed, default 1] [noise-free: "exact"]
 """
 
 import sys
@@ -32,9 +32,9 @@ DELTA_Q_MAX = 0.25  # |b|max units (0.04 to 0.25: 4.7x the points of a 0.04-0.15
 POINTS = 100_000  # a larger harvest is subsampled (seeded) to this many points
 
 
-def poisson_spec(crystal: str, tds_scale: float, scan_deg: float, seed: int) -> dict:
+def poisson_spec(crystal: str, tds_scale: float, scan_deg: float, seed: int, noise: bool = True) -> dict:
     simulation = spec(crystal, WIDTH, scan_deg=scan_deg, shape=SHAPE, max_spots=MAX_SPOTS)
-    simulation["intensity"] = {**simulation["intensity"], "noise": True, "tds_scale": tds_scale, "seed": seed}
+    simulation["intensity"] = {**simulation["intensity"], "noise": noise, "tds_scale": tds_scale, "seed": seed}
     simulation["scan"]["max_hkl"] = 6
     # 100 mm instead of 34: a harvest shell spans ~14 pixels instead of ~3, so ~25x more points per spot
     simulation["geometry"]["dist"] = DIST
@@ -42,16 +42,17 @@ def poisson_spec(crystal: str, tds_scale: float, scan_deg: float, seed: int) -> 
     return simulation
 
 
-def main(crystals, tds_scale: float = 200.0, scan_deg: float = 120.0, seed: int = 1) -> None:
+def main(crystals, tds_scale: float = 200.0, scan_deg: float = 120.0, seed: int = 1, noise: bool = True) -> None:
     print(f"0.5 deg frames, {scan_deg:g} deg of phi, {SHAPE[0]}x{SHAPE[1]} pixels at {DIST:g} mm, "
-          f"tds_scale {tds_scale:g}, Poisson counts, exposure average on")
+          f"tds_scale {tds_scale:g}, {'Poisson counts' if noise else 'noise-free (the bias alone)'}, "
+          "exposure average on")
     print(f"{'crystal':10s} {'points':>7s} {'harvested':>9s} {'spots':>5s} {'counts med/p10':>15s} {'worst':>8s} "
           f"{'worst/sigma':>11s} {'chi2':>6s} {'t_sim':>6s} {'t_fit':>6s}")
     for crystal in crystals:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             data, structure, values, cguess, geometry, _ = simulate_and_harvest(
-                poisson_spec(crystal, tds_scale, scan_deg, seed), Path(tmp) / "run", threshold_rule="spot")
+                poisson_spec(crystal, tds_scale, scan_deg, seed, noise), Path(tmp) / "run", threshold_rule="spot")
         t_sim = time.perf_counter() - start
         harvested = len(data["Q"])
         if harvested > POINTS:
@@ -75,4 +76,5 @@ def main(crystals, tds_scale: float = 200.0, scan_deg: float = 120.0, seed: int 
 
 if __name__ == "__main__":
     names = tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else tuple(CRYSTALS)
-    main(names, *(float(a) for a in sys.argv[2:4]), *(int(a) for a in sys.argv[4:5]))
+    main(names, *(float(a) for a in sys.argv[2:4]), *(int(a) for a in sys.argv[4:5]),
+         noise=not (len(sys.argv) > 5 and sys.argv[5] == "exact"))
