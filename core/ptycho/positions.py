@@ -13,7 +13,9 @@ minimum.  A shift common to all frames is not determined by the data (object
 and probe absorb it), so nothing here removes or fixes one.  The search is
 local: a frame further off than about the object's feature size may settle in
 another minimum.  ``step`` > 1 searches wider but only to half a pixel; end
-with 1.
+with 1.  Through sub-pixel windows (an engine with exact positions) the grid
+is centred on each exact position and only 6 of its 9 candidates are
+evaluated (:func:`_refine_exact`).
 
 Every frame's 9 candidates are propagated together, chunk by chunk like the
 engines (``PtychoModel.chunks``), so memory stays bounded and there is no
