@@ -68,16 +68,24 @@ def check_stability(C_voigt: np.ndarray, what: str = "elastic constants") -> Non
         )
 
 
-def _solve_sym3(g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Solve Gamma u = b for stacks of symmetric 3x3 matrices given flat (N, 9); returns (u, det)."""
-    g00, g01, g02, g11, g12, g22 = g[:, 0], g[:, 1], g[:, 2], g[:, 4], g[:, 5], g[:, 8]
+def _cofactors(g00, g11, g22, g12, g02, g01):
+    """Cofactors (00, 11, 22, 01, 02, 12) and determinant of a symmetric 3x3 matrix (scalars or arrays)."""
     c00 = g11 * g22 - g12 * g12
     c11 = g00 * g22 - g02 * g02
     c22 = g00 * g11 - g01 * g01
     c01 = g02 * g12 - g01 * g22
     c02 = g01 * g12 - g02 * g11
     c12 = g01 * g02 - g00 * g12
-    det = g00 * c00 + g01 * c01 + g02 * c02
+    return c00, c11, c22, c01, c02, c12, g00 * c00 + g01 * c01 + g02 * c02
+
+
+_cofactors_jit = numba.njit(inline="always")(_cofactors)
+
+
+def _solve_sym3(g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve Gamma u = b for stacks of symmetric 3x3 matrices given flat (N, 9); returns (u, det)."""
+    g00, g01, g02, g11, g12, g22 = g[:, 0], g[:, 1], g[:, 2], g[:, 4], g[:, 5], g[:, 8]
+    c00, c11, c22, c01, c02, c12, det = _cofactors(g00, g11, g22, g12, g02, g01)
     b0, b1, b2 = b[:, 0], b[:, 1], b[:, 2]
     u = np.stack([c00 * b0 + c01 * b1 + c02 * b2, c01 * b0 + c11 * b1 + c12 * b2, c02 * b0 + c12 * b1 + c22 * b2], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -245,13 +253,7 @@ def _fused_classical(Q, q, weights, starts, K, quadratic, jacobian, T, J, singul
                 g12 = K[3, 0] * p0 + K[3, 1] * p1 + K[3, 2] * p2 + K[3, 3] * p3 + K[3, 4] * p4 + K[3, 5] * p5
                 g02 = K[4, 0] * p0 + K[4, 1] * p1 + K[4, 2] * p2 + K[4, 3] * p3 + K[4, 4] * p4 + K[4, 5] * p5
                 g01 = K[5, 0] * p0 + K[5, 1] * p1 + K[5, 2] * p2 + K[5, 3] * p3 + K[5, 4] * p4 + K[5, 5] * p5
-                c00 = g11 * g22 - g12 * g12
-                c11 = g00 * g22 - g02 * g02
-                c22 = g00 * g11 - g01 * g01
-                c01 = g02 * g12 - g01 * g22
-                c02 = g01 * g12 - g02 * g11
-                c12 = g01 * g02 - g00 * g12
-                det = g00 * c00 + g01 * c01 + g02 * c02
+                c00, c11, c22, c01, c02, c12, det = _cofactors_jit(g00, g11, g22, g12, g02, g01)
                 if det == 0.0:
                     singular[n] = True
                     continue

@@ -45,3 +45,23 @@ def write_normalisation(folder: Path, files) -> Path:
     path = folder / "normalisation.dat"
     path.write_text("".join(f"{f} {1000.0 + 10 * i}\n" for i, f in enumerate(files)))
     return path
+
+
+def simulate_and_harvest(spec: dict, folder: Path):
+    """(truth, geometry, harvest dict for difframe.tds.fit.fit) of a simulated stack, harvested with its own
+    DeltaQ and threshold."""
+    from difframe.tds.config import geometry_of, read_tds_config
+    from difframe.tds.harvest import HarvestOptions, harvest
+    from difframe.tds.simulate import simulate
+
+    truth = simulate(spec, folder)
+    tds = read_tds_config(folder / "input.par")
+    geometry = geometry_of(tds)
+    options = HarvestOptions(delta_q_min=tds["DeltaQ_min"], delta_q_max=tds["DeltaQ_max"], threshold=tds["threshold"],
+                             spots=np.array(tds["collectSpots"]), mask_file=str(folder / "filter.edf"),
+                             normalisation_file=str(folder / "normalisation.dat"))
+    result = harvest(geometry, [folder / f for f in truth["frames"]], options)
+    data = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
+            "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs["angle_increment_deg"],
+            "delta_q": result.attrs["delta_q"]}
+    return truth, geometry, data

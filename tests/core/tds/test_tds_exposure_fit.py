@@ -9,9 +9,7 @@ import pytest
 from difframe.crystal.symmetry import elastic_structure
 from difframe.plugins.minimisers import trust_region
 from difframe.tds import fit
-from difframe.tds.config import geometry_of, read_tds_config
-from difframe.tds.harvest import HarvestOptions, harvest
-from difframe.tds.simulate import simulate
+from harvest_support import simulate_and_harvest
 
 RUTILE = {"C11": 269.0, "C12": 177.0, "C13": 146.0, "C33": 480.0, "C44": 124.0, "C66": 192.0}
 SPEC = {
@@ -28,16 +26,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("exposure") / "run"
-    truth = simulate(SPEC, folder)
-    tds = read_tds_config(folder / "input.par")
-    geometry = geometry_of(tds)
-    options = HarvestOptions(delta_q_min=0.04, delta_q_max=0.15, threshold=1e7, spots=np.array(tds["collectSpots"]),
-                             mask_file=str(folder / "filter.edf"), normalisation_file=str(folder / "normalisation.dat"))
-    result = harvest(geometry, [folder / f for f in truth["frames"]], options)
-    data = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
-            "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs["angle_increment_deg"],
-            "delta_q": result.attrs["delta_q"]}
+    truth, geometry, data = simulate_and_harvest(SPEC, tmp_path_factory.mktemp("exposure") / "run")
     cguess = {n: [v if n == "C11" else 1.1 * v, 1.0, 2000.0] for n, v in RUTILE.items()}
     return data, elastic_structure(SPEC["crystal"]["generators"], geometry.lattice.direct), cguess, geometry, truth
 

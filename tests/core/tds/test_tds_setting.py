@@ -11,9 +11,7 @@ from difframe.crystal.setting import ieee_axes
 from difframe.crystal.symmetry import elastic_structure
 from difframe.plugins.minimisers import trust_region
 from difframe.tds import fit, results
-from difframe.tds.config import geometry_of, read_tds_config
-from difframe.tds.harvest import HarvestOptions, harvest
-from difframe.tds.simulate import simulate
+from harvest_support import simulate_and_harvest
 
 IEEE = {"C11": 171.1, "C12": 60.3, "C13": 27.8, "C15": 5.0, "C22": 110.1, "C23": 41.9, "C25": -4.0, "C33": 98.4,
         "C35": 6.0, "C44": 39.3, "C46": 3.0, "C55": 24.2, "C66": 40.2}
@@ -30,21 +28,12 @@ SPEC = {
 
 
 def test_monoclinic_given_in_ieee_comes_back_after_the_fit(tmp_path):
-    folder = tmp_path / "run"
-    truth = simulate(SPEC, folder)
-    tds = read_tds_config(folder / "input.par")
-    geometry = geometry_of(tds)
+    truth, geometry, data = simulate_and_harvest(SPEC, tmp_path / "run")
     axes = ieee_axes(geometry.lattice)
     assert not np.allclose(axes, np.eye(3), atol=0.1)  # the settings differ in this cell
     # the truth states both settings; in difframe's frame the diad is z: C16 C26 C36 C45 instead
     assert truth["setting"] == "ieee" and truth["ieee"]["constants"] == pytest.approx(IEEE)
     assert {"C16", "C26", "C36", "C45"} <= set(truth["free"]) and "C15" not in truth["free"]
-    options = HarvestOptions(delta_q_min=0.04, delta_q_max=0.15, threshold=1e7, spots=np.array(tds["collectSpots"]),
-                             mask_file=str(folder / "filter.edf"), normalisation_file=str(folder / "normalisation.dat"))
-    result = harvest(geometry, [folder / f for f in truth["frames"]], options)
-    data = {"Q": result.Q, "intensity": result.intensity, "spot": result.spot, "G": result.G, "hkl": result.hkl,
-            "frame": result.frame, "pixel": result.pixel, "angle_increment": result.attrs["angle_increment_deg"],
-            "delta_q": result.attrs["delta_q"]}
     structure = elastic_structure(SPEC["crystal"]["generators"], geometry.lattice.direct)
     values = truth["constants"]
     cguess = {n: [v if n == truth["fixed"] else 1.1 * v, -10 * abs(v) - 1, 10 * abs(v) + 1] for n, v in values.items()}
