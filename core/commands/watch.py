@@ -201,7 +201,7 @@ class WindowView:
         if backend in _HEADLESS_BACKENDS:
             raise UsageError(f"no window can be opened (matplotlib backend {backend!r}, no display?): "
                              f"use --png DIR to write pictures instead")
-        self.plt, self.pictures, self.image = plt, 0, None
+        self.plt, self.pictures, self.image, self._pixels = plt, 0, None, None
         self.figure = plt.figure("difframe watch")
         self.axes = self.figure.add_axes((0, 0, 1, 1))
         self.axes.set_axis_off()
@@ -223,15 +223,42 @@ class WindowView:
             self.axes.clear()
             self.axes.set_axis_off()
             self.image = self.axes.imshow(rgba)
-            self.figure.set_size_inches(rgba.shape[1] / 100, rgba.shape[0] / 100)
+            # the picture's own size, shrunk (aspect kept) to 90 % of the screen: larger, the window's right and
+            # bottom would lie off screen (seen on a 1400 x 1000 virtual screen)
+            scale = min([1.0, *(0.9 * s / n for s, n in zip(self._screen(), rgba.shape[1::-1]))])
+            self._pixels = (round(scale * rgba.shape[1]), round(scale * rgba.shape[0]))
+            self._fit()
         else:
             self.image.set_data(rgba)
         self.pictures += 1
 
+    def _fit(self) -> None:
+        """Size the window's picture to ``_pixels`` screen pixels; the toolkit may change the figure's dpi once
+        the window is on screen (Tk: to the screen's pixels per inch), so :meth:`idle` checks it again."""
+        if self._pixels is None:
+            return
+        dpi = self.figure.dpi
+        now = self.figure.get_size_inches() * dpi
+        if abs(now[0] - self._pixels[0]) > 1 or abs(now[1] - self._pixels[1]) > 1:
+            self.figure.set_size_inches(self._pixels[0] / dpi, self._pixels[1] / dpi, forward=True)
+
+    def _screen(self) -> tuple[int, ...]:
+        """(width, height) of the screen in pixels where the window's toolkit says (Tk, Qt), else ()."""
+        window = getattr(self.figure.canvas.manager, "window", None)
+        try:
+            if hasattr(window, "winfo_screenwidth"):  # Tk
+                return window.winfo_screenwidth(), window.winfo_screenheight()
+            size = window.screen().availableSize()  # Qt
+            return size.width(), size.height()
+        except Exception:  # another toolkit, or none: the picture's own size
+            return ()
+
     def idle(self, seconds: float = 0.0) -> None:
         """Let the window answer its user for ``seconds``."""
         if self.open:
+            self._fit()
             self.plt.pause(max(seconds, 0.01))
+            self._fit()  # shown at the next pause
         else:
             time.sleep(seconds)
 
@@ -240,4 +267,4 @@ class WindowView:
         if self.open:
             self.figure.canvas.manager.set_window_title(title)
         while self.open:
-            self.plt.pause(0.2)
+            self.idle(0.2)

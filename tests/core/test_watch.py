@@ -218,3 +218,76 @@ def test_window_view_updates_one_image_and_ends_when_its_window_is_closed(monkey
     plt.close(view.figure)
     view.finish("w: ended")  # returns at once: the window is closed
     assert not view.open
+
+
+#: run under xvfb-run: the real `difframe watch` in a window (TkAgg on the virtual screen); at the run's last state
+#: it grabs the screen instead of waiting for the window to be closed, and says how large the window's picture is
+WINDOW_HELPER = """
+import os, sys
+import matplotlib
+matplotlib.use("TkAgg")
+from PIL import ImageGrab
+from difframe import cli
+from difframe.commands import watch
+
+def finish(self, title):
+    self.idle(1.0)  # let the window draw its last picture (and take its size once the screen's dpi is known)
+    self.idle(0.3)
+    ImageGrab.grab(xdisplay=os.environ["DISPLAY"]).save(sys.argv[2])
+    width, height = self.figure.get_size_inches() * self.figure.dpi
+    print("window picture", round(width), round(height), flush=True)
+
+watch.WindowView.finish = finish
+sys.exit(cli.main(["watch", sys.argv[1], "--poll", "0.05", "--timeout", "60"]))
+"""
+
+
+def _window_mode_available() -> bool:
+    import importlib.util
+    import shutil
+
+    return bool(shutil.which("xvfb-run")) and importlib.util.find_spec("tkinter") is not None
+
+
+@pytest.mark.skipif(not _window_mode_available(), reason="needs xvfb-run (Debian: apt-get install xvfb) and tkinter")
+def test_watch_window_on_a_virtual_screen_shows_the_running_reconstruction(tmp_path, monkeypatch):
+    """The window mode for real (TkAgg on an Xvfb screen of 1000 x 700, smaller than the picture): at the run's
+    last state the screen shows, from its top-left corner, the picture of the state the run held then, shrunk
+    to fit (aspect kept).  CI machines without xvfb skip this; tests above cover the window's logic under Agg."""
+    port = free_port()
+    states = record_served_states(monkeypatch)
+    params = sim_params(tmp_path / "home", port, active=False)
+    params["engines"]["dm"]["numiter"] = 10
+    run = Run(params)
+    failure = []
+
+    def reconstruct():
+        try:
+            run.run()
+        except BaseException as err:  # reported by the main thread
+            failure.append(err)
+
+    (tmp_path / "helper.py").write_text(WINDOW_HELPER)
+    shot = tmp_path / "screen.png"
+    watcher = subprocess.Popen(
+        ["xvfb-run", "-a", "-s", "-screen 0 1000x700x24", sys.executable, str(tmp_path / "helper.py"),
+         f"tcp://{HOST}:{port}", str(shot)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = threading.Thread(target=reconstruct, daemon=True)
+    worker.start()
+    try:
+        out, err = watcher.communicate(timeout=WAIT)
+    finally:
+        watcher.kill()
+        run.request_stop()
+        worker.join(WAIT)
+    assert not worker.is_alive() and not failure, failure
+    assert watcher.returncode == 0, err
+    assert "w: finished at iteration 10" in out
+    width, height = (int(v) for v in out.split("window picture")[1].split()[:2])
+    picture = Image.fromarray(picture_of(states[10], 10, tmp_path / "drawn")).convert("RGB")
+    assert width <= 0.9 * 1000 + 1 and height <= 0.9 * 700 + 1  # shrunk to the screen
+    assert abs(width / height - picture.width / picture.height) < 0.02  # aspect kept
+    screen = np.asarray(Image.open(shot).convert("L"), float)[:height, :width]
+    want = np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR).convert("L"), float)
+    assert screen.std() > 10  # a picture, not an empty screen
+    assert np.corrcoef(screen.ravel(), want.ravel())[0, 1] > 0.9
