@@ -83,11 +83,14 @@ def picture_of(state, iteration, folder):
     return np.asarray(Image.open(folder / f"w_{iteration:04d}.png"))
 
 
-def test_watch_png_shows_the_running_reconstruction_through_its_last_state(tmp_path, monkeypatch):
+def watch_a_run(tmp_path, monkeypatch, numiter, command):
+    """Run the simulated scan for ``numiter`` DM iterations in a thread while ``command`` (a watcher, given the
+    server's address) runs in its own process, started first: it waits for the server, as a spawned live view
+    does, and ends by itself at the run's last state.  Returns (recorded states, watcher's stdout)."""
     port = free_port()
     states = record_served_states(monkeypatch)
     params = sim_params(tmp_path / "home", port, active=False)
-    params["engines"]["dm"]["numiter"] = 30
+    params["engines"]["dm"]["numiter"] = numiter
     run = Run(params)
     failure = []
 
@@ -97,20 +100,25 @@ def test_watch_png_shows_the_running_reconstruction_through_its_last_state(tmp_p
         except BaseException as err:  # reported by the main thread
             failure.append(err)
 
-    watcher = subprocess.Popen(  # started first: it waits for the server, as a spawned live view does
-        [sys.executable, "-m", "difframe.cli", "watch", f"tcp://{HOST}:{port}", "--png", str(tmp_path / "live"),
-         "--every", "8", "--poll", "0.05", "--timeout", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(command(f"tcp://{HOST}:{port}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     worker = threading.Thread(target=reconstruct, daemon=True)
     worker.start()
     try:
-        out, err = watcher.communicate(timeout=WAIT)  # it ends by itself at the run's last state
+        out, err = watcher.communicate(timeout=WAIT)
     finally:
         watcher.kill()
         run.request_stop()
         worker.join(WAIT)
     assert not worker.is_alive() and not failure, failure
     assert watcher.returncode == 0, err
+    return states, out
+
+
+def test_watch_png_shows_the_running_reconstruction_through_its_last_state(tmp_path, monkeypatch):
+    states, out = watch_a_run(tmp_path, monkeypatch, 30, lambda address: [
+        sys.executable, "-m", "difframe.cli", "watch", address, "--png", str(tmp_path / "live"), "--every", "8",
+        "--poll", "0.05", "--timeout", "60"])
     assert "w: finished at iteration 30" in out
     pngs = sorted((tmp_path / "live").glob("w_*.png"))
     iterations = [int(p.stem.split("_")[1]) for p in pngs]
@@ -254,34 +262,11 @@ def test_watch_window_on_a_virtual_screen_shows_the_running_reconstruction(tmp_p
     """The window mode for real (TkAgg on an Xvfb screen of 1000 x 700, smaller than the picture): at the run's
     last state the screen shows, from its top-left corner, the picture of the state the run held then, shrunk
     to fit (aspect kept).  CI machines without xvfb skip this; tests above cover the window's logic under Agg."""
-    port = free_port()
-    states = record_served_states(monkeypatch)
-    params = sim_params(tmp_path / "home", port, active=False)
-    params["engines"]["dm"]["numiter"] = 10
-    run = Run(params)
-    failure = []
-
-    def reconstruct():
-        try:
-            run.run()
-        except BaseException as err:  # reported by the main thread
-            failure.append(err)
-
     (tmp_path / "helper.py").write_text(WINDOW_HELPER)
     shot = tmp_path / "screen.png"
-    watcher = subprocess.Popen(
-        ["xvfb-run", "-a", "-s", "-screen 0 1000x700x24", sys.executable, str(tmp_path / "helper.py"),
-         f"tcp://{HOST}:{port}", str(shot)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    worker = threading.Thread(target=reconstruct, daemon=True)
-    worker.start()
-    try:
-        out, err = watcher.communicate(timeout=WAIT)
-    finally:
-        watcher.kill()
-        run.request_stop()
-        worker.join(WAIT)
-    assert not worker.is_alive() and not failure, failure
-    assert watcher.returncode == 0, err
+    states, out = watch_a_run(tmp_path, monkeypatch, 10, lambda address: [
+        "xvfb-run", "-a", "-s", "-screen 0 1000x700x24", sys.executable, str(tmp_path / "helper.py"), address,
+        str(shot)])
     assert "w: finished at iteration 10" in out
     width, height = (int(v) for v in out.split("window picture")[1].split()[:2])
     picture = Image.fromarray(picture_of(states[10], 10, tmp_path / "drawn")).convert("RGB")
