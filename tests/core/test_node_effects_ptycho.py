@@ -487,3 +487,41 @@ def test_stack_reader_forces_the_detector_reader(tmp_path):
     assert "reader edf" in out.meta["source"]
     with pytest.raises(DataError, match=r"f0\.img"):
         stack_recipe(_stack_scan(files=renamed, positions=str(tmp_path / "pos.txt"), reader="cbf"), _ctx())
+
+
+def test_nodes_whose_doc_says_not_read_change_nothing():
+    """scan.coherence.spectrum / object_dispersion / probe_dispersion, scan.data.experimentID / load_parallel,
+    scan.geometry.resolution, scan.tags, scan.illumination.diversity.shift, scan.sample.diversity.shift and
+    plotclient.some_plotting_options are accepted (ptypy files carry them) and, as their docs say, change
+    nothing: the prepared frames, positions and geometry are those of the run without them, and the object
+    pixel is lambda z / (N psize) whatever scan.geometry.resolution says."""
+    from difframe import Run, optics
+    from difframe.ptycho.workflow import prepare_scans
+
+    def scan(**extra):
+        base = {"data": {"source": "sim", "shape": 32},
+                "geometry": {"energy": 6.2, "distance": 7.19, "psize": 172e-6 * 2},
+                "xy": {"type": "spiral", "spiral": {"dr": 0.9e-6, "r_out": 2e-6}},
+                "illumination": {"photons": 10**6, "aperture": {"form": "circ", "size": 3e-6}}}
+        for path, value in extra.items():
+            node = base
+            *parents, key = path.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[key] = value
+        return base
+
+    ignored = {"coherence.spectrum": [1.0], "coherence.object_dispersion": "linear",
+               "coherence.probe_dispersion": "irregular", "data.experimentID": "beamtime 42",
+               "data.load_parallel": "data", "geometry.resolution": 3e-8, "tags": "test,ignored",
+               "illumination.diversity.shift": 5e-7, "sample.diversity.shift": 5e-7}
+    plain = prepare_scans(Run({"scans": {"s": scan()}}))["s"]
+    run = Run({"scans": {"s": scan(**ignored)}, "plotclient": {"some_plotting_options": "cmap=gray"}})
+    assert run.params.scans.s.geometry.resolution == 3e-8 and run.params.scans.s.tags == "test,ignored"
+    given = prepare_scans(run)["s"]
+    np.testing.assert_array_equal(given.data, plain.data)
+    np.testing.assert_array_equal(given.positions, plain.positions)
+    assert (given.energy_kev, given.distance_m, tuple(given.psize_m)) == \
+        (plain.energy_kev, plain.distance_m, tuple(plain.psize_m))
+    lam = optics.energy_to_wavelength(6.2)
+    np.testing.assert_allclose(pm.object_psize(given), lam * 7.19 / (32 * 172e-6 * 2), rtol=1e-12)
