@@ -495,33 +495,33 @@ def test_nodes_whose_doc_says_not_read_change_nothing():
     plotclient.some_plotting_options are accepted (ptypy files carry them) and, as their docs say, change
     nothing: the prepared frames, positions and geometry are those of the run without them, and the object
     pixel is lambda z / (N psize) whatever scan.geometry.resolution says."""
+    import copy
+
     from difframe import Run, optics
     from difframe.ptycho.workflow import prepare_scans
 
-    def scan(**extra):
-        base = {"data": {"source": "sim", "shape": 32},
-                "geometry": {"energy": 6.2, "distance": 7.19, "psize": 172e-6 * 2},
-                "xy": {"type": "spiral", "spiral": {"dr": 0.9e-6, "r_out": 2e-6}},
-                "illumination": {"photons": 10**6, "aperture": {"form": "circ", "size": 3e-6}}}
-        for path, value in extra.items():
-            node = base
-            *parents, key = path.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[key] = value
-        return base
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_watch import sim_params  # the watch tests' small simulated scan
 
-    ignored = {"coherence.spectrum": [1.0], "coherence.object_dispersion": "linear",
-               "coherence.probe_dispersion": "irregular", "data.experimentID": "beamtime 42",
-               "data.load_parallel": "data", "geometry.resolution": 3e-8, "tags": "test,ignored",
-               "illumination.diversity.shift": 5e-7, "sample.diversity.shift": 5e-7}
-    plain = prepare_scans(Run({"scans": {"s": scan()}}))["s"]
-    run = Run({"scans": {"s": scan(**ignored)}, "plotclient": {"some_plotting_options": "cmap=gray"}})
+    plain_scan = sim_params("unused", 0)["scans"]["s"]
+    given_scan = copy.deepcopy(plain_scan)
+    for path, value in {"coherence.spectrum": [1.0], "coherence.object_dispersion": "linear",
+                        "coherence.probe_dispersion": "irregular", "data.experimentID": "beamtime 42",
+                        "data.load_parallel": "data", "geometry.resolution": 3e-8, "tags": "test,ignored",
+                        "illumination.diversity.shift": 5e-7, "sample.diversity.shift": 5e-7}.items():
+        node = given_scan
+        *parents, key = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
+    plain = prepare_scans(Run({"scans": {"s": plain_scan}}))["s"]
+    run = Run({"scans": {"s": given_scan}, "plotclient": {"some_plotting_options": "cmap=gray"}})
     assert run.params.scans.s.geometry.resolution == 3e-8 and run.params.scans.s.tags == "test,ignored"
     given = prepare_scans(run)["s"]
     np.testing.assert_array_equal(given.data, plain.data)
     np.testing.assert_array_equal(given.positions, plain.positions)
     assert (given.energy_kev, given.distance_m, tuple(given.psize_m)) == \
         (plain.energy_kev, plain.distance_m, tuple(plain.psize_m))
-    lam = optics.energy_to_wavelength(6.2)
-    np.testing.assert_allclose(pm.object_psize(given), lam * 7.19 / (32 * 172e-6 * 2), rtol=1e-12)
+    wavelength = optics.energy_to_wavelength(plain.energy_kev)
+    np.testing.assert_allclose(pm.object_psize(given), wavelength * plain.distance_m /
+                               (np.array(plain.data.shape[1:]) * np.array(plain.psize_m)), rtol=1e-12)

@@ -20,6 +20,8 @@ from difframe.ptycho.ptyd import write_ptyd
 from difframe.ptycho.raw import FrameSource, RawScan, load_share
 
 SHAPE = (16, 20)
+#: the scans' geometry (the recipes' files give none)
+GEOMETRY = {"energy": 6.2, "distance": 1.0, "psize": 172e-6}
 
 
 class Bars:
@@ -112,10 +114,9 @@ def test_the_recipes_report_reading_on_rank_0_only_and_not_when_quiet(tmp_path, 
     write_ptyd(tmp_path / "s.ptyd", PreparedData(label="t", data=frames, mask=np.ones(SHAPE, bool),
                                                  positions=rng.uniform(-1e-6, 1e-6, (10, 2)), energy_kev=6.2,
                                                  distance_m=1.0, psize_m=(172e-6, 172e-6), center=(8, 10)))
-    geometry = {"energy": 6.2, "distance": 1.0, "psize": 172e-6}
     scans = {"hdf5": {"data": {"source": "hdf5", "recipe": {"hdf5": {"file": str(tmp_path / "s.h5"),
-                                                                     "positions": "xy"}}}, "geometry": geometry},
-             "ptyd": {"data": {"dfile": str(tmp_path / "s.ptyd")}, "geometry": geometry}}
+                                                                     "positions": "xy"}}}, "geometry": GEOMETRY},
+             "ptyd": {"data": {"dfile": str(tmp_path / "s.ptyd")}, "geometry": GEOMETRY}}
     for name, recipe in (("hdf5", hdf5_recipe), ("ptyd", ptyd_recipe)):
         for level, rank, shown in ((1, 0, True), (0, 0, False), (1, 1, False)):
             caplog.clear()
