@@ -107,6 +107,10 @@ class PtychoModel:
     ``ranks`` (:class:`difframe.parallel.Ranks`) are the processes sharing the
     reconstruction; after :meth:`keep_share` each holds a block of every
     scan's frames and engines all-reduce what they sum over frames.
+    ``engine_terms`` (key -> scan label -> array or dict of arrays) is what an
+    engine keeps beside object and probe for the files (OPR: ``probe_opr``);
+    :meth:`fitted_terms` hands it on, and the .ptyr stores it under
+    ``content/<key>/<label>``.
     """
 
     def __init__(self, objects: dict, probes: dict, scans: list, data_type: str = "single"):
@@ -116,6 +120,7 @@ class PtychoModel:
         self.objects: dict[str, Storage] = objects
         self.probes: dict[str, Storage] = probes
         self.scans: list[ScanViews] = scans
+        self.engine_terms: dict = {}
         for st in (*objects.values(), *probes.values()):
             st.data = np.ascontiguousarray(st.data, dtype=self.cdtype)
         for scan in scans:
@@ -170,6 +175,7 @@ class PtychoModel:
                 full[scan.first:scan.first + scan.num_frames] = scan.scale_factors()
                 self.ranks.sum_arrays(full)
                 terms["frame_scale"][scan.label] = full
+        terms.update(self.engine_terms)
         return terms
 
     def chunks(self, scan: ScanViews, pods: int):

@@ -83,12 +83,19 @@ def iter_info_entry(iteration: int, engine: str, duration: float, metrics: dict,
     return entry
 
 
+def _term_arrays(maps: dict) -> dict:
+    """label -> array, or label -> {name: array} (an engine's terms, e.g. OPR's modes and weights)."""
+    return {label: {k: np.asarray(a) for k, a in v.items()} if isinstance(v, dict) else np.asarray(v)
+            for label, v in maps.items()}
+
+
 def write_ptyr(path, model, params, runtime: dict, description: str = "difframe reconstruction",
                terms: dict | None = None) -> None:
     """Write ``model`` (objects, probes, positions), ``params`` and ``runtime`` to ``path`` atomically.
 
     ``terms`` (:meth:`PtychoModel.fitted_terms`, gathered over the ranks) adds
-    ``content/background/<scan>`` and ``content/frame_scale/<scan>`` where fitted.
+    ``content/background/<scan>`` and ``content/frame_scale/<scan>`` where fitted, and an engine's own
+    terms (``content/probe_opr/<scan>/{modes, weights}`` after OPR).
     """
     content = Param(pars=Param(params), runtime=Param(runtime))
     dict.update(content, {  # dict.update keeps these plain dicts (typed 'dict'), as ptypy writes them
@@ -98,7 +105,7 @@ def write_ptyr(path, model, params, runtime: dict, description: str = "difframe 
     })
     for key, maps in (terms or {}).items():
         if maps:
-            dict.update(content, {key: {label: np.asarray(v) for label, v in maps.items()}})
+            dict.update(content, {key: _term_arrays(maps)})
     with atomic_path(path) as tmp:
         h5typed.write(tmp, {"header": {"kind": KIND, "description": description}, "content": content})
         _nexus_entry(tmp, model, description)
@@ -174,7 +181,7 @@ class Autosaves:
         state = {"obj": {oid: _storage_dict(oid, st) for oid, st in model.objects.items()},
                  "probe": {pid: _storage_dict(pid, st) for pid, st in model.probes.items()},
                  "positions": {scan.label: np.asarray(scan.positions) for scan in model.scans}}
-        state.update({key: {label: np.asarray(v) for label, v in maps.items()}
+        state.update({key: _term_arrays(maps)
                       for key, maps in (terms or {}).items() if maps})
         for key in self._state - set(state):
             del content[key]

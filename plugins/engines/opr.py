@@ -27,7 +27,7 @@ import logging
 import numpy as np
 
 import difframe
-from difframe.errors import ParameterError, UsageError
+from difframe.errors import DataError, ParameterError, UsageError
 from difframe.limits import check_allocation
 from difframe.ptycho import model as pm
 from difframe.ptycho.stochastic import REGULARISED, STEPS, StochasticEngine, schema
@@ -36,6 +36,7 @@ from difframe.types import EngineSpec, Parameter
 log = logging.getLogger("difframe.engines.opr")
 
 NAME = "OPR"
+TERMS = "probe_opr"  # content/probe_opr/<scan>/{modes, weights} in the .ptyr
 PARAMETERS = schema(
     {"num_modes": Parameter(
         type="int", default=3, lowlim=1, help="Number of orthogonal probe modes K the frames' probes are built of",
@@ -56,10 +57,17 @@ PARAMETERS = schema(
     probe_regularisation={"default": 0.2, "doc": "D_P = (1 - r) |O|^2 + r max|O|^2 (as engine.rPIE)."},
     seed={"doc": "The same seed gives the same reconstruction."},
 )
+PARAMETERS["modes_file"] = Parameter(
+    type=("str", "NoneType"), default=None, help="A .ptyr whose per-frame probe modes and weights OPR starts from",
+    doc="The file's content/probe_opr/<scan>/{modes, weights} (an earlier OPR run's) give each frame its deviation "
+        "from the shared probe at once, and the relaxation goes on from the first epoch. None: the file the "
+        "scan's probe resumes from (illumination.model = 'recon'), when it holds them; otherwise the frames start "
+        "from the shared probe. The weights must have a row per frame of the scan and the modes the probe's shape.")
 
 
-def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 2) -> float:
-    """Replace ``stack`` (N, H, W) in place by its rank-k approximation; returns the discarded power.
+def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 2, factors: bool = False):
+    """Replace ``stack`` (N, H, W) in place by its rank-k approximation; returns the discarded power, with
+    ``factors`` also the weights (N, k) and orthonormal modes (k, H, W) whose product is the new stack.
 
     A randomised SVD (Halko, Martinsson & Tropp 2011: a seeded Gaussian test
     matrix of k + ``oversample`` columns, ``power_steps`` subspace iterations)
@@ -74,8 +82,10 @@ def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 
         basis, _ = np.linalg.qr(flat @ (basis.conj().T @ flat).conj().T)
     u, s, vh = np.linalg.svd(basis.conj().T @ flat, full_matrices=False)
     total = float(np.vdot(flat, flat).real)
-    flat[...] = (basis @ u[:, :k]) @ (s[:k, None] * vh[:k])
-    return max(total - float((s[:k] ** 2).sum()), 0.0)
+    weights = (basis @ u[:, :k]) * s[:k]
+    flat[...] = weights @ vh[:k]
+    lost = max(total - float((s[:k] ** 2).sum()), 0.0)
+    return (lost, weights, vh[:k].reshape(-1, *stack.shape[1:])) if factors else lost
 
 
 class OPR(StochasticEngine):
@@ -104,6 +114,13 @@ class OPR(StochasticEngine):
                              f"{scan.label!r}", UsageError)
         self.deviations = {}  # scan label -> (frames, H, W): each frame's probe minus the shared one
         self.discarded = 0.0
+        kept = m.engine_terms.get(TERMS) or {}  # an OPR engine before this one in the run
+        for scan in m.scans:
+            if scan.label in kept and p.num_modes > 1:
+                self._resume(scan, kept[scan.label]["modes"], kept[scan.label]["weights"], "the previous OPR engine")
+        if not self.deviations and p.modes_file and p.num_modes > 1:
+            self._load(p.modes_file)
+        self.resumed = bool(self.deviations)
 
     def finalize(self) -> dict:
         self.deviations = {}
@@ -116,7 +133,37 @@ class OPR(StochasticEngine):
         return shared + self.deviations.get(label, np.zeros((scan.num_frames, 1, 1), shared.dtype))
 
     def _relaxing(self) -> bool:
-        return self.iteration >= self.p.start and self.p.num_modes > 1
+        return (self.resumed or self.iteration >= self.p.start) and self.p.num_modes > 1
+
+    def _resume(self, scan, modes: np.ndarray, weights: np.ndarray, where: str) -> None:
+        """Scan ``scan``'s deviations from stored modes (K, H, W) and weights (frames, K), at most num_modes - 1
+        of them (the strongest first, as stored)."""
+        k = int(self.p.num_modes) - 1
+        if (modes.ndim != 3 or modes.shape[1:] != tuple(scan.shape) or weights.ndim != 2
+                or weights.shape != (scan.num_frames, len(modes))):
+            raise ParameterError(f"engine.{NAME}.modes_file = {str(self.p.modes_file)!r}: {where} holds modes "
+                                 f"{modes.shape} and weights {weights.shape}; scan {scan.label!r} needs "
+                                 f"(K, {scan.shape[0]}, {scan.shape[1]}) and ({scan.num_frames}, K)")
+        flat = weights[:, :k] @ modes[:k].reshape(len(modes[:k]), -1)
+        self.deviations[scan.label] = np.ascontiguousarray(flat.reshape(scan.num_frames, *scan.shape),
+                                                           dtype=self.model.cdtype)
+        log.info("engine %s: scan %s's frames resume with their own probes (%d modes from %s)", NAME, scan.label,
+                 min(k, len(modes)), where)
+
+    def _load(self, path) -> None:
+        """Deviations of every scan that ``path``'s content/probe_opr holds."""
+        from difframe.ptycho import h5typed
+
+        with h5typed.open_file(path, ".ptyr") as f:
+            stored = f.get(f"content/{TERMS}") or {}
+            for scan in self.model.scans:
+                if scan.label not in stored:
+                    continue
+                node = stored[scan.label]
+                if "modes" not in node or "weights" not in node:
+                    raise DataError(f"{path}:{node.name}: expected modes and weights")
+                self._resume(scan, h5typed.read_array(node["modes"], source=path),
+                             h5typed.read_array(node["weights"], source=path), f"{path}:{node.name}")
 
     def visit(self, scan, order, sums, update_probe) -> None:
         m, p = self.model, self.p
@@ -138,11 +185,10 @@ class OPR(StochasticEngine):
                                sums.change, sums.background, sums.scales)
 
     def scan_done(self, scan, update_probe: bool) -> None:
-        if self._relaxing() and update_probe:
-            self.discarded += self._relax(self.model.probes[scan.probe_id].data,
-                                          self.deviations[scan.label]) * scan.num_frames
         if self.supports[scan.probe_id] is not None and scan.label in self.deviations:
-            self.deviations[scan.label] *= self.supports[scan.probe_id]
+            self.deviations[scan.label] *= self.supports[scan.probe_id]  # before the cut: the modes stay inside
+        if self._relaxing() and update_probe:
+            self.discarded += self._relax(scan) * scan.num_frames
 
     def epoch_done(self, update_probe: bool) -> dict:
         frames = sum(scan.num_frames for scan in self.model.scans)
@@ -152,11 +198,14 @@ class OPR(StochasticEngine):
     def extra_metrics(self) -> dict:
         return {}
 
-    def _relax(self, shared: np.ndarray, deviations: np.ndarray) -> float:
+    def _relax(self, scan) -> float:
         """Deviations without their mean (the shared probe took every update already), cut to num_modes - 1
-        components.  Returns the discarded share of the frames' probe power (metric opr_discarded)."""
+        components, which the model keeps for the files (engine_terms ``probe_opr``).  Returns the discarded
+        share of the frames' probe power (metric opr_discarded)."""
+        shared, deviations = self.model.probes[scan.probe_id].data, self.deviations[scan.label]
         deviations -= deviations.mean(axis=0, dtype=np.complex128).astype(deviations.dtype)
-        lost = truncate(deviations, int(self.p.num_modes) - 1)
+        lost, weights, modes = truncate(deviations, int(self.p.num_modes) - 1, factors=True)
+        self.model.engine_terms.setdefault(TERMS, {})[scan.label] = {"modes": modes, "weights": weights}
         kept = float(np.vdot(shared, shared).real) * len(deviations) + float(np.vdot(deviations, deviations).real)
         return lost / max(kept + lost, 1e-300)
 
@@ -170,3 +219,39 @@ def factory(params, context):
 def difframe_engines():
     yield EngineSpec(name=NAME, summary="orthogonal probe relaxation (Odstrcil et al. 2016): a probe per frame "
                                         "on K shared modes, rPIE epochs", factory=factory, parameters=PARAMETERS)
+
+
+def stored_terms(scan_params) -> str | None:
+    """The .ptyr a scan's probe resumes from (``illumination.model = 'recon'``) when it holds OPR's
+    content/probe_opr; None otherwise."""
+    import glob
+    import os
+
+    from difframe.ptycho import h5typed
+
+    illumination = (scan_params or {}).get("illumination") or {}
+    pattern = (illumination.get("recon") or {}).get("rfile")
+    if not isinstance(illumination.get("model"), str) or illumination["model"] != "recon" or not pattern:
+        return None
+    paths = sorted(glob.glob(str(pattern)), key=os.path.getmtime) if glob.has_magic(str(pattern)) else [pattern]
+    if not paths or not os.path.isfile(paths[-1]):
+        return None  # the loader says what is missing when the data are read
+    with h5typed.open_file(paths[-1], ".ptyr") as f:
+        return str(paths[-1]) if f"content/{TERMS}" in f else None
+
+
+@difframe.hookimpl
+def difframe_run_started(run):
+    """The run's first OPR engine, without a modes_file, takes the one the scans' probes resume from if it
+    holds OPR's modes (callers without a run pass None)."""
+    params = getattr(run, "params", None)
+    engines = (params or {}).get("engines") or {}
+    first = next((label for label, ep in engines.items() if ep.get("name") == NAME), None)
+    if first is None or engines[first].get("modes_file"):
+        return  # later OPR engines continue from the first one's modes in the model
+    for scan in (params.get("scans") or {}).values():
+        path = stored_terms(scan)
+        if path:
+            log.info("engines.%s.modes_file = %s (the file the probe resumes from)", first, path)
+            engines[first]["modes_file"] = path
+            return

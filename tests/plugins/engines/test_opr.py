@@ -216,6 +216,10 @@ def test_bad_input_is_named(simulated):
 def test_opr_chains_after_dm_in_a_run(tmp_path):
     """DM then OPR in one run on the drifting scan: OPR continues on DM's object and probe across blocks of
     iterations, its records carry the common metrics and opr_discarded, and it fits the data better than DM."""
+    _dm_then_opr(tmp_path)
+
+
+def _dm_then_opr(tmp_path):
     import difframe
     from difframe import Run
     from difframe.manager import PluginManager
@@ -240,3 +244,54 @@ def test_opr_chains_after_dm_in_a_run(tmp_path):
     assert all(np.all(np.isfinite(r["error"])) for r in records)
     assert 0 < records[-1]["metrics"]["opr_discarded"] < 0.1
     assert records[-1]["error"][1] < 0.5 * records[5]["error"][1]  # deviance: OPR's last against DM's last
+    return results, records, params, Truth
+
+
+def test_opr_modes_and_weights_in_the_ptyr_and_resumed(tmp_path):
+    """The .ptyr holds content/probe_opr/<scan>/{modes, weights}: orthonormal modes, a row of weights per frame,
+    and shared probe + weights @ modes follow the drift better than the shared probe alone.  A run resumed from
+    it with the natural parameters (probe, object from the file) starts with those per-frame probes: its first
+    epoch fits better than the same resume from the file without them."""
+    import shutil
+
+    import h5py
+
+    from difframe import Run
+    from difframe.manager import PluginManager
+    from difframe.ptycho import h5typed
+    from difframe.ptycho.ptyr import read_ptyr
+
+    results, records, params, Truth = _dm_then_opr(tmp_path)
+    path = results["reconstruction"]
+    stored = h5typed.read(path, "content/probe_opr")["probe_opr"]["a"]
+    modes, weights = stored["modes"], stored["weights"]
+    assert modes.shape == (1, *SCAN_SHAPE) and weights.shape == (49, 1)
+    np.testing.assert_allclose(np.vdot(modes[0], modes[0]).real, 1.0, rtol=1e-4)
+    _, probes, _ = drifting_scan()
+    shared = read_ptyr(path).probes["a"]["data"][0]
+    frames = shared + (weights @ modes.reshape(1, -1)).reshape(-1, *SCAN_SHAPE)
+    y, x = np.indices(SCAN_SHAPE) - np.array(SCAN_SHAPE)[:, None, None] // 2
+    disc = np.hypot(y, x) < 0.5 * SCAN_SHAPE[0]
+
+    def misfit(p, q):
+        p, q = p[disc], q[disc]
+        return np.linalg.norm(p * (np.vdot(p, q) / np.vdot(p, p)) - q) / np.linalg.norm(q)
+
+    assert np.mean([misfit(f, q) for f, q in zip(frames, probes)]) < np.mean([misfit(shared, q) for q in probes])
+
+    def resume(rfile, run):
+        recon = {"model": "recon", "recon": {"rfile": str(rfile)}}
+        p = {**params, "run": run, "scans": {"a": {"data": {"source": "truth"}, "illumination": recon,
+                                                   "sample": recon}},
+             "engines": {"b": {"name": "OPR", "numiter": 2, "num_modes": 2, "probe_update_start": 0}}}
+        out = Run(p, plugins=PluginManager(plugins=[Truth()])).run()
+        return read_ptyr(out["reconstruction"])
+
+    bare = tmp_path / "bare.ptyr"
+    shutil.copy(path, bare)
+    with h5py.File(bare, "a") as f:
+        del f["content/probe_opr"]
+    resumed, without = resume(path, "r"), resume(bare, "s")
+    assert resumed.params["engines"]["b"]["modes_file"] == str(path)
+    # first epoch (deviance as each frame is visited): 84 with the stored modes, 92 without
+    assert resumed.iter_info[0]["error"][1] < 0.95 * without.iter_info[0]["error"][1]
