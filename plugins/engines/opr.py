@@ -9,15 +9,21 @@ weights w_nk per frame: K modes in all (``num_modes``).
 
 The epoch is rPIE's (random order, ``seed``), fused in numba
 (plugins/engines/opr_kernels.py): each frame's probe update goes to the
-shared probe, so every later frame profits as in rPIE, and to the frame's own
-deviation.  After each epoch the deviations lose their mean (the shared
-probe already took it) and are replaced by their rank K - 1 truncated SVD:
-what is left out is mostly the noise of single-frame updates.  For the first
-``start`` epochs all frames share one probe (plain rPIE).  Plots, autosaves,
-position refinement and a following engine see the shared probe; the
-per-frame deviations live in the engine only and are not written to the
-.ptyr.  One probe mode and one object mode; one process only (the (frames,
-H, W) deviations are kept whole, and the pass is sequential).
+shared probe, so every later frame profits as in rPIE, and ``deviation_step``
+times to the frame's own deviation.  After each epoch the deviations lose
+their mean (the shared probe already took it) and are replaced by their rank
+K - 1 truncated SVD: what is left out is mostly the noise of single-frame
+updates.  For the first ``start`` epochs all frames share one probe (plain
+rPIE).  A frame's deviation learns from that frame alone, once per epoch,
+while the object learns from every frame: so the object step ``alpha`` is
+small and the deviation's step large, else the object absorbs the drift
+before the frames' probes can follow it (docs/ptycho-engines.md, OPR, has
+the measurements).  Plots, position refinement and a following engine of
+another kind see the shared probe; the .ptyr and autosaves also hold the
+modes and each frame's weights (``content/probe_opr/<scan>``), from which a
+resumed run (``modes_file``) or a later OPR engine continues.  One probe
+mode and one object mode; one process only (the (frames, H, W) deviations
+are kept whole, and the pass is sequential).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ log = logging.getLogger("difframe.engines.opr")
 
 NAME = "OPR"
 TERMS = "probe_opr"  # content/probe_opr/<scan>/{modes, weights} in the .ptyr
+# defaults measured on the drifting-probe truth scan of tests/plugins/engines/test_opr.py (docs/ptycho-engines.md)
+ALPHA, DEVIATION_STEP, START = 0.05, 3.0, 0
 PARAMETERS = schema(
     {"num_modes": Parameter(
         type="int", default=3, lowlim=1, help="Number of orthogonal probe modes K the frames' probes are built of",
@@ -45,18 +53,27 @@ PARAMETERS = schema(
             "probe changing smoothly during the scan needs 2 to 5; more keeps noise. At most the number of "
             "frames of every scan."),
      "start": Parameter(
-        type="int", default=2, lowlim=0, help="Epochs of one shared probe before the relaxation starts",
-        doc="The first epochs are plain rPIE with one probe for all frames, so the object and the shared "
-            "probe settle before each frame's probe may differ.")},
+        type="int", default=START, lowlim=0, help="Epochs of one shared probe before the relaxation starts",
+        doc="The first epochs are plain rPIE with one probe for all frames. 0 relaxes from the first epoch: "
+            "epochs with one probe let the object absorb the probe's drift, which the relaxation must then undo "
+            "(on the tests' drifting scan 2 such epochs cost a third more deviance after 40).")},
     STEPS, REGULARISED,
-    alpha={"default": 0.5, "doc": "The object moves by alpha x conj(P_n) dpsi / D_O per frame (rPIE's "
-                                  "denominator)."},
+    alpha={"default": ALPHA, "doc": "The object moves by alpha x conj(P_n) dpsi / D_O per frame (rPIE's "
+                                    "denominator). Small: the frames' own probes must learn faster than the object "
+                                    "absorbs their errors (on the tests' drifting scan rPIE's 0.5 leaves the "
+                                    "deviance three times higher after 40 epochs)."},
     beta={"default": 0.5, "doc": "Each frame's update beta x conj(O) dpsi / D_P goes to the shared probe and "
                                  "(once relaxed) to the frame's own deviation."},
     object_regularisation={"doc": "D_O = (1 - r) |P|^2 + r max|P|^2: 1 is ePIE's max|P|^2 (as engine.rPIE)."},
     probe_regularisation={"default": 0.2, "doc": "D_P = (1 - r) |O|^2 + r max|O|^2 (as engine.rPIE)."},
     seed={"doc": "The same seed gives the same reconstruction."},
 )
+PARAMETERS["deviation_step"] = Parameter(
+    type="float", default=DEVIATION_STEP, lowlim=0.0, help="Step of each frame's own probe, relative to beta",
+    doc="Frame n's probe update beta x conj(O) dpsi / D_P goes to the shared probe once and to the frame's own "
+        "deviation this many times: a frame's deviation learns from that frame alone, once per epoch, while the "
+        "shared probe and the object learn from every frame, so it needs the larger step (Odstrcil et al. 2016 "
+        "update the per-frame probes before the SVD; tests/plugins/engines/test_opr.py measures the choice).")
 PARAMETERS["modes_file"] = Parameter(
     type=("str", "NoneType"), default=None, help="A .ptyr whose per-frame probe modes and weights OPR starts from",
     doc="The file's content/probe_opr/<scan>/{modes, weights} (an earlier OPR run's) give each frame its deviation "
@@ -176,7 +193,8 @@ class OPR(StochasticEngine):
         deviations = self.deviations.get(scan.label, np.zeros((1, *scan.shape), m.cdtype))
         which = np.arange(n, dtype=np.int64) if relax else np.zeros(n, np.int64)
         real = m.rdtype.type
-        self.kernels.opr_epoch(m.probes[scan.probe_id].data[0], deviations, which, relax,
+        step = real(p.deviation_step) if relax else real(0)
+        self.kernels.opr_epoch(m.probes[scan.probe_id].data[0], deviations, which, step,
                                m.objects[scan.object_id].data[0], scan.corners, order, scan.intensity,
                                scan.weights_of(slice(None)), scan.scale_factors(), scan.background_map(),
                                self.transfer[scan.label], real(p.alpha * scan.object_power),

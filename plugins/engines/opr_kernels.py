@@ -4,16 +4,17 @@ One call visits the frames of one scan in the given order; frame n is lit
 by P_n = probe + deviations[which[n]].  Per frame: psi = P_n O_n is
 propagated (far field: unitary FFT; near field: the transfer function),
 projected onto the measured moduli with the model intensity
-scale x |Psi|^2 + background (:func:`difframe.ptycho.projection.project_frame`), propagated back, and object and probe are
-updated at once from their old values with rPIE's denominators (r = 1: ePIE):
+scale x |Psi|^2 + background (:func:`difframe.ptycho.projection.project_frame`),
+propagated back, and object and probe are updated at once from their old
+values with rPIE's denominators (r = 1: ePIE):
 
     O += alpha conj(P_n) dpsi / ((1 - r_O) |P_n|^2 + r_O max |P_n|^2)
     dP = beta  conj(O)   dpsi / ((1 - r_P) |O|^2   + r_P max |O|^2)
 
 and dP goes to the shared probe (as in rPIE, so every later frame profits)
-and, with ``update_deviation``, also to the frame's own deviation (which the
-engine then keeps low-rank).  One probe mode and one object mode (OPR's
-relaxed probe is one coherent mode per frame).  The numpy statement of the
+and, times ``deviation_step`` (0: not at all), to the frame's own deviation
+(which the engine then keeps low-rank).  One probe mode and one object mode
+(OPR's relaxed probe is one coherent mode per frame).  The numpy statement of the
 same maths is in tests/plugins/engines/test_opr.py.
 """
 
@@ -28,7 +29,7 @@ from difframe.ptycho.projection import project_frame
 
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
-def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, intensity, weights, scale,
+def opr_epoch(probe, deviations, which, deviation_step, obj, corners, order, intensity, weights, scale,
               background, transfer, alpha, beta, reg_object, reg_probe, update_probe, tiny, err, dev, change,
               bg_sums, scale_sums):
     """One sequential pass over the frames ``order``; ``obj`` (Ho, Wo), ``probe`` (H, W) and ``deviations``
@@ -46,6 +47,8 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
     one, zero, rtiny = real(1), real(0), real(tiny)
     a_o, a_p = real(alpha), real(beta)
     r_o, r_p = real(reg_object), real(reg_probe)
+    g = real(deviation_step)
+    relax = deviation_step > 0
     wrow = weight_rows(weights, intensity.shape[0])
     transfer_back = np.conj(transfer)  # once per epoch, not per frame
     lit = np.empty((h, w), probe.dtype)
@@ -86,8 +89,8 @@ def opr_epoch(probe, deviations, which, update_deviation, obj, corners, order, i
                 for j in range(w):
                     dp = step_p[j] * (np.conj(ob[j]) * d[j])
                     sh[j] += dp
-                    if update_deviation:
-                        dv[j] += dp
+                    if relax:
+                        dv[j] += g * dp
             for j in range(w):
                 ob[j] += step_o[j] * (np.conj(pr[j]) * d[j])
         change[n] = c_sum

@@ -17,7 +17,7 @@ SHAPE, FRAMES = (12, 10), 9
 
 
 def _epoch_reference(probe, devs, which, corners, obj, order, meas, weights, scale, bg, transfer, alpha, beta,
-                     r_o, r_p):
+                     r_o, r_p, gain):
     """OPR's epoch frame by frame in numpy (complex128): probe of frame n = probe + devs[which[n]]."""
     probe, devs, obj = probe.astype(complex), devs.astype(complex), obj.astype(complex)
     h, w = SHAPE
@@ -50,7 +50,7 @@ def _epoch_reference(probe, devs, which, corners, obj, order, meas, weights, sca
         dp = beta * np.conj(win) * dpsi / ((1 - r_p) * o2 + r_p * o2.max())
         obj[y:y + h, x:x + w] = win + alpha * np.conj(lit) * dpsi / ((1 - r_o) * p2 + r_o * p2.max())
         probe = probe + dp
-        devs[which[n]] += dp
+        devs[which[n]] += gain * dp
     return probe, devs, obj, err, dev, change, bg_sums, scale_sums
 
 
@@ -78,10 +78,10 @@ def test_opr_epoch_against_numpy(dtype, near):
         fy, fx = np.fft.fftfreq(SHAPE[0])[:, None], np.fft.fftfreq(SHAPE[1])[None, :]
         transfer = np.exp(-1j * 40 * (fy**2 + fx**2)).astype(dtype)
     ref = _epoch_reference(probe, devs, which, corners, obj, order, meas, weights, scale, bg, transfer,
-                           0.7, 0.4, 0.2, 0.6)
+                           0.7, 0.4, 0.2, 0.6, 2.5)
     err, dev, change, bg_sums = np.zeros(FRAMES), np.zeros(FRAMES), np.zeros(FRAMES), np.zeros((2, *SHAPE), real)
     scale_sums = np.zeros((FRAMES, 2))
-    opr_kernels.opr_epoch(probe, devs, which, True, obj, corners, order, meas, weights, scale, bg,
+    opr_kernels.opr_epoch(probe, devs, which, real.type(2.5), obj, corners, order, meas, weights, scale, bg,
                           np.empty((0, 0), dtype) if transfer is None else transfer, 0.7, 0.4, 0.2, 0.6, True,
                           TINY, err, dev, change, bg_sums, scale_sums)
     tol = 1e-4 if dtype == np.complex64 else 1e-10
@@ -147,7 +147,8 @@ def _run(engine, prep, guess, epochs):
 
 def test_opr_beats_one_fixed_probe_on_a_drifting_probe():
     """40 epochs from the middle probe's modulus, 1e6 photons per frame (docs/ptycho-engines.md, OPR):
-    ePIE object error 0.55 (deviance 100 per pixel), rPIE 0.63 (89), OPR with 2 modes 0.35 (22)."""
+    ePIE object error 0.55 (deviance 100 per pixel), rPIE 0.63 (89), OPR with 2 modes 0.13 (7.3; with rPIE's
+    object step 0.5, two epochs of one probe first and deviation_step 1, as before: 0.35 (20))."""
     prep, probes, truth = drifting_scan()
     guess = np.abs(probes[len(probes) // 2])[None]
     lit = (np.abs(probes) ** 2).mean(axis=0)[None]
@@ -159,21 +160,28 @@ def test_opr_beats_one_fixed_probe_on_a_drifting_probe():
     model, engine, metrics = _run(lambda m: opr.factory(engine_params(opr.PARAMETERS, num_modes=2), m),
                                   prep, guess, 40)
     err, deviance = object_error(model, truth, lit), metrics[-1]["deviance"]
-    assert err < 0.8 * min(e for e, _ in results.values())
-    assert deviance < 0.4 * min(d for _, d in results.values())
+    assert err < 0.3 * min(e for e, _ in results.values()) and err < 0.2
+    assert deviance < 0.15 * min(d for _, d in results.values()) and deviance < 12
     assert set(metrics[-1]) >= {"fourier_error", "deviance", "exit_change", "opr_discarded"}
-    # the frames' probes follow the drift: inside the probe support they are closer to the true ones than the
-    # one fixed probe is (mean relative misfit 0.38 against 0.50)
+    # the frames' probes follow the drift: inside the probe support they are far closer to the true ones than
+    # the one fixed probe is (mean relative misfit 0.11 against 0.50)
     frames, fixed = engine.probes_of("sim"), model.probes["sim"].data[0]
+    relaxed = np.mean([_misfit(f, q) for f, q in zip(frames, probes)])
+    assert relaxed < 0.4 * np.mean([_misfit(fixed, q) for q in probes])
+    # the frames' own probes need the larger step: with deviation_step 1 (each frame's update taken once by the
+    # shared probe and once by its deviation) the deviance is 27 and the misfit 0.33 after as many epochs
+    model, engine, metrics = _run(lambda m: opr.factory(engine_params(opr.PARAMETERS, num_modes=2,
+                                                                      deviation_step=1.0), m), prep, guess, 40)
+    assert deviance < 0.5 * metrics[-1]["deviance"]
+    assert relaxed < 0.5 * np.mean([_misfit(f, q) for f, q in zip(engine.probes_of("sim"), probes)])
+
+
+def _misfit(p, q):
+    """Relative distance of probe p from q inside the probe's disc, after the best complex factor."""
     y, x = np.indices(SCAN_SHAPE) - np.array(SCAN_SHAPE)[:, None, None] // 2
     disc = np.hypot(y, x) < 0.5 * SCAN_SHAPE[0]
-
-    def misfit(p, q):  # relative distance after the best complex factor
-        p, q = p[disc], q[disc]
-        return np.linalg.norm(p * (np.vdot(p, q) / np.vdot(p, p)) - q) / np.linalg.norm(q)
-
-    relaxed = np.mean([misfit(f, q) for f, q in zip(frames, probes)])
-    assert relaxed < 0.85 * np.mean([misfit(fixed, q) for q in probes])
+    p, q = p[disc], q[disc]
+    return np.linalg.norm(p * (np.vdot(p, q) / np.vdot(p, p)) - q) / np.linalg.norm(q)
 
 
 def test_one_mode_is_rpie():
@@ -270,14 +278,8 @@ def test_opr_modes_and_weights_in_the_ptyr_and_resumed(tmp_path):
     _, probes, _ = drifting_scan()
     shared = read_ptyr(path).probes["a"]["data"][0]
     frames = shared + (weights @ modes.reshape(1, -1)).reshape(-1, *SCAN_SHAPE)
-    y, x = np.indices(SCAN_SHAPE) - np.array(SCAN_SHAPE)[:, None, None] // 2
-    disc = np.hypot(y, x) < 0.5 * SCAN_SHAPE[0]
-
-    def misfit(p, q):
-        p, q = p[disc], q[disc]
-        return np.linalg.norm(p * (np.vdot(p, q) / np.vdot(p, p)) - q) / np.linalg.norm(q)
-
-    assert np.mean([misfit(f, q) for f, q in zip(frames, probes)]) < np.mean([misfit(shared, q) for q in probes])
+    relaxed = np.mean([_misfit(f, q) for f, q in zip(frames, probes)])
+    assert relaxed < np.mean([_misfit(shared, q) for q in probes])
 
     def resume(rfile, run):
         recon = {"model": "recon", "recon": {"rfile": str(rfile)}}
