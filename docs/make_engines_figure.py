@@ -1,10 +1,13 @@
-"""Object phase and object error per iteration of DM, RAAR, ePIE, rPIE and mPIE on the tests' simulated scan:
-docs/figures/ptycho_engines.png.
+"""Pictures of the engines on the tests' simulated scans, docs/figures/:
 
-    .venv/bin/python docs/make_engines_figure.py
+- ptycho_engines.png: object phase and object error per iteration of DM, RAAR, ePIE, rPIE and mPIE on
+  tests/plugins/engines/ptycho_truth.py's scan (49 far-field frames of 32 x 32, 1e5 photons per frame, known object
+  and probe); every engine starts from a flat object and the true probe's modulus with the engines' defaults.
+- ptycho_opr.png: OPR against ePIE and rPIE on tests/plugins/engines/test_opr.py's scan whose probe drifts (49
+  frames, 1e6 photons per frame), each from a flat object and the middle frame's probe modulus, 40 epochs: the
+  first, middle and last frames' true and recovered probes, object phases, deviance and object error per epoch.
 
-The scan is tests/plugins/engines/ptycho_truth.py's (49 far-field frames of 32 x 32, 1e5 photons per frame, known
-object and probe); every engine starts from a flat object and the true probe's modulus with the engines' defaults.
+    .venv/bin/python docs/make_engines_figure.py [--only engines|opr]
 """
 
 import sys
@@ -25,7 +28,7 @@ from ptycho_truth import amplitude_guess, engine_params, object_error, simulate,
 ENGINES = {"DM": 40, "RAAR": 40, "ePIE": 40, "rPIE": 40, "mPIE": 40}
 
 
-def main() -> None:
+def engines_figure() -> None:
     prep, probe, truth = simulate(photons=1e5)
     plugins = PluginManager()
     curves, phases = {}, {}
@@ -66,6 +69,86 @@ def main() -> None:
     out = HERE / "figures" / "ptycho_engines.png"
     fig.savefig(out, dpi=90)
     print(out)
+
+
+def opr_figure(epochs: int = 40) -> None:
+    from test_opr import drifting_scan
+
+    from ptycho_truth import SHAPE
+
+    prep, probes, truth = drifting_scan()
+    guess = np.abs(probes[len(probes) // 2])[None]
+    lit = (np.abs(probes) ** 2).mean(axis=0)[None]
+    plugins = PluginManager()
+    curves, phases, frame_probes = {}, {}, {}
+    for name, options in (("ePIE", {}), ("rPIE", {}), ("OPR", {"num_modes": 2})):
+        spec = plugins.get("engine", name)
+        model = start_model(prep, guess)
+        engine = spec.factory(engine_params(spec.parameters, **options), model)
+        engine.initialize()
+        deviance, errors = [], []
+        for _ in range(epochs):
+            deviance.append(engine.iterate(1)[-1]["deviance"])
+            errors.append(object_error(model, truth, lit))
+        curves[name] = deviance, errors
+        obj = model.objects["sim"].data[0]
+        phases[name] = np.angle(obj * np.exp(-1j * np.angle(np.vdot(obj, truth.data[0]))))
+        frame_probes[name] = (engine.probes_of("sim") if name == "OPR"
+                              else np.broadcast_to(model.probes["sim"].data[0], probes.shape))
+    shown = [0, len(probes) // 2, len(probes) - 1]
+    fig = plt.figure(figsize=(12, 9))
+    grid = fig.add_gridspec(3, 5)
+    middle = (slice(SHAPE[0] // 4, -(SHAPE[0] // 4)), slice(SHAPE[1] // 4, -(SHAPE[1] // 4)))
+
+    def probe_phase(ax, p, reference, title):
+        p = p * np.exp(-1j * np.angle(np.vdot(p, reference)))  # the true probe's global phase
+        shown_phase = np.where(np.abs(p) > 0.1 * np.abs(p).max(), np.angle(p), np.nan)[middle]
+        ax.imshow(shown_phase, cmap="twilight", vmin=-np.pi, vmax=np.pi)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+
+    for col, n in enumerate(shown):
+        probe_phase(fig.add_subplot(grid[0, col]), probes[n], probes[n], f"true probe phase, frame {n}")
+        probe_phase(fig.add_subplot(grid[1, col]), frame_probes["OPR"][n], probes[n], f"OPR (K = 2), frame {n}")
+    probe_phase(fig.add_subplot(grid[0, 4]), frame_probes["rPIE"][0], probes[len(probes) // 2],
+                "rPIE: one probe for all")
+    cut = (slice(SHAPE[0] // 2, -(SHAPE[0] // 2)), slice(SHAPE[1] // 2, -(SHAPE[1] // 2)))
+    for (row, col), (label, phase) in zip(((0, 3), (1, 3), (1, 4)), (("truth", np.angle(truth.data[0])),
+                                                                      ("OPR", phases["OPR"]),
+                                                                      ("rPIE", phases["rPIE"]))):
+        ax = fig.add_subplot(grid[row, col])
+        ax.imshow(phase[cut], cmap="twilight")
+        title = "truth" if label == "truth" else f"{label}, error {curves[label][1][-1]:.3f}"
+        ax.set_title(f"object phase, {title}", fontsize=9)
+        ax.axis("off")
+    for k, (where, ylabel) in enumerate(((slice(0, 2), "deviance per pixel (noise: 1)"),
+                                         (slice(3, 5), "object error"))):
+        ax = fig.add_subplot(grid[2, where])
+        for name, curve in curves.items():
+            ax.semilogy(np.arange(1, epochs + 1), curve[k], label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("OPR: a probe drifting from A to 0.5 A exp(i phi) over 49 frames (1e6 photons per frame), 40 epochs\n"
+                 "probe phase where the amplitude exceeds 10 % of its peak; errors after removing factor and phase "
+                 "ramp", fontsize=10)
+    fig.tight_layout()
+    out = HERE / "figures" / "ptycho_opr.png"
+    fig.savefig(out, dpi=90)
+    print(out)
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=("engines", "opr"), help="draw one of the figures")
+    args = ap.parse_args()
+    if args.only in (None, "engines"):
+        engines_figure()
+    if args.only in (None, "opr"):
+        opr_figure()
 
 
 if __name__ == "__main__":
