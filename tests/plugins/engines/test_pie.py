@@ -264,3 +264,25 @@ def test_engines_chain_in_label_order_with_autosave(tmp_path, simulated):
     model = start_model(prep, guess)
     model.objects["sim"].data[...] = r.objects["a"]["data"]
     assert object_error(model, truth, probe) < 0.1
+
+
+def test_stochastic_engines_share_one_schema():
+    """ePIE, rPIE, mPIE, OPR and e3PIE declare their common steps from one schema (difframe.ptycho.stochastic):
+    the same types and limits under every engine, each engine's own defaults and wording kept; a change naming a
+    parameter the schema lacks is refused."""
+    from difframe.manager import PluginManager
+    from difframe.params import ParamTree
+    from difframe.ptycho.stochastic import REGULARISED, STEPS, schema
+
+    tree = ParamTree.build(PluginManager())
+    for key in STEPS:
+        nodes = [tree.nodes[f"engine.{name}.{key}"] for name in ("ePIE", "rPIE", "mPIE", "OPR", "e3PIE")]
+        assert len({(n.types, n.lowlim, n.uplim) for n in nodes}) == 1, key
+    for key in REGULARISED:
+        nodes = [tree.nodes[f"engine.{name}.{key}"] for name in ("rPIE", "mPIE", "OPR")]
+        assert len({(n.types, n.lowlim, n.uplim) for n in nodes}) == 1, key
+    assert tree.nodes["engine.ePIE.alpha"].default == 1.0 and tree.nodes["engine.rPIE.alpha"].default == 0.5
+    assert tree.nodes["engine.OPR.probe_regularisation"].default == 0.2
+    assert tree.nodes["engine.e3PIE.alpha"].help == "Slice update step size"
+    with pytest.raises(KeyError, match="momentum"):
+        schema(STEPS, momentum=0.5)
