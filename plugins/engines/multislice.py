@@ -78,7 +78,7 @@ def stored_slices(sample) -> int | None:
 
     from difframe.ptycho import h5typed
 
-    if not sample or sample.get("model") != "recon":
+    if not sample or not isinstance(sample.get("model"), str) or sample["model"] != "recon":
         return None
     recon = sample.get("recon") or {}
     pattern = recon.get("rfile")
