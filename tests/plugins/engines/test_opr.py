@@ -281,12 +281,16 @@ def test_opr_modes_and_weights_in_the_ptyr_and_resumed(tmp_path):
     relaxed = np.mean([_misfit(f, q) for f, q in zip(frames, probes)])
     assert relaxed < np.mean([_misfit(shared, q) for q in probes])
 
+    autosaves = {}
+
     def resume(rfile, run):
         recon = {"model": "recon", "recon": {"rfile": str(rfile)}}
         p = {**params, "run": run, "scans": {"a": {"data": {"source": "truth"}, "illumination": recon,
                                                    "sample": recon}},
+             "io": {**params["io"], "autosave": {"active": True, "interval": 1}},
              "engines": {"b": {"name": "OPR", "numiter": 2, "num_modes": 2, "probe_update_start": 0}}}
         out = Run(p, plugins=PluginManager(plugins=[Truth()])).run()
+        autosaves[run] = out["autosave"]
         return read_ptyr(out["reconstruction"])
 
     bare = tmp_path / "bare.ptyr"
@@ -297,3 +301,7 @@ def test_opr_modes_and_weights_in_the_ptyr_and_resumed(tmp_path):
     assert resumed.params["engines"]["b"]["modes_file"] == str(path)
     # first epoch (deviance as each frame is visited): 84 with the stored modes, 92 without
     assert resumed.iter_info[0]["error"][1] < 0.95 * without.iter_info[0]["error"][1]
+    # autosaves carry the modes and weights too (the run without stored modes relaxes from its first epoch)
+    for run in ("r", "s"):
+        saved = h5typed.read(autosaves[run], "content/probe_opr")["probe_opr"]["a"]
+        assert saved["modes"].shape == (1, *SCAN_SHAPE) and saved["weights"].shape == (49, 1)
