@@ -6,8 +6,11 @@
 - ptycho_opr.png: OPR against ePIE and rPIE on tests/plugins/engines/test_opr.py's scan whose probe drifts (49
   frames, 1e6 photons per frame), each from a flat object and the middle frame's probe modulus, 40 epochs: the
   first, middle and last frames' true and recovered probes, object phases, deviance and object error per epoch.
+- ptycho_e3pie.png: e3PIE (two slices) against ePIE on tests/plugins/engines/test_multislice.py's scan of two
+  phase slices 0.3 mm apart (49 frames, 1e5 photons per frame), each from a flat object and the probe's modulus,
+  40 epochs: true and recovered slice phases, ePIE's one slice, deviance per epoch.
 
-    .venv/bin/python docs/make_engines_figure.py [--only engines|opr]
+    .venv/bin/python docs/make_engines_figure.py [--only engines|opr|e3pie]
 """
 
 import sys
@@ -20,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "plugins" / "engines"))
+sys.path[:0] = [str(HERE.parent / "tests" / "plugins" / "engines"), str(HERE.parent / "tests")]
 
 from difframe.manager import PluginManager  # noqa: E402
 from ptycho_truth import amplitude_guess, engine_params, object_error, simulate, start_model  # noqa: E402
@@ -139,16 +142,66 @@ def opr_figure(epochs: int = 40) -> None:
     print(out)
 
 
+def e3pie_figure(epochs: int = 40) -> None:
+    from test_multislice import SPACING, two_slice_scan
+
+    from difframe.ptycho import model as pm
+    from ptycho_truth import SHAPE
+
+    prep, probe, slices = two_slice_scan()
+    guess = amplitude_guess(prep, pm.object_psize(prep))
+    plugins = PluginManager()
+    results = {}
+    for name, options in (("ePIE", {}), ("e3PIE", {"num_slices": 2, "slice_spacing": SPACING})):
+        spec = plugins.get("engine", name)
+        model = start_model(prep, guess)
+        engine = spec.factory(engine_params(spec.parameters, **options), model)
+        engine.initialize()
+        deviance = [engine.iterate(1)[-1]["deviance"] for _ in range(epochs)]
+        results[name] = deviance, model.objects["sim"].data.copy()
+    cut = (slice(SHAPE[0] // 2, -(SHAPE[0] // 2)), slice(SHAPE[1] // 2, -(SHAPE[1] // 2)))
+
+    def phase(layer, reference):
+        return np.angle(layer * np.exp(-1j * np.angle(np.vdot(layer, reference))))[cut]
+
+    fig = plt.figure(figsize=(12, 7))
+    grid = fig.add_gridspec(2, 4)
+    shown = [("true slice 1 (upstream)", slices[0], slices[0]), ("true slice 2", slices[1], slices[1]),
+             ("e3PIE slice 1", results["e3PIE"][1][0], slices[0]), ("e3PIE slice 2", results["e3PIE"][1][1], slices[1]),
+             ("true product (one slice)", slices[0] * slices[1], slices[0] * slices[1]),
+             ("ePIE: one slice", results["ePIE"][1][0], slices[0] * slices[1])]
+    for k, (title, layer, reference) in enumerate(shown):
+        ax = fig.add_subplot(grid[k // 4, k % 4])
+        ax.imshow(phase(layer, reference), cmap="twilight")
+        ax.set_title(f"{title}, phase", fontsize=9)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, 2:])
+    for name, (deviance, _) in results.items():
+        ax.semilogy(np.arange(1, epochs + 1), deviance, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("deviance per pixel (noise: 1)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.suptitle("e3PIE: two phase slices 0.3 mm apart (Fresnel number 0.088 per pixel), 49 frames, 1e5 photons "
+                 "per frame, 40 epochs", fontsize=10)
+    fig.tight_layout()
+    out = HERE / "figures" / "ptycho_e3pie.png"
+    fig.savefig(out, dpi=90)
+    print(out)
+
+
 def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=("engines", "opr"), help="draw one of the figures")
+    ap.add_argument("--only", choices=("engines", "opr", "e3pie"), help="draw one of the figures")
     args = ap.parse_args()
     if args.only in (None, "engines"):
         engines_figure()
     if args.only in (None, "opr"):
         opr_figure()
+    if args.only in (None, "e3pie"):
+        e3pie_figure()
 
 
 if __name__ == "__main__":
