@@ -31,6 +31,23 @@ from ptycho_truth import amplitude_guess, engine_params, object_error, simulate,
 ENGINES = {"DM": 40, "RAAR": 40, "ePIE": 40, "rPIE": 40, "mPIE": 40}
 
 
+def _curves(ax, curves: dict, xlabel: str, ylabel: str) -> None:
+    """One log-scale curve per engine (name -> values per iteration)."""
+    for name, values in curves.items():
+        ax.semilogy(np.arange(1, len(values) + 1), values, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+
+
+def _save(fig, name: str) -> None:
+    fig.tight_layout()
+    out = HERE / "figures" / name
+    fig.savefig(out, dpi=90)
+    print(out)
+
+
 def engines_figure() -> None:
     prep, probe, truth = simulate(photons=1e5)
     plugins = PluginManager()
@@ -60,18 +77,9 @@ def engines_figure() -> None:
         ax.imshow(phase[cut], cmap="twilight")
         ax.set_title(f"{name} {ENGINES[name]}: {curves[name][-1]:.3f}")
         ax.axis("off")
-    ax = fig.add_subplot(grid[1, :])
-    for name, errors in curves.items():
-        ax.semilogy(np.arange(1, len(errors) + 1), errors, label=name)
-    ax.set_xlabel("iteration (PIE: epoch, every frame once)")
-    ax.set_ylabel("object error")
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
+    _curves(fig.add_subplot(grid[1, :]), curves, "iteration (PIE: epoch, every frame once)", "object error")
     fig.suptitle("49 frames of 32 x 32, 1e5 photons per frame: object error after removing factor and phase ramp")
-    fig.tight_layout()
-    out = HERE / "figures" / "ptycho_engines.png"
-    fig.savefig(out, dpi=90)
-    print(out)
+    _save(fig, "ptycho_engines.png")
 
 
 def opr_figure(epochs: int = 40) -> None:
@@ -126,20 +134,12 @@ def opr_figure(epochs: int = 40) -> None:
         ax.axis("off")
     for k, (where, ylabel) in enumerate(((slice(0, 2), "deviance per pixel (noise: 1)"),
                                          (slice(3, 5), "object error"))):
-        ax = fig.add_subplot(grid[2, where])
-        for name, curve in curves.items():
-            ax.semilogy(np.arange(1, epochs + 1), curve[k], label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        _curves(fig.add_subplot(grid[2, where]), {name: curve[k] for name, curve in curves.items()}, "epoch",
+                ylabel)
     fig.suptitle("OPR: a probe drifting from A to 0.5 A exp(i phi) over 49 frames (1e6 photons per frame), 40 epochs\n"
                  "probe phase where the amplitude exceeds 10 % of its peak; errors after removing factor and phase "
                  "ramp", fontsize=10)
-    fig.tight_layout()
-    out = HERE / "figures" / "ptycho_opr.png"
-    fig.savefig(out, dpi=90)
-    print(out)
+    _save(fig, "ptycho_opr.png")
 
 
 def e3pie_figure(epochs: int = 40) -> None:
@@ -175,19 +175,11 @@ def e3pie_figure(epochs: int = 40) -> None:
         ax.imshow(phase(layer, reference), cmap="twilight")
         ax.set_title(f"{title}, phase", fontsize=9)
         ax.axis("off")
-    ax = fig.add_subplot(grid[1, 2:])
-    for name, (deviance, _) in results.items():
-        ax.semilogy(np.arange(1, epochs + 1), deviance, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("deviance per pixel (noise: 1)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    _curves(fig.add_subplot(grid[1, 2:]), {name: r[0] for name, r in results.items()}, "epoch",
+            "deviance per pixel (noise: 1)")
     fig.suptitle("e3PIE: two phase slices 0.3 mm apart (Fresnel number 0.088 per pixel), 49 frames, 1e5 photons "
                  "per frame, 40 epochs", fontsize=10)
-    fig.tight_layout()
-    out = HERE / "figures" / "ptycho_e3pie.png"
-    fig.savefig(out, dpi=90)
-    print(out)
+    _save(fig, "ptycho_e3pie.png")
 
 
 def main() -> None:
