@@ -46,3 +46,12 @@ def test_monoclinic_given_in_ieee_comes_back_after_the_fit(tmp_path):
     text = results.report(fitted.__class__(**{**fitted.__dict__, "extra": {**fitted.extra, "ieee": ieee}}))
     assert "IEEE setting" in text
     json.dumps(ieee)  # fit_results.json can hold it
+
+
+def test_unknown_setting_is_named():
+    from difframe.errors import UsageError
+    from difframe.tds.simulate import SimulationSpec
+
+    spec = {**SPEC, "crystal": {**SPEC["crystal"], "setting": "nye"}}
+    with pytest.raises(UsageError, match="crystal.setting = 'nye', expected one of giacovazzo, ieee"):
+        SimulationSpec.from_mapping(spec, "spec.toml")
