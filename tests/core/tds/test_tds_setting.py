@@ -55,3 +55,21 @@ def test_unknown_setting_is_named():
     spec = {**SPEC, "crystal": {**SPEC["crystal"], "setting": "nye"}}
     with pytest.raises(UsageError, match="crystal.setting = 'nye', expected one of giacovazzo, ieee"):
         SimulationSpec.from_mapping(spec, "spec.toml")
+
+
+def test_calcite_example_in_the_ieee_setting():
+    """examples/tds/calcite_ieee.toml: the tables' C14 (IEEE) is C15 = C14, C25 = C46 = -C15 in difframe's frame."""
+    from pathlib import Path
+
+    from difframe.crystal.setting import ieee_to_giacovazzo
+    from difframe.params import load_source
+    from difframe.tds.simulate import SimulationSpec
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "tds" / "calcite_ieee.toml"
+    sim = SimulationSpec.from_mapping(load_source(path), path.name)
+    lattice = sim.geometry.lattice
+    assert sim.setting == "ieee"
+    ieee = elastic_structure(sim.generators, lattice.direct, frame=ieee_axes(lattice)).full_voigt(sim.constants)
+    ours = elastic_structure(sim.generators, lattice.direct).values_of(ieee_to_giacovazzo(ieee, lattice))
+    assert ours["C15"] == pytest.approx(sim.constants["C14"]) and "C14" not in ours
+    assert ours["C11"] == pytest.approx(137.0) and ours["C44"] == pytest.approx(35.0)
