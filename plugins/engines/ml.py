@@ -9,8 +9,8 @@ derivatives with respect to the model intensity.
 
 The pods are linear in object and probe, so after a step the detector-plane
 pods are f + step x first + step^2 x second, the line search's own transforms:
-when memory allows, the engine keeps the line search's two stacks for every
-frame and carries the pods forward instead of propagating them again (three
+when the line search's two stacks for every frame fit in CARRY_BYTES, the
+engine keeps them and carries the pods forward instead of propagating them again (three
 propagations per pod and iteration instead of four), recomputing them exactly
 every REFRESH iterations and whenever anything else moved the model
 (positions refined, the object or probe changed from outside).
@@ -32,6 +32,9 @@ from difframe.types import EngineSpec, Parameter
 log = logging.getLogger("difframe.engines.ml")
 
 REFRESH = 10  # carried pods are recomputed exactly this often (rounding does not accumulate)
+#: the most memory the line search's two carried stacks may take (and at most a quarter of the budget): beyond
+#: it the pods are propagated again, so large scans keep ptypy's memory footprint
+CARRY_BYTES = 512 * 2**20
 
 _GARBLED = "\n\nThe reference gives this {kind} node a limit (>0.0), which cannot apply; it is not enforced."
 
@@ -132,7 +135,7 @@ class MaximumLikelihood:
         stack_bytes = sum(scan.num_frames * scan.shape[0] * scan.shape[1] for scan in m.scans) * m.cdtype.itemsize
         stack_bytes *= max((st.data.shape[0] for st in m.probes.values()), default=1)
         stack_bytes *= max((st.data.shape[0] for st in m.objects.values()), default=1)
-        carry = self.p.clip_object is None and 2 * stack_bytes <= limits.memory_budget() // 4
+        carry = self.p.clip_object is None and 2 * stack_bytes <= min(CARRY_BYTES, limits.memory_budget() // 4)
         self.buffers = {}
         self.line_stacks = {}
         for scan in m.scans:
