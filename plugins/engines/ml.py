@@ -10,10 +10,10 @@ derivatives with respect to the model intensity.
 The pods are linear in object and probe, so after a step the detector-plane
 pods are f + step x first + step^2 x second, the line search's own transforms:
 when the line search's two stacks for every frame fit in CARRY_BYTES, the
-engine keeps them and carries the pods forward instead of propagating them again (three
-propagations per pod and iteration instead of four), recomputing them exactly
-every REFRESH iterations and whenever anything else moved the model
-(positions refined, the object or probe changed from outside).
+engine keeps them and carries the pods forward instead of propagating them
+again (three propagations per pod and iteration instead of four), recomputing
+them exactly every REFRESH iterations and whenever anything else moved the
+model (positions refined, the object or probe changed from outside).
 """
 
 from __future__ import annotations
