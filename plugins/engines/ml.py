@@ -433,7 +433,7 @@ class MaximumLikelihood:
 def _forward_in_place(propagator, stack: np.ndarray) -> None:
     """Propagate ``stack`` to the detector, leaving the result in ``stack``."""
     out = propagator.forward(stack, overwrite=True)
-    if out is not stack:
+    if out.ctypes.data != stack.ctypes.data or out.strides != stack.strides:  # not written in place (a view is)
         stack[...] = out
 
 
