@@ -33,13 +33,13 @@ from difframe.ptycho.model import PtychoModel, ScanViews, corners_of, exit_waves
 
 #: the 3 x 3 grid of candidate offsets (dy, dx) in steps, row-major; the centre is index 4
 OFFSETS = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij"), axis=-1).reshape(9, 2)
-#: least-squares fit of f = a + b y + c x + d y^2 + e y x + g x^2 on the grid: coef = f @ _FIT.T
-_FIT = np.linalg.pinv(np.stack([np.ones(9), OFFSETS[:, 0], OFFSETS[:, 1], OFFSETS[:, 0] ** 2,
-                                OFFSETS[:, 0] * OFFSETS[:, 1], OFFSETS[:, 1] ** 2], axis=1))
-#: through sub-pixel windows: the centre and its four neighbours along the axes, then one diagonal
-_CROSS = np.array([4, 1, 7, 3, 5])
+#: f = a + b y + c x + d y^2 + e y x + g x^2 at the grid points: f = _DESIGN @ (a, b, c, d, e, g)
 _DESIGN = np.stack([np.ones(9), OFFSETS[:, 0], OFFSETS[:, 1], OFFSETS[:, 0] ** 2, OFFSETS[:, 0] * OFFSETS[:, 1],
                     OFFSETS[:, 1] ** 2], axis=1)
+#: least-squares fit of that quadratic on the grid: coef = f @ _FIT.T
+_FIT = np.linalg.pinv(_DESIGN)
+#: through sub-pixel windows: the centre and its four neighbours along the axes, then one diagonal
+_CROSS = np.array([4, 1, 7, 3, 5])
 #: per diagonal (index into OFFSETS), the exact fit of the quadratic through the cross and that diagonal
 _FIT_SIX = {d: np.linalg.inv(_DESIGN[[*_CROSS, d]]) for d in (0, 2, 6, 8)}
 LIKELIHOODS = ("poisson", "gaussian")
@@ -81,13 +81,13 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
     quadratic's minimum is used wherever it lies within the grid and
     ``step_px`` may be a fraction of a pixel.
     """
+    if not max_shift_px >= 0:
+        raise ParameterError(f"position refinement max_shift must be >= 0 pixels, got {max_shift_px!r}")
     if subpixel_windows:
         return _refine_exact(model, scan, max_shift_px, likelihood, float(step_px))
     step = int(round(step_px))
     if step < 1 or abs(step - step_px) > 1e-9:
         raise ParameterError(f"position refinement step must be a whole number of pixels >= 1, got {step_px!r}")
-    if not max_shift_px >= 0:
-        raise ParameterError(f"position refinement max_shift must be >= 0 pixels, got {max_shift_px!r}")
     grid = scan.corners[:, None] + step * OFFSETS[None]
     values = _misfits(model, scan, grid, likelihood)
 
@@ -99,8 +99,7 @@ def refine_scan(model: PtychoModel, scan: ScanViews, *, max_shift_px: float, lik
     held = scan.positions[scan.first:scan.first + scan.num_frames]
     centre_px = scan.corners + np.asarray(scan.shape) // 2
     shifts = centre_px + step * estimate - (held - storage.origin) / storage.psize
-    length = np.hypot(shifts[:, 0], shifts[:, 1])
-    return shifts * np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
+    return _within(shifts, max_shift_px)
 
 
 def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float) -> np.ndarray:
@@ -112,8 +111,6 @@ def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float
 
     if not step > 0:
         raise ParameterError(f"position refinement step must be > 0 pixels, got {step!r}")
-    if not max_shift_px >= 0:
-        raise ParameterError(f"position refinement max_shift must be >= 0 pixels, got {max_shift_px!r}")
     frac = subpixel.offsets(scan, model.objects[scan.object_id])
     n = len(frac)
     values = np.full((n, 9), np.inf)
@@ -128,9 +125,13 @@ def _refine_exact(model, scan, max_shift_px: float, likelihood: str, step: float
     for d, fit in _FIT_SIX.items():
         rows = (diagonal == d) & np.isfinite(cross).all(axis=1) & np.isfinite(values[:, d])
         coef[rows] = np.concatenate([cross[rows], values[rows, d][:, None]], axis=1) @ fit.T
-    moves = step * _grid_minimum(values, 1.0, coef)
-    length = np.hypot(moves[:, 0], moves[:, 1])
-    return moves * np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
+    return _within(step * _grid_minimum(values, 1.0, coef), max_shift_px)
+
+
+def _within(shifts: np.ndarray, radius: float) -> np.ndarray:
+    """``shifts`` (n, 2) shortened to at most ``radius`` each, directions kept."""
+    length = np.hypot(shifts[:, 0], shifts[:, 1])
+    return shifts * np.minimum(1.0, radius / np.maximum(length, 1e-300))[:, None]
 
 
 def _grid_minimum(values: np.ndarray, reach: float, coef: np.ndarray | None = None) -> np.ndarray:
@@ -178,8 +179,7 @@ def apply_shifts(model: PtychoModel, scan: ScanViews, shifts_px: np.ndarray, *, 
 
     original = np.asarray(original_positions, dtype=float)
     total = (scan.positions - original) / storage.psize + moves
-    length = np.hypot(total[:, 0], total[:, 1])
-    total *= np.minimum(1.0, max_shift_px / np.maximum(length, 1e-300))[:, None]
+    total = _within(total, max_shift_px)
     positions = original + total * storage.psize
 
     corners = corners_of(positions, storage, scan.shape)
