@@ -132,15 +132,16 @@ class MaximumLikelihood:
         # two chunk buffers reused every iteration: the detector-plane gradient (chunks of the gradient pass),
         # and with it the two pod changes of the line search (half as many frames per chunk); or, to carry the
         # pods forward (module doc), the line search's pod changes of every frame
-        stack_bytes = sum(scan.num_frames * scan.shape[0] * scan.shape[1] for scan in m.scans) * m.cdtype.itemsize
-        stack_bytes *= max((st.data.shape[0] for st in m.probes.values()), default=1)
-        stack_bytes *= max((st.data.shape[0] for st in m.objects.values()), default=1)
+        shapes = {scan.label: (scan.num_frames,
+                               m.probes[scan.probe_id].data.shape[0] * m.objects[scan.object_id].data.shape[0],
+                               *scan.shape) for scan in m.scans}
+        stack_bytes = sum(int(np.prod(shape)) for shape in shapes.values()) * m.cdtype.itemsize
         carry = self.p.clip_object is None and 2 * stack_bytes <= min(CARRY_BYTES, limits.memory_budget() // 4)
         self.buffers = {}
         self.line_stacks = {}
         for scan in m.scans:
-            pods = m.probes[scan.probe_id].data.shape[0] * m.objects[scan.object_id].data.shape[0]
-            shape = (scan.num_frames, pods, *scan.shape)
+            shape = shapes[scan.label]
+            pods = shape[1]
             self.fields[scan.label] = np.empty(shape, m.cdtype)
             if carry:
                 self.line_stacks[scan.label] = (np.empty(shape, m.cdtype), np.empty(shape, m.cdtype))
