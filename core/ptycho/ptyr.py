@@ -264,6 +264,18 @@ class Reconstruction:
         return records
 
 
+def resolve_rfile(pattern) -> str | None:
+    """The file a ``recon.rfile`` names: ``pattern`` itself, or the newest file it matches when it holds
+    wildcards (None: it matches none)."""
+    import glob
+
+    pattern = str(pattern)
+    if not glob.has_magic(pattern):
+        return pattern
+    matches = sorted(glob.glob(pattern), key=os.path.getmtime)
+    return matches[-1] if matches else None
+
+
 def read_ptyr(path) -> Reconstruction:
     """Read a ``.ptyr``; DataError naming the file when it is not one."""
     import h5py

@@ -73,10 +73,10 @@ PARAMETERS = schema(
 def stored_slices(sample) -> int | None:
     """Layers of the object storage a scan's ``sample`` subtree loads from a .ptyr (``model = 'recon'``,
     every layer: no ``recon.layer``), read from the file's header of that array; None otherwise."""
-    import glob
     import os
 
     from difframe.ptycho import h5typed
+    from difframe.ptycho.ptyr import resolve_rfile
 
     if not sample or not isinstance(sample.get("model"), str) or sample["model"] != "recon":
         return None
@@ -84,10 +84,10 @@ def stored_slices(sample) -> int | None:
     pattern = recon.get("rfile")
     if not pattern or recon.get("layer") is not None:
         return None
-    paths = sorted(glob.glob(str(pattern)), key=os.path.getmtime) if glob.has_magic(str(pattern)) else [pattern]
-    if not paths or not os.path.isfile(paths[-1]):
+    path = resolve_rfile(pattern)
+    if path is None or not os.path.isfile(path):
         return None  # the loader says what is missing when the data are read
-    with h5typed.open_file(paths[-1], ".ptyr") as f:
+    with h5typed.open_file(path, ".ptyr") as f:
         storages = f.get("content/obj")
         if storages is None:
             return None

@@ -242,20 +242,20 @@ def difframe_engines():
 def stored_terms(scan_params) -> str | None:
     """The .ptyr a scan's probe resumes from (``illumination.model = 'recon'``) when it holds OPR's
     content/probe_opr; None otherwise."""
-    import glob
     import os
 
     from difframe.ptycho import h5typed
+    from difframe.ptycho.ptyr import resolve_rfile
 
     illumination = (scan_params or {}).get("illumination") or {}
     pattern = (illumination.get("recon") or {}).get("rfile")
     if not isinstance(illumination.get("model"), str) or illumination["model"] != "recon" or not pattern:
         return None
-    paths = sorted(glob.glob(str(pattern)), key=os.path.getmtime) if glob.has_magic(str(pattern)) else [pattern]
-    if not paths or not os.path.isfile(paths[-1]):
+    path = resolve_rfile(pattern)
+    if path is None or not os.path.isfile(path):
         return None  # the loader says what is missing when the data are read
-    with h5typed.open_file(paths[-1], ".ptyr") as f:
-        return str(paths[-1]) if f"content/{TERMS}" in f else None
+    with h5typed.open_file(path, ".ptyr") as f:
+        return path if f"content/{TERMS}" in f else None
 
 
 @difframe.hookimpl

@@ -20,24 +20,21 @@ def load(recon, group, context):
     resampling over the memory budget, and a field that cannot hold one view
     of the scan's frames (a probe or object smaller than a frame).
     """
-    import glob
-    import os
-
     import numpy as np
     from scipy import ndimage
 
     from difframe.errors import DataError, ParameterError
     from difframe.limits import array_bytes, check_allocation
     from difframe.ptycho import h5typed
+    from difframe.ptycho.ptyr import resolve_rfile
 
     recon = recon or {}
     pattern = recon.get("rfile")
     if not pattern:
         raise ParameterError(f"{group}.recon.rfile: no reconstruction file given")
-    paths = sorted(glob.glob(str(pattern)), key=os.path.getmtime) if glob.has_magic(str(pattern)) else [pattern]
-    if not paths:
+    path = resolve_rfile(pattern)
+    if path is None:
         raise DataError(f"{group}.recon.rfile: no file matches {pattern!r}")
-    path = paths[-1]
     with h5typed.open_file(path, ".ptyr") as f:
         storages = f.get(f"content/{group}")
         if storages is None:
