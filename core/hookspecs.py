@@ -167,13 +167,43 @@ class DifframeHookSpecs:
                 yield MinimiserSpec(name="nelder-mead", summary="simplex", minimise=simplex)
         """
 
+    # -- what engines need from the model ------------------------------------
+
+    @hookspec
+    def difframe_model_needs(self, run, scan):
+        """What this plugin's engines need in scan ``scan``'s model that the parameters, as the user wrote them,
+        leave open.
+
+        The ptychography flow asks once per scan (``scan`` is its label) before it builds the model, and
+        :meth:`difframe.Run.model_needs` merges the answers.  Return None (nothing) or a dict with any of:
+
+        - ``num_object_modes``: the layers the scan's object storage is built (or loaded from a ``.ptyr``) with,
+          in place of ``scans.<scan>.coherence.num_object_modes``;
+        - ``engine_terms``: ``{key: path}``, a ``.ptyr`` whose ``content/<key>/<scan>`` the model's
+          ``engine_terms[key][scan]`` start from (what an engine keeps beside object and probe, resumed).
+
+        Why a hook: an engine whose state resumes from a file needs the model built to suit it (e3PIE's slices
+        are the object's layers; OPR's per-frame probes are stored terms).  Written into ``run.params`` at
+        ``difframe_run_started`` that would rewrite the user's tree behind their back (and the result files
+        would record parameters nobody gave); asked here, the tree stays as written and the choice is logged.
+        Two plugins asking for different values of one thing: a PluginError naming both.
+
+        Example::
+
+            @hookimpl
+            def difframe_model_needs(run, scan):
+                if any(ep.name == "MyMultislice" for ep in run.params.engines.values()):
+                    return {"num_object_modes": 3}
+        """
+
     # -- lifecycle ---------------------------------------------------------
 
     @hookspec
     def difframe_run_started(self, run):
         """A run has validated its parameters and is about to prepare data.
 
-        ``run.params`` is the resolved tree (read-only by convention).
+        ``run.params`` is the resolved tree, read-only: what an engine needs the model built with goes
+        through :meth:`difframe_model_needs`, not into the tree.
 
         Example::
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from difframe import parallel, progress
-from difframe.errors import DataError, DifframeError, UsageError
+from difframe.errors import DataError, DifframeError, PluginError, UsageError
 from difframe.manager import PluginManager
 from difframe.param import Param
 from difframe.params import ParamTree, merge_sources
@@ -71,6 +71,7 @@ class Run:
         self.progress = progress.configure(self.params.verbose_level, parallel.world().is_root)
         self.stop_requested = False
         self._positions: dict[str, np.ndarray | None] = {}
+        self._needs: dict[str, dict] = {}
 
     # -- what hooks and flows use -------------------------------------------------
 
@@ -129,6 +130,29 @@ class Run:
             raise UsageError(f"{where}: scan pattern {name!r} gave no positions; check {where}.{name}.*")
         log.info("scan %s: %d positions from pattern %s", label, len(positions), name)
         return positions
+
+    def model_needs(self, label: str) -> dict:
+        """What the plugins' engines need in scan ``label``'s model beyond its parameters (the
+        ``difframe_model_needs`` hook's answers merged, asked once per scan): ``num_object_modes`` (int) and
+        ``engine_terms`` ({key: .ptyr path}); {} when nobody asks.  The parameters are not changed."""
+        if label not in self._needs:
+            asked_by: dict = {}  # "num_object_modes" or "engine_terms.<key>" -> (plugin, value)
+            for impl in self.plugins.hook.difframe_model_needs.get_hookimpls():
+                answer = impl.function(**{k: v for k, v in (("run", self), ("scan", label)) if k in impl.argnames})
+                for what, wanted in _checked_needs(answer, impl.plugin_name, label):
+                    plugin, first = asked_by.setdefault(what, (impl.plugin_name, wanted))
+                    if first != wanted:
+                        raise PluginError(f"scan {label!r}: plugins {plugin!r} and {impl.plugin_name!r} need "
+                                          f"different {what} in the model ({first!r} and {wanted!r})")
+            needs: dict = {}
+            for what, (plugin, wanted) in asked_by.items():
+                log.info("scan %s: the model is built with %s = %s (asked by %s)", label, what, wanted, plugin)
+                if what.startswith("engine_terms."):
+                    needs.setdefault("engine_terms", {})[what.partition(".")[2]] = wanted
+                else:
+                    needs[what] = wanted
+            self._needs[label] = needs
+        return self._needs[label]
 
     def scan_context(self, label: str, ranks: parallel.Ranks | None = None) -> ScanContext:
         return ScanContext(
@@ -189,6 +213,28 @@ class Run:
 
             return run_ptycho(self)
         raise UsageError("nothing to run: give at least one scans.<label> (ptychography) or a tds subtree")
+
+
+def _checked_needs(answer: Any, plugin: str, label: str) -> list[tuple[str, Any]]:
+    """One plugin's ``difframe_model_needs`` answer as (what, value) pairs, ``engine_terms`` flattened to
+    ``engine_terms.<key>``; PluginError naming the plugin when it is not what the hook asks for."""
+    if answer is None:
+        return []
+    bad = None
+    if not isinstance(answer, Mapping):
+        bad = f"a {type(answer).__name__}, expected None or a dict"
+    elif set(answer) - {"num_object_modes", "engine_terms"}:
+        bad = f"unknown keys {sorted(set(answer) - {'num_object_modes', 'engine_terms'})}"
+    elif "num_object_modes" in answer and not (isinstance(answer["num_object_modes"], (int, np.integer))
+                                               and answer["num_object_modes"] >= 1):
+        bad = f"num_object_modes = {answer['num_object_modes']!r}, expected an int >= 1"
+    elif "engine_terms" in answer and not (isinstance(answer["engine_terms"], Mapping) and all(
+            isinstance(k, str) and isinstance(v, (str, os.PathLike)) for k, v in answer["engine_terms"].items())):
+        bad = f"engine_terms = {answer['engine_terms']!r}, expected {{key: .ptyr path}}"
+    if bad:
+        raise PluginError(f"plugin {plugin!r}: difframe_model_needs for scan {label!r} gave {bad}")
+    pairs = [("num_object_modes", int(answer["num_object_modes"]))] if "num_object_modes" in answer else []
+    return pairs + [(f"engine_terms.{key}", str(path)) for key, path in (answer.get("engine_terms") or {}).items()]
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from difframe import parallel, runlock
 from difframe.errors import DataError, DifframeError, ParameterError, UsageError
 from difframe.inputs import check_inputs
-from difframe.ptycho import interaction
+from difframe.ptycho import h5typed, interaction
 from difframe.ptycho import model as pm
 from difframe.ptycho import plotting
 from difframe.ptycho.ptyr import Autosaves, iter_info_entry, write_ptyr
@@ -115,10 +115,14 @@ def build_run_model(run, prepared: dict) -> pm.PtychoModel:
     def init_object(label, shape, psize, origin):
         scan = params.scans[label]
         pos_px = (prepared[label].positions - origin) / psize
-        return build_sample(scan.sample, context(label, shape, psize, scan.coherence.num_object_modes, pos_px),
-                            run.plugins)
+        modes = run.model_needs(label).get("num_object_modes", scan.coherence.num_object_modes)  # e3PIE's slices
+        return build_sample(scan.sample, context(label, shape, psize, modes, pos_px), run.plugins)
 
-    return pm.build_model(prepared, sharing_table(params.scans), init_probe, init_object, params.data_type)
+    model = pm.build_model(prepared, sharing_table(params.scans), init_probe, init_object, params.data_type)
+    for label in prepared:  # terms an engine resumes from (OPR's per-frame probes): content/<key>/<label>
+        for key, path in run.model_needs(label).get("engine_terms", {}).items():
+            model.engine_terms.setdefault(key, {})[label] = h5typed.read(path, f"content/{key}/{label}")[label]
+    return model
 
 
 class _Outputs:

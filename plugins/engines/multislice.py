@@ -50,8 +50,8 @@ PARAMETERS = {
         doc="The object storage holds this many slices as its layers. A single-layer object (a fresh start, "
             "or another engine's result) becomes slice 1 and the others start as ones; an object that already "
             "has num_slices layers is taken as the slices. Resuming: a scan whose sample.model = 'recon' loads a "
-            ".ptyr object of num_slices layers (an e3PIE result) gets coherence.num_object_modes = num_slices "
-            "when the run starts, so that every slice is loaded and the slices continue."),
+            ".ptyr object of num_slices layers (an e3PIE result) has every layer loaded as the slices, which "
+            "continue (coherence.num_object_modes stays as written)."),
     "slice_spacing": Parameter(
         type="float", default=1e-6, help="Distance between neighbouring slices [m], > 0",
         doc="Free-space propagation over this distance (angular spectrum at the object pixel) carries the wave "
@@ -96,11 +96,22 @@ def stored_slices(sample) -> int | None:
         return int(node.shape[0]) if node is not None and len(node.shape) == 3 else None
 
 
+def resumed_slices(params, label: str) -> int | None:
+    """The run's num_slices when scan ``label``'s object resumes from a .ptyr holding that many layers
+    (``sample.model = 'recon'``) and its ``coherence.num_object_modes`` is left at 1: the model must then load
+    every layer (:func:`difframe_model_needs`); None otherwise (also without an e3PIE engine)."""
+    engines = params.get("engines") or {}
+    slices = {ep.get("num_slices") for ep in engines.values() if ep.get("name") == NAME}
+    scan = (params.get("scans") or {}).get(label) or {}
+    if len(slices) != 1 or (scan.get("coherence") or {}).get("num_object_modes", 1) != 1:
+        return None
+    (count,) = slices
+    return count if count > 1 and stored_slices(scan.get("sample")) == count else None
+
+
 def check_chain(params) -> None:
     """Refuse runs the slices cannot serve: object modes asked for next to slices, and single-slice engines
-    after a multislice one (they would read the slices as incoherent modes).  A scan whose object resumes
-    from a .ptyr holding num_slices layers (``sample.model = 'recon'``) gets
-    ``coherence.num_object_modes = num_slices``, so that every slice is loaded."""
+    after a multislice one (they would read the slices as incoherent modes).  Reads ``params`` only."""
     engines = params.get("engines") or {}
     labels = [label for label, ep in engines.items() if ep.get("name") == NAME]
     if not labels:
@@ -111,12 +122,7 @@ def check_chain(params) -> None:
                              f"{NAME} engine of a run works on the same slices "
                              f"(engines.{labels[0]}.num_slices = {engines[labels[0]].get('num_slices')})")
     for label, scan in (params.get("scans") or {}).items():
-        modes = scan.get("coherence", {}).get("num_object_modes", 1)
-        (count,) = slices
-        if modes == 1 and stored_slices(scan.get("sample")) == count:
-            log.info("scans.%s.coherence.num_object_modes = %d: the object resumes with the slices of %s", label,
-                     count, scan["sample"]["recon"]["rfile"])
-            scan["coherence"]["num_object_modes"] = modes = count  # the loader keeps that many layers
+        modes = resumed_slices(params, label) or scan.get("coherence", {}).get("num_object_modes", 1)
         resuming = (scan.get("sample") or {}).get("model") == "recon" and modes in slices
         if modes > 1 and not resuming:  # a .ptyr's slices load as that many layers; anything else is modes
             raise ParameterError(f"scans.{label}.coherence.num_object_modes = {modes}: engine {NAME} "
@@ -201,6 +207,14 @@ def difframe_engines():
     yield EngineSpec(name=NAME, summary="multislice ePIE (e3PIE, Maiden, Humphry & Rodenburg 2012): a stack of "
                      "object slices for samples thicker than the depth of field", factory=factory,
                      parameters=PARAMETERS)
+
+
+@difframe.hookimpl
+def difframe_model_needs(run, scan):
+    """A scan whose object resumes from an e3PIE .ptyr of num_slices layers has them all loaded, as the
+    object's layers (the parameters stay as written)."""
+    count = resumed_slices(run.params, scan)
+    return {"num_object_modes": count} if count else None
 
 
 @difframe.hookimpl

@@ -145,10 +145,12 @@ class OPR(StochasticEngine):
                              f"{scan.label!r}", UsageError)
         self.deviations = {}  # scan label -> (frames, H, W): each frame's probe minus the shared one
         self.discarded = 0.0
-        kept = m.engine_terms.get(TERMS) or {}  # an OPR engine before this one in the run
+        # an OPR engine before this one in the run, or the file the probe resumes from (difframe_model_needs)
+        kept = m.engine_terms.get(TERMS) or {}
         for scan in m.scans:
             if scan.label in kept and p.num_modes > 1:
-                self._resume(scan, kept[scan.label]["modes"], kept[scan.label]["weights"], "the previous OPR engine")
+                self._resume(scan, kept[scan.label]["modes"], kept[scan.label]["weights"],
+                             f"the model's {TERMS} (an earlier OPR engine's, or the resumed file's)")
         if not self.deviations and p.modes_file and p.num_modes > 1:
             self._load(p.modes_file)
         self.resumed = bool(self.deviations)
@@ -173,7 +175,7 @@ class OPR(StochasticEngine):
         k = int(self.p.num_modes) - 1
         if (modes.ndim != 3 or modes.shape[1:] != tuple(scan.shape) or weights.ndim != 2
                 or weights.shape != (scan.num_frames, len(modes))):
-            raise ParameterError(f"engine.{NAME}.modes_file = {str(self.p.modes_file)!r}: {where} holds modes "
+            raise ParameterError(f"engine.{NAME} (modes_file = {str(self.p.modes_file)!r}): {where} holds modes "
                                  f"{modes.shape} and weights {weights.shape}; scan {scan.label!r} needs "
                                  f"(K, {scan.shape[0]}, {scan.shape[1]}) and ({scan.num_frames}, K)")
         flat = weights[:, :k] @ modes[:k].reshape(len(modes[:k]), -1)
@@ -260,9 +262,9 @@ def difframe_engines():
                                         "on K shared modes, rPIE epochs", factory=factory, parameters=PARAMETERS)
 
 
-def stored_terms(scan_params) -> str | None:
-    """The .ptyr a scan's probe resumes from (``illumination.model = 'recon'``) when it holds OPR's
-    content/probe_opr; None otherwise."""
+def stored_terms(scan_params, label: str) -> str | None:
+    """The .ptyr scan ``label``'s probe resumes from (``illumination.model = 'recon'``) when it holds OPR's
+    content/probe_opr/<label>; None otherwise."""
     import os
 
     from difframe.ptycho import h5typed
@@ -276,21 +278,17 @@ def stored_terms(scan_params) -> str | None:
     if path is None or not os.path.isfile(path):
         return None  # the loader says what is missing when the data are read
     with h5typed.open_file(path, ".ptyr") as f:
-        return path if f"content/{TERMS}" in f else None
+        return path if f"content/{TERMS}/{label}" in f else None
 
 
 @difframe.hookimpl
-def difframe_run_started(run):
-    """The run's first OPR engine, without a modes_file, takes the one the scans' probes resume from if it
-    holds OPR's modes (callers without a run pass None)."""
-    params = getattr(run, "params", None)
-    engines = (params or {}).get("engines") or {}
-    first = next((label for label, ep in engines.items() if ep.get("name") == NAME), None)
-    if first is None or engines[first].get("modes_file"):
-        return  # later OPR engines continue from the first one's modes in the model
-    for scan in (params.get("scans") or {}).values():
-        path = stored_terms(scan)
-        if path:
-            log.info("engines.%s.modes_file = %s (the file the probe resumes from)", first, path)
-            engines[first]["modes_file"] = path
-            return
+def difframe_model_needs(run, scan):
+    """The run's first OPR engine, without a modes_file, resumes the frames' probes from the file scan
+    ``scan``'s probe resumes from, when that holds OPR's terms: the model starts with them as its
+    engine_terms, as if an OPR engine had run before (the parameters stay as written)."""
+    engines = run.params.get("engines") or {}
+    first = next((ep for ep in engines.values() if ep.get("name") == NAME), None)
+    if first is None or first.get("modes_file") or first.get("num_modes") == 1:
+        return None  # later OPR engines continue from the first one's modes in the model
+    path = stored_terms(run.params.scans[scan], scan)
+    return {"engine_terms": {TERMS: path}} if path else None

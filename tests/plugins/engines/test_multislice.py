@@ -329,6 +329,7 @@ def test_chains_after_single_slice_engines_and_refuses_what_slices_cannot_serve(
     assert started["slices"].shape == r.objects["a"]["data"].shape
     close(started["slices"], r.objects["a"]["data"], 1e-6)
     assert again.objects["a"]["data"].shape[0] == 2
+    assert again.params["scans"]["a"]["coherence"]["num_object_modes"] == 1  # as written: the model asked for 2
     # the explicit form (as many object modes as slices) still works
     explicit = _truth_run(tmp_path, prep, {"b": engines["b"]}, {"a": {
         "data": {"source": "truth"}, "illumination": recon, "sample": recon, "coherence": {"num_object_modes": 2}}})
