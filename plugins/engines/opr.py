@@ -61,9 +61,9 @@ PARAMETERS = schema(
             "(on the tests' drifting scan 2 such epochs cost a third more deviance after 40).")},
     STEPS, REGULARISED,
     alpha={"default": ALPHA, "doc": "The object moves by alpha x conj(P_n) dpsi / D_O per frame (rPIE's "
-                                    "denominator), after the first early_epochs relaxed epochs (early_factor; rPIE's 0.5: by then "
-                                    "the frames' probes follow the drift and the object can take every frame's "
-                                    "update at rPIE's pace)."},
+                                    "denominator) after the first early_epochs relaxed epochs (early_factor x alpha "
+                                    "before). rPIE's 0.5: by then the frames' probes follow the drift and the "
+                                    "object can take every frame's update at rPIE's pace."},
     beta={"default": 0.5, "doc": "Each frame's update beta x conj(O) dpsi / D_P goes to the shared probe and "
                                  "(once relaxed) to the frame's own deviation."},
     object_regularisation={"doc": "D_O = (1 - r) |P|^2 + r max|P|^2: 1 is ePIE's max|P|^2 (as engine.rPIE)."},
@@ -149,8 +149,12 @@ class OPR(StochasticEngine):
         kept = m.engine_terms.get(TERMS) or {}
         for scan in m.scans:
             if scan.label in kept and p.num_modes > 1:
-                self._resume(scan, kept[scan.label]["modes"], kept[scan.label]["weights"],
-                             f"the model's {TERMS} (an earlier OPR engine's, or the resumed file's)")
+                where, entry = f"the model's {TERMS} (an earlier OPR engine's, or the resumed file's)", kept[scan.label]
+                if not isinstance(entry, dict) or not {"modes", "weights"} <= set(entry):
+                    raise DataError(f"engine {NAME}: {where} for scan {scan.label!r} holds "
+                                    f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}; "
+                                    f"expected modes and weights")
+                self._resume(scan, entry["modes"], entry["weights"], where)
         if not self.deviations and p.modes_file and p.num_modes > 1:
             self._load(p.modes_file)
         self.resumed = bool(self.deviations)

@@ -4,7 +4,7 @@ one mode is rPIE, bad input."""
 import numpy as np
 import pytest
 
-from difframe.errors import ParameterError, UsageError
+from difframe.errors import DataError, ParameterError, UsageError
 from difframe.plugins.engines import opr, opr_kernels, pie
 from difframe.ptycho import model as pm
 from difframe.ptycho.data import PreparedData
@@ -248,6 +248,15 @@ def test_bad_input_is_named(simulated):
     two = start_model(prep, np.concatenate([np.abs(probe), 0.3 * np.abs(probe)]))
     with pytest.raises(UsageError, match="2 probe and 1 object modes.*num_probe_modes"):
         opr.factory(engine_params(opr.PARAMETERS), two).initialize()
+    # stored terms the model resumed with (difframe_model_needs) that do not fit the scan
+    for terms, error, text in (({"modes": np.ones((1, 32, 32)), "weights": np.ones((48, 1))}, ParameterError,
+                                r"engine\.OPR \(modes_file = 'None'\): the model's probe_opr .* holds modes "
+                                r"\(1, 32, 32\) and weights \(48, 1\); scan 'sim' needs"),
+                               ({"modes": np.ones((1, 32, 32))}, DataError, r"holds \['modes'\]; expected modes")):
+        resumed = start_model(prep, np.abs(probe))
+        resumed.engine_terms["probe_opr"] = {"sim": terms}
+        with pytest.raises(error, match=text):
+            opr.factory(engine_params(opr.PARAMETERS), resumed).initialize()
 
     from difframe.manager import PluginManager
     from difframe.params import ParamTree
