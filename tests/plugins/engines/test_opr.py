@@ -96,7 +96,8 @@ def _svd_truncation(stack, k):
 
 def test_truncate_is_the_rank_k_svd():
     """Exact with few frames; with many, the randomised SVD matches the exact truncation of a stack whose
-    spectrum falls as a drifting probe's does (here 1, 0.3, 0.1, then noise 1e-3)."""
+    spectrum falls as a drifting probe's does (here 1, 0.3, 0.1, then noise 1e-3), from a random start or, in one
+    step, from a start near the answer."""
     rng = np.random.default_rng(2)
     small = (rng.normal(size=(7, 5, 6)) + 1j * rng.normal(size=(7, 5, 6))).astype(np.complex64)
     want, lost = _svd_truncation(small, 3)
@@ -109,8 +110,22 @@ def test_truncate_is_the_rank_k_svd():
     weights, modes = noise(200, 3) * [1.0, 0.3, 0.1], noise(3, 16 * 16)
     large = (weights @ modes + 1e-3 * noise(200, 16 * 16)).reshape(200, 16, 16)
     want, lost = _svd_truncation(large, 2)
+    warm = large.copy()
     assert opr.truncate(large, 2) == pytest.approx(lost, rel=1e-3)
     assert np.linalg.norm(large.reshape(200, -1) - want) < 1e-3 * np.linalg.norm(want)
+    # started from the weights of the rank-2 part (as the engine starts from the previous epoch's), one step is
+    # enough; the modes are orthonormal and weights @ modes is the new stack
+    lost_warm, w, m = opr.truncate(warm, 2, oversample=0, power_steps=0, start=weights[:, :2], factors=True)
+    assert lost_warm == pytest.approx(lost, rel=1e-3)
+    assert np.linalg.norm(warm.reshape(200, -1) - want) < 1e-3 * np.linalg.norm(want)
+    flat = m.reshape(2, -1)
+    assert np.abs(flat.conj() @ flat.T - np.eye(2)).max() < 1e-4
+    np.testing.assert_allclose((w @ flat).reshape(warm.shape), warm, atol=1e-5 * np.abs(warm).max())
+    # a stack of zeros (the first relaxed epoch before the probe moves) stays zeros, with orthonormal modes
+    zeros = np.zeros((9, 4, 5), np.complex64)
+    lost_zero, w, m = opr.truncate(zeros, 2, factors=True)
+    assert lost_zero == 0 and not zeros.any() and not w.any()
+    assert np.abs(m.reshape(2, -1).conj() @ m.reshape(2, -1).T - np.eye(2)).max() < 1e-5
 
 
 def drifting_scan(photons=1e6):
