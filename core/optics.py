@@ -1,7 +1,7 @@
 """Geometry and wave propagation shared by recipes, models and engines.
 
-All propagators act on stacks ``(..., H, W)`` at once (one batched FFT through
-``scipy.fft`` with worker threads) and keep the precision of their input:
+All propagators act on stacks ``(..., H, W)`` at once (batched FFTs through
+FFTW, :mod:`difframe.fft`) and keep the precision of their input:
 complex64 in, complex64 out.  Transforms are unitary (``norm="ortho"``) so the
 integrated intensity is the same in both planes (Parseval), which is what lets
 engines compare model intensities directly with photon counts.
@@ -18,6 +18,7 @@ import os
 import numpy as np
 import scipy.fft
 
+from difframe import fft
 from difframe.errors import ParameterError
 
 __all__ = [
@@ -114,17 +115,16 @@ class FarField:
     the input returned (engines keep fields in their own buffers this way).
     """
 
-    def __init__(self, shape, centred: bool = True, workers: int | None = None):
+    def __init__(self, shape, centred: bool = True):
         self.shape = (int(shape[0]), int(shape[1]))
         self.centred = centred
-        self.workers = workers or fft_workers()
 
     def forward(self, x: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """Detector-plane field of exit waves ``x`` (..., H, W)."""
         if self.centred:
             x = scipy.fft.ifftshift(x, axes=(-2, -1))
             overwrite = True
-        y = scipy.fft.fft2(x, norm="ortho", workers=self.workers, overwrite_x=overwrite)
+        y = fft.fft2(x, norm="ortho", overwrite=overwrite)
         return scipy.fft.fftshift(y, axes=(-2, -1)) if self.centred else y
 
     def backward(self, y: np.ndarray, overwrite: bool = False) -> np.ndarray:
@@ -132,7 +132,7 @@ class FarField:
         if self.centred:
             y = scipy.fft.ifftshift(y, axes=(-2, -1))
             overwrite = True
-        x = scipy.fft.ifft2(y, norm="ortho", workers=self.workers, overwrite_x=overwrite)
+        x = fft.ifft2(y, norm="ortho", overwrite=overwrite)
         return scipy.fft.fftshift(x, axes=(-2, -1)) if self.centred else x
 
 
@@ -166,27 +166,29 @@ class NearField:
     """
 
     def __init__(self, shape, psize, wavelength: float, distance: float, dtype=np.complex64,
-                 kind: str = "angular_spectrum", workers: int | None = None):
+                 kind: str = "angular_spectrum"):
         builders = {"angular_spectrum": angular_spectrum_transfer, "fresnel": fresnel_transfer}
         if kind not in builders:
             raise ParameterError(f"near-field kind must be one of {sorted(builders)}, got {kind!r}")
         self.shape = (int(shape[0]), int(shape[1]))
-        self.workers = workers or fft_workers()
         self.kernel = builders[kind](self.shape, psize, wavelength, distance, dtype)
-        self.kernel_conj = np.conj(self.kernel)
+        # the inverse FFT's 1/N rides on the transfer function (one pass over the stack fewer)
+        scale = self.kernel.real.dtype.type(1.0 / (self.shape[0] * self.shape[1]))
+        self._forward_kernel = self.kernel * scale
+        self._backward_kernel = np.conj(self.kernel) * scale
 
     def _apply(self, x: np.ndarray, kernel: np.ndarray, overwrite: bool) -> np.ndarray:
-        y = scipy.fft.fft2(x, workers=self.workers, overwrite_x=overwrite)
+        y = fft.fft2(x, overwrite=overwrite)
         y *= kernel
-        return scipy.fft.ifft2(y, workers=self.workers, overwrite_x=True)
+        return fft.ifft2(y, norm="forward", overwrite=True)
 
     def forward(self, x: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """Field at the detector of exit waves ``x`` (..., H, W)."""
-        return self._apply(x, self.kernel, overwrite)
+        return self._apply(x, self._forward_kernel, overwrite)
 
     def backward(self, y: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """Back-propagated (adjoint) field of ``y`` (..., H, W)."""
-        return self._apply(y, self.kernel_conj, overwrite)
+        return self._apply(y, self._backward_kernel, overwrite)
 
 
 def fresnel_propagate(field: np.ndarray, psize, wavelength: float, distance: float,

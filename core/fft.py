@@ -1,0 +1,72 @@
+"""Batched 2-D FFTs over the last two axes through FFTW (pyFFTW), in place on the caller's arrays.
+
+Why: the engines spend half their time in stacks of small 2-D transforms
+(P25: 200 x 2 pods of 100 x 100, several thousand times a run).  FFTW's
+measured plans, in place, do these in about half the time scipy's pocketfft
+takes (0.7 for 128 x 128 frames; benchmarks/fft_backends.py).
+
+The first transform of a given stack shape, dtype, direction and alignment
+is planned with FFTW_MEASURE on a scratch array (the caller's data is never
+touched by planning); FFTW keeps what it measured ("wisdom"), so every later
+plan of that kind is made from it in about 0.1 ms and is used once, holding
+no reference to the caller's arrays.  Arrays FFTW cannot take (not complex64
+or complex128, not C-contiguous) go through scipy.fft, which gives the same
+result.  FFTW runs on one thread: with two, each transform waited about 10 ms
+for its second thread whenever the other core was busy (2-core machine, other
+work running), while a stack of transforms is this engine's unit of work
+between its (threaded) numba kernels.  ``norm`` has numpy's meaning: "backward" (inverse scaled by 1/N),
+"ortho" (both by 1/sqrt(N)), "forward" (forward scaled by 1/N).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyfftw
+import scipy.fft
+
+_FLAGS = ("FFTW_MEASURE", "FFTW_DESTROY_INPUT")
+_planned: set[tuple] = set()
+_planning = threading.Lock()
+
+
+def fft2(x: np.ndarray, *, inverse: bool = False, norm: str = "backward", overwrite: bool = False) -> np.ndarray:
+    """2-D (inverse) FFT of ``x`` (..., H, W) over its last two axes; with ``overwrite`` the result is written
+    into ``x`` when FFTW can (the returned array is then ``x``)."""
+    if norm not in ("backward", "ortho", "forward"):
+        raise ValueError(f"norm must be 'backward', 'ortho' or 'forward', got {norm!r}")
+    if x.dtype not in (np.complex64, np.complex128) or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:
+        transform = scipy.fft.ifft2 if inverse else scipy.fft.fft2
+        return transform(x, norm=norm, overwrite_x=overwrite)
+    y = x if overwrite and x.flags.writeable else x.copy()
+    direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
+    offset = y.ctypes.data % pyfftw.simd_alignment
+    flags = (*_FLAGS, "FFTW_UNALIGNED") if offset else _FLAGS
+    _learn(y.shape, y.dtype, direction, flags, offset)
+    pyfftw.FFTW(y, y, axes=(-2, -1), direction=direction, flags=(*flags, "FFTW_WISDOM_ONLY"), threads=1).execute()
+    scaled = {"backward": inverse, "forward": not inverse, "ortho": True}[norm]
+    if scaled:
+        n = y.shape[-1] * y.shape[-2]
+        y *= y.real.dtype.type(1.0 / np.sqrt(n) if norm == "ortho" else 1.0 / n)
+    return y
+
+
+def ifft2(x: np.ndarray, *, norm: str = "backward", overwrite: bool = False) -> np.ndarray:
+    """Inverse of :func:`fft2` (same ``norm``)."""
+    return fft2(x, inverse=True, norm=norm, overwrite=overwrite)
+
+
+def _learn(shape, dtype, direction: str, flags: tuple, offset: int) -> None:
+    """Measure a plan of this kind once on a scratch array ``offset`` bytes past SIMD alignment (FFTW's wisdom
+    tells alignments apart), so that FFTW's wisdom holds it."""
+    key = (shape, np.dtype(dtype).str, direction, flags, offset)
+    if key in _planned:
+        return
+    with _planning:
+        if key not in _planned:
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            raw = pyfftw.empty_aligned(size + offset, dtype=np.uint8)
+            scratch = raw[offset:].view(dtype).reshape(shape)
+            pyfftw.FFTW(scratch, scratch, axes=(-2, -1), direction=direction, flags=flags, threads=1)
+            _planned.add(key)

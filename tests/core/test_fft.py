@@ -1,0 +1,54 @@
+"""difframe.fft against scipy.fft (an independent FFT) on the stacks the engines transform."""
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from difframe import fft
+
+
+def _stack(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("shape", [(3, 2, 30, 20), (7, 16, 12), (5, 6)])
+@pytest.mark.parametrize("norm", ["backward", "ortho", "forward"])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_matches_scipy(dtype, shape, norm, inverse):
+    x = _stack(shape, dtype)
+    ref = (scipy.fft.ifft2 if inverse else scipy.fft.fft2)(x, norm=norm)
+    tol = 2e-5 if dtype == np.complex64 else 1e-12
+    kept = x.copy()
+    out = fft.fft2(x, inverse=inverse, norm=norm)
+    assert out.dtype == dtype and out is not x
+    assert np.array_equal(x, kept)  # neither planning nor the transform touched the input
+    assert np.abs(out - ref).max() <= tol * np.abs(ref).max()
+    inplace = fft.fft2(x, inverse=inverse, norm=norm, overwrite=True)
+    assert inplace is x
+    assert np.abs(x - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_round_trip_and_unaligned_in_place():
+    raw = np.zeros(2 * 24 * 24 + 1, np.complex64)
+    x = raw[1:].reshape(2, 24, 24)  # 8 bytes off any SIMD alignment
+    x[...] = _stack(x.shape, np.complex64, 1)
+    kept = x.copy()
+    ref = scipy.fft.fft2(kept)
+    assert fft.fft2(x, overwrite=True) is x
+    assert np.allclose(x, ref, atol=1e-4 * np.abs(ref).max())
+    fft.ifft2(x, overwrite=True)
+    assert np.allclose(x, kept, atol=1e-5)
+
+
+def test_other_arrays_go_through_scipy():
+    real = np.random.default_rng(2).standard_normal((4, 10, 10))
+    strided = _stack((4, 10, 20), np.complex64)[..., ::2]
+    readonly = _stack((4, 10, 10), np.complex128)
+    readonly.flags.writeable = False
+    for x in (real, strided, readonly):
+        ref = scipy.fft.fft2(x)
+        assert np.allclose(fft.fft2(x, overwrite=True), ref, atol=1e-4)
+    with pytest.raises(ValueError, match="norm"):
+        fft.fft2(readonly, norm="unitary")
