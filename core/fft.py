@@ -13,9 +13,8 @@ no reference to the caller's arrays.  Arrays FFTW cannot take (not complex64
 or complex128, not C-contiguous) go through scipy.fft, which gives the same
 result.  FFTW runs on one thread: with two, each transform waited about 10 ms
 for its second thread whenever the other core was busy (2-core machine, other
-work running), while a stack of transforms is this engine's unit of work
-between its (threaded) numba kernels.  ``norm`` has numpy's meaning: "backward" (inverse scaled by 1/N),
-"ortho" (both by 1/sqrt(N)), "forward" (forward scaled by 1/N).
+work running).  ``norm`` has numpy's meaning: "backward" (inverse scaled by
+1/N), "ortho" (both by 1/sqrt(N)), "forward" (forward scaled by 1/N).
 """
 
 from __future__ import annotations
