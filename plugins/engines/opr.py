@@ -56,7 +56,7 @@ PARAMETERS = schema(
             "deviations from it (the rank K - 1 truncated SVD of the deviations after each epoch). 1 is rPIE; a "
             "probe changing smoothly during the scan needs 2 to 5. Modes the drift does not need are not empty: "
             "they take per-frame tilts of the probe that trade against slow phase and amplitude errors of the "
-            "object, which the data hardly see (on the tests' scans K = 3 doubles K = 2's object error, with a "
+            "object, which the data hardly see (on the tests' scans K = 3 nearly doubles K = 2's object error, with a "
             "steady probe and with a rank-2 drift); raise K only while the deviance falls. At most the number of "
             "frames of every scan."),
      "start": Parameter(
@@ -280,6 +280,8 @@ class OPR(StochasticEngine):
         k = int(self.p.num_modes) - 1
         kept = (self.model.engine_terms.get(TERMS) or {}).get(scan.label)
         warm = kept["weights"] if kept is not None and kept["weights"].shape == (len(deviations), k) else None
+        if warm is not None and not np.abs(warm).any(axis=0).all():
+            warm = None  # a zero column spans nothing (the epoch before the probe first moved): start afresh
         lost, weights, modes = truncate(deviations, k, factors=True, start=warm, power_steps=2 if warm is None else 0)
         self.model.engine_terms.setdefault(TERMS, {})[scan.label] = {"modes": modes, "weights": weights}
         kept = float(np.vdot(shared, shared).real) * len(deviations) + float(np.vdot(deviations, deviations).real)

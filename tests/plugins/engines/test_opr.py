@@ -197,7 +197,7 @@ def test_opr_beats_one_fixed_probe_on_a_drifting_probe():
 
 def test_opr_on_a_steady_probe_stays_near_rpie(simulated):
     """A probe that does not change (the tests' 1e5-photon scan, amplitude guess), 40 epochs: rPIE object error
-    0.040 (deviance 1.27 per pixel), OPR with 2 modes 0.071 (1.36).  Before the object step rose to rPIE's once
+    0.040 (deviance 1.27 per pixel), OPR with 2 modes 0.070 (1.36).  Before the object step rose to rPIE's once
     the frames' probes were learnt (early_epochs), OPR kept 0.05 throughout and reached 0.150 (1.85)."""
     prep, probe, truth = simulated
     guess = amplitude_guess(prep, truth.psize)
