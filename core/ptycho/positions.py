@@ -29,6 +29,7 @@ import numpy as np
 
 from difframe.errors import DataError, ParameterError
 from difframe.ptycho import kernels
+from difframe.ptycho.vlog import vlog
 from difframe.ptycho.model import PtychoModel, ScanViews, corners_of, exit_waves, intensity
 
 #: the 3 x 3 grid of candidate offsets (dy, dx) in steps, row-major; the centre is index 4
@@ -239,7 +240,7 @@ def _misfits(model: PtychoModel, scan: ScanViews, corners: np.ndarray, likelihoo
     return out
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True, nogil=True, error_model=kernels.ERRORS)
 def _frame_misfits(model_i, meas, weights, scale, background, poisson, out):
     """out[n, c] = misfit of frame n's data against its candidate c, ``scale[n] x model_i[n, c] + background``.
 
@@ -254,18 +255,13 @@ def _frame_misfits(model_i, meas, weights, scale, background, poisson, out):
         wn = n if own_weights else 0
         total = 0.0
         for i in range(h):
-            for j in range(w):
+            for j in range(w):  # branch-free, so that it vectorises; every term finite, masked ones 0
                 wt = float(weights[wn, i, j])
-                if wt == 0.0:
-                    continue
                 im = scale[n] * float(model_i[n, c, i, j]) + background[i, j]
-                d = float(meas[n, i, j])
+                d = max(float(meas[n, i, j]), 0.0)  # masked pixels may hold negative markers
                 if poisson:
                     im = max(im, 1e-30)
-                    term = im - d
-                    if d > 0.0:
-                        term += d * np.log(d / im)
-                    total += 2.0 * wt * term
+                    total += 2.0 * wt * (im - d + d * vlog(max(d, 1e-30) / im))
                 else:
                     total += wt * (im - d) ** 2 / (d + 1.0)
         out[n, c] = total

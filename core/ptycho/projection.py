@@ -73,10 +73,10 @@ def row_modulus(s, model, bg, meas, wt, renorm, tiny, factor):
     one, zero, renorm, tiny = real(1), real(0), real(renorm), real(tiny)
     e_row, valid = zero, zero
     for j in range(model.shape[0]):
-        amp, am = np.sqrt(meas[j]), np.sqrt(max(s * model[j] + bg[j], tiny))
+        amp, am = np.sqrt(max(meas[j], zero)), np.sqrt(max(s * model[j] + bg[j], tiny))
         ok = wt[j] > zero
-        e_row += (am - amp) * (am - amp) if ok else zero
-        valid += one if ok else zero
+        e_row += real(ok) * (am - amp) * (am - amp)
+        valid += real(ok)
         factor[j] = (amp + (am - amp) * renorm) / am if ok else one
     return e_row, valid
 

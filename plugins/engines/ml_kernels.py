@@ -47,7 +47,7 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, background,
     """
     h, w = fields.shape[2], fields.shape[3]
     real = intensity.dtype.type
-    one, zero = real(1), real(0)
+    zero = real(0)
     wrow = weight_rows(weights, fields.shape[0])
     fit_bg = bg_sums.shape[0] > 0
     for n in numba.prange(fields.shape[0]):
@@ -63,7 +63,7 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, background,
             meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
             v_row, c_row, s_row = zero, zero, zero
             for j in range(w):
-                v_row += one if wt[j] > 0 else zero
+                v_row += real(wt[j] > zero)
                 c_row += wt[j] * (meas[j] - bg[j]) * model[j]
                 s_row += wt[j] * model[j] * model[j]
             valid += v_row
@@ -81,8 +81,8 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, background,
             meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
             e_row = zero
             for j in range(w):
-                d = np.sqrt(cr * model[j] + bg[j]) - np.sqrt(meas[j])
-                e_row += d * d if wt[j] > 0 else zero
+                d = np.sqrt(cr * model[j] + bg[j]) - np.sqrt(max(meas[j], zero))
+                e_row += real(wt[j] > zero) * d * d
             e_sum += e_row
             l_sum += row_likelihood(kind, c, model, bg, meas, wt, renorm, tiny, d1, d2)
             d_sum += row_deviance(c, model, bg, meas, wt, tiny)

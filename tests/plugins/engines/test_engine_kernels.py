@@ -199,3 +199,31 @@ def numba_threads() -> int:
     import numba
 
     return numba.config.NUMBA_NUM_THREADS
+
+
+@pytest.mark.parametrize("kind", sorted(kernels.LIKELIHOODS))
+def test_masked_detector_markers_change_nothing(kind):
+    """Masked pixels may hold a detector's negative markers (gaps -1, bad pixels -2): the Fourier step and the
+    ML gradient come out as with zeros there, finite (the branch-free kernels multiply by the mask)."""
+    c = _case()
+    fields = c["stack"][:2].copy()
+    weights = np.ones((1, *SHAPE), np.float32)
+    weights[0, 2, :] = 0
+    weights[0, :, 5] = 0
+    clean = c["rng"].poisson(3.0, (2, *SHAPE)).astype(np.float32) * (weights > 0)
+    marked = np.where(weights > 0, clean, np.float32(-1))
+    marked[1, 2, 3] = -2
+    runs = []
+    for meas in (clean, marked):
+        fpo, err, dev = fields.copy(), np.empty(2), np.empty(2)
+        dm_fourier(fpo, fields.copy(), meas, weights, np.ones(2, np.float32), np.zeros(SHAPE, np.float32), 1.0,
+                   np.full(2, (weights > 0).sum(), float), np.zeros(2), TINY, err, dev,
+                   np.empty((0, 2, 0, 0), np.float32), np.empty((0, 2)))
+        out, e2, ll, d2 = np.empty_like(fields), np.empty(2), np.empty(2), np.empty(2)
+        ml_kernels.ml_gradient_weights(fields, meas, weights, np.ones(2, np.float32), False,
+                                       np.zeros(SHAPE, np.float32), kernels.LIKELIHOODS[kind], 1.0, TINY, out, e2,
+                                       ll, d2, np.empty((0, 2, 0, 0), np.float32))
+        runs.append((fpo, err, dev, out, e2, ll, d2))
+    for with_zeros, with_markers in zip(*runs):
+        assert np.all(np.isfinite(with_markers))
+        np.testing.assert_array_equal(with_markers, with_zeros)
