@@ -1,5 +1,9 @@
 """The PIE family (ePIE, rPIE, mPIE): the fused epoch against numpy, the truth scan against DM, model terms,
-reproducible order, bad input, chaining in a run."""
+reproducible order, bad input, the refusal under mpiexec, chaining in a run."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +290,27 @@ def test_stochastic_engines_share_one_schema():
     assert tree.nodes["engine.e3PIE.alpha"].help == "Slice update step size"
     with pytest.raises(KeyError, match="momentum"):
         schema(STEPS, momentum=0.5)
+
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec beside the interpreter")
+@pytest.mark.parametrize("variant", ["ePIE", "mPIE"])
+def test_refused_under_mpiexec_with_one_message(tmp_path, variant):
+    """`difframe run` of a PIE engine under mpiexec -n 2: exit status 2 (bad usage) and the reason said once (rank
+    0), naming the engine and what to use instead; nothing reconstructed or written."""
+    (tmp_path / "scan.toml").write_text(
+        f'run = "mpi"\n[io.paths]\nhome = "{tmp_path}"\n'
+        '[scans.s.data]\nsource = "sim"\nshape = 32\n'
+        '[scans.s.xy]\ntype = "spiral"\n[scans.s.xy.spiral]\ndr = 0.9e-6\nr_out = 3e-6\n'
+        f'[engines.e]\nname = "{variant}"\nnumiter = 4\n')
+    command = [str(MPIEXEC), "-n", "2", str(MPIEXEC.parent / "difframe"), "run", str(tmp_path / "scan.toml")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={"PATH": str(MPIEXEC.parent), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)})
+    said = (proc.stdout + proc.stderr).splitlines()
+    refusals = [line for line in said if "one process only" in line]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(refusals) == 1, said
+    assert f"engine {variant}" in refusals[0] and "mpiexec (2 ranks)" in refusals[0] and "DM, RAAR or ML" in refusals[0]
+    assert not list(tmp_path.rglob("*.ptyr"))
