@@ -7,7 +7,7 @@ field) and benchmarks/ptycho_engines.py's DM chunk (1000 frames of 128 x 128
 split as the model splits them), complex64.  Each timed unit is a forward and
 an inverse transform of the whole stack, as an engine's propagation makes
 them: scipy with the worker threads the engines used to give it
-(difframe.optics.fft_workers) and writing into a new array, difframe.fft in
+(difframe.fft.fft_workers) and writing into a new array, difframe.fft in
 place.  The two take turns round by round so that a change of the machine's
 load hits both alike; printed are the medians of wall and CPU seconds per
 frame and their ratios (difframe.fft / scipy).
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import scipy.fft
 
-from difframe import fft, optics
+from difframe import fft
 from difframe.ptycho import model as pm
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
-    workers = optics.fft_workers()
+    workers = fft.fft_workers()
     print(f"forward + inverse 2-D FFT, complex64; scipy {scipy.__version__} with {workers} workers; "
           f"difframe.fft: FFTW, one thread, in place")
     for name, x in stacks().items():

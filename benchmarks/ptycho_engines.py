@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=5)
     args = ap.parse_args()
     print(f"{args.frames} frames of {args.size}x{args.size}, complex64, FFTs through FFTW (difframe.fft), "
-          f"{optics.fft_workers()} kernel threads")
+          f"{fft.fft_workers()} threads")
     for modes in (1, 3):
         prep, probe = problem(args.frames, args.size, modes)
         before = floor(args.frames, args.size, modes)

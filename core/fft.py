@@ -11,14 +11,16 @@ touched by planning); FFTW keeps what it measured ("wisdom"), so every later
 plan of that kind is made from it in about 0.1 ms and is used once, holding
 no reference to the caller's arrays.  Arrays FFTW cannot take (not complex64
 or complex128, not C-contiguous) go through scipy.fft, which gives the same
-result.  FFTW runs on one thread: with two, each transform waited about 10 ms
-for its second thread whenever the other core was busy (2-core machine, other
-work running).  ``norm`` has numpy's meaning: "backward" (inverse scaled by
+result.  Stacks of at least THREADED_SIZE values are transformed with as
+many threads as the process may use (:func:`fft_workers`, as the numba
+kernels); smaller ones on one thread, where starting threads costs more than
+it saves.  ``norm`` has numpy's meaning: "backward" (inverse scaled by
 1/N), "ortho" (both by 1/sqrt(N)), "forward" (forward scaled by 1/N).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -26,8 +28,21 @@ import pyfftw
 import scipy.fft
 
 _FLAGS = ("FFTW_MEASURE", "FFTW_DESTROY_INPUT")
+#: stacks with fewer values are transformed on one thread
+THREADED_SIZE = 2**18
 _planned: set[tuple] = set()
 _planning = threading.Lock()
+
+
+def fft_workers() -> int:
+    """Threads for the FFTs and the engines' kernels: the CPUs this process may use, shared among the MPI ranks
+    a launcher started on this node (``MPI_LOCALNRANKS`` from MPICH's hydra, Open MPI's local size)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
+    return max(1, cpus // max(1, int(local)))
 
 
 def fft2(x: np.ndarray, *, inverse: bool = False, norm: str = "backward", overwrite: bool = False) -> np.ndarray:
@@ -42,8 +57,10 @@ def fft2(x: np.ndarray, *, inverse: bool = False, norm: str = "backward", overwr
     direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
     offset = y.ctypes.data % pyfftw.simd_alignment
     flags = (*_FLAGS, "FFTW_UNALIGNED") if offset else _FLAGS
-    _learn(y.shape, y.dtype, direction, flags, offset)
-    pyfftw.FFTW(y, y, axes=(-2, -1), direction=direction, flags=(*flags, "FFTW_WISDOM_ONLY"), threads=1).execute()
+    threads = fft_workers() if y.size >= THREADED_SIZE else 1
+    _learn(y.shape, y.dtype, direction, flags, offset, threads)
+    pyfftw.FFTW(y, y, axes=(-2, -1), direction=direction, flags=(*flags, "FFTW_WISDOM_ONLY"),
+                threads=threads).execute()
     scaled = {"backward": inverse, "forward": not inverse, "ortho": True}[norm]
     if scaled:
         n = y.shape[-1] * y.shape[-2]
@@ -56,10 +73,10 @@ def ifft2(x: np.ndarray, *, norm: str = "backward", overwrite: bool = False) -> 
     return fft2(x, inverse=True, norm=norm, overwrite=overwrite)
 
 
-def _learn(shape, dtype, direction: str, flags: tuple, offset: int) -> None:
+def _learn(shape, dtype, direction: str, flags: tuple, offset: int, threads: int) -> None:
     """Measure a plan of this kind once on a scratch array ``offset`` bytes past SIMD alignment (FFTW's wisdom
     tells alignments apart), so that FFTW's wisdom holds it."""
-    key = (shape, np.dtype(dtype).str, direction, flags, offset)
+    key = (shape, dtype, direction, flags, offset, threads)
     if key in _planned:
         return
     with _planning:
@@ -67,5 +84,5 @@ def _learn(shape, dtype, direction: str, flags: tuple, offset: int) -> None:
             size = int(np.prod(shape)) * np.dtype(dtype).itemsize
             raw = pyfftw.empty_aligned(size + offset, dtype=np.uint8)
             scratch = raw[offset:].view(dtype).reshape(shape)
-            pyfftw.FFTW(scratch, scratch, axes=(-2, -1), direction=direction, flags=flags, threads=1)
+            pyfftw.FFTW(scratch, scratch, axes=(-2, -1), direction=direction, flags=flags, threads=threads)
             _planned.add(key)

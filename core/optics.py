@@ -13,8 +13,6 @@ convention of ``numpy.fft.fftshift``).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import scipy.fft
 
@@ -26,7 +24,6 @@ __all__ = [
     "energy_to_wavelength",
     "wavelength_to_energy",
     "dtypes_for",
-    "fft_workers",
     "farfield_object_psize",
     "coordinates",
     "FarField",
@@ -61,17 +58,6 @@ def dtypes_for(data_type: str) -> tuple[np.dtype, np.dtype]:
     if data_type == "double":
         return np.dtype(np.complex128), np.dtype(np.float64)
     raise ParameterError(f"data_type must be 'single' or 'double', got {data_type!r}")
-
-
-def fft_workers() -> int:
-    """Threads for scipy.fft and the engines' kernels: the CPUs this process may use, shared among the MPI ranks
-    a launcher started on this node (``MPI_LOCALNRANKS`` from MPICH's hydra, Open MPI's local size)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
-    return max(1, cpus // max(1, int(local)))
 
 
 def _pair(value, name: str) -> np.ndarray:

@@ -26,7 +26,7 @@ import os
 import numba
 import numpy as np
 
-from difframe.optics import fft_workers
+from difframe.fft import fft_workers
 from difframe.ptycho.vlog import vlog
 
 if "NUMBA_THREADING_LAYER" not in os.environ:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 
-from difframe import optics, parallel
+from difframe import fft, optics, parallel
 from difframe.errors import DataError, ParameterError
 
 log = logging.getLogger("difframe.ptycho")
@@ -518,6 +518,6 @@ def gaussian_smooth(obj: np.ndarray, sigma: float) -> np.ndarray:
     fx = scipy.fft.fftfreq(obj.shape[-1])[None, :]
     # separable: two short lines of exponentials instead of one per pixel (10x faster, same values)
     transfer = (np.exp(-2 * np.pi**2 * sigma**2 * fy**2) * np.exp(-2 * np.pi**2 * sigma**2 * fx**2)).astype(obj.real.dtype)
-    spec = scipy.fft.fft2(obj, workers=optics.fft_workers())
+    spec = fft.fft2(obj)
     spec *= transfer
-    return scipy.fft.ifft2(spec, workers=optics.fft_workers(), overwrite_x=True)
+    return fft.ifft2(spec, overwrite=True)

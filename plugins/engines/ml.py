@@ -24,7 +24,7 @@ import numpy as np
 import scipy.fft
 
 import difframe
-from difframe import limits, optics
+from difframe import fft, limits
 from difframe.ptycho import model as pm
 from difframe.ptycho import subpixel
 from difframe.types import EngineSpec, Parameter
@@ -381,9 +381,9 @@ class MaximumLikelihood:
             if s > 0:
                 g[...] = pm.gaussian_smooth(g, s)
             else:
-                spec = scipy.fft.fft2(g, workers=optics.fft_workers())
+                spec = fft.fft2(g)
                 spec *= _hann_transfer(g.shape[-2:], -s, g.dtype)
-                g[...] = scipy.fft.ifft2(spec, workers=optics.fft_workers())
+                g[...] = fft.ifft2(spec, overwrite=True)
 
     def _line_search(self, h_ob, h_pr) -> tuple[float, float]:
         """Step minimising the second-order expansion of the likelihood along (h_ob, h_pr)."""

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from difframe import optics
+from difframe import fft, optics
 from difframe.errors import ParameterError
 
 
@@ -98,12 +98,12 @@ def test_bad_dtype_name_is_named():
 def test_threads_are_shared_among_the_ranks_of_a_node(monkeypatch):
     monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
     monkeypatch.delenv("MPI_LOCALNRANKS", raising=False)
-    alone = optics.fft_workers()
+    alone = fft.fft_workers()
     assert alone == len(os.sched_getaffinity(0))
     monkeypatch.setenv("MPI_LOCALNRANKS", "2")
-    assert optics.fft_workers() == max(1, alone // 2)
+    assert fft.fft_workers() == max(1, alone // 2)
     monkeypatch.setenv("MPI_LOCALNRANKS", str(4 * alone))
-    assert optics.fft_workers() == 1
+    assert fft.fft_workers() == 1
 
 
 @pytest.mark.parametrize("make", [lambda: optics.FarField((16, 12), centred=False),
