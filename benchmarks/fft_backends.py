@@ -8,7 +8,7 @@ split as the model splits them), complex64.  Each timed unit is a forward and
 an inverse transform of the whole stack, as an engine's propagation makes
 them: scipy with the worker threads the engines used to give it
 (difframe.fft.fft_workers) and writing into a new array, difframe.fft in
-place.  The two take turns round by round so that a change of the machine's
+place with as many threads.  The two take turns round by round so that a change of the machine's
 load hits both alike; printed are the medians of wall and CPU seconds per
 frame and their ratios (difframe.fft / scipy).
 """
@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     workers = fft.fft_workers()
     print(f"forward + inverse 2-D FFT, complex64; scipy {scipy.__version__} with {workers} workers; "
-          f"difframe.fft: FFTW, one thread, in place")
+          f"difframe.fft: FFTW, in place, {workers} threads for stacks of {fft.THREADED_SIZE} values and more")
     for name, x in stacks().items():
         frames = int(np.prod(x.shape[:-2]))
         runs = {"scipy": lambda: pair_scipy(x, workers), "difframe.fft": lambda: pair_fftw(x)}
