@@ -298,7 +298,7 @@ class MaximumLikelihood:
                     if shifts is None:
                         k.pods(probe, obj, corners, fields)
                     else:
-                        pm.exit_waves(probe, views, out=fields.reshape(n, *probe.shape[:1], *views.shape[1:]))
+                        k.pods(probe, *_tall(views), fields)
                     _forward_in_place(scan.propagator, fields)  # kept for the line search
                 chi = self.buffers[fields.shape[1:]][0][:n]
                 err, lls, dev = np.empty(n), np.empty(n), np.empty(n)
@@ -344,10 +344,8 @@ class MaximumLikelihood:
         for p in range(1, pconj.shape[0]):
             combined += pconj[p][None, None] * chi[:, p]
         subpixel.add_back(ob_grad[scan.object_id], combined, scan.corners[sl], shifts)
-        # the windows as one tall object (modes, frames x H, W) with frame n's window at row n x H: the probe
-        # kernel then sums conj(window) x chi (and |window|^2) over the frames
-        tall = np.ascontiguousarray(views.transpose(1, 0, 2, 3)).reshape(n_obj, n * h, w)
-        rows = np.stack([np.arange(n) * h, np.zeros(n, np.int64)], axis=1)
+        # the probe kernel sums conj(window) x chi (and |window|^2) over the frames of the tall object
+        tall, rows = _tall(views)
         self.kernels.add_probe_update(pr_grad[scan.probe_id], self.pr_light.get(scan.probe_id), tall,
                                       chi.reshape(n, -1, h, w), rows, weight=scan.probe_power)
         if self.ob_light:  # a preconditioner: the rounded windows' illumination serves
@@ -405,12 +403,9 @@ class MaximumLikelihood:
                 if shifts is None:
                     self.ml_kernels.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
                 else:
-                    views = self.views[scan.label][sl]
-                    dviews = subpixel.views(dobj, corners, shifts[sl], scan.shape)
-                    shape = (n, *probe.shape[:1], *views.shape[1:])
-                    pm.exit_waves(dprobe, views, out=first.reshape(shape))
-                    first += pm.exit_waves(probe, dviews).reshape(first.shape)
-                    pm.exit_waves(dprobe, dviews, out=second.reshape(shape))
+                    tall, rows = _tall(self.views[scan.label][sl])
+                    dtall, _ = _tall(subpixel.views(dobj, corners, shifts[sl], scan.shape))
+                    self.ml_kernels.ml_line_pods(probe, dprobe, tall, dtall, rows, first, second)
                 _forward_in_place(scan.propagator, first)
                 _forward_in_place(scan.propagator, second)
                 sums = np.empty((n, 3))
@@ -436,6 +431,15 @@ def _forward_in_place(propagator, stack: np.ndarray) -> None:
     out = propagator.forward(stack, overwrite=True)
     if out.ctypes.data != stack.ctypes.data or out.strides != stack.strides:  # not written in place (a view is)
         stack[...] = out
+
+
+def _tall(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel windows (frames, modes, H, W) as one tall object (modes, frames x H, W) with frame n's window at
+    row n x H, and those corners: the kernels written for windows of one object then take them (no copy for one
+    object mode)."""
+    n, n_obj, h, w = views.shape
+    tall = np.ascontiguousarray(views.transpose(1, 0, 2, 3)).reshape(n_obj, n * h, w)
+    return tall, np.stack([np.arange(n) * h, np.zeros(n, np.int64)], axis=1)
 
 
 def _dot(a: dict, b: dict) -> float:
