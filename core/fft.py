@@ -5,11 +5,14 @@ Why: the engines spend half their time in stacks of small 2-D transforms
 measured plans, in place, do these in about half the time scipy's pocketfft
 takes (0.7 for 128 x 128 frames; benchmarks/fft_backends.py).
 
-The first transform of a given stack shape, dtype, direction and alignment
-is planned with FFTW_MEASURE on a scratch array (the caller's data is never
-touched by planning); FFTW keeps what it measured ("wisdom"), so every later
-plan of that kind is made from it in about 0.1 ms and is used once, holding
-no reference to the caller's arrays.  Arrays FFTW cannot take (not complex64
+The first transform of a given stack shape, dtype and direction is planned
+with FFTW_MEASURE on a scratch array (the caller's data is never touched by
+planning); FFTW keeps what it measured ("wisdom"), so every later plan of
+that kind is made from it in about 0.1 ms and is used once, holding no
+reference to the caller's arrays.  Transforms run on SIMD-aligned memory
+only (an array off alignment goes through an aligned copy), so one plan
+serves every array of a kind and a process gives bit-identical results for
+identical input (a simulation with a seed is reproducible).  Arrays FFTW cannot take (not complex64
 or complex128, not C-contiguous) go through scipy.fft, which gives the same
 result.  Stacks of at least THREADED_SIZE values are transformed with as
 many threads as the process may use (:func:`fft_workers`, as the numba
@@ -47,24 +50,28 @@ def fft_workers() -> int:
 
 def fft2(x: np.ndarray, *, inverse: bool = False, norm: str = "backward", overwrite: bool = False) -> np.ndarray:
     """2-D (inverse) FFT of ``x`` (..., H, W) over its last two axes; with ``overwrite`` the result is written
-    into ``x`` when FFTW can (the returned array is then ``x``)."""
+    into ``x`` (the returned array is then ``x``) unless ``x`` is read-only."""
     if norm not in ("backward", "ortho", "forward"):
         raise ValueError(f"norm must be 'backward', 'ortho' or 'forward', got {norm!r}")
     if x.dtype not in (np.complex64, np.complex128) or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:
         transform = scipy.fft.ifft2 if inverse else scipy.fft.fft2
         return transform(x, norm=norm, overwrite_x=overwrite)
-    y = x if overwrite and x.flags.writeable else x.copy()
+    in_place = overwrite and x.flags.writeable and pyfftw.is_byte_aligned(x, pyfftw.simd_alignment)
+    y = x if in_place else pyfftw.empty_aligned(x.shape, dtype=x.dtype)
+    if not in_place:
+        y[...] = x
     direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
-    offset = y.ctypes.data % pyfftw.simd_alignment
-    flags = (*_FLAGS, "FFTW_UNALIGNED") if offset else _FLAGS
     threads = fft_workers() if y.size >= THREADED_SIZE else 1
-    _learn(y.shape, y.dtype, direction, flags, offset, threads)
-    pyfftw.FFTW(y, y, axes=(-2, -1), direction=direction, flags=(*flags, "FFTW_WISDOM_ONLY"),
+    _learn(y.shape, y.dtype, direction, threads)
+    pyfftw.FFTW(y, y, axes=(-2, -1), direction=direction, flags=(*_FLAGS, "FFTW_WISDOM_ONLY"),
                 threads=threads).execute()
     scaled = {"backward": inverse, "forward": not inverse, "ortho": True}[norm]
     if scaled:
         n = y.shape[-1] * y.shape[-2]
         y *= y.real.dtype.type(1.0 / np.sqrt(n) if norm == "ortho" else 1.0 / n)
+    if overwrite and y is not x and x.flags.writeable:  # an array off alignment: the result goes back into it
+        x[...] = y
+        return x
     return y
 
 
@@ -73,16 +80,13 @@ def ifft2(x: np.ndarray, *, norm: str = "backward", overwrite: bool = False) -> 
     return fft2(x, inverse=True, norm=norm, overwrite=overwrite)
 
 
-def _learn(shape, dtype, direction: str, flags: tuple, offset: int, threads: int) -> None:
-    """Measure a plan of this kind once on a scratch array ``offset`` bytes past SIMD alignment (FFTW's wisdom
-    tells alignments apart), so that FFTW's wisdom holds it."""
-    key = (shape, dtype, direction, flags, offset, threads)
+def _learn(shape, dtype, direction: str, threads: int) -> None:
+    """Measure a plan of this kind once on an aligned scratch array, so that FFTW's wisdom holds it."""
+    key = (shape, dtype, direction, threads)
     if key in _planned:
         return
     with _planning:
         if key not in _planned:
-            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            raw = pyfftw.empty_aligned(size + offset, dtype=np.uint8)
-            scratch = raw[offset:].view(dtype).reshape(shape)
-            pyfftw.FFTW(scratch, scratch, axes=(-2, -1), direction=direction, flags=flags, threads=threads)
+            scratch = pyfftw.empty_aligned(shape, dtype=dtype)
+            pyfftw.FFTW(scratch, scratch, axes=(-2, -1), direction=direction, flags=_FLAGS, threads=threads)
             _planned.add(key)
