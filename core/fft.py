@@ -2,8 +2,9 @@
 
 Why: the engines spend half their time in stacks of small 2-D transforms
 (P25: 200 x 2 pods of 100 x 100, several thousand times a run).  FFTW's
-measured plans, in place, do these in about half the time scipy's pocketfft
-takes (0.7 for 128 x 128 frames; benchmarks/fft_backends.py).
+measured plans, in place, do these in 0.45 of the time scipy's pocketfft
+takes with as many threads (0.55 for 128 x 128 frames; idle machine,
+benchmarks/fft_backends.py).
 
 The first transform of a given stack shape, dtype and direction is planned
 with FFTW_MEASURE on a scratch array (the caller's data is never touched by
