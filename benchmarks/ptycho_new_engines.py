@@ -25,8 +25,8 @@ Two parts, every figure measured in this run:
    a global factor, shift and phase ramp (difframe.ptycho.quality.truth_errors),
    the engine's total time, and the ratios to DM's error and time.  Target:
    each engine reaches at least DM's object error in at most DM's time
-   (``--dm-time``: each PIE engine runs as many epochs as fit in the time DM
-   took in this run).  The object error is given twice: with whole-pixel
+   (``--dm-time``: RAAR and each PIE engine run as many iterations or epochs
+   as fit in the time DM took in this run).  The object error is given twice: with whole-pixel
    shifts removed (truth_errors, the issue's figures) and with the shift
    removed to 0.05 pixel (:func:`subpixel_object_error`: object and probe
    shifted together are an exact far-field ambiguity, and the fraction of a
@@ -232,19 +232,19 @@ def reconstruct(name: str, n: int, photons: float, home: Path, prepared, truth, 
 
 
 def quality(iterations: int, epochs: int, photons: float, home: Path, dm_time: bool = False) -> None:
-    print(f"2. moonflower-like scan, 161 frames of 128 x 128, {photons:.0e} photons per frame; DM and RAAR "
-          f"{iterations} iterations, PIE " + (f"as many epochs as fit in DM's time (at most {epochs})" if dm_time
-                                               else f"{epochs} epochs"))
+    print(f"2. moonflower-like scan, 161 frames of 128 x 128, {photons:.0e} photons per frame; DM {iterations} "
+          "iterations, " + (f"the others as many iterations or epochs as fit in DM's time (at most {epochs})"
+                            if dm_time else f"RAAR {iterations} iterations, PIE {epochs} epochs"))
     run = Run(parameters(photons, {"e": ("DM", iterations)}, home))
     truth = simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
     prepared = workflow.prepare_scans(run)
     results = {}
     for name in ENGINES:
         pie = name.endswith("PIE")
-        budget = results["DM"][1] if pie and dm_time else None
-        out = reconstruct(name, epochs if pie else iterations, photons, home, prepared, truth, subpixel=True,
-                          budget=budget)
-        results[name] = out if budget is not None else (*out, epochs if pie else iterations)
+        budget = results["DM"][1] if name != "DM" and dm_time else None
+        most = epochs if pie or budget is not None else iterations
+        out = reconstruct(name, most, photons, home, prepared, truth, subpixel=True, budget=budget)
+        results[name] = out if budget is not None else (*out, most)
     (dm_obj, _, dm_sub), dm_seconds, _ = results["DM"]
     print("  object error: whole-pixel shifts removed (truth_errors); sub-pixel: shifts removed to 0.05 pixel")
     for name, ((obj_err, probe_err, sub_err), elapsed, done) in results.items():
@@ -257,9 +257,11 @@ def quality(iterations: int, epochs: int, photons: float, home: Path, dm_time: b
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=100, help="DM and RAAR iterations (quality)")
-    ap.add_argument("--epochs", type=int, default=60, help="PIE epochs (quality; with --dm-time, at most)")
+    ap.add_argument("--epochs", type=int, default=60,
+                    help="PIE epochs (quality; with --dm-time, the most iterations or epochs of RAAR and PIE)")
     ap.add_argument("--dm-time", action="store_true",
-                    help="PIE engines run as many epochs as fit in DM's time (quality): the issue's target")
+                    help="RAAR and the PIE engines run as many iterations or epochs as fit in DM's time (quality): "
+                         "the issue's target")
     ap.add_argument("--photons", type=float, default=1e8, help="photons per frame (quality)")
     ap.add_argument("--frames", type=int, nargs="*", default=[161, 1000], help="frame counts (speed)")
     ap.add_argument("--ptylab", metavar="PYTHON", nargs="?", const="/work/bench-ptylab/bin/python",
