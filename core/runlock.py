@@ -209,13 +209,19 @@ class WritesLock:
         return sorted(found)
 
     def _conflict(self) -> str | None:
+        """The message naming a live run whose files meet ours, else None; dead runs' records (their files are
+        free again) are removed on the way (one walk of the folders)."""
         mine = set(self.paths)
         for folder in self._folders():
             for path in sorted(folder.glob(f".{_WRITES}*.lock")):
                 if path in mine:
                     continue
                 holder = _holder(path)
-                if holder is None or RunLock._stale(holder):
+                if RunLock._stale(holder):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+                if holder is None:
                     continue
                 for ours in self.patterns:
                     for theirs in holder.get("writes") or ():
@@ -245,11 +251,6 @@ class WritesLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f)
             self.paths.append(folder / name)
-        for folder in self._folders():  # dead runs' records go (their files are free again)
-            for path in folder.glob(f".{_WRITES}*.lock"):
-                if RunLock._stale(_holder(path)):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
         conflict = self._conflict()
         if conflict:
             self.release()
