@@ -51,7 +51,8 @@ def fft_workers() -> int:
 
 def fft2(x: np.ndarray, *, inverse: bool = False, norm: str = "backward", overwrite: bool = False) -> np.ndarray:
     """2-D (inverse) FFT of ``x`` (..., H, W) over its last two axes; with ``overwrite`` the result is written
-    into ``x`` (the returned array is then ``x``) unless ``x`` is read-only."""
+    into a writeable C-contiguous complex ``x`` (the returned array is then ``x``; other arrays go through
+    scipy, which may write elsewhere)."""
     if norm not in ("backward", "ortho", "forward"):
         raise ValueError(f"norm must be 'backward', 'ortho' or 'forward', got {norm!r}")
     if x.dtype not in (np.complex64, np.complex128) or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:

@@ -299,7 +299,7 @@ class MaximumLikelihood:
                         k.pods(probe, obj, corners, fields)
                     else:
                         k.pods(probe, *_tall(views), fields)
-                    _forward_in_place(scan.propagator, fields)  # kept for the line search
+                    scan.propagator.forward(fields, overwrite=True)  # in place; kept for the line search
                 chi = self.buffers[fields.shape[1:]][0][:n]
                 err, lls, dev = np.empty(n), np.empty(n), np.empty(n)
                 self.ml_kernels.ml_gradient_weights(
@@ -406,8 +406,8 @@ class MaximumLikelihood:
                     tall, rows = _tall(self.views[scan.label][sl])
                     dtall, _ = _tall(subpixel.views(dobj, corners, shifts[sl], scan.shape))
                     self.ml_kernels.ml_line_pods(probe, dprobe, tall, dtall, rows, first, second)
-                _forward_in_place(scan.propagator, first)
-                _forward_in_place(scan.propagator, second)
+                scan.propagator.forward(first, overwrite=True)  # in place (contiguous complex stacks)
+                scan.propagator.forward(second, overwrite=True)
                 sums = np.empty((n, 3))
                 self.ml_kernels.ml_line_sums(self.fields[scan.label][sl], first, second, scan.intensity[sl],
                                              scan.weights_of(sl), scan.scale_factors()[sl], scan.background_map(),
@@ -424,13 +424,6 @@ class MaximumLikelihood:
             log.warning("ML line search: non-positive curvature %g, taking no step", b2)
             return 0.0, change
         return -b1 / (2 * b2), change
-
-
-def _forward_in_place(propagator, stack: np.ndarray) -> None:
-    """Propagate ``stack`` to the detector, leaving the result in ``stack``."""
-    out = propagator.forward(stack, overwrite=True)
-    if out.ctypes.data != stack.ctypes.data or out.strides != stack.strides:  # not written in place (a view is)
-        stack[...] = out
 
 
 def _tall(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
