@@ -29,8 +29,8 @@ import numpy as np
 
 from difframe.errors import DataError, ParameterError
 from difframe.ptycho import kernels
-from difframe.ptycho.vlog import vlog
 from difframe.ptycho.model import PtychoModel, ScanViews, corners_of, exit_waves, intensity
+from difframe.ptycho.vlog import vlog
 
 #: the 3 x 3 grid of candidate offsets (dy, dx) in steps, row-major; the centre is index 4
 OFFSETS = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij"), axis=-1).reshape(9, 2)

@@ -279,8 +279,9 @@ class OPR(StochasticEngine):
         shared, deviations = self.model.probes[scan.probe_id].data, self.deviations[scan.label]
         deviations -= deviations.mean(axis=0, dtype=np.complex128).astype(deviations.dtype)
         k = int(self.p.num_modes) - 1
-        kept = (self.model.engine_terms.get(TERMS) or {}).get(scan.label)
-        warm = kept["weights"] if kept is not None and kept["weights"].shape == (len(deviations), k) else None
+        previous = (self.model.engine_terms.get(TERMS) or {}).get(scan.label)
+        warm = (previous["weights"] if previous is not None and previous["weights"].shape == (len(deviations), k)
+                else None)
         if warm is not None and not np.abs(warm).any(axis=0).all():
             warm = None  # a zero column spans nothing (the epoch before the probe first moved): start afresh
         lost, weights, modes = truncate(deviations, k, factors=True, start=warm, power_steps=2 if warm is None else 0)
