@@ -65,3 +65,38 @@ def test_same_input_same_bits_whatever_the_alignment():
     assert np.array_equal(fft.fft2(off), fft.fft2(aligned))
     assert fft.fft2(off, overwrite=True) is off and fft.fft2(aligned, overwrite=True) is aligned
     assert np.array_equal(off, aligned)
+
+
+def test_kept_plans_are_bounded_hold_no_reference_and_serve_threads():
+    """Small stacks reuse their thread's plan: same bits as scipy within rounding from several threads at once,
+    at most KEPT_PLANS kinds kept, and the caller's array is not kept alive by a plan."""
+    import threading
+    import weakref
+
+    shapes = [(k, 8 + k, 6) for k in range(1, fft.KEPT_PLANS + 4)]
+    values = {s: _stack(s, np.complex64, len(s) + s[0]) for s in shapes}
+    errors = []
+
+    def work():
+        for _ in range(3):
+            for s in shapes:
+                x = values[s].copy()
+                fft.fft2(x, overwrite=True)
+                ref = scipy.fft.fft2(values[s])
+                if np.abs(x - ref).max() > 2e-5 * np.abs(ref).max():
+                    errors.append(s)
+        errors.append(len(fft._kept.plans))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [fft.KEPT_PLANS] * 3  # no wrong result; each thread kept its last KEPT_PLANS kinds
+    x = fft.empty((2, 5, 7))
+    x[...] = _stack(x.shape, np.complex64)
+    alive = weakref.ref(x)
+    fft.fft2(x, overwrite=True)
+    fft.ifft2(x, overwrite=True)
+    del x
+    assert alive() is None
