@@ -18,11 +18,11 @@ or complex128, not C-contiguous) go through scipy.fft, which gives the same
 result.  Stacks of at least THREADED_SIZE values are transformed with as
 many threads as the process may use (:func:`fft_workers`, as the numba
 kernels); smaller ones on one thread, where starting threads costs more than
-it saves, and each thread keeps the plans of its last KEPT_PLANS kinds of
-small stacks (a plan made from wisdom costs ~25 us, as much as transforming
-a 64 x 64 frame; the engines' cache-sized chunks are transformed hundreds of
-times per iteration): a kept plan is pointed at the caller's array for one
-execution and then back at its own scratch, so it holds no reference to it.  ``norm`` has numpy's meaning: "backward" (inverse scaled by
+it saves.  Each thread keeps the plans of its last KEPT_PLANS kinds (a plan
+made from wisdom cost ~25 us on one thread, ~0.3 ms on two: as much as
+transforming a 64 x 64 frame, and the engines' cache-sized chunks are
+transformed hundreds of times per iteration); a kept plan is pointed at the
+caller's array for one execution only, so it holds no reference to it.  ``norm`` has numpy's meaning: "backward" (inverse scaled by
 1/N), "ortho" (both by 1/sqrt(N)), "forward" (forward scaled by 1/N).
 """
 
@@ -39,8 +39,8 @@ import scipy.fft
 _FLAGS = ("FFTW_MEASURE", "FFTW_DESTROY_INPUT")
 #: stacks with fewer values are transformed on one thread
 THREADED_SIZE = 2**18
-#: plans of small stacks each thread keeps (with a scratch array each: at most 2 MiB apiece)
-KEPT_PLANS = 8
+#: plans each thread keeps, the most recently used kinds
+KEPT_PLANS = 16
 _kept = threading.local()
 _planned: set[tuple] = set()
 _planning = threading.Lock()
@@ -71,11 +71,7 @@ def fft2(x: np.ndarray, *, inverse: bool = False, norm: str = "backward", overwr
     if not in_place:
         y[...] = x
     direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
-    if y.size >= THREADED_SIZE:
-        _learn(y.shape, y.dtype, direction, fft_workers())
-        _plan(y, direction, fft_workers()).execute()
-    else:
-        _execute_kept(y, direction)
+    _execute(y, direction, fft_workers() if y.size >= THREADED_SIZE else 1)
     scaled = {"backward": inverse, "forward": not inverse, "ortho": True}[norm]
     if scaled:
         n = y.shape[-1] * y.shape[-2]
@@ -96,34 +92,29 @@ def ifft2(x: np.ndarray, *, norm: str = "backward", overwrite: bool = False) -> 
     return fft2(x, inverse=True, norm=norm, overwrite=overwrite)
 
 
-def _plan(y: np.ndarray, direction: str, threads: int) -> pyfftw.FFTW:
-    """In-place plan on ``y`` from FFTW's wisdom (which :func:`_learn` filled)."""
-    return pyfftw.FFTW(y, y, axes=(-2, -1), direction=direction, flags=(*_FLAGS, "FFTW_WISDOM_ONLY"),
-                       threads=threads)
-
-
-def _execute_kept(y: np.ndarray, direction: str) -> None:
-    """Transform the small aligned stack ``y`` in place on one thread with this thread's kept plan of its kind."""
+def _execute(y: np.ndarray, direction: str, threads: int) -> None:
+    """Transform the aligned stack ``y`` in place with this thread's kept plan of its kind."""
     plans = _kept.__dict__.setdefault("plans", OrderedDict())
-    key = (y.shape, y.dtype, direction)
+    key = (y.shape, y.strides, y.dtype, direction, threads)
     if key in plans:
         plans.move_to_end(key)
+        plan, rest = plans[key]
+        plan.update_arrays(y, y)
     else:
-        _learn(y.shape, y.dtype, direction, 1)
-        scratch = pyfftw.empty_aligned(y.shape, dtype=y.dtype)
-        plans[key] = (_plan(scratch, direction, 1), scratch)
+        _learn(y.shape, y.dtype, direction, threads)
+        plan = pyfftw.FFTW(y, y, axes=(-2, -1), direction=direction, flags=(*_FLAGS, "FFTW_WISDOM_ONLY"),
+                           threads=threads)  # from wisdom: the data are not touched
+        # a kept plan rests on a view of one aligned element with the plan's shape and strides, never
+        # executed: it keeps no caller's array alive and costs no memory
+        one = pyfftw.empty_aligned(1, dtype=y.dtype)
+        rest = np.lib.stride_tricks.as_strided(one, shape=y.shape, strides=y.strides, writeable=False)
+        plans[key] = plan, rest
         if len(plans) > KEPT_PLANS:
             plans.popitem(last=False)
-    plan, scratch = plans[key]
-    try:
-        plan.update_arrays(y, y)
-    except ValueError:  # strides of a length-1 axis that differ from the plan's: a plan of its own
-        _plan(y, direction, 1).execute()
-        return
     try:
         plan.execute()
     finally:
-        plan.update_arrays(scratch, scratch)
+        plan.update_arrays(rest, rest)
 
 
 def _learn(shape, dtype, direction: str, threads: int) -> None:
