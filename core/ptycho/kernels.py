@@ -48,24 +48,42 @@ LIKELIHOODS = {"gaussian": 0, "poisson": 1, "euclid": 2}
 
 
 def jit(fn):
+    """A kernel threaded over frames (``numba.prange``)."""
     return numba.njit(parallel=True, cache=True, fastmath=FAST, nogil=True, error_model=ERRORS)(fn)
+
+
+def serial(fn):
+    """A kernel on the calling thread alone: the tasks :mod:`difframe.ptycho.frame_threads` runs side by side."""
+    return numba.njit(cache=True, fastmath=FAST, nogil=True, error_model=ERRORS)(fn)
 
 
 # -- waves at the sample ---------------------------------------------------------------------
 
 
+@numba.njit(inline="always")
+def _frame_pods(probe, obj, y, x, out):
+    """out[p*O + o] = probe[p] x the window of object mode o at top-left pixel (y, x)."""
+    n_obj, h, w = obj.shape[0], probe.shape[1], probe.shape[2]
+    for p in range(probe.shape[0]):
+        for o in range(n_obj):
+            for i in range(h):
+                pr, ob, ou = probe[p, i], obj[o, y + i, x:x + w], out[p * n_obj + o, i]
+                for j in range(w):
+                    ou[j] = pr[j] * ob[j]
+
+
 @jit
 def pods(probe, obj, corners, out):
     """out[n, p*O + o] = probe[p] x window n of object mode o."""
-    n_obj, h, w = obj.shape[0], probe.shape[1], probe.shape[2]
     for n in numba.prange(corners.shape[0]):
-        y, x = corners[n, 0], corners[n, 1]
-        for p in range(probe.shape[0]):
-            for o in range(n_obj):
-                for i in range(h):
-                    pr, ob, ou = probe[p, i], obj[o, y + i, x:x + w], out[n, p * n_obj + o, i]
-                    for j in range(w):
-                        ou[j] = pr[j] * ob[j]
+        _frame_pods(probe, obj, corners[n, 0], corners[n, 1], out[n])
+
+
+@serial
+def pods_serial(probe, obj, corners, out):
+    """:func:`pods` on the calling thread."""
+    for n in range(corners.shape[0]):
+        _frame_pods(probe, obj, corners[n, 0], corners[n, 1], out[n])
 
 
 @jit

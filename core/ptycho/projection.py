@@ -33,7 +33,8 @@ import numba
 import numpy as np
 
 from difframe.ptycho import model as pm
-from difframe.ptycho.kernels import FAST, add_row, jit, row_deviance, row_intensity, row_likelihood, weight_rows
+from difframe.ptycho.kernels import (FAST, add_row, row_deviance, row_intensity, row_likelihood, serial,
+                                     weight_rows)
 
 POISSON = 1
 
@@ -134,7 +135,7 @@ def _row_relaxed_intensity(fpo, phi, n, i, a1, a, out):
             out[j] += r.real * r.real + r.imag * r.imag
 
 
-@jit
+@serial
 def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, mix, count, bound, tiny,
                        err, dev, bg_sums, scale_sums):
     """The projection engines' Fourier step on detector-plane waves, frame by frame.
@@ -149,10 +150,11 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
     mix (P_F(r) - F(PO)) + (1 - mix) (F(PO) - Phi), which is also added to
     ``phi``; err[n] = the relaxed wave's mean squared amplitude error; dev[n]
     = the Poisson deviance of the current PO model (sum over valid pixels).
-    With ``bg_sums`` (threads, 2, H, W) the Poisson gradient and curvature of
-    the deviance with respect to the background are added per thread, with
+    With ``bg_sums`` (1, 2, H, W) the Poisson gradient and curvature of the
+    deviance with respect to the background are added to it, with
     ``scale_sums`` (N, 2) those with respect to each frame's scale (empty
-    arrays: not fitted).
+    arrays: not fitted).  One thread: the engines run it on cache-sized chunks,
+    several at once (:mod:`difframe.ptycho.frame_threads`).
     """
     h, w = fpo.shape[2], fpo.shape[3]
     real = intensity.dtype.type
@@ -161,9 +163,8 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
     wrow = weight_rows(weights, fpo.shape[0])
     fit_bg = bg_sums.shape[0] > 0
     fit_scale = scale_sums.shape[0] > 0
-    no_sums = np.empty((0, 0, 0), bg_sums.dtype)
-    for n in numba.prange(fpo.shape[0]):
-        sums = bg_sums[numba.get_thread_id()] if fit_bg else no_sums
+    sums = bg_sums[0] if fit_bg else np.empty((0, 0, 0), bg_sums.dtype)
+    for n in range(fpo.shape[0]):
         s = real(scale[n])
         model = np.empty(w, intensity.dtype)
         relaxed = np.empty(w, intensity.dtype)
@@ -202,10 +203,10 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
                     f[j] = change
 
 
-@jit
+@serial
 def add_exit_change(back, exits, change):
-    """exits += back (the exit-wave change at the sample); change[n] = |back|^2 of frame n."""
-    for n in numba.prange(back.shape[0]):
+    """exits += back (the exit-wave change at the sample); change[n] = |back|^2 of frame n (one thread)."""
+    for n in range(back.shape[0]):
         total = 0.0
         for k in range(back.shape[1]):
             for i in range(back.shape[2]):

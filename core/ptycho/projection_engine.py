@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from difframe.ptycho import kernels, projection
+from difframe import fft
+from difframe.ptycho import frame_threads, kernels, projection
 from difframe.ptycho import model as pm
 
 _NO_SCALES = np.empty((0, 2))  # the kernels' sign for "frame scales not fitted"
@@ -64,11 +65,12 @@ class ProjectionEngine:
             }
             if self.p.floating_intensities and scan.scale is None:
                 scan.scale = np.ones(scan.num_frames, m.rdtype)
-            # one chunk buffer reused every iteration: a fresh one would cost a page fault per 4 kB each time
-            step = next(m.chunks(scan, pods), slice(0, 0)).stop
+            # one chunk buffer per thread reused every iteration (a fresh one would cost a page fault per 4 kB
+            # each time), aligned for in-place FFTs
+            step = self._chunks(scan)[0].stop
             key = (pods, *scan.shape)
-            if len(self.buffers.get(key, ())) < step:
-                self.buffers[key] = np.empty((step, *key), m.cdtype)
+            if len(self.buffers.get(key, [()])[0]) < step:
+                self.buffers[key] = [fft.empty((step, *key), m.cdtype) for _ in range(frame_threads.workers())]
         power, self.points = m.total_measured()
         self.mean_power = power / max(self.points, 1)
         self.supports = {pid: pm.probe_support(st.data.shape[-2:], self.p.probe_support, m.rdtype)
@@ -98,17 +100,25 @@ class ProjectionEngine:
 
     # -- Fourier constraint -----------------------------------------------------------------
 
+    def _chunks(self, scan) -> list[slice]:
+        return frame_threads.chunks(scan.num_frames, self.exits[scan.label][0].nbytes)
+
     def _fourier_update(self) -> dict:
-        """psi += F^-1[P_F((1 + alpha) F(PO) - alpha Phi) - F(PO)] over all frames, chunk by chunk; then a
-        Newton step of the background and frame scales at the current PO."""
+        """psi += F^-1[P_F((1 + alpha) F(PO) - alpha Phi) - F(PO)] over all frames, a cache-sized chunk at a
+        time on every thread; then a Newton step of the background and frame scales at the current PO."""
         m = self.model
         fit_bg = self.p.fit_background and self.iteration >= self.p.background_update_start
         sums = np.zeros(4)  # squared amplitude errors, deviance, exit-wave change, frames
         for scan in m.scans:
-            bg_sums = pm.background_sums(scan, fit_bg)
+            bg_sums = pm.background_sums(scan, fit_bg)  # a (2, H, W) slot per worker
             scale_sums = np.zeros((scan.num_frames, 2)) if self.p.floating_intensities else _NO_SCALES
-            for sl in m.chunks(scan, self.exits[scan.label].shape[1]):
-                sums += self._fourier_chunk(scan, sl, bg_sums, scale_sums[sl] if len(scale_sums) else _NO_SCALES)
+
+            def chunk(worker, sl, scan=scan, bg_sums=bg_sums, scale_sums=scale_sums):
+                return self._fourier_chunk(scan, sl, worker, bg_sums[worker:worker + 1],
+                                           scale_sums[sl] if len(scale_sums) else _NO_SCALES)
+
+            for chunk_sums in frame_threads.run(chunk, self._chunks(scan)):
+                sums += chunk_sums
             if len(bg_sums):
                 pm.newton_background(scan, bg_sums, m.ranks)
             if len(scale_sums):
@@ -116,16 +126,17 @@ class ProjectionEngine:
         err_sum, dev_sum, change, frames = m.ranks.sum(*sums)
         return {"fourier_error": err_sum / frames, "deviance": dev_sum / self.points, "exit_change": change / frames}
 
-    def _fourier_chunk(self, scan, sl: slice, bg_sums, scale_sums) -> tuple[float, float, float, int]:
-        """Fourier step of frames ``sl`` of ``scan``; returns its (error, deviance, change, frames) sums."""
+    def _fourier_chunk(self, scan, sl: slice, worker: int, bg_sums, scale_sums) -> tuple[float, float, float, int]:
+        """Fourier step of frames ``sl`` of ``scan`` on ``worker``'s buffer; returns its (error, deviance,
+        change, frames) sums."""
         m = self.model
         probe = m.probes[scan.probe_id].data
         obj = m.objects[scan.object_id].data
         ex, phi, fd, corners = (self.exits[scan.label][sl], self.detector[scan.label][sl],
                                 self.frame_data[scan.label], scan.corners[sl])
         n = len(ex)
-        f = self.buffers[ex.shape[1:]][:n]
-        kernels.pods(probe, obj, corners, f)
+        f = self.buffers[ex.shape[1:]][worker][:n]
+        kernels.pods_serial(probe, obj, corners, f)
         fields = scan.propagator.forward(f, overwrite=True)
         err, dev, change = np.empty(n), np.empty(n), np.empty(n)
         alpha, mix = self.relaxation()
@@ -134,7 +145,7 @@ class ProjectionEngine:
                                       fd["count"][sl], fd["bound"][sl], self.tiny, err, dev, bg_sums, scale_sums)
         back = scan.propagator.backward(fields, overwrite=True)
         projection.add_exit_change(back, ex, change)
-        return float(err.sum()), float(dev.sum()), float(change.sum()), n
+        return np.array([err.sum(), dev.sum(), change.sum(), n])
 
     # -- overlap constraint ------------------------------------------------------------------
 

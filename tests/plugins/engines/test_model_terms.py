@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from difframe.plugins.engines import dm, ml
-from difframe.ptycho import kernels
+from difframe.ptycho import frame_threads, kernels
 from difframe.ptycho import model as pm
 from difframe.parallel import Ranks
 
@@ -184,3 +184,26 @@ def test_more_probe_modes_than_frames_are_refused():
     with pytest.raises(pm.ParameterError, match=r"scans\.sim\.coherence\.num_probe_modes: 4 probe modes but only 3"):
         start_model(prep, np.ones((4, *SHAPE), complex))
     assert start_model(prep, np.ones((3, *SHAPE), complex)).probes["sim"].data.shape[0] == 3
+
+
+def test_dm_in_cache_sized_chunks_on_two_threads_is_reproducible(with_background, monkeypatch):
+    """DM's Fourier pass split into chunks of 3 frames over 2 threads (background and scales fitted, their sums
+    made per thread) gives the bits of a second such run and, within float rounding, the one-chunk result."""
+    prep, probe, truth, _ = with_background
+    results = []
+    for cache_bytes, threads in ((3 * SHAPE[0] * SHAPE[1] * 8, 2), (3 * SHAPE[0] * SHAPE[1] * 8, 2), (2**20, 1)):
+        monkeypatch.setattr(frame_threads, "CACHE_BYTES", cache_bytes)
+        monkeypatch.setattr(frame_threads, "workers", lambda threads=threads: threads)
+        model = start_model(prep, amplitude_guess(prep, truth.psize))
+        model.scans[0].background = np.zeros(SHAPE, np.float32)
+        engine = dm.factory(engine_params(dm.PARAMETERS, floating_intensities=True), model)
+        engine.initialize()
+        deviance = engine.iterate(15)[-1]["deviance"]
+        results.append((deviance, model.objects["sim"].data.copy(), model.scans[0].background.copy(),
+                        model.scans[0].scale.copy()))
+    for a, b in zip(results[0][1:], results[1][1:]):
+        assert np.array_equal(a, b)
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1:], results[2][1:]):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * np.abs(b).max())
+    assert abs(results[0][0] / results[2][0] - 1) < 1e-3
