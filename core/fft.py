@@ -8,29 +8,40 @@ benchmarks/fft_backends.py).
 
 The first transform of a given stack shape, dtype and direction is planned
 with FFTW_MEASURE on a scratch array (the caller's data is never touched by
-planning); FFTW keeps what it measured ("wisdom"), so every later plan of
-that kind is made from it in about 0.1 ms and is used once, holding no
-reference to the caller's arrays.  Transforms run on SIMD-aligned memory
-only (an array off alignment goes through an aligned copy), so one plan
-serves every array of a kind and a process gives bit-identical results for
-identical input (a simulation with a seed is reproducible).  Arrays FFTW cannot take (not complex64
-or complex128, not C-contiguous) go through scipy.fft, which gives the same
-result.  Stacks of at least THREADED_SIZE values are transformed with as
-many threads as the process may use (:func:`fft_workers`, as the numba
-kernels); smaller ones on one thread, where starting threads costs more than
-it saves.  Each thread keeps the plans of its last KEPT_PLANS kinds (a plan
-made from wisdom cost ~25 us on one thread, ~0.3 ms on two: as much as
-transforming a 64 x 64 frame, and the engines' cache-sized chunks are
-transformed hundreds of times per iteration); a kept plan is pointed at the
-caller's array for one execution only, so it holds no reference to it.  ``norm`` has numpy's meaning: "backward" (inverse scaled by
-1/N), "ortho" (both by 1/sqrt(N)), "forward" (forward scaled by 1/N).
+planning); FFTW keeps what it measured ("wisdom"), every later plan of that
+kind is made from it, and the wisdom goes to a file in the user's cache
+(:func:`wisdom_file`) that later runs start from (measuring P25's kinds took
+~0.7 s a run).  Transforms run on SIMD-aligned memory only (an array off
+alignment goes through an aligned copy), so one plan serves every array of a
+kind and a process gives bit-identical results for identical input (a
+simulation with a seed is reproducible).  Arrays FFTW cannot take (not
+complex64 or complex128, not C-contiguous) go through scipy.fft, which gives
+the same result.
+
+Stacks of at least THREADED_SIZE values are transformed with as many
+threads as the process may use (:func:`fft_workers`, as the numba kernels);
+smaller ones on one thread, where starting threads costs more than it saves.
+Each thread keeps the plans of its last KEPT_PLANS kinds (a plan made from
+wisdom cost ~25 us on one thread, ~0.3 ms on two: as much as transforming a
+64 x 64 frame, and the engines' cache-sized chunks are transformed hundreds
+of times per iteration); a kept plan is pointed at the caller's array for
+one execution only, so it holds no reference to it.
+
+``norm`` has numpy's meaning: "backward" (inverse scaled by 1/N), "ortho"
+(both by 1/sqrt(N)), "forward" (forward scaled by 1/N).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import platform
+import tempfile
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pyfftw
@@ -42,6 +53,9 @@ THREADED_SIZE = 2**18
 #: plans each thread keeps, the most recently used kinds
 KEPT_PLANS = 16
 _kept = threading.local()
+#: a wisdom file larger than this is not FFTW's (a few kB per kind of transform)
+_WISDOM_BYTES = 2**22
+log = logging.getLogger(__name__)
 _planned: set[tuple] = set()
 _planning = threading.Lock()
 
@@ -118,12 +132,75 @@ def _execute(y: np.ndarray, direction: str, threads: int) -> None:
 
 
 def _learn(shape, dtype, direction: str, threads: int) -> None:
-    """Measure a plan of this kind once on an aligned scratch array, so that FFTW's wisdom holds it."""
+    """Make sure FFTW's wisdom holds a measured plan of this kind: from the wisdom file of earlier runs, else
+    measured once on an aligned scratch array (then written to that file)."""
     key = (shape, dtype, direction, threads)
     if key in _planned:
         return
     with _planning:
-        if key not in _planned:
-            scratch = pyfftw.empty_aligned(shape, dtype=dtype)
+        if key in _planned:
+            return
+        if not _planned:
+            _load_wisdom()
+        scratch = pyfftw.empty_aligned(shape, dtype=dtype)
+        try:
+            pyfftw.FFTW(scratch, scratch, axes=(-2, -1), direction=direction, flags=(*_FLAGS, "FFTW_WISDOM_ONLY"),
+                        threads=threads)
+        except RuntimeError:  # not known yet: measure it
             pyfftw.FFTW(scratch, scratch, axes=(-2, -1), direction=direction, flags=_FLAGS, threads=threads)
-            _planned.add(key)
+            _save_wisdom()
+        _planned.add(key)
+
+
+# -- wisdom kept between runs ----------------------------------------------------------------------
+
+
+def wisdom_file() -> Path | None:
+    """Where measured plans are kept between runs: ``$DIFFRAME_CACHE_DIR`` (empty: nowhere), else
+    ``$XDG_CACHE_HOME/difframe`` or ``~/.cache/difframe``; one file per FFTW version and CPU model, since a
+    plan measured on one CPU is correct but not the fastest on another."""
+    root = os.environ.get("DIFFRAME_CACHE_DIR")
+    if root == "":
+        return None
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "difframe"
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    machine = hashlib.sha256(f"{pyfftw.__version__} {platform.machine()} {cpu}".encode()).hexdigest()[:16]
+    return Path(root) / f"fftw-wisdom-{machine}.json"
+
+
+def _load_wisdom() -> None:
+    """Import the wisdom file's plans into FFTW; a missing, unreadable or corrupt file is passed over."""
+    path = wisdom_file()
+    if path is None or not path.is_file():
+        return
+    try:
+        if path.stat().st_size > _WISDOM_BYTES:
+            raise ValueError(f"larger than {_WISDOM_BYTES} bytes")
+        parts = json.loads(path.read_text(encoding="ascii"))["fftw"]
+        if not (isinstance(parts, list) and len(parts) == 3 and all(isinstance(p, str) for p in parts)):
+            raise ValueError("no list of FFTW's three wisdom strings")
+        pyfftw.import_wisdom(tuple(p.encode("ascii") for p in parts))
+    except (OSError, ValueError, KeyError, TypeError, UnicodeError) as exc:
+        log.info("FFTW wisdom file %s passed over (%s); plans are measured afresh", path, exc)
+
+
+def _save_wisdom() -> None:
+    """Write FFTW's wisdom to the wisdom file (atomically: concurrent runs never see half a file)."""
+    path = wisdom_file()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"fftw": [w.decode("ascii") for w in pyfftw.export_wisdom()]})
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False,
+                                         encoding="ascii") as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, path)
+    except OSError as exc:
+        log.debug("FFTW wisdom not kept in %s: %s", path, exc)

@@ -104,3 +104,50 @@ def test_kept_plans_are_bounded_hold_no_reference_and_serve_threads():
         assert np.abs(fft.fft2(x) - ref).max() <= 2e-5 * np.abs(ref).max()
         del x
         assert alive() is None
+
+
+def _in_fresh_process(code: str, cache: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DIFFRAME_CACHE_DIR": cache}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+# in a fresh process: transform a stack of a kind no earlier run measured, report whether FFTW knew the kind
+# before (a plan from wisdom alone) and whether the result is scipy's
+_WISDOM_PROBE = """
+import numpy as np, pyfftw, scipy.fft
+from difframe import fft
+x = fft.empty((3, 38, 26))
+x[...] = np.arange(x.size).reshape(x.shape) % 7 + 1j
+fft._load_wisdom()
+y = fft.empty(x.shape)
+try:
+    pyfftw.FFTW(y, y, axes=(-2, -1), flags=("FFTW_MEASURE", "FFTW_DESTROY_INPUT", "FFTW_WISDOM_ONLY"))
+    known = "known"
+except RuntimeError:
+    known = "unknown"
+ref = scipy.fft.fft2(x)
+ok = np.allclose(fft.fft2(x, overwrite=True), ref, atol=1e-4 * abs(ref).max())
+print(known, ok)
+"""
+
+
+def test_measured_plans_are_kept_for_later_runs(tmp_path):
+    """A kind measured in one run is known to the next from the wisdom file; a corrupt file is passed over and
+    replaced; an empty DIFFRAME_CACHE_DIR keeps nothing."""
+    import json
+
+    cache = str(tmp_path)
+    assert _in_fresh_process(_WISDOM_PROBE, cache) == "unknown True"
+    files = list(tmp_path.glob("fftw-wisdom-*.json"))
+    assert len(files) == 1 and "fftw" in json.loads(files[0].read_text())["fftw"][1]  # single precision wisdom
+    assert _in_fresh_process(_WISDOM_PROBE, cache) == "known True"
+    files[0].write_bytes(b"\x00(fftw-3 garbage")
+    assert _in_fresh_process(_WISDOM_PROBE, cache) == "unknown True"
+    assert json.loads(files[0].read_text())["fftw"]  # rewritten whole
+    assert _in_fresh_process(_WISDOM_PROBE, "") == "unknown True"  # no file read (the user's cache neither)
