@@ -36,6 +36,7 @@ import numpy as np
 import difframe
 from difframe import limits, optics
 from difframe.errors import ParameterError
+from difframe.ptycho import frame_fft
 from difframe.ptycho import model as pm
 from difframe.ptycho.stochastic import STEPS, StochasticEngine, schema
 from difframe.types import EngineSpec, Parameter
@@ -194,7 +195,8 @@ class MultislicePIE(StochasticEngine):
             m.probes[scan.probe_id].data, m.objects[scan.object_id].data, scan.corners, order, scan.intensity,
             scan.weights_of(slice(None)), scan.scale_factors(), scan.background_map(), self.transfer[scan.label],
             self.slab[scan.label], real(p.alpha * scan.object_power), real(p.beta * scan.probe_power),
-            update_probe, self.tiny, sums.err, sums.dev, sums.change, sums.background, sums.scales)
+            update_probe, self.tiny, sums.err, sums.dev, sums.change, sums.background, sums.scales,
+            frame_fft.plans(m.probes[scan.probe_id].data.shape, m.cdtype))
 
 
 def factory(params, context):

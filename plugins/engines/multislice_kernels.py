@@ -1,4 +1,4 @@
-"""e3PIE's sequential epoch fused in numba (FFTs inside the loop through rocket-fft).
+"""e3PIE's sequential epoch fused in numba (FFTs inside the loop: difframe.ptycho.frame_fft).
 
 One call visits the frames of one scan in the given order.  For each frame
 the probe modes are the waves incident on slice 1; each slice multiplies the
@@ -30,7 +30,7 @@ from difframe.ptycho.projection import project_frame
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer, slab,
-                     alpha, beta, update_probe, tiny, err, dev, change, bg_sums, scale_sums):
+                     alpha, beta, update_probe, tiny, err, dev, change, bg_sums, scale_sums, plans=None):
     """One sequential pass over the frames ``order`` of a scan; slices ``obj`` (S, Ho, Wo) and probe
     (P, H, W) are updated in place.
 
@@ -41,7 +41,8 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
     the background are added, with ``scale_sums`` (N, 2) those with respect to
     the frame's scale (empty arrays: not fitted).  ``transfer`` (H, W) is the
     scan's near-field transfer function, empty in far field; ``slab`` (H, W)
-    the transfer function from one slice to the next.
+    the transfer function from one slice to the next; ``plans`` FFTW's for the (P, H, W) stack
+    (:func:`difframe.ptycho.frame_fft.plans`; None: rocket-fft).
     """
     n_probe, h, w = probe.shape[0], probe.shape[1], probe.shape[2]
     n_slices = obj.shape[0]
@@ -67,11 +68,11 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
                     for j in range(w):
                         ch[j] = wa[j] * ob[j]
             if s + 1 < n_slices:
-                waves[s + 1] = convolve(chi, slab)
-        field = to_detector(chi, transfer)
+                waves[s + 1] = convolve(chi, slab, plans)
+        field = to_detector(chi, transfer, plans)
         err[n], dev[n] = project_frame(field, n, intensity, weights, wrow, scale, background, tiny, bg_sums,
                                        scale_sums, model, d1, d2)
-        dchi = from_detector(field, transfer_back)
+        dchi = from_detector(field, transfer_back, plans)
         c_sum = 0.0
         for p in range(n_probe):
             for i in range(h):
@@ -110,6 +111,6 @@ def multislice_epoch(probe, obj, corners, order, intensity, weights, scale, back
                     for j in range(w):
                         d[j] = step_p * (np.conj(ol[j]) * d[j])
             if s > 0:
-                dchi = convolve(dchi, slab_back)
+                dchi = convolve(dchi, slab_back, plans)
             else:
                 probe += dchi

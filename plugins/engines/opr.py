@@ -37,6 +37,7 @@ import numpy as np
 import difframe
 from difframe.errors import DataError, ParameterError, UsageError
 from difframe.limits import check_allocation
+from difframe.ptycho import frame_fft
 from difframe.ptycho import model as pm
 from difframe.ptycho.stochastic import REGULARISED, STEPS, StochasticEngine, schema
 from difframe.types import EngineSpec, Parameter
@@ -251,7 +252,7 @@ class OPR(StochasticEngine):
                                self.transfer[scan.label], real(alpha * scan.object_power),
                                real(p.beta * scan.probe_power), real(p.object_regularisation),
                                real(p.probe_regularisation), update_probe, self.tiny, sums.err, sums.dev,
-                               sums.change, sums.background, sums.scales)
+                               sums.change, sums.background, sums.scales, frame_fft.plans(scan.shape, m.cdtype))
 
     def scan_done(self, scan, update_probe: bool) -> None:
         if self.supports[scan.probe_id] is not None and scan.label in self.deviations:

@@ -31,7 +31,7 @@ from difframe.ptycho.projection import project_frame
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def opr_epoch(probe, deviations, which, deviation_step, obj, corners, order, intensity, weights, scale,
               background, transfer, alpha, beta, reg_object, reg_probe, update_probe, tiny, err, dev, change,
-              bg_sums, scale_sums):
+              bg_sums, scale_sums, plans=None):
     """One sequential pass over the frames ``order``; ``obj`` (Ho, Wo), ``probe`` (H, W) and ``deviations``
     (M, H, W) change in place.
 
@@ -40,7 +40,8 @@ def opr_epoch(probe, deviations, which, deviation_step, obj, corners, order, int
     |dpsi|^2, all of the model before its update; with ``bg_sums`` (2, H, W)
     the Poisson gradient and curvature with respect to the background are
     added, with ``scale_sums`` (N, 2) those with respect to the frame's scale
-    (empty arrays: not fitted).  ``transfer`` is empty in far field.
+    (empty arrays: not fitted).  ``transfer`` is empty in far field; ``plans`` FFTW's for one
+    (H, W) frame (:func:`difframe.ptycho.frame_fft.plans`; None: rocket-fft).
     """
     h, w = probe.shape[0], probe.shape[1]
     real = intensity.dtype.type
@@ -70,10 +71,10 @@ def opr_epoch(probe, deviations, which, deviation_step, obj, corners, order, int
                 ps[j] = pr[j] * ob[j]
                 p_max = max(p_max, pr[j].real * pr[j].real + pr[j].imag * pr[j].imag)
                 o_max = max(o_max, ob[j].real * ob[j].real + ob[j].imag * ob[j].imag)
-        field = to_detector(psi, transfer)
+        field = to_detector(psi, transfer, plans)
         err[n], dev[n] = project_frame(field.reshape((1, h, w)), n, intensity, weights, wrow, scale, background,
                                        tiny, bg_sums, scale_sums, model, d1, d2)
-        dpsi = from_detector(field, transfer_back)
+        dpsi = from_detector(field, transfer_back, plans)
         c_sum = 0.0
         for i in range(h):
             pr, ob, d, sh, dv = lit[i], obj[y + i, x:x + w], dpsi[i], probe[i], own[i]

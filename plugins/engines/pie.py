@@ -36,6 +36,7 @@ import numpy as np
 
 import difframe
 from difframe.errors import ParameterError
+from difframe.ptycho import frame_fft
 from difframe.ptycho import model as pm
 from difframe.ptycho.stochastic import REGULARISED, STEPS, StochasticEngine, schema
 from difframe.types import EngineSpec, Parameter
@@ -89,12 +90,13 @@ class PIE(StochasticEngine):
     def visit(self, scan, order, sums, update_probe) -> None:
         m, p = self.model, self.p
         real = m.rdtype.type
-        self.kernels.pie_epoch(m.probes[scan.probe_id].data, m.objects[scan.object_id].data, scan.corners, order,
-                               scan.intensity, scan.weights_of(slice(None)), scan.scale_factors(),
-                               scan.background_map(), self.transfer[scan.label], real(p.alpha * scan.object_power),
-                               real(p.beta * scan.probe_power), real(self.reg[0]), real(self.reg[1]), True,
-                               update_probe, self.tiny, sums.err, sums.dev, sums.change, sums.background,
-                               sums.scales)
+        probe, obj = m.probes[scan.probe_id].data, m.objects[scan.object_id].data
+        self.kernels.pie_epoch(probe, obj, scan.corners, order, scan.intensity, scan.weights_of(slice(None)),
+                               scan.scale_factors(), scan.background_map(), self.transfer[scan.label],
+                               real(p.alpha * scan.object_power), real(p.beta * scan.probe_power),
+                               real(self.reg[0]), real(self.reg[1]), True, update_probe, self.tiny, sums.err,
+                               sums.dev, sums.change, sums.background, sums.scales,
+                               frame_fft.plans((len(probe) * len(obj), *scan.shape), m.cdtype))
 
     def epoch_done(self, update_probe: bool) -> dict:
         if self.momentum > 0:

@@ -1,4 +1,4 @@
-"""The PIE family's sequential epoch, fused in numba (FFTs inside the loop through rocket-fft).
+"""The PIE family's sequential epoch, fused in numba (FFTs inside the loop: difframe.ptycho.frame_fft).
 
 One call visits the frames of one scan in the given order and, for each,
 forms the pods psi = P_p O_o of its window, propagates them (far field:
@@ -30,7 +30,7 @@ from difframe.ptycho.projection import project_frame
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
 def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background, transfer,
               alpha, beta, reg_object, reg_probe, update_object, update_probe, tiny,
-              err, dev, change, bg_sums, scale_sums):
+              err, dev, change, bg_sums, scale_sums, plans=None):
     """One sequential pass over the frames ``order`` of a scan; object and probe are updated in place.
 
     Per frame n (the model before its update): err[n] = mean squared
@@ -39,7 +39,8 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
     Poisson gradient and curvature with respect to the background are added,
     with ``scale_sums`` (N, 2) those with respect to the frame's scale (empty
     arrays: not fitted).  ``transfer`` (H, W) is the near-field transfer
-    function, empty in far field.
+    function, empty in far field; ``plans`` FFTW's for the (pods, H, W) stack
+    (:func:`difframe.ptycho.frame_fft.plans`; None: rocket-fft).
     """
     n_probe, h, w = probe.shape[0], probe.shape[1], probe.shape[2]
     n_obj = obj.shape[0]
@@ -83,10 +84,10 @@ def pie_epoch(probe, obj, corners, order, intensity, weights, scale, background,
             for j in range(w):
                 p_max = max(p_max, sp[j])
                 o_max = max(o_max, so[j])
-        field = to_detector(psi, transfer)
+        field = to_detector(psi, transfer, plans)
         err[n], dev[n] = project_frame(field, n, intensity, weights, wrow, scale, background, tiny, bg_sums,
                                        scale_sums, model, d1, d2)
-        dpsi = from_detector(field, transfer_back)
+        dpsi = from_detector(field, transfer_back, plans)
         c_sum = 0.0
         for i in range(h):
             sp, so = p2[i], o2[i]
