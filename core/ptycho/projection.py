@@ -135,6 +135,23 @@ def _row_relaxed_intensity(fpo, phi, n, i, a1, a, out):
             out[j] += r.real * r.real + r.imag * r.imag
 
 
+@numba.njit(inline="always", fastmath=FAST)
+def _row_amplitudes(s, relaxed, bg, meas, wt, tiny, amp, am):
+    """amp[j], am[j] = measured and model amplitudes of a row at model intensity s x relaxed + bg (valid pixels:
+    weight > 0; others get 1 and 1, so that any factor (amp + (am - amp) r) / am leaves them exactly alone);
+    returns the sum of squared amplitude errors."""
+    real = relaxed.dtype.type
+    zero, one, tiny = real(0), real(1), real(tiny)
+    e_row = zero
+    for j in range(relaxed.shape[0]):
+        ok = wt[j] > zero
+        data, model = np.sqrt(max(meas[j], zero)), np.sqrt(max(s * relaxed[j] + bg[j], tiny))
+        e_row += real(ok) * (model - data) * (model - data)
+        amp[j] = data if ok else one
+        am[j] = model if ok else one
+    return e_row
+
+
 @serial
 def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, mix, count, bound, tiny,
                        err, dev, bg_sums, scale_sums):
@@ -154,22 +171,25 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
     deviance with respect to the background are added to it, with
     ``scale_sums`` (N, 2) those with respect to each frame's scale (empty
     arrays: not fitted).  One thread: the engines run it on cache-sized chunks,
-    several at once (:mod:`difframe.ptycho.frame_threads`).
+    several at once (:mod:`difframe.ptycho.frame_threads`).  The first pass
+    over a frame keeps each pixel's measured and model amplitudes for the
+    second (a frame's worth, in cache), which then needs one division a pixel.
     """
     h, w = fpo.shape[2], fpo.shape[3]
     real = intensity.dtype.type
     a1, a = real(1 + alpha), real(alpha)
     m1, m0 = real(mix), real(1 - mix)
     wrow = weight_rows(weights, fpo.shape[0])
-    fit_bg = bg_sums.shape[0] > 0
     fit_scale = scale_sums.shape[0] > 0
-    sums = bg_sums[0] if fit_bg else np.empty((0, 0, 0), bg_sums.dtype)
+    sums = bg_sums[0] if bg_sums.shape[0] > 0 else np.empty((0, 0, 0), bg_sums.dtype)
+    model = np.empty(w, intensity.dtype)
+    relaxed = np.empty(w, intensity.dtype)
+    d1 = np.empty(w, intensity.dtype)
+    d2 = np.empty(w, intensity.dtype)
+    amp = np.empty((h, w), intensity.dtype)
+    am = np.empty((h, w), intensity.dtype)
     for n in range(fpo.shape[0]):
         s = real(scale[n])
-        model = np.empty(w, intensity.dtype)
-        relaxed = np.empty(w, intensity.dtype)
-        d1 = np.empty(w, intensity.dtype)
-        d2 = np.empty(w, intensity.dtype)
         e_sum = 0.0
         d_sum = 0.0
         g_scale = 0.0
@@ -178,8 +198,7 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
             row_intensity(fpo, n, i, model)
             _row_relaxed_intensity(fpo, phi, n, i, a1, a, relaxed)
             meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            e_row, _ = row_modulus(s, relaxed, bg, meas, wt, 0.0, tiny, relaxed)
-            e_sum += e_row
+            e_sum += _row_amplitudes(s, relaxed, bg, meas, wt, tiny, amp[i], am[i])
             dv, gs, hs = row_fit(s, model, bg, meas, wt, tiny, sums, i, fit_scale, d1, d2)
             d_sum += dv
             g_scale += gs
@@ -190,15 +209,15 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
         if fit_scale:
             scale_sums[n, 0] = g_scale
             scale_sums[n, 1] = h_scale
-        renorm = math.sqrt(bound[n] / e_sum) if e_sum > bound[n] else 1.0
+        renorm = real(math.sqrt(bound[n] / e_sum) if e_sum > bound[n] else 1.0)
         for i in range(h):
-            _row_relaxed_intensity(fpo, phi, n, i, a1, a, relaxed)
-            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            row_modulus(s, relaxed, bg, meas, wt, renorm, tiny, relaxed)  # relaxed becomes the factor
+            data, mod, factor = amp[i], am[i], relaxed
+            for j in range(w):
+                factor[j] = (data[j] + (mod[j] - data[j]) * renorm) / mod[j]
             for k in range(fpo.shape[1]):
                 f, q = fpo[n, k, i], phi[n, k, i]
                 for j in range(w):
-                    change = m1 * (relaxed[j] * (a1 * f[j] - a * q[j]) - f[j]) + m0 * (f[j] - q[j])
+                    change = m1 * (factor[j] * (a1 * f[j] - a * q[j]) - f[j]) + m0 * (f[j] - q[j])
                     q[j] += change
                     f[j] = change
 
