@@ -50,6 +50,8 @@ import scipy.fft
 _FLAGS = ("FFTW_MEASURE", "FFTW_DESTROY_INPUT")
 #: stacks with fewer values are transformed on one thread
 THREADED_SIZE = 2**18
+#: the alignment (bytes) FFTW's plans here assume: arrays off it are transformed through an aligned copy
+SIMD_ALIGNMENT = pyfftw.simd_alignment
 #: plans each thread keeps, the most recently used kinds
 KEPT_PLANS = 16
 _kept = threading.local()
@@ -80,7 +82,7 @@ def fft2(x: np.ndarray, *, inverse: bool = False, norm: str = "backward", overwr
     if x.dtype not in (np.complex64, np.complex128) or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:
         transform = scipy.fft.ifft2 if inverse else scipy.fft.fft2
         return transform(x, norm=norm, overwrite_x=overwrite)
-    in_place = overwrite and x.flags.writeable and pyfftw.is_byte_aligned(x, pyfftw.simd_alignment)
+    in_place = overwrite and x.flags.writeable and pyfftw.is_byte_aligned(x, SIMD_ALIGNMENT)
     y = x if in_place else pyfftw.empty_aligned(x.shape, dtype=x.dtype)
     if not in_place:
         y[...] = x

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from difframe import fft
+from difframe import fft, frame_threads
 from difframe.errors import ParameterError
 
 __all__ = [
@@ -107,19 +107,21 @@ class FarField:
 
     def forward(self, x: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """Detector-plane field of exit waves ``x`` (..., H, W)."""
-        if self.centred:
-            x = scipy.fft.ifftshift(x, axes=(-2, -1))
-            overwrite = True
-        y = fft.fft2(x, norm="ortho", overwrite=overwrite)
-        return scipy.fft.fftshift(y, axes=(-2, -1)) if self.centred else y
+        return self._transform(x, overwrite, inverse=False)
 
     def backward(self, y: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """Exit waves of detector-plane fields ``y`` (..., H, W)."""
+        return self._transform(y, overwrite, inverse=True)
+
+    def _transform(self, x: np.ndarray, overwrite: bool, inverse: bool) -> np.ndarray:
         if self.centred:
-            y = scipy.fft.ifftshift(y, axes=(-2, -1))
+            x = scipy.fft.ifftshift(x, axes=(-2, -1))
             overwrite = True
-        x = fft.ifft2(y, norm="ortho", overwrite=overwrite)
-        return scipy.fft.fftshift(x, axes=(-2, -1)) if self.centred else x
+        if overwrite and frame_threads.splits(x):
+            y = frame_threads.in_chunks(lambda piece: fft.fft2(piece, inverse=inverse, norm="ortho", overwrite=True), x)
+        else:
+            y = fft.fft2(x, inverse=inverse, norm="ortho", overwrite=overwrite)
+        return scipy.fft.fftshift(y, axes=(-2, -1)) if self.centred else y
 
 
 def angular_spectrum_transfer(shape, psize, wavelength: float, distance: float, dtype=np.complex128) -> np.ndarray:
@@ -164,6 +166,12 @@ class NearField:
         self._backward_kernel = np.conj(self.kernel) * scale
 
     def _apply(self, x: np.ndarray, kernel: np.ndarray, overwrite: bool) -> np.ndarray:
+        if overwrite and frame_threads.splits(x):
+            return frame_threads.in_chunks(lambda piece: self._apply_whole(piece, kernel, True), x)
+        return self._apply_whole(x, kernel, overwrite)
+
+    @staticmethod
+    def _apply_whole(x: np.ndarray, kernel: np.ndarray, overwrite: bool) -> np.ndarray:
         y = fft.fft2(x, overwrite=overwrite)
         y *= kernel
         return fft.ifft2(y, norm="forward", overwrite=True)

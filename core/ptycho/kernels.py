@@ -53,7 +53,7 @@ def jit(fn):
 
 
 def serial(fn):
-    """A kernel on the calling thread alone: the tasks :mod:`difframe.ptycho.frame_threads` runs side by side."""
+    """A kernel on the calling thread alone: the tasks :mod:`difframe.frame_threads` runs side by side."""
     return numba.njit(cache=True, fastmath=FAST, nogil=True, error_model=ERRORS)(fn)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 
-from difframe import fft, optics, parallel
+from difframe import fft, frame_threads, optics, parallel
 from difframe.errors import DataError, ParameterError
 
 log = logging.getLogger("difframe.ptycho")
@@ -179,9 +179,10 @@ class PtychoModel:
         return terms
 
     def chunks(self, scan: ScanViews, pods: int):
-        """Slices of frames whose (frames, pods, H, W) stack fits in CHUNK_BYTES."""
+        """Slices of frames whose (frames, pods, H, W) stack fits in CHUNK_BYTES (chunks of an aligned stack
+        start aligned: FFTW transforms them in place)."""
         h, w = scan.shape
-        step = max(1, CHUNK_BYTES // (pods * h * w * self.cdtype.itemsize))
+        step = frame_threads.aligned_step(pods * h * w * self.cdtype.itemsize, CHUNK_BYTES)
         for start in range(0, scan.num_frames, step):
             yield slice(start, min(start + step, scan.num_frames))
 

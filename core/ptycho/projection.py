@@ -171,7 +171,7 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
     deviance with respect to the background are added to it, with
     ``scale_sums`` (N, 2) those with respect to each frame's scale (empty
     arrays: not fitted).  One thread: the engines run it on cache-sized chunks,
-    several at once (:mod:`difframe.ptycho.frame_threads`).  The first pass
+    several at once (:mod:`difframe.frame_threads`).  The first pass
     over a frame keeps each pixel's measured and model amplitudes for the
     second (a frame's worth, in cache), which then needs one division a pixel.
     """

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from difframe import fft
-from difframe.ptycho import frame_threads, kernels, projection
+from difframe import fft, frame_threads
+from difframe.ptycho import kernels, projection
 from difframe.ptycho import model as pm
 
 _NO_SCALES = np.empty((0, 2))  # the kernels' sign for "frame scales not fitted"

@@ -142,16 +142,17 @@ class MaximumLikelihood:
         for scan in m.scans:
             shape = shapes[scan.label]
             pods = shape[1]
-            self.fields[scan.label] = np.empty(shape, m.cdtype)
+            # aligned: propagated in place a cache-sized chunk at a time (difframe.frame_threads)
+            self.fields[scan.label] = fft.empty(shape, m.cdtype)
             if carry:
-                self.line_stacks[scan.label] = (np.empty(shape, m.cdtype), np.empty(shape, m.cdtype))
+                self.line_stacks[scan.label] = (fft.empty(shape, m.cdtype), fft.empty(shape, m.cdtype))
             if self.p.floating_intensities and scan.scale is None:
                 scan.scale = np.ones(scan.num_frames, m.rdtype)
             step = next(m.chunks(scan, pods), slice(0, 0)).stop
             key = (pods, *scan.shape)
             if len(self.buffers.get(key, ((),))[0]) < step:
-                self.buffers[key] = (np.empty((step, *key), m.cdtype),
-                                     np.empty((0 if carry else step, *key), m.cdtype))
+                self.buffers[key] = (fft.empty((step, *key), m.cdtype),
+                                     fft.empty((0 if carry else step, *key), m.cdtype))
         self.carried_state = None  # the model the carried pods belong to (probes, objects, positions)
         power, points = m.total_measured()
         self.total_points = max(points, 1)

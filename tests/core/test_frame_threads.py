@@ -1,4 +1,4 @@
-"""difframe.ptycho.frame_threads: chunking, the fixed chunk-to-worker assignment, failures."""
+"""difframe.frame_threads: chunking, the fixed chunk-to-worker assignment, failures."""
 
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from difframe.ptycho import frame_threads
+from difframe import frame_threads
 
 
 def test_chunks_cover_the_frames_in_cache_sized_slices():
@@ -50,3 +50,45 @@ def test_a_failure_stops_every_worker_and_is_raised(failing_worker):
         frame_threads.run(task, slices, 2)
     assert len(done) < 20  # the other worker stopped after its current chunk, not at the end of its share
     assert not any(t.name.startswith("difframe-frames") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("frame_bytes", [128 * 128 * 8, 2 * 101 * 101 * 8, 3 * 5 * 7 * 16])
+def test_chunks_of_an_aligned_stack_start_aligned(frame_bytes):
+    from difframe.fft import SIMD_ALIGNMENT
+
+    slices = frame_threads.chunks(200, frame_bytes)
+    assert all(sl.start * frame_bytes % SIMD_ALIGNMENT == 0 for sl in slices)
+    assert slices[-1].stop == 200 and all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+
+
+def test_a_pass_started_inside_a_task_runs_on_that_task_s_thread():
+    outer = frame_threads.chunks(8, frame_threads.CACHE_BYTES)
+
+    def task(worker, sl):
+        me = threading.current_thread()
+        inner = frame_threads.run(lambda w, s: (w, threading.current_thread()), outer, 2)
+        return all(w == 0 and t is me for w, t in inner)
+
+    assert frame_threads.run(task, outer, 2) == [True] * 8
+
+
+@pytest.mark.parametrize("kind", ["far", "far centred", "near"])
+def test_propagators_split_large_stacks_over_the_workers(kind, monkeypatch):
+    """A stack of many cache-sized chunks propagated in place, a chunk at a time on two workers, gives the
+    whole-stack transform."""
+    from difframe import fft, optics
+
+    shape = (2, 48, 40)
+    prop = {"far": optics.FarField(shape[1:], centred=False), "far centred": optics.FarField(shape[1:]),
+            "near": optics.NearField(shape[1:], (1e-7, 1e-7), 1e-10, 2e-3)}[kind]
+    stack = fft.empty((37, *shape))
+    stack[...] = np.random.default_rng(4).normal(size=stack.shape) + 1j
+    for inverse in (False, True):
+        transform = prop.backward if inverse else prop.forward
+        monkeypatch.setattr(frame_threads, "workers", lambda: 1)
+        whole = transform(stack.copy())
+        monkeypatch.setattr(frame_threads, "workers", lambda: 2)
+        monkeypatch.setattr(frame_threads, "CACHE_BYTES", 3 * stack[0].nbytes)
+        assert frame_threads.splits(stack)
+        split = transform(stack.copy(), overwrite=True)
+        np.testing.assert_allclose(split, whole, rtol=0, atol=1e-5 * np.abs(whole).max())

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from difframe.plugins.engines import dm, ml
-from difframe.ptycho import frame_threads, kernels
+from difframe import frame_threads
+from difframe.ptycho import kernels
 from difframe.ptycho import model as pm
 from difframe.parallel import Ranks
 
