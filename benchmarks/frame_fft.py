@@ -114,7 +114,8 @@ def epochs(frames_list, names, rounds: int, warmup: int = 2) -> None:
         for name in names:
             fast, slow = times[name, True], times[name, False]
             print(f"    {name:5s}: FFTW {np.median(fast):.3f} s, rocket-fft {np.median(slow):.3f} s per epoch: "
-                  f"ratio {_ratios(fast, slow)}; CPU of the calling thread {_ratios(cpu[name, True], cpu[name, False])}")
+                  f"ratio {_ratios(fast, slow)}; CPU of the calling thread "
+                  f"{_ratios(cpu[name, True], cpu[name, False])}")
 
 
 def main() -> None:

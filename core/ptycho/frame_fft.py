@@ -14,8 +14,8 @@ new-array execute function (thread-safe) and of its alignment check, as an
 int64 array the kernel receives as an argument.  Inside numba the functions
 are called through those integers (:func:`_call`), so no address is compiled
 into the code and the kernels' on-disk cache stays valid in another process.
-A stack the plans do not fit (another shape, not C-contiguous, off FFTW's
-alignment: arrays numba allocates are aligned) or empty plans (:data:`NO_PLANS`:
+A stack the plans do not fit (another dtype or shape, not C-contiguous, off
+FFTW's alignment: arrays numba allocates are aligned) or empty plans (:data:`NO_PLANS`:
 no FFTW library found, a dtype FFTW lacks) go through scipy.fft as
 rocket-fft makes it callable from numba, with the same result.  Transforms
 write into the field they are given when FFTW takes it; callers use the
@@ -46,8 +46,10 @@ log = logging.getLogger("difframe.ptycho.frame_fft")
 FFT_IN_NUMBA = rocket_fft.__name__
 #: plans meaning "through rocket-fft"
 NO_PLANS = np.empty(0, np.int64)
-# plans: FFTW's execute_dft and alignment_of, the forward and backward plan, the stack's frames, H, W
-EXECUTE, ALIGNMENT, FORWARD, BACKWARD, FRAMES, HEIGHT, WIDTH = range(7)
+# plans: FFTW's execute_dft and alignment_of, the forward and backward plan, the stack's frames, H, W, bytes per value.
+# Append, never reorder: numba's cache keys a kernel on its own file's text, so a kernel compiled against an older
+# frame_fft (this module is inlined into it) may still run and reads the entries it knew where they were.
+EXECUTE, ALIGNMENT, FORWARD, BACKWARD, FRAMES, HEIGHT, WIDTH, ITEMSIZE = range(8)
 _PREFIX = {np.dtype(np.complex64): "fftwf_", np.dtype(np.complex128): "fftw_"}
 _FFTW_MEASURE, _FFTW_FORWARD, _FFTW_BACKWARD = 0, -1, 1
 _planning = threading.Lock()
@@ -83,7 +85,7 @@ def _plan(shape, dtype) -> np.ndarray:
     if not all(made):  # pragma: no cover - FFTW plans every size
         log.debug("FFTW has no plan for %s stacks of %s: they transform through %s", dtype, shape, FFT_IN_NUMBA)
         return NO_PLANS
-    return np.array([lib.execute, lib.alignment, *made, frames, h, w], np.int64)
+    return np.array([lib.execute, lib.alignment, *made, frames, h, w, dtype.itemsize], np.int64)
 
 
 @functools.cache
@@ -166,8 +168,9 @@ def _fftw_typed(field, plans, inverse):
         return lambda field, plans, inverse: False
 
     def fftw(field, plans, inverse):
-        fits = (plans.shape[0] > WIDTH and field.shape[-2] == plans[HEIGHT] and field.shape[-1] == plans[WIDTH]
-                and field.size == plans[FRAMES] * plans[HEIGHT] * plans[WIDTH] and field.flags.c_contiguous)
+        fits = (plans.shape[0] > ITEMSIZE and field.itemsize == plans[ITEMSIZE] and field.shape[-2] == plans[HEIGHT]
+                and field.shape[-1] == plans[WIDTH] and field.size == plans[FRAMES] * plans[HEIGHT] * plans[WIDTH]
+                and field.flags.c_contiguous)
         if fits and _call(plans[ALIGNMENT], None, field) == 0:
             _call(plans[EXECUTE], plans[BACKWARD if inverse else FORWARD], field)
             return True

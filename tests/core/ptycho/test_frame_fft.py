@@ -23,7 +23,8 @@ from difframe.ptycho import frame_fft
 
 DTYPES = [np.complex64, np.complex128]
 SHAPES = [(24, 40), (3, 24, 40)]  # one frame, non-square; a stack of pods (K, H, W)
-KERNELS = {"pie": pie_kernels.pie_epoch, "opr": opr_kernels.opr_epoch, "multislice": multislice_kernels.multislice_epoch}
+KERNELS = {"pie": pie_kernels.pie_epoch, "opr": opr_kernels.opr_epoch,
+           "multislice": multislice_kernels.multislice_epoch}
 
 
 @numba.njit
@@ -54,7 +55,8 @@ def _close(got, want, dtype):
 
 def _transfer(shape, dtype):
     fy, fx = np.fft.fftfreq(shape[0])[:, None], np.fft.fftfreq(shape[1])[None, :]
-    return np.exp(-1j * 40 * (fy**2 + fx**2) + 0.1 * fy).astype(dtype)  # not unitary: the scale shows
+    # a tilt: not symmetric under k -> -k (an exchanged forward and backward plan shows); not unitary: the scale shows
+    return np.exp(-1j * (40 * (fy**2 + fx**2) + 9 * fy) + 0.1 * fy).astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -63,7 +65,7 @@ def _transfer(shape, dtype):
 def test_transforms_equal_scipy(dtype, shape, route):
     x = _random(shape, dtype)
     plans = frame_fft.plans(shape, dtype) if route == "FFTW" else frame_fft.NO_PLANS
-    assert len(plans) == (7 if route == "FFTW" else 0)
+    assert len(plans) == (8 if route == "FFTW" else 0)
     far = np.empty((0, 0), dtype)
     _close(_to_detector(x.copy(), far, plans), scipy.fft.fft2(x, norm="ortho"), dtype)
     _close(_from_detector(x.copy(), far, plans), scipy.fft.ifft2(x, norm="ortho"), dtype)
@@ -88,6 +90,8 @@ def test_plans_are_executed_and_fields_they_do_not_fit_go_through_scipy(dtype):
     other = frame_fft.plans((2, 24, 40), dtype)  # another stack: never handed to FFTW
     _close(_to_detector(x.copy(), far, other), want, dtype)
     _close(_to_detector(x.copy(), far, frame_fft.plans((24, 40), dtype)), want, dtype)
+    other = frame_fft.plans(shape, np.complex128 if dtype == np.complex64 else np.complex64)  # another dtype
+    _close(_to_detector(x.copy(), far, other), want, dtype)
     buffer = np.empty(x.size + 1, dtype)[1:]  # off FFTW's alignment
     off = buffer.reshape(shape)
     off[...] = x
@@ -146,10 +150,14 @@ def kernel_case(kind: str, dtype, near: bool):
     return args, (n_probe, h, w), [probe, obj, *sums]
 
 
-def run_kernel(kind: str, dtype, near: bool, fftw: bool) -> np.ndarray:
-    """The outputs of one epoch, flattened into one complex128 vector."""
+def run_kernel(kind: str, dtype, near: bool, fftw: bool, swapped: bool = False) -> np.ndarray:
+    """The outputs of one epoch, flattened into one complex128 vector; ``swapped``: FFTW's forward and backward
+    plans exchanged."""
     args, shape, outputs = kernel_case(kind, dtype, near)
-    KERNELS[kind](*args, *([frame_fft.plans(shape, dtype)] if fftw else []))
+    plans = frame_fft.plans(shape, dtype).copy()
+    if swapped:
+        plans[[frame_fft.FORWARD, frame_fft.BACKWARD]] = plans[[frame_fft.BACKWARD, frame_fft.FORWARD]]
+    KERNELS[kind](*args, *([plans] if fftw else []))
     return np.concatenate([np.ravel(a).astype(np.complex128) for a in outputs])
 
 
@@ -159,6 +167,8 @@ def run_kernel(kind: str, dtype, near: bool, fftw: bool) -> np.ndarray:
 def test_epoch_kernels_with_fftw_equal_rocket_fft(kind, near, dtype):
     got, want = run_kernel(kind, dtype, near, True), run_kernel(kind, dtype, near, False)
     assert np.abs(got - want).max() <= (1e-4 if dtype == np.complex64 else 1e-10) * np.abs(want).max()
+    wrong = run_kernel(kind, dtype, near, True, swapped=True)  # the kernel runs FFTW's plans (not a stale cache)
+    assert np.abs(wrong - want).max() > 1e-2 * np.abs(want).max()
 
 
 CACHED_RUN = """
