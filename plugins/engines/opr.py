@@ -33,6 +33,7 @@ are kept whole, and the pass is sequential).
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -160,16 +161,30 @@ def smooth_weights(weights: np.ndarray, window: int) -> np.ndarray:
     """``weights`` (N, k) smoothed along the frames: at each frame the quadratic least-squares fit over ``window``
     frames (Savitzky-Golay, the ends fitted over the first and last window), so a probe that drifts as a
     polynomial of degree 2 or less over any ``window`` frames keeps its weights exactly, and what changes from
-    frame to frame is damped.  ``window`` is cut to the largest odd number <= N; below 3 nothing changes."""
-    from scipy.signal import savgol_filter
+    frame to frame is damped.  ``window`` is cut to the largest odd number <= N; below 3 nothing changes.
+    scipy's ``savgol_filter(weights, window, 2, axis=0, mode="interp")``, with the fits made once per window."""
+    from numpy.lib.stride_tricks import sliding_window_view
 
-    window = min(int(window), len(weights))
+    n = len(weights)
+    window = min(int(window), n)
     window -= 1 - window % 2
     if window < 3:
         return weights
-    smooth = savgol_filter(weights.view(weights.real.dtype).reshape(len(weights), -1, 2), window, 2, axis=0,
-                           mode="interp")
-    return np.ascontiguousarray(smooth.astype(weights.real.dtype)).view(weights.dtype).reshape(weights.shape)
+    coeffs, ends = _savgol(window)
+    half = window // 2
+    out = np.empty(weights.shape, np.result_type(weights.dtype, np.float64))
+    out[half:n - half] = sliding_window_view(weights, window, axis=0) @ coeffs
+    out[:half] = ends[:half] @ weights[:window]
+    out[n - half:] = ends[window - half:] @ weights[n - window:]
+    return out.astype(weights.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _savgol(window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the interior filter (window,), the (window, window) fit of ``window`` frames evaluated at each of them)."""
+    from scipy.signal import savgol_coeffs, savgol_filter
+
+    return savgol_coeffs(window, 2, use="dot"), savgol_filter(np.eye(window), window, 2, axis=0, mode="interp")
 
 
 def _wide_svd(b: np.ndarray, k: int):

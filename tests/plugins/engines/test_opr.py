@@ -220,7 +220,14 @@ def test_smooth_weights_keep_a_quadratic_drift_and_damp_frame_to_frame_changes()
     rng = np.random.default_rng(4)
     noise = (rng.normal(size=(49, 2)) + 1j * rng.normal(size=(49, 2))).astype(np.complex64)
     assert np.linalg.norm(opr.smooth_weights(noise, 15)) < 0.6 * np.linalg.norm(noise)
-    assert opr.smooth_weights(noise, 2) is noise and opr.smooth_weights(noise[:2], 15) is not None
+    assert opr.smooth_weights(noise, 2) is noise
+    from scipy.signal import savgol_filter
+
+    for n, window in ((49, 15), (16, 15), (7, 15), (30, 4)):  # scipy's filter, the window cut to an odd <= n
+        odd = min(window, n) - 1 + min(window, n) % 2
+        want = (savgol_filter(noise[:n].real, odd, 2, axis=0, mode="interp")
+                + 1j * savgol_filter(noise[:n].imag, odd, 2, axis=0, mode="interp"))
+        np.testing.assert_allclose(opr.smooth_weights(noise[:n], window), want, atol=1e-5)
     modes = rng.normal(size=(2, 6 * 5)) + 1j * rng.normal(size=(2, 6 * 5))
     stack = ((drift + 0.3 * noise) @ modes).reshape(49, 6, 5).astype(np.complex64)
     total = float(np.vdot(stack, stack).real)
