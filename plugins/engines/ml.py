@@ -24,7 +24,7 @@ import numpy as np
 import scipy.fft
 
 import difframe
-from difframe import fft, limits
+from difframe import fft, frame_threads, limits
 from difframe.ptycho import model as pm
 from difframe.ptycho import subpixel
 from difframe.types import EngineSpec, Parameter
@@ -139,6 +139,7 @@ class MaximumLikelihood:
         carry = self.p.clip_object is None and 2 * stack_bytes <= min(CARRY_BYTES, limits.memory_budget() // 4)
         self.buffers = {}
         self.line_stacks = {}
+        self.line_buffers = {}  # pods -> per frame thread (first, second) chunk buffers of the line search
         for scan in m.scans:
             shape = shapes[scan.label]
             pods = shape[1]
@@ -178,6 +179,7 @@ class MaximumLikelihood:
         self.fields.clear()
         self.buffers.clear()
         self.line_stacks.clear()
+        self.line_buffers.clear()
         self.carried_state = None
         self.views.clear()
         return {"engine": "ML", "iterations": self.iteration}
@@ -394,6 +396,9 @@ class MaximumLikelihood:
             obj, dobj = m.objects[scan.object_id].data, h_ob[scan.object_id]
             pods = self.fields[scan.label].shape[1]
             shifts = self._shifts(scan)
+            if shifts is None:  # whole-pixel windows: a cache-sized chunk at a time on every thread
+                totals += self._line_chunks(scan, probe, dprobe, obj, dobj)
+                continue
             for sl in m.chunks(scan, 2 * pods):
                 corners = scan.corners[sl]
                 n = len(corners)
@@ -401,12 +406,9 @@ class MaximumLikelihood:
                     first, second = (stack[sl] for stack in self.line_stacks[scan.label])
                 else:
                     first, second = (buf[:n] for buf in self.buffers[(pods, *scan.shape)])
-                if shifts is None:
-                    self.ml_kernels.ml_line_pods(probe, dprobe, obj, dobj, corners, first, second)
-                else:
-                    tall, rows = _tall(self.views[scan.label][sl])
-                    dtall, _ = _tall(subpixel.views(dobj, corners, shifts[sl], scan.shape))
-                    self.ml_kernels.ml_line_pods(probe, dprobe, tall, dtall, rows, first, second)
+                tall, rows = _tall(self.views[scan.label][sl])
+                dtall, _ = _tall(subpixel.views(dobj, corners, shifts[sl], scan.shape))
+                self.ml_kernels.ml_line_pods(probe, dprobe, tall, dtall, rows, first, second)
                 scan.propagator.forward(first, overwrite=True)  # in place (contiguous complex stacks)
                 scan.propagator.forward(second, overwrite=True)
                 sums = np.empty((n, 3))
@@ -425,6 +427,34 @@ class MaximumLikelihood:
             log.warning("ML line search: non-positive curvature %g, taking no step", b2)
             return 0.0, change
         return -b1 / (2 * b2), change
+
+    def _line_chunks(self, scan, probe, dprobe, obj, dobj) -> np.ndarray:
+        """(b1, b2, change) of ``scan``'s whole-pixel windows: pod changes, their propagation and the
+        likelihood's derivatives, every step of a cache-sized chunk on one thread (difframe.frame_threads)."""
+        pods = self.fields[scan.label].shape[1]
+        kind, renorm, tiny = self.likelihood, float(self.p.intensity_renormalization), self.tiny
+        slices = frame_threads.chunks(scan.num_frames, 2 * self.fields[scan.label][0].nbytes)
+        if scan.label not in self.line_stacks and len(self.line_buffers.get(pods, ((),))[0]) < slices[0].stop:
+            self.line_buffers[pods] = [(fft.empty((slices[0].stop, pods, *scan.shape), self.model.cdtype),
+                                        fft.empty((slices[0].stop, pods, *scan.shape), self.model.cdtype))
+                                       for _ in range(frame_threads.workers())]
+
+        def chunk(worker, sl):
+            n = sl.stop - sl.start
+            if scan.label in self.line_stacks:
+                first, second = (stack[sl] for stack in self.line_stacks[scan.label])
+            else:
+                first, second = (buf[:n] for buf in self.line_buffers[pods][worker])
+            self.ml_kernels.ml_line_pods_serial(probe, dprobe, obj, dobj, scan.corners[sl], first, second)
+            scan.propagator.forward(first, overwrite=True)  # in place
+            scan.propagator.forward(second, overwrite=True)
+            sums = np.empty((n, 3))
+            self.ml_kernels.ml_line_sums_serial(self.fields[scan.label][sl], first, second, scan.intensity[sl],
+                                                scan.weights_of(sl), scan.scale_factors()[sl],
+                                                scan.background_map(), kind, renorm, tiny, sums)
+            return sums.sum(axis=0)
+
+        return np.sum(frame_threads.run(chunk, slices), axis=0)
 
 
 def _tall(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

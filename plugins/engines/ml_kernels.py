@@ -11,25 +11,38 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from difframe.ptycho.kernels import add_row, jit, row_deviance, row_intensity, row_likelihood, weight_rows
+from difframe.ptycho.kernels import (add_row, jit, row_deviance, row_intensity, row_likelihood, serial,
+                                     weight_rows)
+
+
+@numba.njit(inline="always")
+def _frame_line_pods(probe, dprobe, obj, dobj, y, x, first, second):
+    """One frame's pod changes (pods, H, W) along a search direction, window at top-left pixel (y, x)."""
+    n_obj, h, w = obj.shape[0], probe.shape[1], probe.shape[2]
+    for p in range(probe.shape[0]):
+        for o in range(n_obj):
+            k = p * n_obj + o
+            for i in range(h):
+                pr, dpr = probe[p, i], dprobe[p, i]
+                ob, dob = obj[o, y + i, x:x + w], dobj[o, y + i, x:x + w]
+                fi, se = first[k, i], second[k, i]
+                for j in range(w):
+                    fi[j] = dpr[j] * ob[j] + pr[j] * dob[j]
+                    se[j] = dpr[j] * dob[j]
 
 
 @jit
 def ml_line_pods(probe, dprobe, obj, dobj, corners, first, second):
     """Pod changes along a search direction: first = dP O + P dO, second = dP dO."""
-    n_obj, h, w = obj.shape[0], probe.shape[1], probe.shape[2]
     for n in numba.prange(corners.shape[0]):
-        y, x = corners[n, 0], corners[n, 1]
-        for p in range(probe.shape[0]):
-            for o in range(n_obj):
-                k = p * n_obj + o
-                for i in range(h):
-                    pr, dpr = probe[p, i], dprobe[p, i]
-                    ob, dob = obj[o, y + i, x:x + w], dobj[o, y + i, x:x + w]
-                    fi, se = first[n, k, i], second[n, k, i]
-                    for j in range(w):
-                        fi[j] = dpr[j] * ob[j] + pr[j] * dob[j]
-                        se[j] = dpr[j] * dob[j]
+        _frame_line_pods(probe, dprobe, obj, dobj, corners[n, 0], corners[n, 1], first[n], second[n])
+
+
+@serial
+def ml_line_pods_serial(probe, dprobe, obj, dobj, corners, first, second):
+    """:func:`ml_line_pods` on the calling thread (a frame thread's chunk)."""
+    for n in range(corners.shape[0]):
+        _frame_line_pods(probe, dprobe, obj, dobj, corners[n, 0], corners[n, 1], first[n], second[n])
 
 
 @jit
@@ -100,6 +113,49 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, background,
         dev[n] = d_sum
 
 
+@numba.njit(inline="always")
+def _frame_line_sums(fields, first, second, intensity, weights, wrow, scale, background, kind, renorm, tiny,
+                     sums, n):
+    h, w = fields.shape[2], fields.shape[3]
+    real = intensity.dtype.type
+    zero, half, two = real(0), real(0.5), real(2)
+    c = real(scale[n])
+    model = np.empty(w, intensity.dtype)
+    a1 = np.empty(w, intensity.dtype)
+    a2 = np.empty(w, intensity.dtype)
+    g2 = np.empty(w, intensity.dtype)
+    d1 = np.empty(w, intensity.dtype)
+    d2 = np.empty(w, intensity.dtype)
+    b1 = 0.0
+    b2 = 0.0
+    change = 0.0
+    for i in range(h):
+        model[:] = zero
+        a1[:] = zero
+        a2[:] = zero
+        g2[:] = zero
+        for k in range(fields.shape[1]):
+            f, g, q = fields[n, k, i], first[n, k, i], second[n, k, i]
+            for j in range(w):
+                model[j] += f[j].real * f[j].real + f[j].imag * f[j].imag
+                a1[j] += f[j].real * g[j].real + f[j].imag * g[j].imag
+                g2[j] += g[j].real * g[j].real + g[j].imag * g[j].imag
+                a2[j] += f[j].real * q[j].real + f[j].imag * q[j].imag
+        row_likelihood(kind, c, model, background[i], intensity[n, i], weights[wrow[n], i], renorm, tiny, d1, d2)
+        r1, r2, rc = zero, zero, zero
+        for j in range(w):
+            slope = two * c * a1[j]
+            r1 += d1[j] * slope
+            r2 += d1[j] * c * (g2[j] + two * a2[j]) + half * d2[j] * slope * slope
+            rc += g2[j]
+        b1 += r1
+        b2 += r2
+        change += rc
+    sums[n, 0] = b1
+    sums[n, 1] = b2
+    sums[n, 2] = change
+
+
 @jit
 def ml_line_sums(fields, first, second, intensity, weights, scale, background, kind, renorm, tiny, sums):
     """Per frame the likelihood's first and second derivative along the search direction.
@@ -108,46 +164,19 @@ def ml_line_sums(fields, first, second, intensity, weights, scale, background, k
     2 Re(f* second) summed over pods, b1 = sum d1 c a1 and b2 = sum d1 c a2 +
     d2 (c a1)^2 / 2; change = sum |first|^2.
     """
-    h, w = fields.shape[2], fields.shape[3]
-    real = intensity.dtype.type
-    zero, half, two = real(0), real(0.5), real(2)
     wrow = weight_rows(weights, fields.shape[0])
     for n in numba.prange(fields.shape[0]):
-        c = real(scale[n])
-        model = np.empty(w, intensity.dtype)
-        a1 = np.empty(w, intensity.dtype)
-        a2 = np.empty(w, intensity.dtype)
-        g2 = np.empty(w, intensity.dtype)
-        d1 = np.empty(w, intensity.dtype)
-        d2 = np.empty(w, intensity.dtype)
-        b1 = 0.0
-        b2 = 0.0
-        change = 0.0
-        for i in range(h):
-            model[:] = zero
-            a1[:] = zero
-            a2[:] = zero
-            g2[:] = zero
-            for k in range(fields.shape[1]):
-                f, g, q = fields[n, k, i], first[n, k, i], second[n, k, i]
-                for j in range(w):
-                    model[j] += f[j].real * f[j].real + f[j].imag * f[j].imag
-                    a1[j] += f[j].real * g[j].real + f[j].imag * g[j].imag
-                    g2[j] += g[j].real * g[j].real + g[j].imag * g[j].imag
-                    a2[j] += f[j].real * q[j].real + f[j].imag * q[j].imag
-            row_likelihood(kind, c, model, background[i], intensity[n, i], weights[wrow[n], i], renorm, tiny, d1, d2)
-            r1, r2, rc = zero, zero, zero
-            for j in range(w):
-                slope = two * c * a1[j]
-                r1 += d1[j] * slope
-                r2 += d1[j] * c * (g2[j] + two * a2[j]) + half * d2[j] * slope * slope
-                rc += g2[j]
-            b1 += r1
-            b2 += r2
-            change += rc
-        sums[n, 0] = b1
-        sums[n, 1] = b2
-        sums[n, 2] = change
+        _frame_line_sums(fields, first, second, intensity, weights, wrow, scale, background, kind, renorm, tiny,
+                         sums, n)
+
+
+@serial
+def ml_line_sums_serial(fields, first, second, intensity, weights, scale, background, kind, renorm, tiny, sums):
+    """:func:`ml_line_sums` on the calling thread (a frame thread's chunk)."""
+    wrow = weight_rows(weights, fields.shape[0])
+    for n in range(fields.shape[0]):
+        _frame_line_sums(fields, first, second, intensity, weights, wrow, scale, background, kind, renorm, tiny,
+                         sums, n)
 
 
 @jit

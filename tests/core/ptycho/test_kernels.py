@@ -61,8 +61,9 @@ def test_row_bands_share_the_window_rows_evenly():
     assert kernels.row_bands(starts, 10, 100, 1).tolist() == [0, 100]
 
 
-def test_pods(kernel_case):
+@pytest.mark.parametrize("threaded", [True, False])
+def test_pods(kernel_case, threaded):
     c = kernel_case
     out = np.empty_like(c["stack"])
-    kernels.pods(c["probe"], c["obj"], c["corners"], out)
+    (kernels.pods if threaded else kernels.pods_serial)(c["probe"], c["obj"], c["corners"], out)
     close(out, pods_reference(c), c["tol"])

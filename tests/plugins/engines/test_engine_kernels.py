@@ -155,22 +155,24 @@ def test_ml_gradient_weights_and_line_sums(kernel_case, kind, floating):
 
     first = complex_array(c["rng"], fields.shape, c["dtype"])
     second = complex_array(c["rng"], fields.shape, c["dtype"])
-    sums = np.empty((FRAMES, 3))
-    ml_kernels.ml_line_sums(fields, first, second, meas, weights, scale, bg, kernels.LIKELIHOODS[kind], renorm,
-                            tiny, sums)
     a1 = 2 * (np.conj(fields) * first).real.sum(axis=1)
     a2 = (np.abs(first) ** 2).sum(axis=1) + 2 * (np.conj(fields) * second).real.sum(axis=1)
-    close(sums[:, 0], (d1 * cs * a1).sum(axis=(1, 2)), c["tol"] * 10)
-    close(sums[:, 1], (d1 * cs * a2 + 0.5 * d2 * (cs * a1) ** 2).sum(axis=(1, 2)), c["tol"] * 10)
-    close(sums[:, 2], (np.abs(first) ** 2).sum(axis=(1, 2, 3)), c["tol"])
+    for line_sums in (ml_kernels.ml_line_sums, ml_kernels.ml_line_sums_serial):
+        sums = np.empty((FRAMES, 3))
+        line_sums(fields, first, second, meas, weights, scale, bg, kernels.LIKELIHOODS[kind], renorm, tiny, sums)
+        close(sums[:, 0], (d1 * cs * a1).sum(axis=(1, 2)), c["tol"] * 10)
+        close(sums[:, 1], (d1 * cs * a2 + 0.5 * d2 * (cs * a1) ** 2).sum(axis=(1, 2)), c["tol"] * 10)
+        close(sums[:, 2], (np.abs(first) ** 2).sum(axis=(1, 2, 3)), c["tol"])
 
 
-def test_ml_line_pods(kernel_case):
+@pytest.mark.parametrize("threaded", [True, False])
+def test_ml_line_pods(kernel_case, threaded):
     c = kernel_case
     dprobe = complex_array(c["rng"], c["probe"].shape, c["dtype"])
     dobj = complex_array(c["rng"], c["obj"].shape, c["dtype"])
     first, second = np.empty_like(c["stack"]), np.empty_like(c["stack"])
-    ml_kernels.ml_line_pods(c["probe"], dprobe, c["obj"], dobj, c["corners"], first, second)
+    line_pods = ml_kernels.ml_line_pods if threaded else ml_kernels.ml_line_pods_serial
+    line_pods(c["probe"], dprobe, c["obj"], dobj, c["corners"], first, second)
     close(first, pods_reference(c, probe=dprobe) + pods_reference(c, obj=dobj), c["tol"])
     close(second, pods_reference(c, obj=dobj, probe=dprobe), c["tol"])
 
