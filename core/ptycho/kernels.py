@@ -109,6 +109,17 @@ def mix_probe_modes(stack, mixing, n_obj):
                             row[j] += old[p, j] * weight
 
 
+@jit
+def scale_separable(stack, rows, cols):
+    """In place: stack[n, i, j] *= rows[i] x cols[j] (a separable filter's transfer function)."""
+    for i in numba.prange(stack.shape[1]):
+        r = rows[i]
+        for n in range(stack.shape[0]):
+            line = stack[n, i]
+            for j in range(line.shape[0]):
+                line[j] *= r * cols[j]
+
+
 # -- detector plane: row helpers the engines' own kernels inline ---------------------------------
 #
 # The model intensity of frame n is I_n = scale[n] x sum over pods |field|^2 + background (incoherent

@@ -252,8 +252,8 @@ def object_update(model: pm.PtychoModel, exits: dict, inertia: float, smooth_std
         if not m.ranks.is_root:
             sums[oid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
             continue
-        base = pm.gaussian_smooth(st.data, smooth_std) if smooth_std else st.data
-        sums[oid] = (inertia * base, np.full(st.data.shape[-2:], inertia, m.rdtype))
+        base = pm.gaussian_smooth(st.data, smooth_std, inertia) if smooth_std else inertia * st.data
+        sums[oid] = (base, np.full(st.data.shape[-2:], inertia, m.rdtype))
     for scan in m.scans:
         probe = m.probes[scan.probe_id].data
         pconj = np.conj(probe) * scan.object_power

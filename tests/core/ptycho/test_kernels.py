@@ -67,3 +67,19 @@ def test_pods(kernel_case, threaded):
     out = np.empty_like(c["stack"])
     (kernels.pods if threaded else kernels.pods_serial)(c["probe"], c["obj"], c["corners"], out)
     close(out, pods_reference(c), c["tol"])
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_gaussian_smooth_is_a_periodic_gaussian_filter_times_scale(dtype):
+    """Against scipy.ndimage's real-space Gaussian filter with wrapped edges (an independent computation)."""
+    import scipy.ndimage
+
+    from difframe.ptycho import model as pm
+
+    rng = np.random.default_rng(7)
+    obj = (rng.normal(size=(2, 60, 44)) + 1j * rng.normal(size=(2, 60, 44))).astype(dtype)
+    got = pm.gaussian_smooth(obj, 3.0, scale=0.25)
+    ref = [0.25 * (scipy.ndimage.gaussian_filter(o.real, 3.0, mode="wrap", truncate=8)
+                   + 1j * scipy.ndimage.gaussian_filter(o.imag, 3.0, mode="wrap", truncate=8)) for o in obj]
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, np.array(ref), atol=2e-5 * np.abs(ref).max())
