@@ -209,6 +209,9 @@ def test_opr_on_a_steady_probe_stays_near_rpie(simulated):
                                   prep, guess, 40)
     assert object_error(model, truth, probe) < 1.5 * object_error(rpie[0], truth, probe)
     assert metrics[-1]["deviance"] < 1.15 * rpie[2][-1]["deviance"]
+    free = _run(lambda m: opr.factory(engine_params(opr.PARAMETERS, num_modes=2, weight_smoothing=0), m),
+                prep, guess, 40)[0]
+    assert object_error(model, truth, probe) < 0.85 * object_error(free, truth, probe)
 
 
 def test_smooth_weights_keep_a_quadratic_drift_and_damp_frame_to_frame_changes():
