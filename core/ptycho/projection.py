@@ -261,9 +261,9 @@ def object_update(model: pm.PtychoModel, exits: dict, inertia: float, smooth_std
         kernels.add_object_update(*sums[scan.object_id], pconj, pden, exits[scan.label], scan.corners)
     for oid, (num, den) in sums.items():
         m.ranks.sum_arrays(num, den)
-        num /= den
-        pm.clip_amplitude(num, clip)
-        m.objects[oid].data[...] = num
+        obj = m.objects[oid].data
+        np.divide(num, den, out=obj)
+        pm.clip_amplitude(obj, clip)
 
 
 def probe_update(model: pm.PtychoModel, exits: dict, inertia: float, supports: dict) -> float:
@@ -298,3 +298,4 @@ def probe_update(model: pm.PtychoModel, exits: dict, inertia: float, supports: d
         change = max(change, float(np.linalg.norm(num - old) / max(np.linalg.norm(num), 1e-30)))
         old[...] = num
     return change
+
