@@ -82,7 +82,11 @@ def run(task, slices: list[slice], threads: int | None = None) -> list:
         work(0)
     finally:
         for thread in others:
-            thread.join()
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except BaseException as exc:  # noqa: B036 - a Ctrl-C while waiting: the workers stop too
+                    failed.append(exc)
     if failed:
         raise failed[0]
     return results
