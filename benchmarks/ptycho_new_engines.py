@@ -231,13 +231,19 @@ def reconstruct(name: str, n: int, photons: float, home: Path, prepared, truth, 
     return (errors, elapsed) if budget is None else (errors, elapsed, done)
 
 
+def moonflower(photons: float, iterations: int, home: Path):
+    """(truth, prepared scans) of the moonflower-like scan with ``photons`` per frame (the truth: the sim recipe's
+    meta["truth"])."""
+    run = Run(parameters(photons, {"e": ("DM", iterations)}, home))
+    truth = simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
+    return truth, workflow.prepare_scans(run)
+
+
 def quality(iterations: int, epochs: int, photons: float, home: Path, dm_time: bool = False) -> None:
     print(f"2. moonflower-like scan, 161 frames of 128 x 128, {photons:.0e} photons per frame; DM {iterations} "
           "iterations, " + (f"the others as many iterations or epochs as fit in DM's time (PIE at most {epochs})"
                             if dm_time else f"RAAR {iterations} iterations, PIE {epochs} epochs"))
-    run = Run(parameters(photons, {"e": ("DM", iterations)}, home))
-    truth = simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
-    prepared = workflow.prepare_scans(run)
+    truth, prepared = moonflower(photons, iterations, home)
     results = {}
     for name in ENGINES:
         pie = name.endswith("PIE")

@@ -41,14 +41,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "plugins" / "engines"))
 
-from difframe import Run  # noqa: E402
 from difframe.plugins.engines import dm, opr, pie  # noqa: E402
-from difframe.plugins.recipes.sim import simulate  # noqa: E402
-from difframe.ptycho import workflow  # noqa: E402
 from difframe.ptycho.quality import truth_errors  # noqa: E402
 
 import ptycho_new_engines as bench  # noqa: E402
-from ptycho_textbook import parameters  # noqa: E402
 from ptycho_truth import engine_params, start_model  # noqa: E402
 from test_opr import _misfit, drifting_scan  # noqa: E402
 
@@ -107,9 +103,7 @@ def drift(iterations: int, epochs: int, opr_extra: dict, quiet: bool = False) ->
 def steady(iterations: int, epochs: int, photons: float, opr_extra: dict, home: Path) -> None:
     print(f"2. steady probe (moonflower-like: 161 frames of 128 x 128, {photons:.0e} photons); DM {iterations} "
           f"iterations, rPIE and OPR as many epochs as fit in DM's time (at most {epochs})")
-    run = Run(parameters(photons, {"e": ("DM", iterations)}, home))
-    truth = simulate(run.params.scans.sim, run.scan_context("sim")).meta["truth"]
-    prepared = workflow.prepare_scans(run)
+    truth, prepared = bench.moonflower(photons, iterations, home)
     results = {}
     for name in ("DM", "rPIE", "OPR"):
         budget = None if name == "DM" else results["DM"][1]

@@ -105,7 +105,7 @@ PARAMETERS["weight_smoothing"] = Parameter(
         "fit over this many frames in the scan's order (Savitzky-Golay; the largest odd number up to it and the "
         "frame count): a probe that drifts smoothly keeps its weights, while what the frames' own probes pick up "
         "of the object's errors, which changes from frame to frame with the position, is damped. On the "
-        "benchmarks' steady-probe scan 45 epochs reach 0.066 instead of 0.106 (sub-pixel object error), on the "
+        "benchmarks' steady-probe scan 45 epochs reach 0.067 instead of 0.106 (sub-pixel object error), on the "
         "tests' drifting one 0.074 instead of 0.080 (benchmarks/ptycho_opr.py, docs/ptycho-engines.md). 0 (or "
         "1, 2): every frame's weights free, as Odstrcil et al. 2016; needed when the probe changes from one frame "
         "to the next (vibrations faster than the frame rate), or when the frames are not stored in the order they "
