@@ -92,3 +92,37 @@ def test_propagators_split_large_stacks_over_the_workers(kind, monkeypatch):
         assert frame_threads.splits(stack)
         split = transform(stack.copy(), overwrite=True)
         np.testing.assert_allclose(split, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+
+
+def test_an_interrupt_while_waiting_for_the_workers_stops_them():
+    """A signal (Ctrl-C) reaching the calling thread while it waits for the others: they stop after their
+    current chunk and the interrupt is raised."""
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    main = threading.main_thread().ident
+    slow_done = []
+
+    def task(worker, sl):
+        if worker == 1:
+            time.sleep(0.02)
+            slow_done.append(sl.start)
+            if len(slow_done) == 2:  # the calling thread finished its share long ago: it is waiting
+                signal.pthread_kill(main, signal.SIGINT)
+        return 0
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(Interrupted):
+            frame_threads.run(task, [slice(i, i + 1) for i in range(40)], 2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for thread in threading.enumerate():
+        if thread.name.startswith("difframe-frames"):
+            thread.join(timeout=5)
+    assert len(slow_done) <= 4  # not the 20 of its share
