@@ -61,6 +61,8 @@ def run(task, slices: list[slice], threads: int | None = None) -> list:
     results = [None] * len(slices)
     failed: list[BaseException] = []
 
+    finished = [threading.Event() for _ in range(threads)]
+
     def work(worker: int) -> None:
         nested = getattr(_inside, "task", False)
         _inside.task = True
@@ -73,18 +75,18 @@ def run(task, slices: list[slice], threads: int | None = None) -> list:
             failed.append(exc)
         finally:
             _inside.task = nested
+            finished[worker].set()
 
-    others = [threading.Thread(target=work, args=(w,), name=f"difframe-frames-{w}", daemon=True)
-              for w in range(1, threads)]
-    for thread in others:
-        thread.start()
+    for w in range(1, threads):
+        threading.Thread(target=work, args=(w,), name=f"difframe-frames-{w}", daemon=True).start()
     try:
         work(0)
     finally:
-        for thread in others:
-            while thread.is_alive():
+        # events, not Thread.join: a join a signal interrupts leaves its thread looking finished (CPython)
+        for event in finished:
+            while not event.is_set():
                 try:
-                    thread.join()
+                    event.wait()
                 except BaseException as exc:  # noqa: B036 - a Ctrl-C while waiting: the workers stop too
                     failed.append(exc)
     if failed:

@@ -112,17 +112,18 @@ def test_an_interrupt_while_waiting_for_the_workers_stops_them():
         if worker == 1:
             time.sleep(0.02)
             slow_done.append(sl.start)
-            if len(slow_done) == 2:  # the calling thread finished its share long ago: it is waiting
-                signal.pthread_kill(main, signal.SIGINT)
         return 0
 
     previous = signal.signal(signal.SIGINT, handler)
+    # from a thread of its own after 0.05 s: the calling thread finished its share long ago and is waiting
+    timer = threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGINT))
     try:
+        timer.start()
         with pytest.raises(Interrupted):
             frame_threads.run(task, [slice(i, i + 1) for i in range(40)], 2)
     finally:
+        timer.join()
         signal.signal(signal.SIGINT, previous)
-    for thread in threading.enumerate():
-        if thread.name.startswith("difframe-frames"):
-            thread.join(timeout=5)
-    assert len(slow_done) <= 4  # not the 20 of its share
+    assert len(slow_done) <= 6  # the other worker stopped after its current chunk (and before run returned),
+    time.sleep(0.2)
+    assert len(slow_done) <= 6  # not after the 20 of its share
