@@ -49,6 +49,9 @@ def test_a_failure_stops_every_worker_and_is_raised(failing_worker):
     with pytest.raises(RuntimeError, match=f"chunk {4 + failing_worker} broke"):
         frame_threads.run(task, slices, 2)
     assert len(done) < 20  # the other worker stopped after its current chunk, not at the end of its share
+    for thread in threading.enumerate():  # each has finished its work; let it leave its last line
+        if thread.name.startswith("difframe-frames"):
+            thread.join(timeout=2)
     assert not any(t.name.startswith("difframe-frames") for t in threading.enumerate())
 
 
