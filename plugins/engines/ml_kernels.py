@@ -116,6 +116,7 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, background,
 @numba.njit(inline="always")
 def _frame_line_sums(fields, first, second, intensity, weights, wrow, scale, background, kind, renorm, tiny,
                      sums, n):
+    """sums[n] of :func:`ml_line_sums` for frame ``n``."""
     h, w = fields.shape[2], fields.shape[3]
     real = intensity.dtype.type
     zero, half, two = real(0), real(0.5), real(2)
