@@ -10,7 +10,9 @@ task therefore runs serial numba kernels (``nogil``) and one-thread FFTs
 (difframe.fft), both of which let the other threads run.  The propagators
 (difframe.optics) send large stacks through :func:`in_chunks` the same way:
 a near-field propagation (FFT, transfer function, inverse FFT) of P25's
-chunks took half the time of FFTW's own threads over the whole stack.
+chunks took half the time of FFTW's own threads over the whole stack
+(on a busy machine; idle, the FFT pair of 1000 frames of 128 x 128 took about
+0.8 of the threaded time).
 
 Chunk i always goes to worker i % workers, so whatever a worker accumulates
 (e.g. the background's likelihood sums) adds up in the same order on every
