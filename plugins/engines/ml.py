@@ -294,26 +294,25 @@ class MaximumLikelihood:
                 corners = scan.corners[sl]
                 n = len(corners)
                 fields = self.fields[scan.label][sl]
-                if shifts is not None:
-                    views = self.views[scan.label][sl]
-                    subpixel.views(obj, corners, shifts[sl], scan.shape, out=views)
-                if not carried:
-                    if shifts is None:
-                        k.pods(probe, obj, corners, fields)
-                    else:
-                        k.pods(probe, *_tall(views), fields)
-                    scan.propagator.forward(fields, overwrite=True)  # in place; kept for the line search
                 chi = self.buffers[fields.shape[1:]][0][:n]
                 err, lls, dev = np.empty(n), np.empty(n), np.empty(n)
-                self.ml_kernels.ml_gradient_weights(
-                    fields, scan.intensity[sl], scan.weights_of(sl), scan.scale_factors()[sl],
-                    bool(self.p.floating_intensities), scan.background_map(), kind, renorm, tiny, chi, err, lls,
-                    dev, bg_sums)
+                if shifts is None:  # pods, propagation, weights and back: a cache-sized piece at a time per thread
+                    self._detector_gradient(scan, sl, carried, fields, chi, err, lls, dev, bg_sums)
+                else:
+                    views = self.views[scan.label][sl]
+                    subpixel.views(obj, corners, shifts[sl], scan.shape, out=views)
+                    if not carried:
+                        k.pods(probe, *_tall(views), fields)
+                        scan.propagator.forward(fields, overwrite=True)  # in place; kept for the line search
+                    self.ml_kernels.ml_gradient_weights(
+                        fields, scan.intensity[sl], scan.weights_of(sl), scan.scale_factors()[sl],
+                        bool(self.p.floating_intensities), scan.background_map(), kind, renorm, tiny, chi, err, lls,
+                        dev, bg_sums)
+                    chi = scan.propagator.backward(chi, overwrite=True)
                 err_sum += float(err.sum())
                 ll += float(lls.sum())
                 dev_sum += float(dev.sum())
                 frames += n
-                chi = scan.propagator.backward(chi, overwrite=True)
                 if shifts is None:
                     k.add_object_update(ob_grad[scan.object_id], self.ob_light.get(scan.object_id), pconj, ppower,
                                         chi, corners)
@@ -328,6 +327,29 @@ class MaximumLikelihood:
         m.ranks.sum_arrays(*ob_grad.values(), *pr_grad.values(), *self.ob_light.values(), *self.pr_light.values())
         ll, err_sum, dev_sum, frames = m.ranks.sum(ll, err_sum, dev_sum, frames)
         return ll, err_sum, dev_sum, frames, ob_grad, pr_grad
+
+    def _detector_gradient(self, scan, sl, carried, fields, chi, err, lls, dev, bg_sums) -> None:
+        """The whole-pixel gradient pass's detector-plane part for frames ``sl`` (``fields``, ``chi`` and the
+        per-frame sums are theirs): pods and their propagation (unless carried), the likelihood's weights and
+        their back-propagation into ``chi``, every step of a cache-sized piece on one thread."""
+        m = self.model
+        probe = m.probes[scan.probe_id].data
+        obj = m.objects[scan.object_id].data
+        kind, renorm, tiny = self.likelihood, float(self.p.intensity_renormalization), self.tiny
+        corners, intensity, scale = scan.corners[sl], scan.intensity[sl], scan.scale_factors()[sl]
+        weights, floating = scan.weights_of(sl), bool(self.p.floating_intensities)
+
+        def piece(worker, sub):
+            if not carried:
+                self.kernels.pods_serial(probe, obj, corners[sub], fields[sub])
+                scan.propagator.forward(fields[sub], overwrite=True)  # in place; kept for the line search
+            self.ml_kernels.ml_gradient_weights_serial(
+                fields[sub], intensity[sub], weights if len(weights) == 1 else weights[sub], scale[sub], floating,
+                scan.background_map(), kind, renorm, tiny, chi[sub], err[sub], lls[sub], dev[sub],
+                bg_sums[worker:worker + 1])
+            scan.propagator.backward(chi[sub], overwrite=True)
+
+        frame_threads.run(piece, frame_threads.chunks(len(fields), fields[0].nbytes))
 
     def _shifts(self, scan) -> np.ndarray | None:
         """Each held frame's fractional offset from its window (subpixel_positions), else None."""

@@ -45,6 +45,62 @@ def ml_line_pods_serial(probe, dprobe, obj, dobj, corners, first, second):
         _frame_line_pods(probe, dprobe, obj, dobj, corners[n, 0], corners[n, 1], first[n], second[n])
 
 
+@numba.njit(inline="always")
+def _frame_gradient_weights(fields, intensity, weights, wrow, scale, floating, background, kind, renorm, tiny,
+                            out, err, ll, dev, sums, n):
+    """Frame ``n`` of :func:`ml_gradient_weights`; ``sums`` (2, H, W) this thread's background sums, or empty."""
+    h, w = fields.shape[2], fields.shape[3]
+    real = intensity.dtype.type
+    zero = real(0)
+    fit_bg = sums.shape[0] > 0
+    model = np.empty(w, intensity.dtype)
+    d1 = np.empty(w, intensity.dtype)
+    d2 = np.empty(w, intensity.dtype)
+    valid = 0.0
+    cross = 0.0
+    square = 0.0
+    for i in range(h):
+        row_intensity(fields, n, i, model)
+        meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
+        v_row, c_row, s_row = zero, zero, zero
+        for j in range(w):
+            v_row += real(wt[j] > zero)
+            c_row += wt[j] * (meas[j] - bg[j]) * model[j]
+            s_row += wt[j] * model[j] * model[j]
+        valid += v_row
+        cross += c_row
+        square += s_row
+    if floating:
+        scale[n] = max(cross, 0.0) / max(square, 1e-30)
+    c = scale[n]
+    cr = real(c)
+    e_sum = 0.0
+    l_sum = 0.0
+    d_sum = 0.0
+    for i in range(h):
+        row_intensity(fields, n, i, model)
+        meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
+        e_row = zero
+        for j in range(w):
+            d = np.sqrt(cr * model[j] + bg[j]) - np.sqrt(max(meas[j], zero))
+            e_row += real(wt[j] > zero) * d * d
+        e_sum += e_row
+        l_sum += row_likelihood(kind, c, model, bg, meas, wt, renorm, tiny, d1, d2)
+        d_sum += row_deviance(c, model, bg, meas, wt, tiny)
+        if fit_bg:
+            add_row(sums[0, i], d1)
+            add_row(sums[1, i], d2)
+        for j in range(w):
+            d1[j] *= cr
+        for k in range(fields.shape[1]):
+            f, o = fields[n, k, i], out[n, k, i]
+            for j in range(w):
+                o[j] = f[j] * d1[j]
+    err[n] = e_sum / max(valid, 1.0)
+    ll[n] = l_sum
+    dev[n] = d_sum
+
+
 @jit
 def ml_gradient_weights(fields, intensity, weights, scale, floating, background, kind, renorm, tiny,
                         out, err, ll, dev, bg_sums):
@@ -58,59 +114,23 @@ def ml_gradient_weights(fields, intensity, weights, scale, floating, background,
     likelihood's gradient and curvature with respect to the background are
     added per thread (an empty array: not fitted).
     """
-    h, w = fields.shape[2], fields.shape[3]
-    real = intensity.dtype.type
-    zero = real(0)
     wrow = weight_rows(weights, fields.shape[0])
-    fit_bg = bg_sums.shape[0] > 0
+    no_sums = np.empty((0, 0, 0), bg_sums.dtype)
     for n in numba.prange(fields.shape[0]):
-        tid = numba.get_thread_id()
-        model = np.empty(w, intensity.dtype)
-        d1 = np.empty(w, intensity.dtype)
-        d2 = np.empty(w, intensity.dtype)
-        valid = 0.0
-        cross = 0.0
-        square = 0.0
-        for i in range(h):
-            row_intensity(fields, n, i, model)
-            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            v_row, c_row, s_row = zero, zero, zero
-            for j in range(w):
-                v_row += real(wt[j] > zero)
-                c_row += wt[j] * (meas[j] - bg[j]) * model[j]
-                s_row += wt[j] * model[j] * model[j]
-            valid += v_row
-            cross += c_row
-            square += s_row
-        if floating:
-            scale[n] = max(cross, 0.0) / max(square, 1e-30)
-        c = scale[n]
-        cr = real(c)
-        e_sum = 0.0
-        l_sum = 0.0
-        d_sum = 0.0
-        for i in range(h):
-            row_intensity(fields, n, i, model)
-            meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
-            e_row = zero
-            for j in range(w):
-                d = np.sqrt(cr * model[j] + bg[j]) - np.sqrt(max(meas[j], zero))
-                e_row += real(wt[j] > zero) * d * d
-            e_sum += e_row
-            l_sum += row_likelihood(kind, c, model, bg, meas, wt, renorm, tiny, d1, d2)
-            d_sum += row_deviance(c, model, bg, meas, wt, tiny)
-            if fit_bg:
-                add_row(bg_sums[tid, 0, i], d1)
-                add_row(bg_sums[tid, 1, i], d2)
-            for j in range(w):
-                d1[j] *= cr
-            for k in range(fields.shape[1]):
-                f, o = fields[n, k, i], out[n, k, i]
-                for j in range(w):
-                    o[j] = f[j] * d1[j]
-        err[n] = e_sum / max(valid, 1.0)
-        ll[n] = l_sum
-        dev[n] = d_sum
+        sums = bg_sums[numba.get_thread_id()] if bg_sums.shape[0] > 0 else no_sums
+        _frame_gradient_weights(fields, intensity, weights, wrow, scale, floating, background, kind, renorm, tiny,
+                                out, err, ll, dev, sums, n)
+
+
+@serial
+def ml_gradient_weights_serial(fields, intensity, weights, scale, floating, background, kind, renorm, tiny,
+                               out, err, ll, dev, bg_sums):
+    """:func:`ml_gradient_weights` on the calling thread, ``bg_sums`` (1, 2, H, W) its own (or empty)."""
+    wrow = weight_rows(weights, fields.shape[0])
+    sums = bg_sums[0] if bg_sums.shape[0] > 0 else np.empty((0, 0, 0), bg_sums.dtype)
+    for n in range(fields.shape[0]):
+        _frame_gradient_weights(fields, intensity, weights, wrow, scale, floating, background, kind, renorm, tiny,
+                                out, err, ll, dev, sums, n)
 
 
 @numba.njit(inline="always")

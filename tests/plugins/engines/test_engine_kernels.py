@@ -124,9 +124,10 @@ def _likelihood_reference(kind, imodel, meas, w, renorm):
     return w * renorm * (root - amp) ** 2, w * renorm * (1 - amp / root), w * renorm * amp / (2 * im * root)
 
 
+@pytest.mark.parametrize("threaded", [True, False])
 @pytest.mark.parametrize("kind", sorted(kernels.LIKELIHOODS))
 @pytest.mark.parametrize("floating", [False, True])
-def test_ml_gradient_weights_and_line_sums(kernel_case, kind, floating):
+def test_ml_gradient_weights_and_line_sums(kernel_case, kind, floating, threaded):
     c = kernel_case
     weights = random_weights(c, shared=not floating)
     meas, renorm, tiny = c["intensity"], 0.8, float(np.finfo(c["real"]).tiny) * 1e6
@@ -138,9 +139,10 @@ def test_ml_gradient_weights_and_line_sums(kernel_case, kind, floating):
     scale_ref = ((wb * (meas - bg) * model).sum(axis=(1, 2)) / (wb * model**2).sum(axis=(1, 2)) if floating
                  else scale.copy())
     out, err, ll, dev = np.empty_like(fields), np.empty(FRAMES), np.empty(FRAMES), np.empty(FRAMES)
-    bg_sums = np.zeros((numba_threads(), 2, *SHAPE), c["real"])
-    ml_kernels.ml_gradient_weights(fields, meas, weights, scale, floating, bg, kernels.LIKELIHOODS[kind], renorm,
-                                   tiny, out, err, ll, dev, bg_sums)
+    bg_sums = np.zeros((numba_threads() if threaded else 1, 2, *SHAPE), c["real"])
+    gradient_weights = ml_kernels.ml_gradient_weights if threaded else ml_kernels.ml_gradient_weights_serial
+    gradient_weights(fields, meas, weights, scale, floating, bg, kernels.LIKELIHOODS[kind], renorm, tiny, out, err,
+                     ll, dev, bg_sums)
     valid = wb > 0
     cs = scale_ref[:, None, None]
     imodel = cs * model + bg
