@@ -126,7 +126,7 @@ class ProjectionEngine:
         err_sum, dev_sum, change, frames = m.ranks.sum(*sums)
         return {"fourier_error": err_sum / frames, "deviance": dev_sum / self.points, "exit_change": change / frames}
 
-    def _fourier_chunk(self, scan, sl: slice, worker: int, bg_sums, scale_sums) -> tuple[float, float, float, int]:
+    def _fourier_chunk(self, scan, sl: slice, worker: int, bg_sums, scale_sums) -> np.ndarray:
         """Fourier step of frames ``sl`` of ``scan`` on ``worker``'s buffer; returns its (error, deviance,
         change, frames) sums."""
         m = self.model
