@@ -62,17 +62,27 @@ def test_difframe_tds_recovers_the_simulated_constants(scan, difframe_run):
 
 
 def test_tds2el_is_the_same_command(scan, difframe_run):
+    # the same input (frames, harvest, fit) in a copy; visSim off: its PNGs cost most of a run and are
+    # checked on difframe's run above, while this test compares the harvest and fit tds2el gives
     folder, _ = scan
     first = json.loads((folder / "mgo-run" / "fit_results.json").read_text())
-    done = command("tds2el", "mgo-run/input.par", cwd=folder)
+    run = _variant(scan, "tds2el", conf_edit=lambda text: text.replace("\nvisSim = 1\n", "\nvisSim = 0\n"))
+    assert "visSim = 0" in (run / "tds2el.par").read_text()
+    done = command("tds2el", "tds2el/input.par", cwd=folder)
     assert done.returncode == 0, done.stderr
-    again = json.loads((folder / "mgo-run" / "fit_results.json").read_text())
+    assert not (run / "simtests.h5").exists()
+    again = json.loads((run / "fit_results.json").read_text())
     assert again["constants"] == first["constants"] and again["points"] == first["points"]
     assert done.stdout.count("Elastic constants [GPa]") == 1
 
 
-def test_vis_sim_shows_the_model_at_the_fitted_constants(scan, difframe_run, tmp_path):
+def test_vis_sim_shows_the_model_at_the_fitted_constants(scan, difframe_run, tmp_path, monkeypatch):
+    from difframe.tds import visualise
+
     folder, truth = scan
+    # the volumes in simtests.h5 are checked here; the PNG of each spot (most of visSim's time) is checked on
+    # difframe's run above and in test_tds_visualise
+    monkeypatch.setattr(visualise, "_slices_png", lambda path, *args: path)
     run = folder / "mgo-run"
     fitted = json.loads((run / "fit_results.json").read_text())["constants"]
     tds = read_tds_config(run / "input.par")
