@@ -10,7 +10,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from difframe import jit_cache
 from difframe.errors import DataError
+
+jit_cache.install()
 
 
 @numba.njit(cache=True, nogil=True)

@@ -25,6 +25,10 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
+from difframe import jit_cache
+
+jit_cache.install()
+
 _F32 = {"bits": types.int32, "int": ir.IntType(32), "float": ir.FloatType(), "mant": 23, "bias": 127,
         "mask": 0x7FFFFF, "one": 0x3F800000, "terms": 5, "dtype": np.float32}
 _F64 = {"bits": types.int64, "int": ir.IntType(64), "float": ir.DoubleType(), "mant": 52, "bias": 1023,

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from difframe import jit_cache
 from difframe.errors import DataError, UsageError
+
+jit_cache.install()
 
 #: Voigt index of the symmetric pair (i, j)
 VOIGT = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
