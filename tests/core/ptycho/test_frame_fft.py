@@ -185,16 +185,25 @@ print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()),
 
 
 def test_epoch_from_numbas_disk_cache_in_a_fresh_process_equals_scipy(tmp_path):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    # This process runs the kernel first, so numba's on-disk cache (difframe's, where the suite's kernels live)
+    # holds it, compiled here or stored by an earlier process; a fresh process then loads it (FFTW's functions at
+    # other addresses there).  Should that process still compile (the sources changed since this process
+    # stamped its entry, or the cache could not be written), it stores the kernel and a second one loads it.
+    want = run_kernel("pie", np.complex64, False, False)  # through rocket-fft: scipy's transforms
+    here = run_kernel("pie", np.complex64, False, True)
+    assert np.abs(here - want).max() <= 1e-4 * np.abs(want).max()
+    assert KERNELS["pie"].stats.cache_path  # cached on disk
     runs = []
-    for k in range(2):
+    for k in range(2):  # the same environment (and cache) as this process
         out = tmp_path / f"run{k}.npy"
         script = CACHED_RUN.format(here=os.path.dirname(__file__), out=str(out))
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         hits, misses, _ = (int(v) for v in done.stdout.split())
         runs.append((hits, misses, np.load(out)))
-    assert runs[0][:2] == (0, 1) and runs[1][:2] == (1, 0)  # compiled and stored, then loaded from the cache
-    want = run_kernel("pie", np.complex64, False, False)  # through rocket-fft: scipy's transforms
+        if (hits, misses) == (1, 0):
+            break
+        assert (hits, misses) == (0, 1)  # compiled and stored
+    assert runs[-1][:2] == (1, 0)  # loaded from the cache in a fresh process
     for *_, got in runs:
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
