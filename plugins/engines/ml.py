@@ -129,9 +129,10 @@ class MaximumLikelihood:
         self.likelihood = kernels.LIKELIHOODS[self.p.type]
         self.tiny = float(np.finfo(m.rdtype).tiny) * 1e6
         self.fields = {}
-        # two chunk buffers reused every iteration: the detector-plane gradient (chunks of the gradient pass),
-        # and with it the two pod changes of the line search (half as many frames per chunk); or, to carry the
-        # pods forward (module doc), the line search's pod changes of every frame
+        # a chunk buffer reused every iteration: the detector-plane gradient (chunks of the gradient pass), and
+        # with a second one made when first needed the two pod changes of the sub-pixel line search (half as many
+        # frames per chunk); or, to carry the pods forward (module doc), the line search's pod changes of every
+        # frame
         shapes = {scan.label: (scan.num_frames,
                                m.probes[scan.probe_id].data.shape[0] * m.objects[scan.object_id].data.shape[0],
                                *scan.shape) for scan in m.scans}
@@ -151,9 +152,8 @@ class MaximumLikelihood:
                 scan.scale = np.ones(scan.num_frames, m.rdtype)
             step = next(m.chunks(scan, pods), slice(0, 0)).stop
             key = (pods, *scan.shape)
-            if len(self.buffers.get(key, ((),))[0]) < step:
-                self.buffers[key] = (fft.empty((step, *key), m.cdtype),
-                                     fft.empty((0 if carry else step, *key), m.cdtype))
+            if len(self.buffers.get(key, [()])[0]) < step:
+                self.buffers[key] = [fft.empty((step, *key), m.cdtype)]
         self.carried_state = None  # the model the carried pods belong to (probes, objects, positions)
         power, points = m.total_measured()
         self.total_points = max(points, 1)
@@ -427,7 +427,10 @@ class MaximumLikelihood:
                 if scan.label in self.line_stacks:
                     first, second = (stack[sl] for stack in self.line_stacks[scan.label])
                 else:
-                    first, second = (buf[:n] for buf in self.buffers[(pods, *scan.shape)])
+                    buffers = self.buffers[(pods, *scan.shape)]
+                    if len(buffers) == 1:  # whole-pixel runs never need it
+                        buffers.append(fft.empty(buffers[0].shape, m.cdtype))
+                    first, second = (buf[:n] for buf in buffers)
                 tall, rows = _tall(self.views[scan.label][sl])
                 dtall, _ = _tall(subpixel.views(dobj, corners, shifts[sl], scan.shape))
                 self.ml_kernels.ml_line_pods(probe, dprobe, tall, dtall, rows, first, second)
