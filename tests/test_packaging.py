@@ -95,6 +95,22 @@ def test_installed_wheel_gives_the_same_plugins(wheel, tmp_path):
     assert all(status == "active" for _, status, _ in records), records
 
 
+CLI_CALLS = """
+import contextlib, io, json, sys
+from difframe.cli import main
+replies = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as exc:
+            status = exc.code
+    replies.append([status, out.getvalue(), err.getvalue()])
+print(json.dumps(replies))
+"""
+
+
 def test_third_party_plugin_installed_for_real(tmp_path):
     """The plugin-author guide's example package: pip-installed, listed, documented, used."""
     target = tmp_path / "site"
@@ -102,10 +118,18 @@ def test_third_party_plugin_installed_for_real(tmp_path):
                     "--target", str(target), str(ROOT / "examples" / "plugin-template")],
                    check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(target)}
+    commands = [["list-plugins", "--json"], ["params", "scan.xy.line"],
+                ["run", str(ROOT / "examples" / "patterns.toml"), "--dry-run", "--json",
+                 "-p", 'scans.grid.xy.type="line"', "-p", "scans.grid.xy.line.n=7"],
+                ["run", str(ROOT / "examples" / "patterns.toml"), "--dry-run", "-p", "scans.grid.xy.line.n=2.5"]]
+    # the four commands in one fresh process (difframe.cli.main each, its output and exit status captured)
+    done = subprocess.run([sys.executable, "-c", CLI_CALLS, json.dumps(commands)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    replies = {tuple(argv): reply for argv, reply in zip(commands, json.loads(done.stdout))}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "difframe.cli", *args], capture_output=True, text=True,
-                              env=env, cwd=tmp_path)
+        return subprocess.CompletedProcess(list(args), *replies[args])
 
     listed = json.loads(cli("list-plugins", "--json").stdout)
     line = next(r for r in listed if r["name"] == "line")
