@@ -197,8 +197,11 @@ def test_progress_lines_of_harvest_fit_and_vissim(experiment, tmp_path, caplog, 
     import re
 
     from difframe import hookimpl, progress
+    from difframe.tds import visualise
 
     monkeypatch.setattr(progress, "INTERVAL", 0.0)  # a line at every step instead of every 10 s
+    # the progress lines are checked here, not the PNG of each spot (most of visSim's time; see test_tds_visualise)
+    monkeypatch.setattr(visualise, "_slices_png", lambda path, *args: path)
     caplog.set_level("INFO", logger="difframe.progress")
     tds = load_input(experiment / "input.par")
     tds.update(save_to_file=str(tmp_path / "harvest.h5"), output_directory=str(tmp_path))
