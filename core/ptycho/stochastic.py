@@ -143,6 +143,11 @@ class StochasticEngine:
         """After every scan's pass, before probe support and object clipping; returns extra metrics."""
         return {}
 
+    def frame_order(self, scan) -> np.ndarray:
+        """The order ``scan``'s frames are visited in this epoch (default: a permutation from the seeded
+        generator, drawn anew every epoch)."""
+        return self.rng.permutation(scan.num_frames).astype(np.int64)
+
     def extra_metrics(self) -> dict:
         """Metrics after the constraints (default: the probe modes' powers, orthogonalised when asked)."""
         return pm.orthogonalise_probes(self.model) if self.p.orthogonal_modes else pm.mode_powers(self.model)
@@ -185,7 +190,7 @@ class StochasticEngine:
         frames = 0
         for scan in m.scans:
             sums = FrameSums.for_scan(scan, fit_bg, p.floating_intensities, m.rdtype)
-            self.visit(scan, self.rng.permutation(scan.num_frames).astype(np.int64), sums, update_probe)
+            self.visit(scan, self.frame_order(scan), sums, update_probe)
             if len(sums.background):
                 pm.newton_background(scan, sums.background[None], m.ranks)
             if len(sums.scales):
