@@ -4,8 +4,10 @@ One plugin, three engine names, one machinery: every iteration (epoch) visits
 each scan's frames once in a random order (``seed``: reproducible), and for
 each frame projects its pods onto the measured moduli and updates object and
 probe at once (plugins/engines/pie_kernels.py, the whole epoch in one numba
-call, FFTs included).  The variants differ in the update's denominator and
-in momentum:
+call, FFTs included).  ePIE's first epoch (``centre_out_epochs``) visits the
+frames from the scan's centre outward instead, so that the object grows from
+the flat start as one connected region.  The variants differ in the update's
+denominator and in momentum:
 
 - ``ePIE`` (Maiden & Rodenburg 2009): step ``alpha`` conj(P) / max|P|^2 for
   the object, ``beta`` conj(O) / max|O|^2 for the probe.
