@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--at", type=int, nargs="*", default=[20, 40, 60, 80, 107, 120])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--photons", type=float, default=1e8)
-    ap.add_argument("--first", default="", help="experiment: KIND:N, the first N epochs in order KIND "
+    ap.add_argument("--first", default="", help="experiment (set centre_out_epochs=0 with it): KIND:N, the first N epochs in order KIND "
                     "(centre: nearest the positions' centroid first; file: the scan's order)")
     args = ap.parse_args()
     if args.first:
