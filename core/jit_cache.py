@@ -6,11 +6,13 @@ inline the row helpers of difframe.ptycho.kernels and projection, vlog, the
 FFT calls of frame_fft) keeps their old compiled code after that file
 changes, until its own file changes too: after a ``git pull`` of an
 editable install an engine could run yesterday's maths without a word.
-Here every kernel defined in difframe's packages is stamped with its own
-file and with all of difframe's source files that use numba, so that a
-change to any of them recompiles every kernel once (a kernel's file alone
-stays numba's key for everything else).  Kernels of third-party packages
-keep numba's own rule.
+Here every kernel defined in difframe's packages (core and built-in
+plugins) is stamped with its own file and with all of the core's source
+files that use numba (what any kernel may call or inline), so that a change
+to one of those recompiles every kernel once, while a change to a plugin's
+own kernel file recompiles that file's kernels only, as numba does (a
+plugin's kernels call the core's, never another plugin's).  Kernels of
+third-party packages keep numba's own rule.
 
 :func:`install` is called by every difframe module that defines cached
 kernels, before its first one; it adds the locators at the front of
@@ -31,34 +33,29 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def roots() -> tuple[Path, ...]:
-    """The directories of difframe's packages (core and built-in plugins: one tree when installed, two in a
-    source checkout)."""
+def roots() -> tuple[Path, Path]:
+    """(core, built-in plugins): the directories of difframe's two packages (the plugins' inside the core's when
+    installed, beside it in a source checkout)."""
     import difframe
     import difframe.plugins
 
-    found = []
-    for package in (difframe, difframe.plugins):
-        path = Path(package.__file__).resolve().parent
-        if not any(path.is_relative_to(root) for root in found):
-            found.append(path)
-    return tuple(found)
+    return Path(difframe.__file__).resolve().parent, Path(difframe.plugins.__file__).resolve().parent
 
 
 @functools.cache
-def sources_stamp(directories: tuple[Path, ...]) -> str:
-    """A hash of the names and contents of every Python file under ``directories`` that uses numba."""
+def sources_stamp(core: Path, plugins: Path) -> str:
+    """A hash of the names and contents of the Python files under ``core`` (not under ``plugins``) that use
+    numba."""
     digest = hashlib.sha256()
-    files = sorted({path.resolve() for root in directories for path in root.rglob("*.py")})
-    for path in files:
+    for path in sorted(core.rglob("*.py")):
         text = path.read_bytes()
-        if b"numba" in text:
-            digest.update(str(path).encode() + b"\0" + text + b"\0")
+        if b"numba" in text and not path.resolve().is_relative_to(plugins):
+            digest.update(str(path.relative_to(core)).encode() + b"\0" + text + b"\0")
     return digest.hexdigest()
 
 
 class _StampedBySources:
-    """A numba cache locator for files under :func:`roots` whose stamp adds :func:`sources_stamp`."""
+    """A numba cache locator for difframe's files (under :func:`roots`) whose stamp adds :func:`sources_stamp`."""
 
     @classmethod
     def from_function(cls, py_func, py_file):
@@ -68,7 +65,7 @@ class _StampedBySources:
         return super().from_function(py_func, py_file)
 
     def get_source_stamp(self):
-        return super().get_source_stamp(), sources_stamp(roots())
+        return super().get_source_stamp(), sources_stamp(*roots())
 
 
 def _numba_locator(name: str):
