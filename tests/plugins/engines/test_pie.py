@@ -349,3 +349,28 @@ def test_epie_first_epoch_from_the_centre_outward_on_the_moonflower_scan(tmp_pat
     object_err, probe_err = truth_errors(model.objects["sim"].data[0], model.probes["sim"].data[0],
                                          scan_model.corners, truth)
     assert object_err < 0.058 and probe_err < 0.05
+
+
+@pytest.mark.parametrize("variant", ["ePIE", "rPIE", "mPIE"])
+def test_centre_out_epochs_visit_nearest_first_then_the_seeded_random_order(variant):
+    """engine.<variant>.centre_out_epochs = 2: the first two epochs go by distance from the scan's centroid,
+    and later epochs keep the orders the seeded generator gives without them (it is drawn all the same)."""
+    prep, probe, truth = simulate(photons=1e5)
+    guess = amplitude_guess(prep, truth.psize)
+    orders = {}
+    for first in (2, 0):
+        engine = pie._factory(variant)(engine_params(pie.VARIANTS[variant][1], seed=4, centre_out_epochs=first),
+                                       start_model(prep, guess))
+        engine.initialize()
+        scan = engine.model.scans[0]
+        seen = []
+        for epoch in range(3):
+            engine.iteration = epoch
+            seen.append(engine.frame_order(scan))
+        orders[first] = seen
+    distance = np.hypot(*(scan.corners - scan.corners.mean(axis=0)).T)
+    for order in orders[2][:2]:
+        assert sorted(order.tolist()) == list(range(scan.num_frames))
+        assert np.all(np.diff(distance[order]) >= 0)
+    np.testing.assert_array_equal(orders[2][2], orders[0][2])
+    assert not np.all(np.diff(distance[orders[0][0]]) >= 0)
