@@ -24,34 +24,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "plugins" / "engines"))
 
-from difframe import Run  # noqa: E402
 from difframe.plugins.engines import opr, pie  # noqa: E402
-from difframe.ptycho import workflow  # noqa: E402
 
 import ptycho_new_engines as bench  # noqa: E402
 from ptycho_truth import engine_params, start_model  # noqa: E402
 from test_opr import _misfit, drifting_scan  # noqa: E402
 
 
-def parse(variant: str) -> tuple[str, dict]:
-    name, _, rest = variant.partition(":") if variant.startswith("rPIE") else ("OPR", "", variant)
-    extra = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        extra[key] = None if value == "None" else (int(value) if value.lstrip("-").isdigit() else float(value))
-    return name, extra
-
-
 def steady(variants, checkpoints, photons, home):
     truth, prepared = bench.moonflower(photons, 100, home)
     print(f"steady (moonflower-like, {photons:.0e} photons): sub-pixel object error at {checkpoints}")
     for variant in variants:
-        name, extra = parse(variant)
-        spec, p = bench.engine_params(name, max(checkpoints), home, extra, photons)
-        model = workflow.build_run_model(Run(bench.run_parameters(name, max(checkpoints), home, extra, photons)),
-                                         prepared)
-        engine = spec.factory(p, model)
-        engine.initialize()
+        name, extra = bench.parse_variant(variant, "OPR", "rPIE")
+        engine, model = bench.started_engine(name, max(checkpoints), home, extra, photons, prepared)
         done, seconds, row, last = 0, 0.0, [], {}
         for c in checkpoints:
             start = time.perf_counter()
@@ -71,7 +56,7 @@ def drift(variants, checkpoints):
     guess = np.abs(probes[len(probes) // 2])[None]
     print(f"drifting (tests' scan): sub-pixel object error / deviance / probe misfit at {checkpoints}")
     for variant in variants:
-        name, extra = parse(variant)
+        name, extra = bench.parse_variant(variant, "OPR", "rPIE")
         model = start_model(prep, guess)
         if name == "OPR":
             engine = opr.factory(engine_params(opr.PARAMETERS, **extra), model)

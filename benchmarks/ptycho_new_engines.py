@@ -62,6 +62,27 @@ def engine_params(name: str, iterations: int, home: Path, extra: dict | None = N
     return run.plugins.get("engine", name), run.params.engines.e
 
 
+def parse_variant(variant: str, default: str, other: str) -> tuple[str, dict]:
+    """(engine name, parameters) of a sweep's ``--variant``: "key=value,..." for engine ``default``,
+    "<other>:key=value,..." (or just "<other>") for engine ``other``; "None" is None, integers stay integers."""
+    name, _, rest = variant.partition(":") if variant.startswith(other) else (default, "", variant)
+    extra = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        extra[key] = None if value == "None" else (int(value) if value.lstrip("-").isdigit() else float(value))
+    return name, extra
+
+
+def started_engine(name: str, iterations: int, home: Path, extra: dict, photons: float, prepared):
+    """(engine, model) of ``name`` with parameters ``extra`` on the prepared scan of :func:`moonflower`,
+    initialised."""
+    spec, p = engine_params(name, iterations, home, extra, photons)
+    model = workflow.build_run_model(Run(run_parameters(name, iterations, home, extra, photons)), prepared)
+    engine = spec.factory(p, model)
+    engine.initialize()
+    return engine, model
+
+
 def run_parameters(name: str, iterations: int, home: Path, extra: dict | None = None, photons: float = 1e8):
     """benchmarks/ptycho_textbook.py's tree with one engine, ``name``, labelled ``e``, its parameters ``extra``."""
     return parameters(photons, {"e": (name, iterations)}, home, dm_extra=extra if name == "DM" else None,

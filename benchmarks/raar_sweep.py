@@ -27,34 +27,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "plugins" / "engines"))
 
-from difframe import Run  # noqa: E402
 from difframe.plugins.engines import dm, raar  # noqa: E402
-from difframe.ptycho import workflow  # noqa: E402
 from difframe.ptycho.quality import truth_errors  # noqa: E402
 
 import ptycho_new_engines as bench  # noqa: E402
 import ptycho_truth  # noqa: E402
 
 
-def parse(variant: str) -> tuple[str, dict]:
-    name, _, rest = variant.partition(":") if variant.startswith("DM") else ("RAAR", "", variant)
-    extra = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        extra[key] = None if value == "None" else (int(value) if value.lstrip("-").isdigit() else float(value))
-    return name, extra
-
-
 def moonflower(variants, checkpoints, photons, home):
     truth, prepared = bench.moonflower(photons, 100, home)
     print(f"moonflower-like scan, {photons:.0e} photons: whole-pixel / sub-pixel object error at {checkpoints}")
     for variant in variants:
-        name, extra = parse(variant)
-        spec, p = bench.engine_params(name, max(checkpoints), home, extra, photons)
-        model = workflow.build_run_model(Run(bench.run_parameters(name, max(checkpoints), home, extra, photons)),
-                                         prepared)
-        engine = spec.factory(p, model)
-        engine.initialize()
+        name, extra = bench.parse_variant(variant, "RAAR", "DM")
+        engine, model = bench.started_engine(name, max(checkpoints), home, extra, photons, prepared)
         done, seconds, row = 0, 0.0, []
         for c in checkpoints:
             start = time.perf_counter()
@@ -74,7 +59,7 @@ def low_dose(variants, photons=1e5, counts=(20, 40, 100, 200)):
     guess = ptycho_truth.amplitude_guess(prep, truth.psize)
     print(f"tests' scan, {photons:.0e} photons: object error at {counts}")
     for variant in variants:
-        name, extra = parse(variant)
+        name, extra = bench.parse_variant(variant, "RAAR", "DM")
         module = dm if name == "DM" else raar
         model = ptycho_truth.start_model(prep, guess)
         engine = module.factory(ptycho_truth.engine_params(module.PARAMETERS, **extra), model)
