@@ -1,6 +1,6 @@
 """DM and ML seconds per iteration on 1000 far-field frames of 128 x 128, against this machine's floor.
 
-    .venv/bin/python benchmarks/ptycho_engines.py [--frames 1000] [--size 128] [--iterations 5]
+    .venv/bin/python benchmarks/ptycho_engines.py [--frames 1000] [--size 128] [--rounds 7]
 
 The floor is measured in the same run: one forward and one inverse batched FFT
 of every pod through the engines' own FFT (difframe.fft, FFTW in place: what
@@ -13,9 +13,13 @@ switched off, ML <= 2.5x DM, peak < 1 GB; with the model terms for real data
 (background map and frame scales fitted) DM at most 15 % slower.  With several
 probe modes the cost of keeping them orthogonal is printed on its own line.
 Peak memory is what tracemalloc sees numpy allocate (data, model, engine
-buffers) during initialisation and iterations; engine times are medians over
-single iterations after three warm-up ones.  Last, DM on the 161-frame problem
-the issue uses to compare with ptypy, against a plain numpy DM in the same run.
+buffers) during initialisation and iterations, in runs of its own.  Timing:
+every engine is started and warmed up (three iterations), then each round
+takes the floor and one iteration of each engine in turn; a ratio is taken
+within each round and its median printed, so that the shared machine's slow
+phases, which last minutes, move both sides of it.  Last, DM on the 161-frame
+problem the issue uses to compare with ptypy, against a plain numpy DM in the
+same run.
 """
 
 from __future__ import annotations
@@ -68,11 +72,10 @@ def engine_params(schema, **extra):
     return p
 
 
-def timed_engine(module, prep, probe, iterations, model_terms=False, orthogonal=False):
-    """(median seconds per iteration, peak bytes, last metrics) of one engine on a fresh model: the engine as
-    ptypy has it, the terms for real data off; with ``model_terms`` a background map and per-frame scales are
-    fitted every iteration, with ``orthogonal`` the probe modes are orthogonalised after every iteration."""
-    tracemalloc.start()
+def started_engine(module, prep, probe, model_terms=False, orthogonal=False):
+    """One engine on a fresh model, past its warm-up: the engine as ptypy has it, the terms for real data off;
+    with ``model_terms`` a background map and per-frame scales are fitted every iteration, with ``orthogonal``
+    the probe modes are orthogonalised after every iteration."""
     model = pm.build_model({"bench": prep}, {"bench": (None, 1.0, None, 1.0)},
                            init_probe=lambda *a: probe, init_object=lambda label, shape, *a: np.ones((1, *shape)))
     if model_terms:
@@ -82,15 +85,41 @@ def timed_engine(module, prep, probe, iterations, model_terms=False, orthogonal=
     engine = module.factory(engine_params(module.PARAMETERS, **options), model)
     engine.initialize()
     engine.iterate(3)  # warm-up past probe_update_start: every kernel compiled (or loaded), buffers touched
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        metrics = engine.iterate(1)
-        times.append(time.perf_counter() - start)
+    return engine
+
+
+def peak_memory(module, prep, probe) -> tuple[int, dict]:
+    """(peak bytes, last metrics) that tracemalloc sees numpy allocate while an engine initialises and runs
+    four iterations.  Measured on its own: tracing every allocation slows the Python around the kernels (DM
+    by about 14 % on 1000 frames), so no time is taken with it on."""
+    tracemalloc.start()
+    engine = started_engine(module, prep, probe)
+    metrics = engine.iterate(1)[-1]
     engine.finalize()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return float(np.median(times)), peak, metrics[-1]
+    return peak, metrics
+
+
+def timed_in_turns(steps: dict, rounds: int) -> dict:
+    """name -> seconds of each of ``rounds`` rounds, every step timed once a round in turn (a step that returns
+    a number has timed itself: the floor).
+
+    The machine's speed drifts (a shared VM has slow phases lasting minutes), so a ratio
+    is taken within each round, between steps run seconds apart, and its median reported.
+    """
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            seconds = step()
+            elapsed = time.perf_counter() - start
+            times[name].append(seconds if isinstance(seconds, float) else elapsed)
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def median_ratio(times: dict, top: str, bottom: str) -> float:
+    return float(np.median(times[top] / times[bottom]))
 
 
 def plain_numpy_dm(prep, probe, iterations):
@@ -131,69 +160,87 @@ def plain_numpy_dm(prep, probe, iterations):
     return float(np.median(times))
 
 
-def floor(frames: int, size: int, modes: int, repeats: int = 3) -> tuple[float, float, float]:
-    """(floor seconds, FFT pair seconds, one streaming pass seconds) over frames x modes pods."""
+def floor_step(frames: int, size: int, modes: int):
+    """A step of :func:`timed_in_turns` that returns the floor's seconds (and keeps its parts in
+    ``step.parts``): one FFT pair over frames x modes pods by the faster of the engines' two routes, plus four
+    streaming passes over them."""
     pods = fft.empty((frames, modes, size, size))
     pods[...] = 1
+    other = np.ones_like(pods)
     chunk = max(1, pm.CHUNK_BYTES // (modes * size * size * 8))
 
     def pair(piece):
         fft.fft2(piece, overwrite=True)
         fft.ifft2(piece, overwrite=True)
 
-    best_fft = best_pass = np.inf
-    for _ in range(repeats):
-        # the faster of the engines' two routes (difframe.fft: FFTW, in place): FFTW's threads over 8 MiB chunks,
-        # and each cache-sized chunk's pair on one thread, the threads taking turns (difframe.frame_threads)
+    def step():
+        # the engines' two routes (difframe.fft: FFTW, in place): FFTW's threads over 8 MiB chunks, and each
+        # cache-sized chunk's pair on one thread, the threads taking turns (difframe.frame_threads)
         start = time.perf_counter()
         for i in range(0, frames, chunk):
             pair(pods[i:i + chunk])
-        best_fft = min(best_fft, time.perf_counter() - start)
+        threaded = time.perf_counter() - start
         start = time.perf_counter()
         frame_threads.in_chunks(pair, pods)
-        best_fft = min(best_fft, time.perf_counter() - start)
-        other = np.ones_like(pods)
+        chunked = time.perf_counter() - start
         start = time.perf_counter()
         np.add(pods, other, out=pods)  # reads two arrays, writes one
-        best_pass = min(best_pass, (time.perf_counter() - start) / 1.5)
-        del other
-    return best_fft + 4 * best_pass, best_fft, best_pass
+        one_pass = (time.perf_counter() - start) / 1.5
+        step.parts.append((min(threaded, chunked), one_pass))
+        return min(threaded, chunked) + 4 * one_pass
+
+    step.parts = []
+    return step
+
+
+def iteration_step(engine):
+    """A step of :func:`timed_in_turns`: one iteration of ``engine``."""
+    return lambda: engine.iterate(1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7, help="rounds of the floor and one iteration of each engine")
     args = ap.parse_args()
     print(f"{args.frames} frames of {args.size}x{args.size}, complex64, FFTs through FFTW (difframe.fft), "
-          f"{fft.fft_workers()} threads")
+          f"{fft.fft_workers()} threads; medians over {args.rounds} rounds")
     for modes in (1, 3):
         prep, probe = problem(args.frames, args.size, modes)
-        before = floor(args.frames, args.size, modes)
-        t_dm, peak_dm, m_dm = timed_engine(dm, prep, probe, args.iterations)
-        t_dm_terms = timed_engine(dm, prep, probe, args.iterations, model_terms=True)[0]
-        t_ml, peak_ml, m_ml = timed_engine(ml, prep, probe, args.iterations)
-        t_ml_terms = timed_engine(ml, prep, probe, args.iterations, model_terms=True)[0]
-        t_dm_ortho = timed_engine(dm, prep, probe, args.iterations, orthogonal=True)[0] if modes > 1 else None
-        # the floor is taken before and after the engines, the faster of the two: a busy moment of a shared
-        # machine must not lower the ratios
-        fl, fft_pair, one_pass = min(before, floor(args.frames, args.size, modes))
+        peak_dm, m_dm = peak_memory(dm, prep, probe)
+        peak_ml = peak_memory(ml, prep, probe)[0]
+        floor = floor_step(args.frames, args.size, modes)
+        steps = {"floor": floor,
+                 "DM": iteration_step(started_engine(dm, prep, probe)),
+                 "DM + terms": iteration_step(started_engine(dm, prep, probe, model_terms=True)),
+                 "ML": iteration_step(started_engine(ml, prep, probe)),
+                 "ML + terms": iteration_step(started_engine(ml, prep, probe, model_terms=True))}
+        if modes > 1:
+            steps["DM + orthogonal"] = iteration_step(started_engine(dm, prep, probe, orthogonal=True))
+        floor()  # its buffers touched
+        floor.parts.clear()
+        t = timed_in_turns(steps, args.rounds)
+        sec = {name: float(np.median(v)) for name, v in t.items()}
+        fft_pair, one_pass = np.median(np.array(floor.parts), axis=0)
         print(f"\nprobe modes {modes}:")
-        print(f"  floor            {fl:7.3f} s/it  (FFT pair {fft_pair:.3f} s + 4 passes of {one_pass:.3f} s)")
-        print(f"  DM               {t_dm:7.3f} s/it  peak {peak_dm / 2**20:6.0f} MiB  "
-              f"overlap loops {m_dm['overlap_loops']}  ratio to floor {t_dm / fl:5.2f}  (target <= 2)")
-        print(f"  DM + terms       {t_dm_terms:7.3f} s/it  background and frame scales fitted: "
-              f"{t_dm_terms / t_dm:5.2f}x DM  (target <= 1.15)")
-        if t_dm_ortho is not None:
-            print(f"  DM + orthogonal  {t_dm_ortho:7.3f} s/it  modes orthogonalised every iteration (both exit-wave "
-                  f"stacks mixed): {t_dm_ortho / t_dm:5.2f}x DM")
-        print(f"  ML               {t_ml:7.3f} s/it  peak {peak_ml / 2**20:6.0f} MiB  "
-              f"ratio to DM {t_ml / t_dm:5.2f}  (target <= 2.5)")
-        print(f"  ML + terms       {t_ml_terms:7.3f} s/it  {t_ml_terms / t_ml:5.2f}x ML")
+        print(f"  floor            {sec['floor']:7.3f} s/it  (FFT pair {fft_pair:.3f} s + 4 passes of {one_pass:.3f} s)")
+        print(f"  DM               {sec['DM']:7.3f} s/it  peak {peak_dm / 2**20:6.0f} MiB  "
+              f"overlap loops {m_dm['overlap_loops']}  ratio to floor {median_ratio(t, 'DM', 'floor'):5.2f}  "
+              f"(target <= 2)")
+        print(f"  DM + terms       {sec['DM + terms']:7.3f} s/it  background and frame scales fitted: "
+              f"{median_ratio(t, 'DM + terms', 'DM'):5.2f}x DM  (target <= 1.15)")
+        if modes > 1:
+            print(f"  DM + orthogonal  {sec['DM + orthogonal']:7.3f} s/it  modes orthogonalised every iteration "
+                  f"(both exit-wave stacks mixed): {median_ratio(t, 'DM + orthogonal', 'DM'):5.2f}x DM")
+        print(f"  ML               {sec['ML']:7.3f} s/it  peak {peak_ml / 2**20:6.0f} MiB  "
+              f"ratio to DM {median_ratio(t, 'ML', 'DM'):5.2f}  (target <= 2.5)")
+        print(f"  ML + terms       {sec['ML + terms']:7.3f} s/it  {median_ratio(t, 'ML + terms', 'ML'):5.2f}x ML")
+        del steps, floor
     prep, probe = problem(161, args.size, 1)
-    t_plain = plain_numpy_dm(prep, probe, args.iterations)
-    t_ours = timed_engine(dm, prep, probe, args.iterations)[0]
+    t_plain = plain_numpy_dm(prep, probe, args.rounds)
+    t_ours = float(np.median(timed_in_turns({"DM": iteration_step(started_engine(dm, prep, probe))},
+                                            args.rounds)["DM"]))
     print(f"\n161 frames, 1 mode (the issue's ptypy comparison): plain numpy DM {t_plain:.3f} s/it, "
           f"difframe DM {t_ours:.3f} s/it: {t_plain / t_ours:.1f}x faster than plain numpy, "
           f"so about {2.3 * t_plain / t_ours:.0f}x faster than ptypy's serial DM (2.3x slower than plain numpy here)")
