@@ -3,7 +3,7 @@
 Why: the projection engines' Fourier pass is five steps per frame (pods,
 FFT, modulus step, inverse FFT, exit-wave update).  Done step after step over
 8 MiB chunks, each step threaded over frames, every step streamed its chunk
-through main memory again; done about 1 MiB (one core's L2 cache) at a time,
+through main memory again; done about 1 MiB (L2 and L3 cache) at a time,
 every step of a chunk on one core while the other cores take other chunks,
 the same pass took 0.55-0.7 of the time (1000 frames of 128 x 128, DM).  A
 task therefore runs serial numba kernels (``nogil``) and one-thread FFTs
@@ -29,7 +29,9 @@ import numpy as np
 
 from difframe.fft import SIMD_ALIGNMENT, fft_workers
 
-#: bytes of one chunk: one core's L2 cache on the machines this was measured on (AMD EPYC, 1 MiB)
+#: bytes of one chunk: twice a core's L2 on the machines this was measured on (AMD EPYC, 512 KiB a core, 32 MiB
+#: L3), which spills to L3; chunks of 512 and 256 KiB took 1.05x and 1.11x DM's CPU time (more chunks, more
+#: per-chunk work: kernel calls, FFT plans)
 CACHE_BYTES = 2**20
 _inside = threading.local()
 
