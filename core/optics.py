@@ -104,23 +104,27 @@ class FarField:
     def __init__(self, shape, centred: bool = True):
         self.shape = (int(shape[0]), int(shape[1]))
         self.centred = centred
+        #: what ``scaled=False`` leaves out of either transform (unitary: 1 / sqrt(H W))
+        self.gain = 1.0 / np.sqrt(self.shape[0] * self.shape[1])
 
-    def forward(self, x: np.ndarray, overwrite: bool = False) -> np.ndarray:
-        """Detector-plane field of exit waves ``x`` (..., H, W)."""
-        return self._transform(x, overwrite, inverse=False)
+    def forward(self, x: np.ndarray, overwrite: bool = False, scaled: bool = True) -> np.ndarray:
+        """Detector-plane field of exit waves ``x`` (..., H, W); with ``scaled=False`` divided by
+        :attr:`gain`, for a kernel that applies it in a pass it makes anyway (one pass over the stack fewer)."""
+        return self._transform(x, overwrite, inverse=False, scaled=scaled)
 
-    def backward(self, y: np.ndarray, overwrite: bool = False) -> np.ndarray:
-        """Exit waves of detector-plane fields ``y`` (..., H, W)."""
-        return self._transform(y, overwrite, inverse=True)
+    def backward(self, y: np.ndarray, overwrite: bool = False, scaled: bool = True) -> np.ndarray:
+        """Exit waves of detector-plane fields ``y`` (..., H, W); ``scaled`` as in :meth:`forward`."""
+        return self._transform(y, overwrite, inverse=True, scaled=scaled)
 
-    def _transform(self, x: np.ndarray, overwrite: bool, inverse: bool) -> np.ndarray:
+    def _transform(self, x: np.ndarray, overwrite: bool, inverse: bool, scaled: bool) -> np.ndarray:
+        norm = "ortho" if scaled else ("forward" if inverse else "backward")  # numpy's names: no factor here
         if self.centred:
             x = scipy.fft.ifftshift(x, axes=(-2, -1))
             overwrite = True
         if overwrite and frame_threads.splits(x):
-            y = frame_threads.in_chunks(lambda piece: fft.fft2(piece, inverse=inverse, norm="ortho", overwrite=True), x)
+            y = frame_threads.in_chunks(lambda piece: fft.fft2(piece, inverse=inverse, norm=norm, overwrite=True), x)
         else:
-            y = fft.fft2(x, inverse=inverse, norm="ortho", overwrite=overwrite)
+            y = fft.fft2(x, inverse=inverse, norm=norm, overwrite=overwrite)
         return scipy.fft.fftshift(y, axes=(-2, -1)) if self.centred else y
 
 
@@ -176,12 +180,15 @@ class NearField:
         y *= kernel
         return fft.ifft2(y, norm="forward", overwrite=True)
 
-    def forward(self, x: np.ndarray, overwrite: bool = False) -> np.ndarray:
-        """Field at the detector of exit waves ``x`` (..., H, W)."""
+    #: the near-field transforms' factors ride on the transfer function: ``scaled=False`` leaves out nothing
+    gain = 1.0
+
+    def forward(self, x: np.ndarray, overwrite: bool = False, scaled: bool = True) -> np.ndarray:
+        """Field at the detector of exit waves ``x`` (..., H, W) (``scaled``: see :meth:`FarField.forward`)."""
         return self._apply(x, self._forward_kernel, overwrite)
 
-    def backward(self, y: np.ndarray, overwrite: bool = False) -> np.ndarray:
-        """Back-propagated (adjoint) field of ``y`` (..., H, W)."""
+    def backward(self, y: np.ndarray, overwrite: bool = False, scaled: bool = True) -> np.ndarray:
+        """Back-propagated (adjoint) field of ``y`` (..., H, W) (``scaled``: see :meth:`FarField.forward`)."""
         return self._apply(y, self._backward_kernel, overwrite)
 
 

@@ -153,11 +153,13 @@ def _row_amplitudes(s, relaxed, bg, meas, wt, tiny, amp, am):
 
 
 @serial
-def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, mix, count, bound, tiny,
+def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, mix, gain, count, bound, tiny,
                        err, dev, bg_sums, scale_sums):
     """The projection engines' Fourier step on detector-plane waves, frame by frame.
 
-    In: ``fpo`` = F(PO) of the current probe and object, ``phi`` = F psi.  The
+    In: ``fpo`` = F(PO) of the current probe and object divided by ``gain``
+    (the propagator's transform without its factor, which is applied here
+    rather than in a pass of its own), ``phi`` = F psi.  The
     relaxed wave r = (1 + alpha) F(PO) - alpha Phi is projected onto the data
     with the model I = scale x |r|^2 + background: each amplitude is multiplied
     by sqrt(I_target / I_model), I_target moved from the model toward the
@@ -177,7 +179,8 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
     """
     h, w = fpo.shape[2], fpo.shape[3]
     real = intensity.dtype.type
-    a1, a = real(1 + alpha), real(alpha)
+    g, g2 = real(gain), real(gain * gain)
+    a, a1g = real(alpha), real((1 + alpha) * gain)
     m1, m0 = real(mix), real(1 - mix)
     wrow = weight_rows(weights, fpo.shape[0])
     fit_scale = scale_sums.shape[0] > 0
@@ -196,7 +199,9 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
         h_scale = 0.0
         for i in range(h):
             row_intensity(fpo, n, i, model)
-            _row_relaxed_intensity(fpo, phi, n, i, a1, a, relaxed)
+            for j in range(w):
+                model[j] *= g2
+            _row_relaxed_intensity(fpo, phi, n, i, a1g, a, relaxed)
             meas, wt, bg = intensity[n, i], weights[wrow[n], i], background[i]
             e_sum += _row_amplitudes(s, relaxed, bg, meas, wt, tiny, amp[i], am[i])
             dv, gs, hs = row_fit(s, model, bg, meas, wt, tiny, sums, i, fit_scale, d1, d2)
@@ -217,14 +222,17 @@ def fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, m
             for k in range(fpo.shape[1]):
                 f, q = fpo[n, k, i], phi[n, k, i]
                 for j in range(w):
-                    change = m1 * (factor[j] * (a1 * f[j] - a * q[j]) - f[j]) + m0 * (f[j] - q[j])
+                    po = g * f[j]
+                    change = m1 * (factor[j] * (a1g * f[j] - a * q[j]) - po) + m0 * (po - q[j])
                     q[j] += change
                     f[j] = change
 
 
 @serial
-def add_exit_change(back, exits, change):
-    """exits += back (the exit-wave change at the sample); change[n] = |back|^2 of frame n (one thread)."""
+def add_exit_change(back, exits, gain, change):
+    """exits += gain x back (the exit-wave change at the sample, ``back`` from the propagator's transform
+    without its factor ``gain``); change[n] = |gain x back|^2 of frame n (one thread)."""
+    g = back.real.dtype.type(gain)
     for n in range(back.shape[0]):
         total = 0.0
         for k in range(back.shape[1]):
@@ -232,10 +240,10 @@ def add_exit_change(back, exits, change):
                 bk, ex = back[n, k, i], exits[n, k, i]
                 row = bk.real.dtype.type(0)
                 for j in range(back.shape[3]):
-                    ex[j] += bk[j]
+                    ex[j] += g * bk[j]
                     row += bk[j].real * bk[j].real + bk[j].imag * bk[j].imag
                 total += row
-        change[n] = total
+        change[n] = total * gain * gain
 
 
 # -- the overlap projection ----------------------------------------------------------------------

@@ -137,14 +137,16 @@ class ProjectionEngine:
         n = len(ex)
         f = self.buffers[ex.shape[1:]][worker][:n]
         kernels.pods_serial(probe, obj, corners, f)
-        fields = scan.propagator.forward(f, overwrite=True)
+        # the transforms' factor is applied in the kernels (one pass over the chunk fewer each way)
+        fields = scan.propagator.forward(f, overwrite=True, scaled=False)
         err, dev, change = np.empty(n), np.empty(n), np.empty(n)
         alpha, mix = self.relaxation()
+        gain = scan.propagator.gain
         projection.fourier_projection(fields, phi, scan.intensity[sl], scan.weights_of(sl), scan.scale_factors()[sl],
-                                      scan.background_map(), m.rdtype.type(alpha), m.rdtype.type(mix),
+                                      scan.background_map(), m.rdtype.type(alpha), m.rdtype.type(mix), gain,
                                       fd["count"][sl], fd["bound"][sl], self.tiny, err, dev, bg_sums, scale_sums)
-        back = scan.propagator.backward(fields, overwrite=True)
-        projection.add_exit_change(back, ex, change)
+        back = scan.propagator.backward(fields, overwrite=True, scaled=False)
+        projection.add_exit_change(back, ex, gain, change)
         return np.array([err.sum(), dev.sum(), change.sum(), n])
 
     # -- overlap constraint ------------------------------------------------------------------

@@ -118,3 +118,20 @@ def test_overwrite_transforms_in_place(make):
     assert y is x
     np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
     assert prop.backward(x, overwrite=True) is x
+
+
+@pytest.mark.parametrize("make", [lambda: optics.FarField((16, 12), centred=False),
+                                  lambda: optics.FarField((16, 12), centred=True),
+                                  lambda: optics.NearField((16, 12), (1e-7, 1e-7), 1e-10, 1e-3)],
+                         ids=["farfield", "farfield-centred", "nearfield"])
+def test_unscaled_transforms_leave_out_the_gain(make):
+    """The projection engines apply the transforms' factor in their kernels: forward and backward with
+    ``scaled=False`` times ``gain`` are the unitary transforms, against numpy's own FFT for the far field."""
+    prop = make()
+    x = (np.random.default_rng(1).normal(size=(3, 16, 12)) + 1j).astype(np.complex128)
+    for name in ("forward", "backward"):
+        unitary = getattr(prop, name)(x.copy())
+        np.testing.assert_allclose(prop.gain * getattr(prop, name)(x.copy(), scaled=False), unitary, atol=1e-12)
+    if isinstance(prop, optics.FarField) and not prop.centred:
+        np.testing.assert_allclose(prop.forward(x, scaled=False), np.fft.fft2(x), atol=1e-9)
+        np.testing.assert_allclose(prop.backward(x, scaled=False), np.fft.ifft2(x) * x[0].size, atol=1e-9)

@@ -19,9 +19,9 @@ from kernel_cases import FRAMES, SHAPE, close, complex_array, pods_reference, ra
 TINY = float(np.finfo(np.float32).tiny) * 1e6
 
 
-def dm_fourier(fpo, phi, intensity, weights, scale, background, alpha, *rest):
-    """DM's Fourier step: the core projection with the whole change taken (mix = 1)."""
-    projection.fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, 1.0, *rest)
+def dm_fourier(fpo, phi, intensity, weights, scale, background, alpha, *rest, gain=1.0):
+    """DM's Fourier step: the core projection with the whole change taken (mix = 1); ``fpo`` holds F(PO) / gain."""
+    projection.fourier_projection(fpo, phi, intensity, weights, scale, background, alpha, 1.0, gain, *rest)
 
 
 def _terms(c):
@@ -40,7 +40,8 @@ def _deviance(imodel, meas, valid):
 
 
 @pytest.mark.parametrize("shared", [True, False])
-def test_dm_fourier(kernel_case, shared):
+@pytest.mark.parametrize("gain", [1.0, 1 / 128])  # F(PO) as a unitary transform gives it; without its factor
+def test_dm_fourier(kernel_case, shared, gain):
     c = kernel_case
     weights = random_weights(c, shared)
     valid = np.broadcast_to(weights > 0, c["intensity"].shape)
@@ -62,9 +63,9 @@ def test_dm_fourier(kernel_case, shared):
     threads = numba_threads()
     bg_sums = np.zeros((threads, 2, *SHAPE), c["real"])
     scale_sums = np.zeros((FRAMES, 2))
-    out_fpo, out_phi = fpo.copy(), phi.copy()
+    out_fpo, out_phi = (fpo / c["dtype"](gain)).astype(c["dtype"]), phi.copy()
     dm_fourier(out_fpo, out_phi, meas, weights, scale, bg, alpha, count, bound, TINY,
-                          err, dev, bg_sums, scale_sums)
+               err, dev, bg_sums, scale_sums, gain=gain)
     close(err, err_ref, c["tol"])
     close(dev, _deviance(s * ipo + bg, meas, valid), c["tol"] * 10)
     renorm = np.where(err_ref > bound, np.sqrt(bound / err_ref), 1.0)[:, None, None]
@@ -101,14 +102,15 @@ def test_dm_fourier_skips_what_is_not_fitted():
     close(fpo, fpo2, 1e-6)
 
 
-def test_add_exit_change(kernel_case):
+@pytest.mark.parametrize("gain", [1.0, 1 / 128])
+def test_add_exit_change(kernel_case, gain):
     c = kernel_case
     back = complex_array(c["rng"], c["stack"].shape, c["dtype"])
     exits = c["stack"].copy()
     change = np.empty(FRAMES)
-    projection.add_exit_change(back, exits, change)
-    close(exits, c["stack"] + back, c["tol"])
-    close(change, (np.abs(back) ** 2).sum(axis=(1, 2, 3)), c["tol"])
+    projection.add_exit_change(back, exits, gain, change)
+    close(exits, c["stack"] + gain * back, c["tol"])
+    close(change, (np.abs(gain * back) ** 2).sum(axis=(1, 2, 3)), c["tol"])
 
 
 def _likelihood_reference(kind, imodel, meas, w, renorm):

@@ -31,8 +31,8 @@ def test_fourier_projection_mixes_dm_step_and_overlap_projection(kernel_case, mi
     bound = np.where(np.arange(FRAMES) % 2 == 0, 2 * err_ref, err_ref / 9)
     err, dev = np.empty(FRAMES), np.empty(FRAMES)
     out_fpo, out_phi = fpo.copy(), phi.copy()
-    projection.fourier_projection(out_fpo, out_phi, meas, weights, scale, bg, 1.0, mix, count, bound, TINY, err, dev,
-                                  np.empty((0, 2, 0, 0), c["real"]), np.empty((0, 2)))
+    projection.fourier_projection(out_fpo, out_phi, meas, weights, scale, bg, 1.0, mix, 1.0, count, bound, TINY,
+                                  err, dev, np.empty((0, 2, 0, 0), c["real"]), np.empty((0, 2)))
     renorm = np.where(err_ref > bound, np.sqrt(bound / err_ref), 1.0)[:, None, None]
     factor = np.where(valid, (amp + (a - amp) * renorm) / a, 1.0)
     change = mix * (factor[:, None] * relaxed - fpo) + (1 - mix) * (fpo - phi)
