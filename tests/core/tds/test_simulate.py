@@ -11,8 +11,8 @@ from difframe.crystal.geometry import Geometry
 from difframe.errors import UsageError
 from difframe.params import ParamTree
 from difframe.tds.config import geometry_of, read_tds_config
-from difframe.tds.simulate import (SimulationSpec, _expected_counts, allowed_reflections, exposure_substeps, simulate,
-                                   simulate_from_file)
+from difframe.tds.simulate import (SimulationSpec, _expected_counts, _nearest_allowed, _predict_spots,
+                                   allowed_reflections, exposure_substeps, simulate, simulate_from_file)
 
 SPEC = {
     "crystal": {"name": "MgO", "cell": [4.212, 4.212, 4.212, 90, 90, 90], "centering": "F",
@@ -61,6 +61,17 @@ def test_frames_mask_and_normalisation_files(run):
     lines = (out / "normalisation.dat").read_text().splitlines()
     assert [line.split()[0] for line in lines] == truth["frames"]
     assert np.allclose([float(line.split()[1]) for line in lines], truth["normalisation"], atol=1e-6)
+
+
+def test_seeded_stack_is_the_one_simulated_before_the_vectorised_counts(run):
+    """SHA-256 of the 40 frames (int32, little-endian) written at commit bf35c0b, before the simulator's counts were
+    vectorised (numpy 2.4): the same seed gives the same frames, count for count (the expected counts agree to
+    ~1e-13, so no Poisson draw moved)."""
+    import hashlib
+
+    _, _, stack = run
+    digest = hashlib.sha256(stack.astype("<i4").tobytes()).hexdigest()
+    assert digest == "95dcf4ca5453859e51f9110e0d7549b41d8cdace37b3d43eb23528e661c6fd22"
 
 
 def test_input_files_read_back_into_the_tree(run):
@@ -167,6 +178,98 @@ def _mgo_voigt():
     c[:3, :3] = 95.2
     np.fill_diagonal(c, [297.0] * 3 + [155.7] * 3)
     return c
+
+
+CALCITE = {"name": "calcite-like", "cell": [4.99, 4.99, 17.06, 90, 90, 120], "centering": "R",
+           "generators": "1~,3(z),2(100)",
+           "constants": {"C11": 137.0, "C12": 48.2, "C13": 56.8, "C15": 20.0, "C33": 81.1, "C44": 35.0}}
+
+
+def _nearest_by_rule(q_c, lattice, centering, reach):
+    """(N, 3) hkl by the rule the simulator states: the rounded node of B^-1 Q_c (always, when pi / max(a, b, c)
+    exceeds the reach; else when it is allowed, not 000 and nearer than that), otherwise the nearest allowed non-000
+    one of its 27 neighbours, the first in the order 0, -1, 1 per index on a tie."""
+    start = np.rint(lattice.hkl(q_c)).astype(int)
+    safe = np.pi / max(lattice.a, lattice.b, lattice.c)
+    if safe > reach:
+        return start
+    keep = (allowed_reflections(start, centering) & np.any(start != 0, axis=1)
+            & (np.linalg.norm(q_c - lattice.q(start), axis=1) < safe))
+    best, best_d = start.copy(), np.full(len(q_c), np.inf)
+    for offset in ((i, j, k) for i in (0, -1, 1) for j in (0, -1, 1) for k in (0, -1, 1)):
+        hkl = start + offset
+        d = np.linalg.norm(q_c - lattice.q(hkl), axis=1)
+        d[~allowed_reflections(hkl, centering) | ~np.any(hkl != 0, axis=1)] = np.inf
+        closer = d < best_d
+        best[closer], best_d[closer] = hkl[closer], d[closer]
+    return np.where(keep[:, None], start, best)
+
+
+@pytest.mark.parametrize("crystal", ["MgO", "calcite-like", "triclinic"])
+def test_nearest_allowed_reflection_follows_its_rule(crystal):
+    """The simulator's search against the rule it states, on random Q_c; within the harvest's reach the rule gives the
+    nearest allowed reflection of all (brute force), which is what the harvest sees."""
+    if crystal == "calcite-like":
+        sim = SimulationSpec.from_mapping({**SPEC, "crystal": CALCITE})
+    elif crystal == "triclinic":
+        cell, generators, constants = LOW_SYMMETRY["triclinic"]
+        sim = SimulationSpec.from_mapping({**SPEC, "crystal": {"cell": cell, "generators": generators,
+                                                               "constants": constants}})
+    else:
+        sim = SimulationSpec.from_mapping(SPEC)
+    lattice = sim.geometry.lattice
+    reach = 0.15 * lattice.max_reciprocal
+    rng = np.random.default_rng(41)
+    q_c = np.concatenate([rng.uniform(-4, 4, (4000, 3)) @ lattice.B.T,  # anywhere, and near nodes
+                          lattice.q(rng.integers(-3, 4, (4000, 3))) + rng.normal(0, reach, (4000, 3))])
+    found = _nearest_allowed(q_c.T.copy(), lattice, sim.centering, reach).T
+    np.testing.assert_array_equal(found, _nearest_by_rule(q_c, lattice, sim.centering, reach))
+    brute = _nearest_allowed_brute(q_c, lattice, sim.centering)
+    within = np.linalg.norm(q_c - lattice.q(brute), axis=1) < reach
+    assert within.sum() > 100
+    np.testing.assert_array_equal(found[within], brute[within])
+
+
+@pytest.mark.parametrize("crystal", ["MgO", "calcite-like"])
+def test_expected_counts_at_every_pixel(crystal):
+    """Every pixel of a frame through a Bragg peak, against the formula of the module docstring evaluated point by
+    point (T by an explicit solve, Bragg peak, Debye-Waller, dispersion), the reflection chosen by the stated rule:
+    a restriction of the model to part of the detector, or a slip in the vectorised rotations, shows here."""
+    from difframe.crystal.symmetry import elastic_structure
+
+    spec = copy.deepcopy(SPEC)
+    spec["intensity"] = {"dispersion": True, "background": 2.0, "tds_scale": 300.0, "debye_waller": 0.3}
+    spec["detector"]["shape"] = [56, 60] if crystal == "calcite-like" else [112, 120]
+    if crystal == "calcite-like":
+        spec["crystal"] = CALCITE
+    sim = SimulationSpec.from_mapping(spec)
+    geo, lattice = sim.geometry, sim.geometry.lattice
+    options = {"DeltaQ_max": 0.15, "DeltaQ_min": 0.04}
+    c = elastic_structure(sim.generators, lattice.direct).full_voigt(sim.constants)
+    frame = _predict_spots(sim, options)["frame"][0]  # a Bragg peak on the Ewald sphere in this frame
+    q_lab = geo.q_lab_image(sim.shape)
+    counts = _expected_counts(sim, options, c, q_lab, np.array([frame]))[0].ravel()
+    q_c = q_lab.reshape(-1, 3) @ geo.lab_to_crystal(frame).T
+    reach, sigma = 0.15 * lattice.max_reciprocal, 0.04 * lattice.max_reciprocal / 6
+    hkl = _nearest_by_rule(q_c, lattice, sim.centering, reach)
+    g = lattice.q(hkl)
+    small = np.linalg.norm(q_c - g, axis=1)
+    lit = allowed_reflections(hkl, sim.centering) & np.any(hkl != 0, axis=1)
+    floored = np.maximum(small, sigma)
+    q_safe = (q_c - g) * (floored / small)[:, None]
+    t = np.zeros(len(q_c))
+    t[lit] = _independent_t(q_c[lit], q_c[lit] - q_safe[lit], c)
+    amp = np.exp(-0.3 * (g**2).sum(1) / (16 * np.pi**2)) * lit
+    soft = np.sinc(floored / np.linalg.norm(lattice.B, axis=0).min()) ** 2
+    expected = 2.0 + amp * (300.0 * t / soft + sim.bragg * np.exp(-0.5 * (small / sigma) ** 2))
+    peak = lit & (small < 4 * sigma)  # the Bragg term outweighs the TDS (pixels are wider than sigma)
+    assert peak.sum() >= 1 and np.all(counts[peak] > 1e4)
+    assert (lit & (small > 0.04 * lattice.max_reciprocal) & (small < reach)).sum() > 50  # harvest shells
+    if crystal == "MgO":  # the rounded reflection extinct: background only
+        assert (~lit).sum() > 0 and np.all(counts[~lit] == 2.0)
+    else:  # the neighbour search decided at some pixels
+        assert np.any(hkl != np.rint(lattice.hkl(q_c)))
+    np.testing.assert_allclose(counts, expected, rtol=1e-9)  # 1 / sinc^2 magnifies rounding near zone boundaries
 
 
 def test_never_overwrites_and_names_bad_constants(run, tmp_path):
