@@ -52,6 +52,14 @@ def test_add_probe_update(kernel_case):
     close(grad, num_ref, c["tol"])
 
 
+def test_divide_by_map(kernel_case):
+    c = kernel_case
+    den = c["rng"].uniform(0.5, 2.0, c["obj"].shape[1:]).astype(c["real"])
+    out = np.empty_like(c["obj"])
+    kernels.divide_by_map(c["obj"], den, out)
+    close(out, c["obj"] / den, c["tol"])
+
+
 def test_row_bands_share_the_window_rows_evenly():
     starts = np.array([0, 0, 0, 50, 90])
     bands = kernels.row_bands(starts, 10, 100, 2)
