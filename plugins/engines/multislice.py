@@ -29,6 +29,7 @@ to run.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -76,7 +77,6 @@ def stored_slices(sample) -> int | None:
     every layer: no ``recon.layer``), read from the file's header of that array; None otherwise."""
     import os
 
-    from difframe.ptycho import h5typed
     from difframe.ptycho.ptyr import resolve_rfile
 
     if not sample or not isinstance(sample.get("model"), str) or sample["model"] != "recon":
@@ -88,11 +88,20 @@ def stored_slices(sample) -> int | None:
     path = resolve_rfile(pattern)
     if path is None or not os.path.isfile(path):
         return None  # the loader says what is missing when the data are read
+    return _layers_in_file(path, os.stat(path).st_mtime_ns, recon.get("ID"))
+
+
+@functools.lru_cache(maxsize=8)
+def _layers_in_file(path: str, mtime_ns: int, sid) -> int | None:
+    """Layers of object storage ``sid`` (None: the first) in a .ptyr; kept per file version, as the run's
+    checks and the model's needs both ask before the data are read."""
+    from difframe.ptycho import h5typed
+
     with h5typed.open_file(path, ".ptyr") as f:
         storages = f.get("content/obj")
         if storages is None:
             return None
-        sid = recon.get("ID") or min(storages, default=None)
+        sid = sid or min(storages, default=None)
         node = storages.get(f"{sid}/data") if sid is not None else None
         return int(node.shape[0]) if node is not None and len(node.shape) == 3 else None
 
