@@ -352,7 +352,8 @@ def _nearest_allowed(q_c, lattice, centering: str, reach: float) -> np.ndarray:
     for i, offset in enumerate(NEIGHBOURS):
         p = b @ offset
         d = (residual[0] - p[0]) ** 2 + (residual[1] - p[1]) ** 2 + (residual[2] - p[2]) ** 2
-        d[~allowed_reflections((residues + offset[:, None]).T, centering)[residue] | (origin == digits @ (offset + 1))] = np.inf
+        allowed = allowed_reflections((residues + offset[:, None]).T, centering)[residue]
+        d[~allowed | (origin == digits @ (offset + 1))] = np.inf
         closer = d < best_d
         best[closer], best_d[closer] = i, d[closer]
     start[:, doubt] = base + NEIGHBOURS[best].T

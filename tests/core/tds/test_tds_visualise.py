@@ -121,3 +121,27 @@ def test_vis_sim_from_cguess_or_fitted_constants(tmp_path, monkeypatch):
         err_good = np.nansum(np.abs(good["spot_0000/residual/intensity"][()]))
         err_bad = np.nansum(np.abs(bad["spot_0000/residual/intensity"][()]))
     assert err_good < 0.5 * err_bad  # the true constants describe the data, a wrong C44 does not
+
+
+@pytest.mark.parametrize("half", [0.3, 0.0123])
+def test_spot_picture_keeps_panels_labels_and_colour_bars_apart(half):
+    """The panels are placed without a layout engine: each one with its tick labels, axis labels and title, each
+    colour bar with its labels, and the title stay inside the figure and clear of one another, with short
+    (0.3: "-0.2") and long (0.0123: "-0.0075") tick labels, as matplotlib measures them in the drawn figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    rng = np.random.default_rng(37)
+    axes = [np.linspace(-h, h, 12) for h in (half, 0.7 * half, 2.5 * half)]
+    model = 1e4 * rng.random((12, 12, 12))
+    data = model + rng.normal(0, 30, model.shape)
+    data[..., -3:] = model[..., -3:] = np.nan
+    fig = vis._slices_figure(axes, data, model, 900, np.array([2, 0, 0]), "model (CGUESS C11 = 297 GPa)")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    assert len(fig.axes) == 11  # 9 panels and 2 colour bars
+    title = [t for t in fig.findobj(Text) if t.get_text() == fig.get_suptitle()]
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes] + [title[0].get_window_extent(renderer)]
+    for n, box in enumerate(boxes):
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+        assert not any(box.overlaps(other) for other in boxes[n + 1:]), n
