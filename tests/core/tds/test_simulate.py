@@ -205,26 +205,26 @@ def _nearest_by_rule(q_c, lattice, centering, reach):
     return np.where(keep[:, None], start, best)
 
 
-@pytest.mark.parametrize("crystal", ["MgO", "calcite-like", "triclinic"])
-def test_nearest_allowed_reflection_follows_its_rule(crystal):
+@pytest.mark.parametrize("cell, centering, search", [
+    ((4.212, 4.212, 4.212), "F", False),  # MgO: rounding decides
+    ((5.0, 6.0, 6.5, 84.0, 97.0, 106.0), "P", False),  # the triclinic cell below
+    ((4.99, 4.99, 17.06, 90, 90, 120), "R", True),  # calcite: a long c, the neighbours are searched
+    ((4.0, 4.5, 16.0), "F", True), ((3.5, 3.5, 14.0), "I", True), ((5.0, 20.0, 6.0, 90, 104, 90), "C", True),
+])
+def test_nearest_allowed_reflection_follows_its_rule(cell, centering, search):
     """The simulator's search against the rule it states, on random Q_c; within the harvest's reach the rule gives the
     nearest allowed reflection of all (brute force), which is what the harvest sees."""
-    if crystal == "calcite-like":
-        sim = SimulationSpec.from_mapping({**SPEC, "crystal": CALCITE})
-    elif crystal == "triclinic":
-        cell, generators, constants = LOW_SYMMETRY["triclinic"]
-        sim = SimulationSpec.from_mapping({**SPEC, "crystal": {"cell": cell, "generators": generators,
-                                                               "constants": constants}})
-    else:
-        sim = SimulationSpec.from_mapping(SPEC)
-    lattice = sim.geometry.lattice
+    from difframe.crystal.lattice import Lattice
+
+    lattice = Lattice(*cell)
     reach = 0.15 * lattice.max_reciprocal
+    assert (np.pi / max(cell[:3]) < reach) == search
     rng = np.random.default_rng(41)
     q_c = np.concatenate([rng.uniform(-4, 4, (4000, 3)) @ lattice.B.T,  # anywhere, and near nodes
                           lattice.q(rng.integers(-3, 4, (4000, 3))) + rng.normal(0, reach, (4000, 3))])
-    found = _nearest_allowed(q_c.T.copy(), lattice, sim.centering, reach).T
-    np.testing.assert_array_equal(found, _nearest_by_rule(q_c, lattice, sim.centering, reach))
-    brute = _nearest_allowed_brute(q_c, lattice, sim.centering)
+    found = _nearest_allowed(q_c.T.copy(), lattice, centering, reach).T
+    np.testing.assert_array_equal(found, _nearest_by_rule(q_c, lattice, centering, reach))
+    brute = _nearest_allowed_brute(q_c, lattice, centering)
     within = np.linalg.norm(q_c - lattice.q(brute), axis=1) < reach
     assert within.sum() > 100
     np.testing.assert_array_equal(found[within], brute[within])
