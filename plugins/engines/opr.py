@@ -22,8 +22,12 @@ while the object learns from every frame: so the deviation's step is large
 and, for the first ``early_epochs`` relaxed epochs, the object's small
 (``early_factor`` x ``alpha``), else the object absorbs the drift before the
 frames' probes can follow it; then the object moves at rPIE's ``alpha``,
-which a steady probe needs to converge as rPIE does (docs/ptycho-engines.md,
-OPR, has the measurements).  Plots, position refinement and a following engine of
+which a steady probe needs to converge as rPIE does.  A steady probe is
+also told apart early (``min_shape_share``, after ``shape_test`` epochs): when
+the frames' deviations are little but a complex scale of the shared probe,
+which trades with a slow envelope of the object, they are dropped and the
+scan goes on with rPIE's epoch (plugins/engines/pie_kernels.py) at rPIE's
+cost (docs/ptycho-engines.md, OPR, has the measurements).  Plots, position refinement and a following engine of
 another kind see the shared probe; the .ptyr and autosaves also hold the
 modes and each frame's weights (``content/probe_opr/<scan>``), from which a
 resumed run (``modes_file``) or a later OPR engine continues.  One probe
@@ -54,6 +58,7 @@ TERMS = "probe_opr"  # content/probe_opr/<scan>/{modes, weights} in the .ptyr
 # (docs/ptycho-engines.md): the object step is EARLY_FACTOR x ALPHA while the frames' probes are learnt, then
 # rPIE's ALPHA
 ALPHA, EARLY_FACTOR, EARLY_EPOCHS, DEVIATION_STEP, START, WEIGHT_SMOOTHING = 0.5, 0.1, 10, 3.0, 0, 15
+MIN_SHAPE_SHARE, SHAPE_TEST = 0.2, 2
 PARAMETERS = schema(
     {"num_modes": Parameter(
         type="int", default=2, lowlim=1, help="Number of orthogonal probe modes K the frames' probes are built of",
@@ -110,6 +115,24 @@ PARAMETERS["weight_smoothing"] = Parameter(
         "1, 2): every frame's weights free, as Odstrcil et al. 2016; needed when the probe changes from one frame "
         "to the next (vibrations faster than the frame rate), or when the frames are not stored in the order they "
         "were measured.")
+PARAMETERS["min_shape_share"] = Parameter(
+    type="float", default=MIN_SHAPE_SHARE, lowlim=0.0, uplim=1.0,
+    help="Least share of the deviations' power that changes the probe's shape, else the relaxation stops",
+    doc="Tested once per scan, after shape_test relaxed epochs: the share of the frames' deviation power outside "
+        "the span of the shared probe P (P and i P). A per-frame complex scale of the probe does nearly what a "
+        "slowly varying envelope of the object does, so the data hardly tell them apart, and on a steady probe the "
+        "frames' scales take up the object's regional level while it learns slowly; a change of the probe's shape "
+        "they can tell. Below this share the probe is taken as steady: the frames' deviations are dropped and the "
+        "scan goes on with rPIE's epochs (after 2 epochs a steady moonflower-like scan measured 0.07, a drifting "
+        "one 0.45; docs/ptycho-engines.md). 0: never stop. A flux that drifts with a steady shape is "
+        "floating_intensities' to fit. Not tested when the frames resume with stored probes.")
+PARAMETERS["shape_test"] = Parameter(
+    type="int", default=SHAPE_TEST, lowlim=2, help="Relaxed epochs after which min_shape_share is tested",
+    doc="2: after the first epoch that moved the frames' own probes (with probe_update_start 1 the first relaxed "
+        "epoch leaves them alone; with a later one, at its first epoch). Early, because the frames' scales and the object's envelope settle into "
+        "each other while the object moves slowly (early_epochs): on the steady moonflower-like scan testing "
+        "after 2, 5 or 10 epochs gave 0.017, 0.023 or 0.026 after 150 (rPIE 0.018), and on a smaller steady scan "
+        "the share after 10 epochs was above 0.2.")
 PARAMETERS["modes_file"] = Parameter(
     type=("str", "NoneType"), default=None, help="A .ptyr whose per-frame probe modes and weights OPR starts from",
     doc="The file's content/probe_opr/<scan>/{modes, weights} (an earlier OPR run's) give each frame its deviation "
@@ -155,6 +178,15 @@ def truncate(stack: np.ndarray, k: int, oversample: int = 6, power_steps: int = 
         flat += weights[:, j:j + 1] * modes[j]
     lost = max(total - kept, 0.0)
     return (lost, weights, modes.reshape(-1, *stack.shape[1:])) if factors else lost
+
+
+def shape_share(probe: np.ndarray, modes: np.ndarray, weights: np.ndarray) -> float:
+    """The share of the deviations ``weights @ modes`` (frames (N, k), orthonormal modes (k, H, W)) whose power lies
+    outside the complex span of ``probe`` (H, W): what changes the probe's shape rather than its scale and phase."""
+    unit = probe.ravel() / max(float(np.linalg.norm(probe)), 1e-300)
+    along = weights.astype(np.complex128) @ (modes.reshape(len(modes), -1) @ unit.conj())  # <P / |P|, D_n>
+    total = float(np.vdot(weights, weights).real)
+    return 1.0 - float(np.vdot(along, along).real) / total if total > 0 else 0.0
 
 
 def smooth_weights(weights: np.ndarray, window: int) -> np.ndarray:
@@ -209,10 +241,10 @@ class OPR(StochasticEngine):
         super().__init__(NAME, params, model)
 
     def setup(self) -> None:
-        from difframe.plugins.engines import opr_kernels
+        from difframe.plugins.engines import opr_kernels, pie_kernels
 
         m, p = self.model, self.p
-        self.kernels = opr_kernels
+        self.kernels, self.pie_kernels = opr_kernels, pie_kernels
         for scan in m.scans:
             if scan.num_frames < p.num_modes:
                 raise ParameterError(f"engine.{NAME}.num_modes = {p.num_modes}: more modes than the "
@@ -240,6 +272,8 @@ class OPR(StochasticEngine):
             self._load(p.modes_file)
         self.resumed = bool(self.deviations)
         self.relaxed = int(p.early_epochs) if self.resumed else 0  # relaxed epochs (early_factor until early_epochs)
+        self.tested = set(self.deviations)  # scans whose shape test (min_shape_share) is done: resumed ones need none
+        self.steady = set()  # scans whose probe the test found steady: rPIE from then on
 
     def finalize(self) -> dict:
         self.deviations = {}
@@ -251,8 +285,10 @@ class OPR(StochasticEngine):
         shared = self.model.probes[scan.probe_id].data
         return shared + self.deviations.get(label, np.zeros((scan.num_frames, 1, 1), shared.dtype))
 
-    def _relaxing(self) -> bool:
-        return (self.resumed or self.iteration >= self.p.start) and self.p.num_modes > 1
+    def _relaxing(self, label: str | None = None) -> bool:
+        """Whether the frames have their own probes in this epoch (with ``label``: scan ``label``'s frames)."""
+        return ((self.resumed or self.iteration >= self.p.start) and self.p.num_modes > 1
+                and label not in self.steady)
 
     def _resume(self, scan, modes: np.ndarray, weights: np.ndarray, where: str) -> None:
         """Scan ``scan``'s deviations from stored modes (K, H, W) and weights (frames, K), at most num_modes - 1
@@ -286,29 +322,31 @@ class OPR(StochasticEngine):
 
     def visit(self, scan, order, sums, update_probe) -> None:
         m, p = self.model, self.p
-        n = scan.num_frames
-        relax = self._relaxing()
-        if relax and scan.label not in self.deviations:
-            log.info("engine %s: scan %s's %d frames get their own probes from epoch %d (%d modes)", NAME,
-                     scan.label, n, self.iteration, p.num_modes)
-            self.deviations[scan.label] = np.zeros((n, *scan.shape), m.cdtype)
-        deviations = self.deviations.get(scan.label, np.zeros((1, *scan.shape), m.cdtype))
-        which = np.arange(n, dtype=np.int64) if relax else np.zeros(n, np.int64)
         real = m.rdtype.type
-        step = real(p.deviation_step) if relax else real(0)
-        alpha = p.alpha * (p.early_factor if relax and self.relaxed < p.early_epochs else 1.0)
-        self.kernels.opr_epoch(m.probes[scan.probe_id].data[0], deviations, which, step,
-                               m.objects[scan.object_id].data[0], scan.corners, order, scan.intensity,
-                               scan.weights_of(slice(None)), scan.scale_factors(), scan.background_map(),
-                               self.transfer[scan.label], real(alpha * scan.object_power),
-                               real(p.beta * scan.probe_power), real(p.object_regularisation),
-                               real(p.probe_regularisation), update_probe, self.tiny, sums.err, sums.dev,
-                               sums.change, sums.background, sums.scales, frame_fft.plans(scan.shape, m.cdtype))
+        probe, obj = m.probes[scan.probe_id].data, m.objects[scan.object_id].data
+        common = (scan.corners, order, scan.intensity, scan.weights_of(slice(None)), scan.scale_factors(),
+                  scan.background_map(), self.transfer[scan.label])
+        frame_sums = (sums.err, sums.dev, sums.change, sums.background, sums.scales)
+        if not self._relaxing(scan.label):  # one probe for every frame: rPIE's own epoch, at its cost
+            self.pie_kernels.pie_epoch(probe, obj, *common, real(p.alpha * scan.object_power),
+                                       real(p.beta * scan.probe_power), real(p.object_regularisation),
+                                       real(p.probe_regularisation), True, update_probe, self.tiny, *frame_sums,
+                                       frame_fft.plans((1, *scan.shape), m.cdtype))
+            return
+        if scan.label not in self.deviations:
+            log.info("engine %s: scan %s's %d frames get their own probes from epoch %d (%d modes)", NAME,
+                     scan.label, scan.num_frames, self.iteration, p.num_modes)
+            self.deviations[scan.label] = np.zeros((scan.num_frames, *scan.shape), m.cdtype)
+        alpha = p.alpha * (p.early_factor if self.relaxed < p.early_epochs else 1.0)
+        self.kernels.opr_epoch(probe[0], self.deviations[scan.label], real(p.deviation_step), obj[0], *common,
+                               real(alpha * scan.object_power), real(p.beta * scan.probe_power),
+                               real(p.object_regularisation), real(p.probe_regularisation), update_probe,
+                               self.tiny, *frame_sums, frame_fft.plans(scan.shape, m.cdtype))
 
     def scan_done(self, scan, update_probe: bool) -> None:
         if self.supports[scan.probe_id] is not None and scan.label in self.deviations:
             self.deviations[scan.label] *= self.supports[scan.probe_id]  # before the cut: the modes stay inside
-        if self._relaxing() and update_probe:
+        if self._relaxing(scan.label) and update_probe:
             self.discarded += self._relax(scan) * scan.num_frames
 
     def epoch_done(self, update_probe: bool) -> dict:
@@ -317,12 +355,35 @@ class OPR(StochasticEngine):
             if self.relaxed == self.p.early_epochs:
                 log.info("engine %s: %d epochs relaxed, the object step goes from %g to alpha %g", NAME,
                          self.relaxed, self.p.early_factor * self.p.alpha, self.p.alpha)
+            if self.relaxed >= max(self.p.shape_test, 2):
+                self._test_shapes()
         frames = sum(scan.num_frames for scan in self.model.scans)
         discarded, self.discarded = self.discarded, 0.0
         return {"opr_discarded": discarded / max(frames, 1)}
 
     def extra_metrics(self) -> dict:
         return {}
+
+    def _test_shapes(self) -> None:
+        """Once per scan, when its frames' probes are learnt: the share of their deviation power that changes the
+        probe's shape (outside the span of the shared probe P); below min_shape_share the deviations, a per-frame
+        scale of P that a slow envelope of the object mimics, are dropped and the scan goes on with P alone."""
+        for scan in self.model.scans:
+            terms = (self.model.engine_terms.get(TERMS) or {}).get(scan.label)
+            if scan.label in self.tested or terms is None:
+                continue
+            self.tested.add(scan.label)
+            probe, support = self.model.probes[scan.probe_id].data[0], self.supports[scan.probe_id]
+            share = shape_share(probe if support is None else probe * support, terms["modes"], terms["weights"])
+            if share >= self.p.min_shape_share:
+                log.info("engine %s: scan %s's frames' probes change shape (%.3f of the deviations' power outside "
+                         "the shared probe's span): relaxed on", NAME, scan.label, share)
+                continue
+            log.info("engine %s: scan %s's frames' probes differ by little but a scale (%.3f of the deviations' "
+                     "power changes the shape, min_shape_share %g): the probe is taken as steady, one probe for "
+                     "every frame from epoch %d", NAME, scan.label, share, self.p.min_shape_share, self.iteration + 1)
+            self.steady.add(scan.label)
+            del self.deviations[scan.label], self.model.engine_terms[TERMS][scan.label]
 
     def _relax(self, scan) -> float:
         """Deviations without their mean (the shared probe took every update already), cut to num_modes - 1

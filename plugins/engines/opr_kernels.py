@@ -1,7 +1,7 @@
 """OPR's sequential epoch, fused in numba: an rPIE pass in which each frame's probe is shared + its own deviation.
 
 One call visits the frames of one scan in the given order; frame n is lit
-by P_n = probe + deviations[which[n]].  Per frame: psi = P_n O_n is
+by P_n = probe + deviations[n].  Per frame: psi = P_n O_n is
 propagated (far field: unitary FFT; near field: the transfer function),
 projected onto the measured moduli with the model intensity
 scale x |Psi|^2 + background (:func:`difframe.ptycho.projection.project_frame`),
@@ -29,7 +29,7 @@ from difframe.ptycho.projection import project_frame
 
 
 @numba.njit(cache=True, fastmath=FAST, nogil=True, error_model="numpy")
-def opr_epoch(probe, deviations, which, deviation_step, obj, corners, order, intensity, weights, scale,
+def opr_epoch(probe, deviations, deviation_step, obj, corners, order, intensity, weights, scale,
               background, transfer, alpha, beta, reg_object, reg_probe, update_probe, tiny, err, dev, change,
               bg_sums, scale_sums, plans=None):
     """One sequential pass over the frames ``order``; ``obj`` (Ho, Wo), ``probe`` (H, W) and ``deviations``
@@ -62,7 +62,7 @@ def opr_epoch(probe, deviations, which, deviation_step, obj, corners, order, int
     for t in range(order.shape[0]):
         n = order[t]
         y, x = corners[n, 0], corners[n, 1]
-        own = deviations[which[n]]
+        own = deviations[n]
         p_max, o_max = zero, zero
         for i in range(h):
             pr, ob, ps, sh, dv = lit[i], obj[y + i, x:x + w], psi[i], probe[i], own[i]
