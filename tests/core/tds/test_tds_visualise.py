@@ -127,7 +127,7 @@ def test_vis_sim_from_cguess_or_fitted_constants(tmp_path, monkeypatch):
 def test_spot_picture_keeps_panels_labels_and_colour_bars_apart(half):
     """The panels are placed without a layout engine: each one with its tick labels, axis labels and title, each
     colour bar with its labels, and the title stay inside the figure and clear of one another, with short
-    (0.3: "-0.2") and long (0.0123: "-0.0075") tick labels, as matplotlib measures them in the drawn figure."""
+    (0.3: "-0.2") and long (0.0123: "-0.0075") tick labels, as matplotlib measures them for drawing."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
@@ -138,7 +138,6 @@ def test_spot_picture_keeps_panels_labels_and_colour_bars_apart(half):
     data[..., -3:] = model[..., -3:] = np.nan
     fig = vis._slices_figure(axes, data, model, 900, np.array([2, 0, 0]), "model (CGUESS C11 = 297 GPa)")
     renderer = FigureCanvasAgg(fig).get_renderer()
-    fig.draw(renderer)
     assert len(fig.axes) == 11  # 9 panels and 2 colour bars
     title = [t for t in fig.findobj(Text) if t.get_text() == fig.get_suptitle()]
     boxes = [ax.get_tightbbox(renderer) for ax in fig.axes] + [title[0].get_window_extent(renderer)]
