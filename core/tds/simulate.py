@@ -51,7 +51,7 @@ __all__ = ["simulate", "simulate_from_file", "SimulationSpec", "allowed_reflecti
 log = logging.getLogger("difframe.tds.simulate")
 
 CENTERINGS = ("P", "I", "F", "C", "R")
-FRAME_CHUNK = 8  # frames evaluated together: bounds the (chunk, rows, cols, 3) temporaries
+FRAME_CHUNK = 8  # frames evaluated together: bounds the (3, chunk * rows * cols) temporaries
 BRAGG_REACH = 40.0  # sigmas: exp(-BRAGG_REACH^2 / 2) underflows to 0 in float64
 #: the 27 offsets from a rounded hkl that :func:`_nearest_allowed` searches, in its order of preference
 NEIGHBOURS = np.array(np.meshgrid([0, -1, 1], [0, -1, 1], [0, -1, 1], indexing="ij")).reshape(3, -1).T
