@@ -58,7 +58,7 @@ TERMS = "probe_opr"  # content/probe_opr/<scan>/{modes, weights} in the .ptyr
 # (docs/ptycho-engines.md): the object step is EARLY_FACTOR x ALPHA while the frames' probes are learnt, then
 # rPIE's ALPHA
 ALPHA, EARLY_FACTOR, EARLY_EPOCHS, DEVIATION_STEP, START, WEIGHT_SMOOTHING = 0.5, 0.1, 10, 3.0, 0, 15
-MIN_SHAPE_SHARE, SHAPE_TEST = 0.2, 2
+MIN_SHAPE_SHARE, SHAPE_TEST = 0.1, 2
 PARAMETERS = schema(
     {"num_modes": Parameter(
         type="int", default=2, lowlim=1, help="Number of orthogonal probe modes K the frames' probes are built of",
@@ -123,16 +123,17 @@ PARAMETERS["min_shape_share"] = Parameter(
         "slowly varying envelope of the object does, so the data hardly tell them apart, and on a steady probe the "
         "frames' scales take up the object's regional level while it learns slowly; a change of the probe's shape "
         "they can tell. Below this share the probe is taken as steady: the frames' deviations are dropped and the "
-        "scan goes on with rPIE's epochs (after 2 epochs a steady moonflower-like scan measured 0.07, a drifting "
-        "one 0.45; docs/ptycho-engines.md). 0: never stop. A flux that drifts with a steady shape is "
-        "floating_intensities' to fit. Not tested when the frames resume with stored probes.")
+        "scan goes on with rPIE's epochs (after 2 epochs steady moonflower-like scans measured 0.07, drifting ones "
+        "0.19 to 0.45: docs/ptycho-engines.md; a drift taken for steady costs more than the reverse). 0: never "
+        "stop. A flux that drifts with a steady shape is floating_intensities' to fit. Not tested when the frames "
+        "resume with stored probes.")
 PARAMETERS["shape_test"] = Parameter(
     type="int", default=SHAPE_TEST, lowlim=2, help="Relaxed epochs after which min_shape_share is tested",
     doc="2: after the first epoch that moved the frames' own probes (with probe_update_start 1 the first relaxed "
-        "epoch leaves them alone; with a later one, at its first epoch). Early, because the frames' scales and the object's envelope settle into "
-        "each other while the object moves slowly (early_epochs): on the steady moonflower-like scan testing "
-        "after 2, 5 or 10 epochs gave 0.017, 0.023 or 0.026 after 150 (rPIE 0.018), and on a smaller steady scan "
-        "the share after 10 epochs was above 0.2.")
+        "epoch leaves them alone; with a later one, at its first epoch). Early, because the frames' scales and the "
+        "object's envelope settle into each other while the object moves slowly (early_epochs): on the steady "
+        "moonflower-like scan testing after 2, 5 or 10 epochs gave 0.017, 0.023 or 0.026 after 150 (rPIE 0.018); "
+        "on a smaller steady scan the share was 0.07 after 2 epochs and 0.21 after 10.")
 PARAMETERS["modes_file"] = Parameter(
     type=("str", "NoneType"), default=None, help="A .ptyr whose per-frame probe modes and weights OPR starts from",
     doc="The file's content/probe_opr/<scan>/{modes, weights} (an earlier OPR run's) give each frame its deviation "
