@@ -1,13 +1,14 @@
 """OPR's parameters at fixed epoch counts on the steady moonflower-like scan and the tests' drifting-probe scan.
 
     .venv/bin/python benchmarks/opr_sweep.py [--checkpoints 20 30 45 60 90] [--variant 'weight_smoothing=0' ...]
-                                             [--skip-drift] [--skip-steady]
+                                             [--skip-drift] [--skip-steady] [--reach 0.5]
 
 Each variant is a comma-separated list of OPR parameters (``rPIE`` or ``rPIE:alpha=0.3``: rPIE instead).  Steady:
 benchmarks/ptycho_new_engines.py's moonflower-like scan (161 frames of 128 x 128, 1e8 photons), from the flow's
 start, sub-pixel object error (its subpixel_object_error) at each checkpoint.  Drifting: benchmarks/ptycho_opr.py's
 first scan (tests/plugins/engines/test_opr.py's drifting_scan), sub-pixel object error / deviance per pixel / mean
-per-frame probe misfit at each checkpoint.  Seconds per epoch are indicative only (a shared machine).
+per-frame probe misfit at each checkpoint; ``--reach`` below 1 slides the vortex only that far in by the last frame
+(a weaker drift).  Seconds per epoch are indicative only (a shared machine).
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ def steady(variants, checkpoints, photons, home):
               flush=True)
 
 
-def drift(variants, checkpoints):
-    prep, probes, truth_obj = drifting_scan()
+def drift(variants, checkpoints, reach=1.0):
+    prep, probes, truth_obj = drifting_scan(reach=reach)
     guess = np.abs(probes[len(probes) // 2])[None]
-    print(f"drifting (tests' scan): sub-pixel object error / deviance / probe misfit at {checkpoints}")
+    print(f"drifting (tests' scan, reach {reach}): sub-pixel object error / deviance / probe misfit at {checkpoints}")
     for variant in variants:
         name, extra = bench.parse_variant(variant, "OPR", "rPIE")
         model = start_model(prep, guess)
@@ -74,8 +75,9 @@ def drift(variants, checkpoints):
             truth = {"object": truth_obj.data, "probe": probes.mean(axis=0)[None], "view_corners": scan.corners}
             sub = bench.subpixel_object_error(model.objects["sim"].data[0], scan.corners, truth)
             row.append(f"{sub:.3f}/{metrics['deviance']:.1f}/{misfit:.3f}")
+        found = ("  found steady" if engine.steady else "  relaxed") if name == "OPR" else ""
         engine.finalize()
-        print(f"  {variant:40s} {' '.join(row)}", flush=True)
+        print(f"  {variant:40s} {' '.join(row)}{found}", flush=True)
 
 
 def main() -> None:
@@ -85,11 +87,12 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=None)
     ap.add_argument("--skip-drift", action="store_true")
     ap.add_argument("--skip-steady", action="store_true")
+    ap.add_argument("--reach", type=float, default=1.0, help="how far the drifting scan's vortex slides in")
     args = ap.parse_args()
     variants = args.variant or ["rPIE", ""]
     checkpoints = sorted(args.checkpoints)
     if not args.skip_drift:
-        drift(variants, checkpoints)
+        drift(variants, checkpoints, args.reach)
     if not args.skip_steady:
         with tempfile.TemporaryDirectory() as tmp:
             steady(variants, checkpoints, args.photons, Path(tmp))
