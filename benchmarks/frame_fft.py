@@ -31,6 +31,7 @@ import time
 import numba
 import numpy as np
 
+from difframe.fft import blas_one_thread
 from difframe.plugins.engines import multislice, opr, pie
 from difframe.ptycho import frame_fft
 
@@ -129,4 +130,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with blas_one_thread():  # as a run's engines have it (difframe.ptycho.workflow)
+        main()

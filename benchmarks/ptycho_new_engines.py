@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from difframe import Run
+from difframe.fft import blas_one_thread
 from difframe.plugins.recipes.sim import simulate
 from difframe.ptycho import model as pm
 from difframe.ptycho import workflow
@@ -306,4 +307,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with blas_one_thread():  # as a run's engines have it (difframe.ptycho.workflow)
+        main()

@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "plugins" / "engines"))
 
+from difframe.fft import blas_one_thread  # noqa: E402
 from difframe.plugins.engines import dm, opr, pie  # noqa: E402
 from difframe.ptycho.quality import truth_errors  # noqa: E402
 
@@ -151,4 +152,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with blas_one_thread():  # as a run's engines have it (difframe.ptycho.workflow)
+        main()

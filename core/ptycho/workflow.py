@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difframe import parallel, runlock
+from difframe import fft, parallel, runlock
 from difframe.errors import DataError, DifframeError, ParameterError, UsageError
 from difframe.inputs import check_inputs
 from difframe.ptycho import h5typed, interaction
@@ -233,39 +233,41 @@ def run_engines(run, model: pm.PtychoModel, outputs: _Outputs) -> tuple[str, int
     total, name = 0, "none"
     recorded = {scan.label: np.array(scan.positions) for scan in model.scans}
     labels = list(run.params.engines)
-    for label, ep in run.params.engines.items():
-        if model.ranks.any(run.stop_requested):  # a stop ends the chain: later engines do not start
-            break
-        name = ep.name
-        spec = run.plugins.get("engine", name)
-        if getattr(spec, "family", "ptycho") != "ptycho":
-            raise UsageError(f"engines.{label}.name: engine {name!r} is a {spec.family} engine, not a ptychography one")
-        engine = spec.factory(ep, model)
-        engine.initialize()
-        run.hook.difframe_engine_started(run=run, engine=label)
-        done = 0
-        with run.progress.bar(name if label.lower() == name.lower() else f"{name} ({label})", ep.numiter) as bar:
-            while done < ep.numiter and not model.ranks.any(run.stop_requested):
-                n = min(max(1, ep.numiter_contiguous), ep.numiter - done)
-                start = time.perf_counter()
-                metrics = engine.iterate(n)
-                duration = (time.perf_counter() - start) / max(len(metrics), 1)
-                before = total
-                for k, m in enumerate(metrics, start=done + 1):
-                    total += 1
-                    outputs.record(label, name, total, duration, m, in_engine=k, numiter=ep.numiter)
-                    run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
-                refine_positions(ep, model, done + len(metrics), done, recorded, last_engine=label == labels[-1])
-                done += len(metrics)
-                log.debug("%s %s: iteration %d, %s", label, name, total,
-                          ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))
-                bar.update(len(metrics), **shown_metric(metrics[-1]))
-                outputs.block_done(name, before, total)
-                if outputs.server is not None:
-                    outputs.server.poll()
-                interaction.share_changes(run, model.ranks, outputs.server)
-        summary = engine.finalize()
-        run.hook.difframe_engine_finished(run=run, engine=label, summary=summary)
+    with fft.blas_one_thread():  # the engines' kernels keep both cores (difframe.fft.blas_one_thread)
+        for label, ep in run.params.engines.items():
+            if model.ranks.any(run.stop_requested):  # a stop ends the chain: later engines do not start
+                break
+            name = ep.name
+            spec = run.plugins.get("engine", name)
+            if getattr(spec, "family", "ptycho") != "ptycho":
+                raise UsageError(f"engines.{label}.name: engine {name!r} is a {spec.family} engine, "
+                                 "not a ptychography one")
+            engine = spec.factory(ep, model)
+            engine.initialize()
+            run.hook.difframe_engine_started(run=run, engine=label)
+            done = 0
+            with run.progress.bar(name if label.lower() == name.lower() else f"{name} ({label})", ep.numiter) as bar:
+                while done < ep.numiter and not model.ranks.any(run.stop_requested):
+                    n = min(max(1, ep.numiter_contiguous), ep.numiter - done)
+                    start = time.perf_counter()
+                    metrics = engine.iterate(n)
+                    duration = (time.perf_counter() - start) / max(len(metrics), 1)
+                    before = total
+                    for k, m in enumerate(metrics, start=done + 1):
+                        total += 1
+                        outputs.record(label, name, total, duration, m, in_engine=k, numiter=ep.numiter)
+                        run.hook.difframe_iteration_finished(run=run, engine=label, iteration=total, metrics=m)
+                    refine_positions(ep, model, done + len(metrics), done, recorded, last_engine=label == labels[-1])
+                    done += len(metrics)
+                    log.debug("%s %s: iteration %d, %s", label, name, total,
+                              ", ".join(f"{k} {v:.4g}" for k, v in metrics[-1].items()))
+                    bar.update(len(metrics), **shown_metric(metrics[-1]))
+                    outputs.block_done(name, before, total)
+                    if outputs.server is not None:
+                        outputs.server.poll()
+                    interaction.share_changes(run, model.ranks, outputs.server)
+            summary = engine.finalize()
+            run.hook.difframe_engine_finished(run=run, engine=label, summary=summary)
     return name, total
 
 

@@ -151,3 +151,17 @@ def test_measured_plans_are_kept_for_later_runs(tmp_path):
     assert _in_fresh_process(_WISDOM_PROBE, cache) == "unknown True"
     assert json.loads(files[0].read_text())["fftw"]  # rewritten whole
     assert _in_fresh_process(_WISDOM_PROBE, "") == "unknown True"  # no file read (the user's cache neither)
+
+
+
+def blas_threads() -> set:
+    import threadpoolctl
+
+    return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+
+
+def test_blas_one_thread_limits_blas_and_lifts_the_limit_after():
+    before = blas_threads()
+    with fft.blas_one_thread():
+        assert blas_threads() <= {1}
+    assert blas_threads() == before

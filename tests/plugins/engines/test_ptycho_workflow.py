@@ -92,6 +92,28 @@ def test_dm_then_ml_writes_ptyr_autosaves_plots_movie_and_fires_hooks(tmp_path, 
     np.testing.assert_array_equal(frames[0], frames[1])
 
 
+def test_engines_iterate_with_blas_on_one_thread(tmp_path, scan):
+    """OpenBLAS's threads spin after each call and slow the engines' numba and FFTW threads
+    (difframe.fft.blas_one_thread): a run's engines iterate with BLAS on one thread, lifted after the run."""
+    import threadpoolctl
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+
+    prep, probe, truth, guess = scan
+    seen = []
+
+    class Watcher(Recorder):
+        @difframe.hookimpl
+        def difframe_iteration_finished(self, run, engine, iteration, metrics):
+            seen.append(blas_threads())
+
+    before = blas_threads()
+    make_run(tmp_path, Watcher(prep), guess, plotclient={"dump_interval": None}).run()
+    assert len(seen) == 12 and all(threads <= {1} for threads in seen)
+    assert blas_threads() == before
+
+
 def test_stop_request_ends_after_the_current_block(tmp_path, scan):
     prep, probe, truth, guess = scan
     rec = Recorder(prep, stop_at=3)
