@@ -296,7 +296,7 @@ def probe_update(model: pm.PtychoModel, exits: dict, inertia: float, supports: d
             sums[pid] = (np.zeros_like(st.data), np.zeros(st.data.shape[-2:], m.rdtype))
             continue
         obj_power = np.mean([_mean_power(m.objects[s.object_id].data) for s in m.scans if s.probe_id == pid])
-        weight = inertia * frames[pid] * obj_power
+        weight = float(inertia * frames[pid] * obj_power)  # a Python float keeps the sums in the probe's precision
         sums[pid] = (weight * st.data, np.full(st.data.shape[-2:], weight, m.rdtype))
     for scan in m.scans:
         kernels.add_probe_update(*sums[scan.probe_id], m.objects[scan.object_id].data, exits[scan.label],

@@ -142,7 +142,7 @@ def kernel_case(kind: str, dtype, near: bool):
         return args, (n_probe * n_obj, h, w), [probe, obj, *sums]
     if kind == "opr":
         devs = 0.1 * _random((frames, h, w), dtype, 4)
-        args = [probe[0], devs, np.arange(frames), real(2.5), obj[0], *data, real(0.7), real(0.4), real(0.2),
+        args = [probe[0], devs, real(2.5), obj[0], *data, real(0.7), real(0.4), real(0.2),
                 real(0.6), True, tiny, *sums]
         return args, (h, w), [probe, devs, obj, *sums]
     slab = _transfer((h, w), dtype).conj()
