@@ -77,12 +77,13 @@ def blas_one_thread():
     """A context in which BLAS (the OpenBLAS or MKL numpy and scipy load) runs on one thread.
 
     Why: the engines call BLAS only for small products (norms, mode overlaps,
-    OPR's truncation), and OpenBLAS's threads go on spinning after each call,
-    taking the cores from the numba and FFTW threads of the kernels that
-    follow: DM's probe update (whose change norm is a BLAS dot) took 0.047 s
-    right after another iteration instead of 0.027 s, a DM iteration on 1000
-    frames of 128 x 128 0.26 s instead of 0.22 s; with BLAS on one thread
-    both took the same time back to back as after a pause.
+    OPR's truncation) between kernels that already use every core the rank
+    may (:func:`fft_workers`), and OpenBLAS starts as many threads as the
+    node has CPUs, which then spin after each call: under mpiexec every rank's
+    BLAS would take every core, and on a busy machine OPR fitted 65 epochs in
+    DM's time with one BLAS thread where 43 with OpenBLAS's own (119 against
+    20 on the tests' small drifting scan).  On an idle machine it changes
+    nothing measurable (DM 0.97x and 1.04x, P25 the same, interleaved runs).
     """
     from threadpoolctl import threadpool_limits
 
