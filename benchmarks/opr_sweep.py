@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +37,8 @@ def steady(variants, checkpoints, photons, home):
     for variant in variants:
         name, extra = bench.parse_variant(variant, "OPR", "rPIE")
         engine, model = bench.started_engine(name, max(checkpoints), home, extra, photons, prepared)
-        done, seconds, row, last = 0, 0.0, [], {}
-        for c in checkpoints:
-            start = time.perf_counter()
-            last = engine.iterate(c - done)[-1]
-            seconds += time.perf_counter() - start
-            done = c
+        row = []
+        for done, seconds, last in bench.at_checkpoints(engine, checkpoints):
             (scan,) = model.scans
             obj = model.objects["sim"].data[0]
             row.append(f"{bench.subpixel_object_error(obj, scan.corners, truth):.4f}")
@@ -64,10 +59,8 @@ def drift(variants, checkpoints, reach=1.0):
         else:
             engine = pie._factory("rPIE")(engine_params(pie.VARIANTS["rPIE"][1], **extra), model)
         engine.initialize()
-        done, row = 0, []
-        for c in checkpoints:
-            metrics = engine.iterate(c - done)[-1]
-            done = c
+        row = []
+        for _, _, metrics in bench.at_checkpoints(engine, checkpoints):
             (scan,) = model.scans
             frames = (engine.probes_of("sim") if name == "OPR"
                       else np.broadcast_to(model.probes["sim"].data[0], probes.shape))

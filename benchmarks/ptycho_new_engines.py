@@ -84,6 +84,18 @@ def started_engine(name: str, iterations: int, home: Path, extra: dict, photons:
     return engine, model
 
 
+def at_checkpoints(engine, checkpoints):
+    """Iterate ``engine`` up to each of ``checkpoints`` (cumulative counts) in turn, yielding (count done,
+    seconds spent iterating so far, the last iteration's metrics) at each: the sweeps' measuring loop."""
+    done, seconds = 0, 0.0
+    for count in checkpoints:
+        start = time.perf_counter()
+        last = engine.iterate(count - done)[-1]
+        seconds += time.perf_counter() - start
+        done = count
+        yield done, seconds, last
+
+
 def run_parameters(name: str, iterations: int, home: Path, extra: dict | None = None, photons: float = 1e8):
     """benchmarks/ptycho_textbook.py's tree with one engine, ``name``, labelled ``e``, its parameters ``extra``."""
     return parameters(photons, {"e": (name, iterations)}, home, dm_extra=extra if name == "DM" else None,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +39,8 @@ def moonflower(variants, checkpoints, photons, home):
     for variant in variants:
         name, extra = bench.parse_variant(variant, "RAAR", "DM")
         engine, model = bench.started_engine(name, max(checkpoints), home, extra, photons, prepared)
-        done, seconds, row = 0, 0.0, []
-        for c in checkpoints:
-            start = time.perf_counter()
-            engine.iterate(c - done)
-            seconds += time.perf_counter() - start
-            done = c
+        row = []
+        for done, seconds, _ in bench.at_checkpoints(engine, checkpoints):
             (scan,) = model.scans
             obj = model.objects["sim"].data[0]
             whole, _ = truth_errors(obj, model.probes["sim"].data[0], scan.corners, truth)
@@ -64,10 +59,8 @@ def low_dose(variants, photons=1e5, counts=(20, 40, 100, 200)):
         model = ptycho_truth.start_model(prep, guess)
         engine = module.factory(ptycho_truth.engine_params(module.PARAMETERS, **extra), model)
         engine.initialize()
-        done, row = 0, []
-        for c in counts:
-            engine.iterate(c - done)
-            done = c
+        row = []
+        for _ in bench.at_checkpoints(engine, counts):
             row.append(f"{ptycho_truth.object_error(model, truth, probe):.4f}")
         engine.finalize()
         print(f"  {variant:40s} {' '.join(row)}", flush=True)
