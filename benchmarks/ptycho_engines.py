@@ -15,9 +15,11 @@ probe modes the cost of keeping them orthogonal is printed on its own line.
 Peak memory is what tracemalloc sees numpy allocate (data, model, engine
 buffers) during initialisation and iterations, in runs of its own.  Timing:
 every engine is started and warmed up (three iterations), then each round
-takes the floor and one iteration of each engine in turn; a ratio is taken
-within each round and its median printed (and their range), so that the shared machine's slow
-phases, which last minutes, move both sides of it.  Last, DM on the 161-frame
+takes the floor and one iteration of each engine in turn, the starting one
+rotating (:func:`in_turns`); a ratio is taken within each round, and the
+median, the rounds' range and the ratio of the best times are printed, so
+that the shared machine's slow phases, which last minutes, move both sides
+of it.  Last, DM on the 161-frame
 problem the issue uses to compare with ptypy, against a plain numpy DM in the
 same run.
 """
@@ -101,23 +103,27 @@ def peak_memory(module, prep, probe) -> tuple[int, dict]:
     return peak, metrics
 
 
-def timed_in_turns(steps: dict, rounds: int) -> dict:
-    """name -> seconds of each of ``rounds`` rounds, every step timed once a round in turn (a step that returns
-    a number has timed itself: the floor).
+def in_turns(steps: dict, rounds: int) -> tuple[dict, dict]:
+    """(wall, cpu): name -> the wall-clock and CPU seconds (all threads of the process) of each of ``rounds``
+    rounds, every step run once a round in turn, the starting step rotating from round to round.
 
-    The machine's speed drifts (a shared VM has slow phases lasting minutes), so a ratio
-    is taken within each round, between steps run seconds apart, and its median reported.
+    The machine's speed drifts (a shared VM has slow phases lasting minutes), so a ratio is taken within each
+    round, between steps run seconds apart; and what ran just before a step changes from round to round (with a
+    fixed order it moved a ratio by up to 0.2).  A step that returns a (wall, cpu) pair has timed itself (the
+    floor its parts; benchmarks/ptylab_epie.py's PtyLab in its own process, without the message passing).
     """
-    times = {name: [] for name in steps}
+    wall = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    names = list(steps)
     for r in range(rounds):
-        # every other round in reverse: a step's place in the round (what ran just before it) moved a ratio by
-        # up to 0.2 when the order was fixed
-        for name, step in list(steps.items())[::(-1) ** r]:
-            start = time.perf_counter()
-            seconds = step()
-            elapsed = time.perf_counter() - start
-            times[name].append(seconds if isinstance(seconds, float) else elapsed)
-    return {name: np.array(t) for name, t in times.items()}
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            own = steps[name]()
+            if not isinstance(own, tuple):
+                own = (time.perf_counter() - start, time.process_time() - start_cpu)
+            wall[name].append(own[0])
+            cpu[name].append(own[1])
+    return ({name: np.asarray(t) for name, t in wall.items()}, {name: np.asarray(t) for name, t in cpu.items()})
 
 
 def median_ratio(times: dict, top: str, bottom: str, unit: str = "") -> str:
@@ -167,7 +173,7 @@ def plain_numpy_dm(prep, probe, iterations):
 
 
 def floor_step(frames: int, size: int, modes: int):
-    """A step of :func:`timed_in_turns` that returns the floor's seconds (and keeps its parts in
+    """A step of :func:`in_turns` that times itself, the floor's seconds (and keeps its parts in
     ``step.parts``): one FFT pair over frames x modes pods by the faster of the engines' two routes, plus four
     streaming passes over them."""
     pods = fft.empty((frames, modes, size, size))
@@ -180,6 +186,7 @@ def floor_step(frames: int, size: int, modes: int):
         fft.ifft2(piece, overwrite=True)
 
     def step():
+        start_cpu = time.process_time()
         # the engines' two routes (difframe.fft: FFTW, in place): FFTW's threads over 8 MiB chunks, and each
         # cache-sized chunk's pair on one thread, the threads taking turns (difframe.frame_threads)
         start = time.perf_counter()
@@ -193,14 +200,14 @@ def floor_step(frames: int, size: int, modes: int):
         np.add(pods, other, out=pods)  # reads two arrays, writes one
         one_pass = (time.perf_counter() - start) / 1.5
         step.parts.append((min(threaded, chunked), one_pass))
-        return min(threaded, chunked) + 4 * one_pass
+        return min(threaded, chunked) + 4 * one_pass, time.process_time() - start_cpu
 
     step.parts = []
     return step
 
 
 def iteration_step(engine):
-    """A step of :func:`timed_in_turns`: one iteration of ``engine``."""
+    """A step of :func:`in_turns`: one iteration of ``engine``."""
     return lambda: engine.iterate(1)
 
 
@@ -226,11 +233,12 @@ def main() -> None:
             steps["DM + orthogonal"] = iteration_step(started_engine(dm, prep, probe, orthogonal=True))
         floor()  # its buffers touched
         floor.parts.clear()
-        t = timed_in_turns(steps, args.rounds)
+        t = in_turns(steps, args.rounds)[0]
         sec = {name: float(np.median(v)) for name, v in t.items()}
         fft_pair, one_pass = np.median(np.array(floor.parts), axis=0)
         print(f"\nprobe modes {modes}:")
-        print(f"  floor            {sec['floor']:7.3f} s/it  (FFT pair {fft_pair:.3f} s + 4 passes of {one_pass:.3f} s)")
+        print(f"  floor            {sec['floor']:7.3f} s/it  "
+              f"(FFT pair {fft_pair:.3f} s + 4 passes of {one_pass:.3f} s)")
         print(f"  DM               {sec['DM']:7.3f} s/it  peak {peak_dm / 2**20:6.0f} MiB  "
               f"overlap loops {m_dm['overlap_loops']}  ratio to floor {median_ratio(t, 'DM', 'floor')}  "
               f"(target <= 2)")
@@ -245,8 +253,7 @@ def main() -> None:
         del steps, floor
     prep, probe = problem(161, args.size, 1)
     t_plain = plain_numpy_dm(prep, probe, args.rounds)
-    t_ours = float(np.median(timed_in_turns({"DM": iteration_step(started_engine(dm, prep, probe))},
-                                            args.rounds)["DM"]))
+    t_ours = float(np.median(in_turns({"DM": iteration_step(started_engine(dm, prep, probe))}, args.rounds)[0]["DM"]))
     print(f"\n161 frames, 1 mode (the issue's ptypy comparison): plain numpy DM {t_plain:.3f} s/it, "
           f"difframe DM {t_ours:.3f} s/it: {t_plain / t_ours:.1f}x faster than plain numpy, "
           f"so about {2.3 * t_plain / t_ours:.0f}x faster than ptypy's serial DM (2.3x slower than plain numpy here)")

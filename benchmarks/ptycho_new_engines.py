@@ -50,7 +50,7 @@ from difframe.ptycho import model as pm
 from difframe.ptycho import workflow
 from difframe.ptycho.quality import aligned_error, truth_errors
 
-from ptycho_engines import problem
+from ptycho_engines import in_turns, problem
 from ptycho_textbook import parameters
 
 ENGINES = ("DM", "RAAR", "ePIE", "rPIE", "mPIE")
@@ -109,28 +109,16 @@ def fresh_model(prep, probe):
 
 def interleaved_samples(engines: dict, rounds: int, warmup: int = 3) -> tuple[dict, dict]:
     """(wall, cpu): name -> array of the wall-clock and the CPU seconds (all threads of the process) of each
-    timed iteration.  The engines take turns, one iteration each per round (the starting engine rotating), so
-    a change of the machine's load between engines hits all alike.  An engine whose ``iterate`` returns a
-    (wall, cpu) pair times itself (benchmarks/ptylab_epie.py's PtyLab in its own process): those figures are
-    taken, without the message passing.  On a loaded machine the CPU seconds of a single-threaded engine
-    estimate its wall time on an idle one."""
+    timed iteration, the engines taking turns one iteration each per round (ptycho_engines.in_turns; an engine
+    whose ``iterate`` returns a (wall, cpu) pair times itself).  On a loaded machine the CPU seconds of a
+    single-threaded engine estimate its wall time on an idle one."""
     for engine in engines.values():
         engine.initialize()
         engine.iterate(warmup)  # past probe_update_start: every kernel compiled (or loaded), buffers touched
-    wall = {name: [] for name in engines}
-    cpu = {name: [] for name in engines}
-    names = list(engines)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            own = engines[name].iterate(1)
-            if not isinstance(own, tuple):
-                own = (time.perf_counter() - start, time.process_time() - start_cpu)
-            wall[name].append(own[0])
-            cpu[name].append(own[1])
+    samples = in_turns({name: (lambda engine=engine: engine.iterate(1)) for name, engine in engines.items()}, rounds)
     for engine in engines.values():
         engine.finalize()
-    return ({name: np.asarray(t) for name, t in wall.items()}, {name: np.asarray(t) for name, t in cpu.items()})
+    return samples
 
 
 def numpy_epie_epoch(prep, probe, seed: int = 0) -> float:
